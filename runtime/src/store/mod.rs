@@ -1,0 +1,387 @@
+//! The storage contract: what the runtime needs from an event store, independent of the
+//! backend.
+//!
+//! [`EventStore`] is implemented by the sled journal ([`sled::SledStore`]); a PostgreSQL backend
+//! for deployments beyond one machine can implement the same trait later. Every implementation
+//! must pass the store contract suite in `tests/` (package `annals-tests`).
+//!
+//! The store knows no aggregate or event types: payloads, rejections and snapshot states arrive
+//! already encoded. It owns what must be decided in one place: version checks, position
+//! assignment, command-id records, durability and the order of acknowledgements.
+
+pub mod sled;
+
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::codec::CodecError;
+use crate::envelope::{CommitMeta, EncodedPayload, RecordedEvent};
+use crate::types::{CommandId, Position, StreamId, Timestamp, Version};
+
+/// One event waiting to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    /// The event id the envelope will carry.
+    pub event_id: Uuid,
+    /// The event type name.
+    pub event_type: Arc<str>,
+    /// The schema version the payload was written with.
+    pub schema_version: u16,
+    /// The encoded payload.
+    pub payload: EncodedPayload,
+}
+
+/// A 128-bit hash of a command (aggregate type, id and encoded command), stored with the
+/// command id so that a reused id with a *different* command is told apart from a retry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 16]);
+
+impl Fingerprint {
+    /// The fingerprint of an encoded command sent to `stream`.
+    pub fn of(stream: &StreamId, encoded_command: &[u8]) -> Fingerprint {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for part in [stream.aggregate_type().as_bytes(), stream.aggregate_id().as_bytes()] {
+            hasher.update(&(part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.update(encoded_command);
+        Fingerprint(hasher.digest128().to_be_bytes())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// The command id and fingerprint of a command whose outcome must be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandKey {
+    /// The client's command id.
+    pub id: CommandId,
+    /// The fingerprint of the command.
+    pub fingerprint: Fingerprint,
+}
+
+/// What an append writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppendKind {
+    /// Events, all committed atomically or none. Must not be empty.
+    Events(Vec<PendingEvent>),
+    /// A business rejection (encoded) of a command that carried a command id: recorded so a
+    /// retry returns it. Writes no event.
+    Rejection(Vec<u8>),
+    /// A command with a command id that was accepted but produced no events.
+    NoEvents,
+}
+
+/// One append: the outcome of one command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    /// The stream appended to.
+    pub stream: StreamId,
+    /// The version the stream must be at; the first event gets `expected + 1`.
+    pub expected: Version,
+    /// Commit metadata (time, command id, correlation, causation).
+    pub meta: CommitMeta,
+    /// Present when the command carried a command id (required for the non-event kinds).
+    pub command: Option<CommandKey>,
+    /// What to write.
+    pub kind: AppendKind,
+}
+
+/// What a successful append committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// The stream's version after the append (unchanged for the non-event kinds).
+    pub version: Version,
+    /// Position of the first event (`None` when no event was written).
+    pub first_position: Option<Position>,
+    /// Number of events written.
+    pub event_count: u32,
+}
+
+impl CommitReceipt {
+    /// Position of the last event written, if any.
+    pub fn last_position(&self) -> Option<Position> {
+        self.first_position.map(|p| p.advance(u64::from(self.event_count).saturating_sub(1)))
+    }
+}
+
+/// The recorded outcome of a command that carried a command id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredOutcome {
+    /// The command committed these events.
+    Committed {
+        /// Its fingerprint.
+        fingerprint: Fingerprint,
+        /// The committed events, in order.
+        events: Vec<RecordedEvent>,
+    },
+    /// The command was rejected; the encoded rejection.
+    Rejected {
+        /// The stream the command was sent to.
+        stream: StreamId,
+        /// Its fingerprint.
+        fingerprint: Fingerprint,
+        /// The stream's version when it was rejected.
+        version: Version,
+        /// The encoded rejection.
+        rejection: Vec<u8>,
+    },
+    /// The command was accepted and produced no events.
+    NoEvents {
+        /// The stream the command was sent to.
+        stream: StreamId,
+        /// Its fingerprint.
+        fingerprint: Fingerprint,
+        /// The stream's version at that time.
+        version: Version,
+    },
+}
+
+impl StoredOutcome {
+    /// The fingerprint of the command that produced this outcome.
+    pub fn fingerprint(&self) -> Fingerprint {
+        match self {
+            StoredOutcome::Committed { fingerprint, .. }
+            | StoredOutcome::Rejected { fingerprint, .. }
+            | StoredOutcome::NoEvents { fingerprint, .. } => *fingerprint,
+        }
+    }
+}
+
+/// A stored snapshot of one aggregate's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream version the state reflects.
+    pub version: Version,
+    /// The schema version of the encoded state.
+    pub schema_version: u32,
+    /// When it was taken.
+    pub taken_at: Timestamp,
+    /// The encoded state.
+    pub state: Vec<u8>,
+}
+
+/// Counters of the journal, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Appends acknowledged (any kind).
+    pub appends: u64,
+    /// Events committed.
+    pub events: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// `fsync`s (sled `flush`) completed.
+    pub fsyncs: u64,
+    /// The largest batch written, in appends.
+    pub batch_appends_max: u64,
+}
+
+/// Why an append was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The stream is not at the expected version; nothing was written.
+    #[error("cannot append to {stream}: expected version {expected}, stream is at {actual}")]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// The version the append expected.
+        expected: Version,
+        /// The stream's actual version.
+        actual: Version,
+    },
+    /// The command id has already been used, by this command (`same_command`: a retry) or by a
+    /// different one; nothing was written.
+    #[error("command id {id} was already used{}", if *same_command { "" } else { " for a different command" })]
+    CommandIdUsed {
+        /// The command id.
+        id: CommandId,
+        /// Whether the earlier command had the same fingerprint.
+        same_command: bool,
+    },
+    /// The request itself is malformed (for example an empty event list).
+    #[error("invalid append to {stream}: {reason}")]
+    Invalid {
+        /// The stream.
+        stream: StreamId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The store failed; see [`StoreError`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A technical failure of the store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process holds the database directory.
+    #[error("cannot open the store at {path}: the directory is locked by another process")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
+    /// An I/O error from the storage engine.
+    #[error("storage I/O failed while {op}: {reason}")]
+    Io {
+        /// What the store was doing.
+        op: &'static str,
+        /// The engine's message.
+        reason: String,
+    },
+    /// A stored record is damaged or violates an invariant. Nothing was changed.
+    #[error("the store is corrupt: {what}: {reason}")]
+    Corrupt {
+        /// Which record or invariant.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The journal failed earlier (a write or fsync failed) and accepts no more writes. The
+    /// outcome of appends in flight at that moment is unknown; restart to recover.
+    #[error("the journal has failed and accepts no writes ({reason}); appends in flight have an unknown outcome; restart to recover")]
+    Failed {
+        /// The original failure.
+        reason: Arc<str>,
+    },
+    /// The journal's queue is full; retry after a short pause.
+    #[error("the journal queue is full ({capacity} appends waiting); retry later")]
+    Overloaded {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The store has been shut down.
+    #[error("the store is shut down")]
+    Closed,
+    /// A value could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] Arc<CodecError>),
+}
+
+impl From<CodecError> for StoreError {
+    fn from(e: CodecError) -> Self {
+        StoreError::Codec(Arc::new(e))
+    }
+}
+
+/// The health of a store, for readiness checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Accepting writes.
+    Ready,
+    /// Failed; the reason.
+    Failed(Arc<str>),
+    /// Shut down.
+    Closed,
+}
+
+/// A future that resolves when an append is acknowledged (durable, in the default mode) or
+/// refused.
+#[derive(Debug)]
+pub struct AppendTicket(TicketInner);
+
+#[derive(Debug)]
+enum TicketInner {
+    Ready(Option<Result<CommitReceipt, AppendError>>),
+    Waiting(futures::channel::oneshot::Receiver<Result<CommitReceipt, AppendError>>),
+}
+
+/// The sending half of an [`AppendTicket`], for store implementations.
+pub type AppendReply = futures::channel::oneshot::Sender<Result<CommitReceipt, AppendError>>;
+
+impl AppendTicket {
+    /// A ticket resolved at once (a refusal found before queueing).
+    pub fn ready(result: Result<CommitReceipt, AppendError>) -> AppendTicket {
+        AppendTicket(TicketInner::Ready(Some(result)))
+    }
+
+    /// A pending ticket and the sender that resolves it.
+    pub fn pending() -> (AppendReply, AppendTicket) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        (tx, AppendTicket(TicketInner::Waiting(rx)))
+    }
+}
+
+impl std::future::Future for AppendTicket {
+    type Output = Result<CommitReceipt, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            TicketInner::Ready(result) => std::task::Poll::Ready(
+                result.take().unwrap_or(Err(AppendError::Store(StoreError::Closed))),
+            ),
+            TicketInner::Waiting(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(AppendError::Store(StoreError::Closed)))),
+        }
+    }
+}
+
+/// An event store. See the [module docs](self).
+///
+/// All methods are callable from any thread. `append` never blocks: it queues and returns a
+/// ticket. The read methods block on the storage engine (for sled, mostly a cache lookup).
+///
+/// **Visibility**: reads return only acknowledged events; an event that is written but not yet
+/// acknowledged (fsync in progress) is invisible.
+pub trait EventStore: Send + Sync + fmt::Debug + 'static {
+    /// Queues an append. The ticket resolves once the append is durable (or refused).
+    fn append(&self, request: AppendRequest) -> AppendTicket;
+
+    /// Events of `stream` with versions in `from..=to` (`to = None`: up to the head), at most
+    /// `limit` of them, in version order.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        to: Option<Version>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Events of the global log with positions `>= from`, at most `limit`, in position order.
+    fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The version of the last acknowledged event of `stream` (`Version(0)` if none).
+    fn stream_head(&self, stream: &StreamId) -> Result<Version, StoreError>;
+
+    /// The position of the last acknowledged event (`Position(0)` if none).
+    fn head_position(&self) -> Position;
+
+    /// The recorded outcome of the command with this id, if any.
+    fn command_outcome(&self, id: &CommandId) -> Result<Option<StoredOutcome>, StoreError>;
+
+    /// Stores a snapshot, replacing one at the same version. Not fsynced on its own: a snapshot
+    /// is a cache, and one lost in a crash is simply taken again.
+    fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// The latest snapshot of `stream` at or below `at_or_below`.
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+        at_or_below: Version,
+    ) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Counters.
+    fn stats(&self) -> JournalStats;
+
+    /// Whether the store accepts writes.
+    fn health(&self) -> StoreHealth;
+
+    /// Stops accepting appends, acknowledges (or refuses) everything queued, and makes
+    /// everything durable. Idempotent.
+    fn shutdown(&self) -> Result<(), StoreError>;
+}

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// An aggregate type. See the [module docs](self) for the contract.
-pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + 'static {
+pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Unpin + 'static {
     /// The type name, part of every stream key (`"Order"`). Never change it once data exists.
     const TYPE: &'static str;
 

@@ -1,0 +1,571 @@
+//! The embedding API: [`Runtime`] opens a store, runs the actor system, routes commands to
+//! aggregate actors, answers reads, and shuts down gracefully.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix_rt::{ArbiterHandle, System};
+use parking_lot::{Mutex, RwLock};
+
+use crate::actor::{self, Execute, Payload, Reply};
+use crate::aggregate::{Aggregate, AggregateOptions};
+use crate::envelope::{Envelope, RecordedEvent};
+use crate::error::{ExecuteError, Overload, RuntimeError};
+use crate::host::{Counters, Host, Limits, TypeShared};
+use crate::store::sled::{SledOptions, SledStore};
+use crate::store::{EventStore, JournalStats, StoreError, StoreHealth};
+use crate::types::{CommandId, Position, StreamId, Version};
+
+/// The result of executing a command: technical failure outside, business rejection inside.
+pub type ExecuteResult<A> =
+    Result<Result<Executed<<A as Aggregate>::Event>, <A as Aggregate>::Rejection>, ExecuteError>;
+
+/// A command that was executed (or whose earlier execution was found by its command id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed<E> {
+    /// The aggregate.
+    pub stream: StreamId,
+    /// The aggregate's version after the command.
+    pub version: Version,
+    /// The global position of the command's last event (`None` if it produced none). Pass it
+    /// to read-model queries to read your own writes.
+    pub position: Option<Position>,
+    /// The committed events.
+    pub events: Vec<Envelope<E>>,
+    /// `true` if this is the stored outcome of an earlier execution with the same command id.
+    pub deduplicated: bool,
+}
+
+impl<E> Executed<E> {
+    pub(crate) fn nothing(stream: StreamId, version: Version) -> Executed<E> {
+        Executed { stream, version, position: None, events: Vec::new(), deduplicated: false }
+    }
+}
+
+/// Per-command options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecuteOptions {
+    /// Makes the command idempotent: its outcome is stored, and a retry with the same id
+    /// returns it without executing again.
+    pub command_id: Option<CommandId>,
+    /// Execute only if the aggregate is at this version (`Version(0)`: does not exist yet).
+    pub expected_version: Option<Version>,
+    /// Correlation id recorded with the events.
+    pub correlation_id: Option<Arc<str>>,
+    /// Causation id recorded with the events.
+    pub causation_id: Option<Arc<str>>,
+}
+
+impl ExecuteOptions {
+    /// Sets the command id.
+    #[must_use]
+    pub fn with_command_id(mut self, id: CommandId) -> Self {
+        self.command_id = Some(id);
+        self
+    }
+
+    /// Sets the expected version.
+    #[must_use]
+    pub fn with_expected_version(mut self, version: Version) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn with_causation_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+}
+
+/// Runtime options. Every queue and cache has a bound here.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RuntimeOptions {
+    /// The store.
+    pub store: SledOptions,
+    /// Arbiter threads that run the aggregate actors (default: one per core).
+    pub arbiters: NonZeroUsize,
+    /// Shards of each routing table.
+    pub shards: NonZeroUsize,
+    /// Most live actors per aggregate type; beyond it the least recently used is evicted.
+    pub live_actors_max: NonZeroUsize,
+    /// Most commands queued for one aggregate; beyond it commands are refused as
+    /// [`Overload::Mailbox`].
+    pub mailbox_capacity: NonZeroUsize,
+    /// Most rehydrations running at once; further activations wait for a permit.
+    pub rehydrations_max: NonZeroUsize,
+    /// Most events one command may produce.
+    pub events_per_command_max: NonZeroUsize,
+    /// Most bytes of one encoded event.
+    pub event_bytes_max: NonZeroUsize,
+    /// Most bytes of one encoded command.
+    pub command_bytes_max: NonZeroUsize,
+    /// The pause suggested to callers refused as overloaded.
+    pub retry_after: Duration,
+    /// How long [`Runtime::shutdown`] waits for commands in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Default live actors per type: about 150 MB at the measured per-actor footprint.
+pub const LIVE_ACTORS_MAX_DEFAULT: usize = 100_000;
+/// Default mailbox capacity (actix's own default is 16).
+pub const MAILBOX_CAPACITY_DEFAULT: usize = 16;
+/// Default concurrent rehydrations.
+pub const REHYDRATIONS_MAX_DEFAULT: usize = 64;
+/// Default events per command.
+pub const EVENTS_PER_COMMAND_MAX_DEFAULT: usize = 100;
+/// Default bytes per event: 64 KiB.
+pub const EVENT_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default bytes per command: 64 KiB.
+pub const COMMAND_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+
+impl RuntimeOptions {
+    /// Defaults for a store at `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> RuntimeOptions {
+        RuntimeOptions::with_store(SledOptions::new(path))
+    }
+
+    /// Defaults around the given store options.
+    pub fn with_store(store: SledOptions) -> RuntimeOptions {
+        let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        RuntimeOptions {
+            store,
+            arbiters: cores,
+            shards: nz(64),
+            live_actors_max: nz(LIVE_ACTORS_MAX_DEFAULT),
+            mailbox_capacity: nz(MAILBOX_CAPACITY_DEFAULT),
+            rehydrations_max: nz(REHYDRATIONS_MAX_DEFAULT),
+            events_per_command_max: nz(EVENTS_PER_COMMAND_MAX_DEFAULT),
+            event_bytes_max: nz(EVENT_BYTES_MAX_DEFAULT),
+            command_bytes_max: nz(COMMAND_BYTES_MAX_DEFAULT),
+            retry_after: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the live-actor cap.
+    #[must_use]
+    pub fn with_live_actors_max(mut self, max: NonZeroUsize) -> Self {
+        self.live_actors_max = max;
+        self
+    }
+
+    /// Sets the mailbox capacity.
+    #[must_use]
+    pub fn with_mailbox_capacity(mut self, capacity: NonZeroUsize) -> Self {
+        self.mailbox_capacity = capacity;
+        self
+    }
+
+    /// Sets the number of arbiter threads.
+    #[must_use]
+    pub fn with_arbiters(mut self, arbiters: NonZeroUsize) -> Self {
+        self.arbiters = arbiters;
+        self
+    }
+
+    /// Sets the limits checked per command.
+    #[must_use]
+    pub fn with_command_limits(
+        mut self,
+        command_bytes_max: NonZeroUsize,
+        events_per_command_max: NonZeroUsize,
+        event_bytes_max: NonZeroUsize,
+    ) -> Self {
+        self.command_bytes_max = command_bytes_max;
+        self.events_per_command_max = events_per_command_max;
+        self.event_bytes_max = event_bytes_max;
+        self
+    }
+
+    /// Sets the number of concurrent rehydrations.
+    #[must_use]
+    pub fn with_rehydrations_max(mut self, max: NonZeroUsize) -> Self {
+        self.rehydrations_max = max;
+        self
+    }
+}
+
+fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// How many times a command is routed again after reaching an actor that was stopping.
+const ROUTE_ATTEMPTS_MAX: usize = 8;
+
+/// Counters of the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeStats {
+    /// Live aggregate actors.
+    pub live_actors: usize,
+    /// Actors activated since start.
+    pub activations: u64,
+    /// Actors passivated after their idle timeout.
+    pub passivations: u64,
+    /// Actors evicted by the live-actor cap.
+    pub evictions: u64,
+    /// Rehydrations completed.
+    pub rehydrations: u64,
+    /// Total time spent rehydrating, in microseconds.
+    pub rehydration_micros: u64,
+    /// The journal's counters.
+    pub journal: JournalStats,
+}
+
+/// The state of an aggregate at a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateState<A> {
+    /// The version the state reflects.
+    pub version: Version,
+    /// The state.
+    pub state: A,
+}
+
+trait AnyHost: Send + Sync {
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn passivate_all(&self);
+}
+
+impl<A: Aggregate> AnyHost for Host<A> {
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn passivate_all(&self) {
+        Host::passivate_all(self);
+    }
+}
+
+/// The Annals runtime. Cheap to clone; clones share everything. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("store", &self.inner.store).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    options: RuntimeOptions,
+    hosts: RwLock<HashMap<&'static str, Arc<dyn AnyHost>>>,
+    arbiters: Arc<[ArbiterHandle]>,
+    system: Mutex<Option<(System, JoinHandle<()>)>>,
+    rehydrations: Arc<tokio::sync::Semaphore>,
+    counters: Arc<Counters>,
+    accepting: AtomicBool,
+    in_flight: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Runtime {
+    /// Opens the sled store at `options.store.path` (recovering it) and starts the actors'
+    /// threads.
+    pub fn open(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let store = SledStore::open(options.store.clone())?;
+        Runtime::with_store(Arc::new(store), options)
+    }
+
+    /// Starts a runtime over an already open store (`options.store` is ignored).
+    pub fn with_store(store: Arc<dyn EventStore>, options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let (system, arbiters, thread) = start_system(options.arbiters.get())?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                store,
+                rehydrations: Arc::new(tokio::sync::Semaphore::new(options.rehydrations_max.get())),
+                options,
+                hosts: RwLock::new(HashMap::new()),
+                arbiters: arbiters.into(),
+                system: Mutex::new(Some((system, thread))),
+                counters: Arc::new(Counters::default()),
+                accepting: AtomicBool::new(true),
+                in_flight: AtomicUsize::new(0),
+                drained: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    /// Registers an aggregate type with its own [`Aggregate::options`].
+    pub fn register<A: Aggregate>(&self) -> Result<(), RuntimeError> {
+        self.register_with::<A>(A::options())
+    }
+
+    /// Registers an aggregate type with explicit options.
+    pub fn register_with<A: Aggregate>(&self, options: AggregateOptions) -> Result<(), RuntimeError> {
+        StreamId::new(A::TYPE, "x")?;
+        let mut hosts = self.inner.hosts.write();
+        if hosts.contains_key(A::TYPE) {
+            return Err(RuntimeError::AlreadyRegistered(A::TYPE));
+        }
+        let o = &self.inner.options;
+        let shared = TypeShared::new(
+            self.inner.store.clone(),
+            options,
+            Limits {
+                command_bytes_max: o.command_bytes_max.get(),
+                events_per_command_max: o.events_per_command_max.get(),
+                event_bytes_max: o.event_bytes_max.get(),
+                mailbox_capacity: o.mailbox_capacity.get(),
+                retry_after: o.retry_after,
+            },
+            self.inner.rehydrations.clone(),
+            self.inner.counters.clone(),
+        );
+        let host: Host<A> = Host::new(o.shards, o.live_actors_max, self.inner.arbiters.clone(), shared);
+        hosts.insert(A::TYPE, Arc::new(host));
+        Ok(())
+    }
+
+    fn host<A: Aggregate>(&self) -> Result<Arc<Host<A>>, ExecuteError> {
+        let host = self
+            .inner
+            .hosts
+            .read()
+            .get(A::TYPE)
+            .cloned()
+            .ok_or_else(|| ExecuteError::Unregistered(A::TYPE.to_string()))?;
+        host.as_any().downcast::<Host<A>>().map_err(|_| ExecuteError::Unregistered(A::TYPE.to_string()))
+    }
+
+    /// Executes a command on aggregate `id`.
+    pub async fn execute<A: Aggregate>(&self, id: &str, command: A::Command) -> ExecuteResult<A> {
+        self.execute_with::<A>(id, command, ExecuteOptions::default()).await
+    }
+
+    /// Executes a command with options (command id, expected version, trace ids).
+    pub async fn execute_with<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> ExecuteResult<A> {
+        let _guard = self.enter()?;
+        let host = self.host::<A>()?;
+        let capacity = self.inner.options.mailbox_capacity.get();
+        let (mut command, mut options) = (command, options);
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let route = host.route(id)?;
+            if route.slot.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
+                route.slot.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(self.overloaded::<A>(id, Overload::Mailbox));
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            let message = Execute { payload: Some(Payload { command, options, reply: tx }) };
+            if let Err(e) = route.addr.try_send(message) {
+                route.slot.queued.fetch_sub(1, Ordering::AcqRel);
+                let full = matches!(e, actix::prelude::SendError::Full(_));
+                let mut message = e.into_inner();
+                let payload = message.payload.take().ok_or(ExecuteError::ShuttingDown)?;
+                if full {
+                    return Err(self.overloaded::<A>(id, Overload::Mailbox));
+                }
+                host.forget(id, &route.slot);
+                (command, options) = (payload.command, payload.options);
+                continue;
+            }
+            match rx.await {
+                Ok(Reply::Done(result)) => return result,
+                Ok(Reply::NotStarted(c, o)) => {
+                    host.forget(id, &route.slot);
+                    (command, options) = (c, o);
+                }
+                Err(_) => return Err(ExecuteError::OutcomeUnknown(StreamId::new(A::TYPE, id)?)),
+            }
+        }
+        Err(self.overloaded::<A>(id, Overload::Mailbox))
+    }
+
+    fn overloaded<A: Aggregate>(&self, id: &str, what: Overload) -> ExecuteError {
+        match StreamId::new(A::TYPE, id) {
+            Ok(stream) => ExecuteError::Overloaded { stream, what, retry_after: self.inner.options.retry_after },
+            Err(e) => e.into(),
+        }
+    }
+
+    fn enter(&self) -> Result<InFlight<'_>, ExecuteError> {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(&self.inner);
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(ExecuteError::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    /// The current state of aggregate `id` (`None` if it has no events), rebuilt from the
+    /// store: latest snapshot plus the events after it.
+    pub fn state<A: Aggregate>(&self, id: &str) -> Result<Option<AggregateState<A>>, ExecuteError> {
+        self.state_at::<A>(id, None)
+    }
+
+    /// The state of aggregate `id` as of `version` (`None`: the head), from the nearest snapshot
+    /// at or below it plus replay — never from a later snapshot.
+    pub fn state_at<A: Aggregate>(
+        &self,
+        id: &str,
+        version: Option<Version>,
+    ) -> Result<Option<AggregateState<A>>, ExecuteError> {
+        let host = self.host::<A>()?;
+        let stream = StreamId::new(A::TYPE, id)?;
+        let loaded = actor::load::<A>(&*self.inner.store, &stream, host.shared.options.snapshot_schema_version, version)?;
+        Ok((loaded.version > Version(0)).then_some(AggregateState { version: loaded.version, state: loaded.state }))
+    }
+
+    /// Events of aggregate `id` from version `from`, at most `limit`, decoded.
+    pub fn events<A: Aggregate>(
+        &self,
+        id: &str,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<Envelope<A::Event>>, ExecuteError> {
+        let stream = StreamId::new(A::TYPE, id)?;
+        let recorded = self.inner.store.read_stream(&stream, from, None, limit)?;
+        recorded.iter().map(|r| r.decode::<A::Event>().map_err(ExecuteError::from)).collect()
+    }
+
+    /// Events of a stream, still encoded (any aggregate type).
+    pub fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        to: Option<Version>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.store.read_stream(stream, from, to, limit)
+    }
+
+    /// Events of the global log from position `from`, at most `limit`, still encoded.
+    pub fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.store.read_all(from, limit)
+    }
+
+    /// The position of the last acknowledged event.
+    pub fn head_position(&self) -> Position {
+        self.inner.store.head_position()
+    }
+
+    /// The store, for reads this API does not cover.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.inner.store
+    }
+
+    /// Whether the store accepts writes.
+    pub fn health(&self) -> StoreHealth {
+        self.inner.store.health()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.inner.counters;
+        RuntimeStats {
+            live_actors: c.live.load(Ordering::Relaxed),
+            activations: c.activations.load(Ordering::Relaxed),
+            passivations: c.passivations.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            rehydrations: c.rehydrations.load(Ordering::Relaxed),
+            rehydration_micros: c.rehydration_micros.load(Ordering::Relaxed),
+            journal: self.inner.store.stats(),
+        }
+    }
+
+    /// Shuts down gracefully: refuses new commands, waits (up to `drain_timeout`) for the
+    /// commands in flight, stops the actors, drains and flushes the journal, and stops the
+    /// actor threads. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        self.inner.accepting.store(false, Ordering::Release);
+        let drain = async {
+            loop {
+                let notified = self.inner.drained.notified();
+                if self.inner.in_flight.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(self.inner.options.drain_timeout, drain).await.is_err() {
+            tracing::warn!(
+                in_flight = self.inner.in_flight.load(Ordering::Acquire),
+                "shutdown: commands still in flight after the drain timeout"
+            );
+        }
+        for host in self.inner.hosts.read().values() {
+            host.passivate_all();
+        }
+        let stored = self.inner.store.shutdown();
+        self.stop_system();
+        stored.map_err(RuntimeError::from)
+    }
+
+    fn stop_system(&self) {
+        if let Some((system, thread)) = self.inner.system.lock().take() {
+            for arbiter in self.inner.arbiters.iter() {
+                arbiter.stop();
+            }
+            system.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((system, thread)) = self.system.lock().take() {
+            for arbiter in self.arbiters.iter() {
+                arbiter.stop();
+            }
+            system.stop();
+            let _ = thread.join();
+        }
+        let _ = self.store.shutdown();
+    }
+}
+
+struct InFlight<'a>(&'a Inner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !self.0.accepting.load(Ordering::Acquire) {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Starts an actix system on its own thread with `arbiters` arbiter threads, so the runtime
+/// works the same under any async executor (or none).
+fn start_system(arbiters: usize) -> Result<(System, Vec<ArbiterHandle>, JoinHandle<()>), RuntimeError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("annals-system".into())
+        .spawn(move || {
+            let runner = System::new();
+            let owned: Vec<actix_rt::Arbiter> = (0..arbiters).map(|_| actix_rt::Arbiter::new()).collect();
+            let handles = owned.iter().map(actix_rt::Arbiter::handle).collect::<Vec<_>>();
+            let _ = tx.send((System::current(), handles));
+            let _ = runner.run();
+            for arbiter in owned {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+        })
+        .map_err(|e| RuntimeError::System(e.to_string()))?;
+    let (system, handles) = rx.recv().map_err(|e| RuntimeError::System(e.to_string()))?;
+    Ok((system, handles, thread))
+}

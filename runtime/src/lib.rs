@@ -14,3 +14,5 @@ pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
 pub use runtime::{AggregateState, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions, RuntimeStats};
 pub use types::{CommandId, Position, StreamId, Timestamp, Version};
+#[cfg(feature = "testkit")]
+pub mod testkit;

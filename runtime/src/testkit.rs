@@ -1,0 +1,1 @@
+//! Given/when/then test kit (being written).

@@ -1,30 +1,34 @@
 //! The on-disk records of the sled store and their encodings.
 //!
-//! | tree        | key                          | value                                      |
-//! |-------------|------------------------------|--------------------------------------------|
-//! | `log`       | first position (u64 BE)      | [`CommitRecord`]: one whole commit         |
-//! | `streams`   | stream key + first version   | [`IndexEntry`]: position and event count   |
-//! | `commands`  | command id (UTF-8)           | [`CommandRecord`]                          |
-//! | `snapshots` | stream key + version         | [`SnapshotRecord`]                         |
-//! | `meta`      | name                         | format version, index watermark            |
+//! | tree        | key                            | value                                         |
+//! |-------------|--------------------------------|-----------------------------------------------|
+//! | `log`       | first position of a batch      | a [segment](super::segment) of commit records |
+//! | `heads`     | stream key                     | [`HeadEntry`]: version and last commit        |
+//! | `skips`     | stream key + version (k × 64)  | position of the commit holding that version   |
+//! | `commands`  | command id (UTF-8)             | [`CommandRecord`]                             |
+//! | `snapshots` | stream key + version           | [`SnapshotRecord`]                            |
+//! | `meta`      | name                           | layout version, derived-data watermark        |
 //!
-//! The **log record is the unit of atomicity**: one commit (all events of one command, its
-//! metadata and its command id) is one sled `insert`, so it is either entirely present or
-//! entirely absent after a crash. `streams` and the committed entries of `commands` are derived
-//! from the log; recovery re-derives them for the tail the last crash may have cut off.
+//! The **segment is the unit of atomicity**: all commits of one group-commit batch are one sled
+//! `insert`, so after a crash a batch is entirely present or entirely absent. Everything else
+//! except snapshots and rejection records is derived from the log: `heads` is written lazily
+//! (a checkpoint every `heads_checkpoint_interval`, from an in-memory table of the heads that
+//! changed), `skips` lets a reader start a walk near any version, and committed `commands`
+//! entries find a command's commit; recovery re-derives all of them for the log after the
+//! watermark.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::keys;
+use super::segment::{RecordHeader, RECORD_HEADER_LEN};
 use crate::codec::{self, CodecError};
 use crate::envelope::{CommitMeta, EncodedPayload, RecordedEvent};
 use crate::store::{Fingerprint, PendingEvent, Snapshot, StoreError};
 use crate::types::{CommandId, Position, StreamId, Timestamp, Version};
 
-/// Format byte of log records.
-pub(crate) const COMMIT_FORMAT: u8 = 1;
 /// Format byte of command records.
 pub(crate) const COMMAND_FORMAT: u8 = 1;
 /// Format byte of snapshot records.
@@ -121,34 +125,36 @@ impl CommitRecord {
         }
     }
 
+    /// Encodes the record behind a zeroed header, which the writer fills in once it knows the
+    /// stream's previous commit.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode_versioned(COMMIT_FORMAT, "commit record", self)
+        let mut out = vec![0u8; RECORD_HEADER_LEN];
+        ciborium::into_writer(self, &mut out)
+            .map_err(|e| CodecError::Encode { what: "commit record", reason: e.to_string() })?;
+        Ok(out)
     }
 
-    /// Decodes and checks the record's own invariants (at least one event, valid ids).
-    pub(crate) fn decode(position: Position, bytes: &[u8]) -> Result<CommitRecord, StoreError> {
-        let record: CommitRecord = codec::decode_versioned(COMMIT_FORMAT, "commit record", bytes)
-            .map_err(|e| corrupt_at(position, &e.to_string()))?;
+    /// Decodes a record and checks it against its header and its own invariants.
+    pub(crate) fn decode(position: Position, bytes: &[u8]) -> Result<(RecordHeader, CommitRecord), StoreError> {
+        let header = RecordHeader::read(position, bytes)?;
+        let record: CommitRecord = ciborium::from_reader(&bytes[RECORD_HEADER_LEN..])
+            .map_err(|e| corrupt_at(position, &format!("cannot decode commit record: {e}")))?;
         if record.events.is_empty() {
             return Err(corrupt_at(position, "commit record holds no events"));
         }
-        if record.first_version == 0 {
-            return Err(corrupt_at(position, "first version is 0"));
+        if record.first_version != header.first_version.0 || record.events.len() != header.count as usize {
+            return Err(corrupt_at(position, "commit record disagrees with its header"));
         }
         record.stream().map_err(|e| corrupt_at(position, &e.to_string()))?;
-        Ok(record)
+        Ok((header, record))
+    }
+
+    pub(crate) fn is_of(&self, stream: &StreamId) -> bool {
+        self.aggregate_type == stream.aggregate_type() && self.aggregate_id == stream.aggregate_id()
     }
 
     pub(crate) fn stream(&self) -> Result<StreamId, crate::types::InvalidId> {
         StreamId::new(self.aggregate_type.as_str(), self.aggregate_id.as_str())
-    }
-
-    pub(crate) fn event_count(&self) -> u64 {
-        self.events.len() as u64
-    }
-
-    pub(crate) fn last_version(&self) -> Version {
-        Version(self.first_version + self.event_count() - 1)
     }
 
     pub(crate) fn meta(&self) -> Result<CommitMeta, StoreError> {
@@ -193,31 +199,44 @@ pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
     StoreError::Corrupt { what: format!("log record at position {position}"), reason: reason.to_string() }
 }
 
-/// A `streams` entry: where one commit of the stream is in the log.
+/// A stream's head: its last version and where its last commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IndexEntry {
-    pub(crate) position: Position,
+pub(crate) struct HeadEntry {
+    /// The stream's last version.
+    pub(crate) version: Version,
+    /// First position of the stream's last commit.
+    pub(crate) commit: Position,
+    /// Events in that commit.
     pub(crate) count: u32,
 }
 
-impl IndexEntry {
-    pub(crate) fn encode(self) -> [u8; 12] {
-        let mut out = [0u8; 12];
-        out[..8].copy_from_slice(&self.position.0.to_be_bytes());
-        out[8..].copy_from_slice(&self.count.to_be_bytes());
+impl HeadEntry {
+    pub(crate) fn last_position(&self) -> Position {
+        self.commit.advance(u64::from(self.count).saturating_sub(1))
+    }
+
+    pub(crate) fn encode(self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..8].copy_from_slice(&self.version.0.to_be_bytes());
+        out[8..16].copy_from_slice(&self.commit.0.to_be_bytes());
+        out[16..].copy_from_slice(&self.count.to_be_bytes());
         out
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<IndexEntry, StoreError> {
-        let arr: [u8; 12] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-            what: "stream index entry".into(),
-            reason: format!("{} bytes, expected 12", bytes.len()),
-        })?;
-        let mut pos = [0u8; 8];
-        pos.copy_from_slice(&arr[..8]);
+    pub(crate) fn decode(bytes: &[u8]) -> Result<HeadEntry, StoreError> {
+        if bytes.len() != 20 {
+            return Err(StoreError::Corrupt {
+                what: "stream head entry".into(),
+                reason: format!("{} bytes, expected 20", bytes.len()),
+            });
+        }
         let mut count = [0u8; 4];
-        count.copy_from_slice(&arr[8..]);
-        Ok(IndexEntry { position: Position(u64::from_be_bytes(pos)), count: u32::from_be_bytes(count) })
+        count.copy_from_slice(&bytes[16..]);
+        Ok(HeadEntry {
+            version: Version(keys::read_u64(&bytes[..8], "stream head entry")?),
+            commit: Position(keys::read_u64(&bytes[8..16], "stream head entry")?),
+            count: u32::from_be_bytes(count),
+        })
     }
 }
 
@@ -308,8 +327,11 @@ mod tests {
             payload: EncodedPayload(vec![1, 2, 3]),
         }];
         let record = CommitRecord::new(&stream, Version(5), &meta, Some(Fingerprint([9; 16])), &events);
-        let bytes = record.encode().expect("encodes");
-        let back = CommitRecord::decode(Position(10), &bytes).expect("decodes");
+        let mut bytes = record.encode().expect("encodes");
+        let header = RecordHeader { prev: Position(3), first_version: Version(5), count: 1 };
+        header.write_into(&mut bytes);
+        let (read, back) = CommitRecord::decode(Position(10), &bytes).expect("decodes");
+        assert_eq!(read, header);
         assert_eq!(back, record);
         let recorded = back.into_events(Position(10)).expect("valid");
         assert_eq!(recorded[0].version, Version(5));

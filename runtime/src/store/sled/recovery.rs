@@ -1,38 +1,41 @@
 //! Recovery and integrity checking when the sled store is opened.
 //!
 //! # What a crash can leave behind
-//! The writer inserts log records in position order; the flusher inserts the derived entries
-//! (stream index, command ids) of a batch, fsyncs, and only then acknowledges. An fsync makes
-//! every earlier insert durable. So after a crash:
-//! - every acknowledged commit is in the log, with its index and command entries;
-//! - commits of the batches in flight may be present or absent, each one whole (one insert);
-//! - if a record in flight is missing while a later one is present (a "hole"), every record
-//!   after the hole was written after an insert that was never fsynced, so none of them was
+//! The writer inserts one segment per batch, in position order; the flusher inserts the
+//! derived entries of a batch (command ids, skips), fsyncs, and only then acknowledges. An
+//! fsync makes every earlier insert durable. So after a crash:
+//! - every acknowledged commit is in the log, with its command-id and skip entries;
+//! - segments of the batches in flight may be present or absent, each one whole;
+//! - if a segment in flight is missing while a later one is present (a "hole"), every segment
+//!   after the hole was written after an insert that was never fsynced, so none of it was
 //!   acknowledged: recovery removes them, keeping positions gap-free;
-//! - derived entries of the batches in flight may be missing (recovery re-derives them from
-//!   the log after the watermark) or may point at records that were lost ("dangling"). Readers
-//!   verify every index and command entry against the log record it names and skip a mismatch,
-//!   so a dangling entry is never believed; the next commit at that key overwrites it.
+//! - stream heads are checkpointed lazily, so the `heads` tree may lag the log; recovery
+//!   re-derives the heads (and command ids and skips) of the log after the watermark;
+//! - command-id and skip entries of lost batches may remain ("dangling"). Readers verify every
+//!   such entry against the commit it names and ignore a mismatch, so a dangling entry is never
+//!   believed; the next commit with that key overwrites it.
 //!
-//! The **watermark** (`meta/indexed_through`) is written only after the fsync that made the
+//! The **watermark** (`meta/derived_through`) is written only after the fsync that made the
 //! derived entries up to it durable, so recovery only re-derives the log after it.
 //!
 //! # The integrity check
 //! [`IntegrityCheck::Full`] (the default) reads the whole log: positions contiguous from 1,
-//! every record decodable, versions contiguous per stream (this needs one map entry per stream
-//! while it runs). [`IntegrityCheck::Tail`] checks only the log after the watermark, for very
-//! large stores where opening must be fast. A violation below the watermark is corruption and
-//! is reported as [`StoreError::Corrupt`], changing nothing.
+//! every segment and record decodable, each commit linked to its stream's previous commit with
+//! contiguous versions, and the checkpointed heads consistent with the log (this needs one map
+//! entry per stream while it runs). [`IntegrityCheck::Tail`] checks only the log after the
+//! watermark, for very large stores where opening must be fast. A violation is reported as
+//! [`StoreError::Corrupt`], and recovery changes nothing when it finds one.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::keys;
-use super::record::{CommandRecord, CommitRecord, IndexEntry};
+use super::record::{corrupt_at, CommandRecord, CommitRecord, HeadEntry};
+use super::segment::{RecordHeader, Segment};
 use super::writer::WATERMARK_KEY;
-use super::{indexed_head, io, Trees};
+use super::{io, locate, Trees, SKIP_EVERY};
 use crate::store::StoreError;
-use crate::types::{Position, Version};
+use crate::types::{Position, StreamId, Version};
 
 /// The on-disk layout version this build writes and reads.
 pub(crate) const LAYOUT_VERSION: u8 = 1;
@@ -58,12 +61,19 @@ pub struct RecoveryReport {
     pub records_checked: u64,
     /// Events checked.
     pub events_checked: u64,
-    /// Records after the watermark whose index entries were re-derived.
+    /// Commits after the watermark whose derived entries were re-derived.
     pub records_reindexed: u64,
-    /// Unacknowledged records removed because an earlier record in flight was lost.
+    /// Unacknowledged segments removed because an earlier segment in flight was lost.
     pub records_removed: u64,
     /// How long recovery took.
     pub duration: Duration,
+}
+
+/// One stream's state during the scan.
+struct Scanned {
+    head: HeadEntry,
+    /// The head as of the watermark (its latest commit at or below it).
+    at_watermark: Option<HeadEntry>,
 }
 
 /// Checks and repairs the store; see the [module docs](self).
@@ -71,7 +81,7 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
     let started = Instant::now();
     check_layout(trees)?;
     let watermark = match trees.meta.get(WATERMARK_KEY).map_err(io("reading the watermark"))? {
-        Some(bytes) => Position(keys::read_u64(&bytes, "index watermark")?),
+        Some(bytes) => Position(keys::read_u64(&bytes, "watermark")?),
         None => Position(0),
     };
     let mut report = RecoveryReport::default();
@@ -80,64 +90,82 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
         IntegrityCheck::Tail => watermark.next(),
     };
     if check == IntegrityCheck::Tail && watermark > Position(0) {
-        check_record_ends_at(trees, watermark)?;
+        check_segment_ends_at(trees, watermark)?;
     }
-    let mut heads: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut streams: HashMap<Vec<u8>, Scanned> = HashMap::new();
+    let mut derived: Vec<(bool, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut expected = scan_from;
     let mut hole_at: Option<Position> = None;
     for item in trees.log.range(keys::position_key(scan_from)..) {
-        let (key, value) = item.map_err(io("reading the log"))?;
-        let position = Position(keys::read_u64(&key, "log key")?);
-        if position != expected {
-            if position < expected || expected <= watermark {
+        let (key, bytes) = item.map_err(io("reading the log"))?;
+        let first = Position(keys::read_u64(&key, "log key")?);
+        if first != expected {
+            if first < expected || expected <= watermark {
                 return Err(StoreError::Corrupt {
                     what: "the log".into(),
                     reason: format!(
-                        "expected a record at position {expected}, found one at {position} \
+                        "expected a segment at position {expected}, found one at {first} \
                          (durable watermark {watermark})"
                     ),
                 });
             }
-            hole_at = Some(position);
+            hole_at = Some(first);
             break;
         }
-        let record = CommitRecord::decode(position, &value)?;
-        let stream = record.stream().map_err(|e| super::record::corrupt_at(position, &e.to_string()))?;
-        let stream_key = keys::stream_key(&stream);
-        let previous = match check {
-            IntegrityCheck::Full => heads.get(&stream_key).copied().unwrap_or(0),
-            IntegrityCheck::Tail => tail_previous_version(trees, &stream, &record, position)?,
-        };
-        if record.first_version != previous + 1 {
-            return Err(StoreError::Corrupt {
-                what: format!("stream {stream}"),
-                reason: format!(
-                    "the commit at position {position} starts at version {}, but the stream is at {previous}",
-                    record.first_version
-                ),
-            });
+        let segment = Segment::parse(first, bytes)?;
+        for i in 0..segment.len() {
+            let (position, bytes) = segment.record(i);
+            if position != expected {
+                return Err(corrupt_at(position, &format!("expected a commit at position {expected}")));
+            }
+            let (header, record) = CommitRecord::decode(position, bytes)?;
+            let stream = record.stream().map_err(|e| corrupt_at(position, &e.to_string()))?;
+            let stream_key = keys::stream_key(&stream);
+            let previous = match (check, streams.get(&stream_key)) {
+                (_, Some(s)) => Some(s.head),
+                (IntegrityCheck::Full, None) => None,
+                (IntegrityCheck::Tail, None) => previous_by_chain(trees, &header)?,
+            };
+            check_link(&stream, position, &header, previous)?;
+            let head = HeadEntry { version: header.last_version(), commit: position, count: header.count };
+            let scanned = streams.entry(stream_key.clone()).or_insert(Scanned { head, at_watermark: None });
+            scanned.head = head;
+            if position <= watermark {
+                scanned.at_watermark = Some(head);
+            } else {
+                derive(&stream_key, &header, &record, position, &mut derived)?;
+                report.records_reindexed += 1;
+            }
+            report.records_checked += 1;
+            report.events_checked += u64::from(header.count);
+            expected = position.advance(u64::from(header.count));
         }
-        let count = record.event_count();
-        if check == IntegrityCheck::Full {
-            heads.insert(stream_key.clone(), previous + count);
-        }
-        if position > watermark {
-            reindex(trees, stream_key, &record, position)?;
-            report.records_reindexed += 1;
-        }
-        report.records_checked += 1;
-        report.events_checked += count;
-        expected = position.advance(count);
+    }
+    if check == IntegrityCheck::Full {
+        check_heads(trees, &streams)?;
     }
     if let Some(hole) = hole_at {
         report.records_removed = remove_from(trees, hole)?;
         tracing::warn!(
-            missing = %expected, removed = report.records_removed,
-            "removed unacknowledged log records written after a record the crash lost"
+            missing = %expected, removed_segments = report.records_removed,
+            "removed unacknowledged log segments written after a segment the crash lost"
         );
     }
     report.head_position = Position(expected.0 - 1);
-    if report.head_position != watermark || report.records_removed > 0 {
+    let mut changed = report.records_removed > 0;
+    for (is_command, key, value) in derived {
+        let tree = if is_command { &trees.commands } else { &trees.skips };
+        tree.insert(key, value).map_err(io("re-deriving entries"))?;
+        changed = true;
+    }
+    for (key, scanned) in &streams {
+        if scanned.head.commit > watermark {
+            trees.heads.insert(key.as_slice(), &scanned.head.encode()[..]).map_err(io("re-deriving heads"))?;
+            changed = true;
+        }
+    }
+    if changed || report.head_position != watermark {
+        trees.db.flush().map_err(io("flushing recovery"))?;
         trees
             .meta
             .insert(WATERMARK_KEY, &report.head_position.0.to_be_bytes())
@@ -147,6 +175,91 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
     report.duration = started.elapsed();
     tracing::info!(?report, "store recovered");
     Ok(report)
+}
+
+/// The stream's head before `header`'s commit, from the commit its `prev` names.
+fn previous_by_chain(trees: &Trees, header: &RecordHeader) -> Result<Option<HeadEntry>, StoreError> {
+    if header.prev == Position(0) {
+        return Ok(None);
+    }
+    let Some((segment, i)) = locate(trees, header.prev)? else {
+        return Err(corrupt_at(header.prev, "a later commit links to this position, where no commit starts"));
+    };
+    let prev = RecordHeader::read(header.prev, segment.record(i).1)?;
+    Ok(Some(HeadEntry { version: prev.last_version(), commit: header.prev, count: prev.count }))
+}
+
+/// A commit must link to its stream's previous commit and continue its versions.
+fn check_link(
+    stream: &StreamId,
+    position: Position,
+    header: &RecordHeader,
+    previous: Option<HeadEntry>,
+) -> Result<(), StoreError> {
+    let (prev, version) = previous.map_or((Position(0), Version(0)), |h| (h.commit, h.version));
+    if header.prev != prev || header.first_version != version.next() {
+        return Err(StoreError::Corrupt {
+            what: format!("stream {stream}"),
+            reason: format!(
+                "the commit at position {position} starts at version {} after the commit at {}, \
+                 but the stream is at version {version} after the commit at {prev}",
+                header.first_version, header.prev
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The derived entries of one commit: its command id and its skips.
+fn derive(
+    stream_key: &[u8],
+    header: &RecordHeader,
+    record: &CommitRecord,
+    position: Position,
+    out: &mut Vec<(bool, Vec<u8>, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    if let Some(id) = &record.command_id {
+        let bytes = CommandRecord::Committed { position: position.0 }.encode()?;
+        out.push((true, id.as_bytes().to_vec(), bytes));
+    }
+    let first_skip = header.first_version.0.div_ceil(SKIP_EVERY) * SKIP_EVERY;
+    for skip in (first_skip..=header.last_version().0).step_by(SKIP_EVERY as usize) {
+        out.push((false, [stream_key, &skip.to_be_bytes()].concat(), position.0.to_be_bytes().to_vec()));
+    }
+    Ok(())
+}
+
+/// Every checkpointed head must be consistent with the log: not older than the stream's head
+/// at the watermark, not newer than its head, and present for every stream at the watermark.
+fn check_heads(trees: &Trees, streams: &HashMap<Vec<u8>, Scanned>) -> Result<(), StoreError> {
+    let mut present = 0usize;
+    for item in trees.heads.iter() {
+        let (key, value) = item.map_err(io("reading stream heads"))?;
+        let head = HeadEntry::decode(&value)?;
+        let bad = |reason: String| StoreError::Corrupt { what: "the stream heads".into(), reason };
+        let Some(scanned) = streams.get(key.as_ref()) else {
+            return Err(bad(format!("a head (commit {}) names a stream with no commit in the log", head.commit)));
+        };
+        let floor = scanned.at_watermark.map_or(Position(0), |h| h.commit);
+        let exact = [Some(scanned.head), scanned.at_watermark].contains(&Some(head));
+        if head.commit > scanned.head.commit || head.commit < floor || (!exact && head.commit == floor) {
+            return Err(bad(format!(
+                "the checkpointed head (version {}, commit {}) disagrees with the log (version {}, commit {})",
+                head.version, head.commit, scanned.head.version, scanned.head.commit
+            )));
+        }
+        if scanned.at_watermark.is_some() {
+            present += 1;
+        }
+    }
+    let expected = streams.values().filter(|s| s.at_watermark.is_some()).count();
+    if present != expected {
+        return Err(StoreError::Corrupt {
+            what: "the stream heads".into(),
+            reason: format!("{} streams have commits below the watermark but no checkpointed head", expected - present.min(expected)),
+        });
+    }
+    Ok(())
 }
 
 fn check_layout(trees: &Trees) -> Result<(), StoreError> {
@@ -167,8 +280,8 @@ fn check_layout(trees: &Trees) -> Result<(), StoreError> {
     }
 }
 
-/// In tail mode, the watermark must be the end of a record (batches end on commit boundaries).
-fn check_record_ends_at(trees: &Trees, watermark: Position) -> Result<(), StoreError> {
+/// In tail mode, the watermark must be the end of a segment (it is set at batch boundaries).
+fn check_segment_ends_at(trees: &Trees, watermark: Position) -> Result<(), StoreError> {
     let last = trees
         .log
         .range(..=keys::position_key(watermark))
@@ -176,10 +289,11 @@ fn check_record_ends_at(trees: &Trees, watermark: Position) -> Result<(), StoreE
         .transpose()
         .map_err(io("reading the log"))?;
     let ok = match last {
-        Some((key, value)) => {
-            let position = Position(keys::read_u64(&key, "log key")?);
-            let record = CommitRecord::decode(position, &value)?;
-            position.advance(record.event_count() - 1) == watermark
+        Some((key, bytes)) => {
+            let segment = Segment::parse(Position(keys::read_u64(&key, "log key")?), bytes)?;
+            let (position, record) = segment.record(segment.len() - 1);
+            let header = RecordHeader::read(position, record)?;
+            position.advance(u64::from(header.count) - 1) == watermark
         }
         None => false,
     };
@@ -188,42 +302,9 @@ fn check_record_ends_at(trees: &Trees, watermark: Position) -> Result<(), StoreE
     } else {
         Err(StoreError::Corrupt {
             what: "the log".into(),
-            reason: format!("no record ends at the durable watermark {watermark}"),
+            reason: format!("no segment ends at the durable watermark {watermark}"),
         })
     }
-}
-
-/// In tail mode, the stream's version before `record`, from the index (which may already hold
-/// this record's own entry, written before the crash).
-fn tail_previous_version(
-    trees: &Trees,
-    stream: &crate::types::StreamId,
-    record: &CommitRecord,
-    position: Position,
-) -> Result<u64, StoreError> {
-    let own_key = keys::stream_version_key(stream, Version(record.first_version));
-    if let Some(v) = trees.streams.get(&own_key).map_err(io("reading the stream index"))? {
-        if IndexEntry::decode(&v)?.position == position {
-            return Ok(record.first_version - 1);
-        }
-    }
-    Ok(indexed_head(trees, stream, None)?.0)
-}
-
-fn reindex(trees: &Trees, stream_key: Vec<u8>, record: &CommitRecord, position: Position) -> Result<(), StoreError> {
-    let mut key = stream_key;
-    key.extend_from_slice(&record.first_version.to_be_bytes());
-    let count = u32::try_from(record.event_count())
-        .map_err(|_| super::record::corrupt_at(position, "more than 2^32 events in one commit"))?;
-    trees
-        .streams
-        .insert(key, &IndexEntry { position, count }.encode()[..])
-        .map_err(io("re-deriving the stream index"))?;
-    if let Some(id) = &record.command_id {
-        let bytes = CommandRecord::Committed { position: position.0 }.encode()?;
-        trees.commands.insert(id.as_bytes(), bytes).map_err(io("re-deriving command ids"))?;
-    }
-    Ok(())
 }
 
 fn remove_from(trees: &Trees, from: Position) -> Result<u64, StoreError> {
@@ -234,7 +315,7 @@ fn remove_from(trees: &Trees, from: Position) -> Result<u64, StoreError> {
         .collect::<Result<_, _>>()
         .map_err(io("reading the log tail"))?;
     for key in &keys {
-        trees.log.remove(key).map_err(io("removing an unacknowledged record"))?;
+        trees.log.remove(key).map_err(io("removing an unacknowledged segment"))?;
     }
     Ok(keys.len() as u64)
 }

@@ -1,7 +1,9 @@
-//! The journal's two threads: the writer (checks, positions, one log insert per commit) and
-//! the flusher (derived index entries, one fsync per batch, acknowledgements). See the
-//! [parent module](super) for the design and its measurements.
+//! The journal's two threads: the **writer** (checks, positions, one segment insert per
+//! batch) and the **flusher** (derived entries, one fsync per batch, acknowledgements, and the
+//! lazy checkpoint of stream heads). See the [parent module](super) for the design and its
+//! measurements.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,17 +14,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use lru::LruCache;
 
 use super::keys;
-use super::record::{CommandRecord, CommitRecord, IndexEntry};
-use super::{indexed_head, io, lookup_command, validate_kind, Durability, Faults, Shared, Trees};
+use super::record::{CommandRecord, CommitRecord, HeadEntry};
+use super::segment::{RecordHeader, SegmentBuilder};
+use super::{io, lookup_command, lookup_head, validate_kind, Durability, Faults, Shared, Trees, SKIP_EVERY};
 use crate::store::{
     AppendError, AppendKind, AppendReply, AppendRequest, CommandKey, CommitReceipt, Fingerprint,
     StoreError,
 };
 use crate::types::{CommandId, Position, StreamId, Version};
 
-/// The meta key of the index watermark: every index and command entry derived from log
-/// records at or below this position is durable.
-pub(crate) const WATERMARK_KEY: &[u8] = b"indexed_through";
+/// The meta key of the watermark: every derived entry (heads, skips, command ids) of the log
+/// at or below this position is durable.
+pub(crate) const WATERMARK_KEY: &[u8] = b"derived_through";
 
 /// A message to the writer.
 pub(crate) enum Job {
@@ -32,7 +35,7 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// An append encoded on the caller's thread, so the writer only checks and inserts.
+/// An append encoded on the caller's thread, so the writer only checks and copies bytes.
 pub(crate) struct Prepared {
     stream: StreamId,
     stream_key: Vec<u8>,
@@ -42,7 +45,7 @@ pub(crate) struct Prepared {
 }
 
 enum Body {
-    /// An encoded [`CommitRecord`] of `count` events.
+    /// An encoded commit record of `count` events, with room for its header.
     Commit { bytes: Vec<u8>, count: u32 },
     /// An encoded [`CommandRecord`] (rejection or no-event outcome).
     Outcome { bytes: Vec<u8> },
@@ -52,6 +55,9 @@ impl Prepared {
     pub(crate) fn new(request: AppendRequest) -> Result<Prepared, AppendError> {
         validate_kind(&request)?;
         let fingerprint = request.command.as_ref().map(|c| c.fingerprint);
+        let outcome = |record: CommandRecord| -> Result<Body, AppendError> {
+            Ok(Body::Outcome { bytes: record.encode().map_err(StoreError::from)? })
+        };
         let body = match &request.kind {
             AppendKind::Events(events) => {
                 let record = CommitRecord::new(
@@ -64,25 +70,19 @@ impl Prepared {
                 let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
                 Body::Commit { bytes: record.encode().map_err(StoreError::from)?, count }
             }
-            AppendKind::Rejection(rejection) => {
-                let record = CommandRecord::Rejected {
-                    aggregate_type: request.stream.aggregate_type().to_string(),
-                    aggregate_id: request.stream.aggregate_id().to_string(),
-                    fingerprint: fingerprint.map(|f| f.0.to_vec()).unwrap_or_default(),
-                    version: request.expected.0,
-                    rejection: rejection.clone(),
-                };
-                Body::Outcome { bytes: record.encode().map_err(StoreError::from)? }
-            }
-            AppendKind::NoEvents => {
-                let record = CommandRecord::NoEvents {
-                    aggregate_type: request.stream.aggregate_type().to_string(),
-                    aggregate_id: request.stream.aggregate_id().to_string(),
-                    fingerprint: fingerprint.map(|f| f.0.to_vec()).unwrap_or_default(),
-                    version: request.expected.0,
-                };
-                Body::Outcome { bytes: record.encode().map_err(StoreError::from)? }
-            }
+            AppendKind::Rejection(rejection) => outcome(CommandRecord::Rejected {
+                aggregate_type: request.stream.aggregate_type().to_string(),
+                aggregate_id: request.stream.aggregate_id().to_string(),
+                fingerprint: fingerprint.map(|f| f.0.to_vec()).unwrap_or_default(),
+                version: request.expected.0,
+                rejection: rejection.clone(),
+            })?,
+            AppendKind::NoEvents => outcome(CommandRecord::NoEvents {
+                aggregate_type: request.stream.aggregate_type().to_string(),
+                aggregate_id: request.stream.aggregate_id().to_string(),
+                fingerprint: fingerprint.map(|f| f.0.to_vec()).unwrap_or_default(),
+                version: request.expected.0,
+            })?,
         };
         Ok(Prepared {
             stream_key: keys::stream_key(&request.stream),
@@ -96,12 +96,18 @@ impl Prepared {
 
 /// What the writer hands the flusher for one batch.
 struct Stage {
-    index: Vec<(Vec<u8>, [u8; 12])>,
-    commands: Vec<(CommandId, Vec<u8>)>,
+    /// Derived entries to insert before the fsync: (tree, key, value).
+    derived: Vec<(Derived, Vec<u8>, Vec<u8>)>,
     replies: Vec<(AppendReply, CommitReceipt)>,
     /// Last position written so far (this batch included).
     end: Position,
     events: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Derived {
+    Command,
+    Skip,
 }
 
 pub(crate) struct Start {
@@ -110,8 +116,10 @@ pub(crate) struct Start {
     pub(crate) next_position: Position,
     pub(crate) durability: Durability,
     pub(crate) batch_appends_max: usize,
+    pub(crate) batch_bytes_max: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) head_cache_capacity: NonZeroUsize,
+    pub(crate) heads_checkpoint_interval: Duration,
     pub(crate) faults: Arc<Faults>,
 }
 
@@ -119,7 +127,7 @@ pub(crate) struct Start {
 pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), StoreError> {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(s.queue_capacity);
     // One stage in the channel plus one being flushed: the writer runs at most two batches
-    // ahead of the last fsync, which is what bounds the head cache (see `SledOptions`).
+    // ahead of the last fsync.
     let (stage_tx, stage_rx) = crossbeam_channel::bounded(1);
     let writer = Writer {
         trees: s.trees.clone(),
@@ -128,6 +136,7 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
         heads: LruCache::new(s.head_cache_capacity),
         recent_commands: LruCache::new(s.head_cache_capacity),
         batch_appends_max: s.batch_appends_max,
+        batch_bytes_max: s.batch_bytes_max,
         faults: s.faults.clone(),
     };
     let flusher = Flusher {
@@ -135,17 +144,23 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
         shared: s.shared,
         durability: s.durability,
         faults: s.faults,
+        checkpoint_interval: s.heads_checkpoint_interval,
+        dirty_max: s.head_cache_capacity.get(),
+        durable_end: Position(s.next_position.0 - 1),
         unflushed_end: None,
-        flushed_end: None,
-        last_flush: Instant::now(),
+        heads_pending: None,
+        watermark_due: None,
+        last_fsync: Instant::now(),
+        last_checkpoint: Instant::now(),
     };
-    let spawn_err = |e: std::io::Error| StoreError::Io { op: "starting the journal", reason: e.to_string() };
+    let spawn_err =
+        |e: std::io::Error| StoreError::Io { op: "starting the journal", reason: e.to_string() };
     let w = std::thread::Builder::new()
-        .name("annals-journal-writer".into())
+        .name("annals-writer".into())
         .spawn(move || writer.run(&jobs_rx, &stage_tx))
         .map_err(spawn_err)?;
     let f = std::thread::Builder::new()
-        .name("annals-journal-flusher".into())
+        .name("annals-flusher".into())
         .spawn(move || flusher.run(&stage_rx))
         .map_err(spawn_err)?;
     Ok((jobs_tx, vec![w, f]))
@@ -156,35 +171,34 @@ struct Writer {
     shared: Arc<Shared>,
     /// The position the next event gets.
     next: Position,
-    /// Stream key → head, for every stream written recently (all of those in flight).
-    heads: LruCache<Vec<u8>, Version>,
+    /// Stream key → head, for the streams written recently.
+    heads: LruCache<Vec<u8>, HeadEntry>,
     /// Command ids used recently (all of those in flight) → fingerprint.
     recent_commands: LruCache<CommandId, Fingerprint>,
     batch_appends_max: usize,
+    batch_bytes_max: usize,
     faults: Arc<Faults>,
+}
+
+/// One batch being assembled.
+struct Batch {
+    first: Position,
+    segment: SegmentBuilder,
+    heads: Vec<(Vec<u8>, HeadEntry)>,
+    stage: Stage,
 }
 
 impl Writer {
     fn run(mut self, jobs: &Receiver<Job>, stages: &Sender<Stage>) {
         let mut stopping = false;
         loop {
-            let first = if stopping {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            } else {
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            };
-            let mut stage = Stage {
-                index: Vec::new(),
-                commands: Vec::new(),
-                replies: Vec::new(),
-                end: Position(self.next.0 - 1),
-                events: 0,
+            let first = if stopping { jobs.try_recv().ok() } else { jobs.recv().ok() };
+            let Some(first) = first else { break };
+            let mut batch = Batch {
+                first: self.next,
+                segment: SegmentBuilder::default(),
+                heads: Vec::new(),
+                stage: Stage { derived: Vec::new(), replies: Vec::new(), end: Position(0), events: 0 },
             };
             let mut taken = 0usize;
             let mut job = Some(first);
@@ -193,17 +207,37 @@ impl Writer {
                     Job::Stop => stopping = true,
                     Job::Append(prepared, reply) => {
                         taken += 1;
-                        self.write(*prepared, reply, &mut stage);
+                        self.write(*prepared, reply, &mut batch);
                     }
                 }
-                if taken < self.batch_appends_max {
+                if taken < self.batch_appends_max && batch.segment.data_len() < self.batch_bytes_max {
                     job = jobs.try_recv().ok();
+                }
+            }
+            let Batch { first, segment, heads, mut stage } = batch;
+            if !segment.is_empty() && !self.shared.is_failed() {
+                let inserted = if self.faults.take_insert() {
+                    Err(StoreError::Io { op: "writing the log", reason: "injected fault".into() })
+                } else {
+                    self.trees
+                        .log
+                        .insert(keys::position_key(first), segment.finish())
+                        .map(|_| ())
+                        .map_err(io("writing the log"))
+                };
+                match inserted {
+                    Ok(()) => self.shared.written.store(self.next.0 - 1, Ordering::Release),
+                    Err(e) => self.shared.fail(e.to_string()),
                 }
             }
             if self.shared.is_failed() {
                 for (reply, _) in stage.replies.drain(..) {
                     let _ = reply.send(Err(self.shared.failed_error().into()));
                 }
+                continue;
+            }
+            if !heads.is_empty() {
+                self.shared.dirty_heads.lock().extend(heads);
             }
             if stage.replies.is_empty() {
                 continue;
@@ -215,13 +249,13 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, p: Prepared, reply: AppendReply, stage: &mut Stage) {
+    fn write(&mut self, p: Prepared, reply: AppendReply, batch: &mut Batch) {
         if self.shared.is_failed() {
             let _ = reply.send(Err(self.shared.failed_error().into()));
             return;
         }
         match self.check(&p) {
-            Ok(Ok(head)) => self.insert(p, head, reply, stage),
+            Ok(Ok(head)) => self.add(p, head, reply, batch),
             Ok(Err(refusal)) => {
                 let _ = reply.send(Err(refusal));
             }
@@ -233,17 +267,23 @@ impl Writer {
     }
 
     /// The stream head if the append may go ahead, or why not. The outer error is fatal.
-    fn check(&mut self, p: &Prepared) -> Result<Result<Version, AppendError>, StoreError> {
+    fn check(&mut self, p: &Prepared) -> Result<Result<Option<HeadEntry>, AppendError>, StoreError> {
         let head = match self.heads.get(&p.stream_key) {
-            Some(head) => *head,
-            None => indexed_head(&self.trees, &p.stream, None)?,
+            Some(head) => Some(*head),
+            None => {
+                let head = lookup_head(&self.trees, &self.shared, &p.stream_key)?;
+                if let Some(h) = head {
+                    self.heads.put(p.stream_key.clone(), h);
+                }
+                head
+            }
         };
-        if head != p.expected {
-            self.heads.put(p.stream_key.clone(), head);
+        let version = head.map_or(Version(0), |h| h.version);
+        if version != p.expected {
             return Ok(Err(AppendError::Conflict {
                 stream: p.stream.clone(),
                 expected: p.expected,
-                actual: head,
+                actual: version,
             }));
         }
         if let Some(command) = &p.command {
@@ -261,50 +301,58 @@ impl Writer {
         Ok(Ok(head))
     }
 
-    fn insert(&mut self, p: Prepared, head: Version, reply: AppendReply, stage: &mut Stage) {
+    fn add(&mut self, p: Prepared, head: Option<HeadEntry>, reply: AppendReply, batch: &mut Batch) {
+        let version = head.map_or(Version(0), |h| h.version);
         let receipt = match p.body {
-            Body::Commit { bytes, count } => {
+            Body::Commit { mut bytes, count } => {
                 let position = self.next;
-                let inserted = if self.faults.take_insert() {
-                    Err(StoreError::Io { op: "writing the log", reason: "injected fault".into() })
-                } else {
-                    self.trees
-                        .log
-                        .insert(keys::position_key(position), bytes)
-                        .map(|_| ())
-                        .map_err(io("writing the log"))
+                let header = RecordHeader {
+                    prev: head.map_or(Position(0), |h| h.commit),
+                    first_version: version.next(),
+                    count,
                 };
-                if let Err(e) = inserted {
-                    self.shared.fail(e.to_string());
-                    let _ = reply.send(Err(self.shared.failed_error().into()));
-                    return;
+                header.write_into(&mut bytes);
+                // Relative positions fit in u32: a batch holds far fewer than 2^32 events.
+                let relative = u32::try_from(position.0 - batch.first.0).unwrap_or(u32::MAX);
+                batch.segment.push(relative, &bytes);
+                let last = header.last_version();
+                let first_skip = header.first_version.0.div_ceil(SKIP_EVERY) * SKIP_EVERY;
+                for skip in (first_skip..=last.0).step_by(SKIP_EVERY as usize) {
+                    let key = [p.stream_key.as_slice(), &skip.to_be_bytes()].concat();
+                    batch.stage.derived.push((Derived::Skip, key, position.0.to_be_bytes().to_vec()));
                 }
-                let mut index_key = p.stream_key.clone();
-                index_key.extend_from_slice(&head.next().0.to_be_bytes());
-                stage.index.push((index_key, IndexEntry { position, count }.encode()));
                 if let Some(command) = &p.command {
                     match (CommandRecord::Committed { position: position.0 }).encode() {
-                        Ok(bytes) => stage.commands.push((command.id.clone(), bytes)),
+                        Ok(bytes) => batch.stage.derived.push((
+                            Derived::Command,
+                            command.id.as_str().as_bytes().to_vec(),
+                            bytes,
+                        )),
                         Err(e) => self.shared.fail(e.to_string()),
                     }
                 }
+                let entry = HeadEntry { version: last, commit: position, count };
+                self.heads.put(p.stream_key.clone(), entry);
+                batch.heads.push((p.stream_key, entry));
                 self.next = position.advance(u64::from(count));
-                stage.events += u64::from(count);
-                let version = head.advance(u64::from(count));
-                self.heads.put(p.stream_key, version);
-                CommitReceipt { version, first_position: Some(position), event_count: count }
+                batch.stage.events += u64::from(count);
+                CommitReceipt { version: last, first_position: Some(position), event_count: count }
             }
             Body::Outcome { bytes } => {
                 if let Some(command) = &p.command {
-                    stage.commands.push((command.id.clone(), bytes));
+                    batch.stage.derived.push((
+                        Derived::Command,
+                        command.id.as_str().as_bytes().to_vec(),
+                        bytes,
+                    ));
                 }
-                CommitReceipt { version: head, first_position: None, event_count: 0 }
+                CommitReceipt { version, first_position: None, event_count: 0 }
             }
         };
         if let Some(command) = p.command {
             self.recent_commands.put(command.id, command.fingerprint);
         }
-        stage.replies.push((reply, receipt));
+        batch.stage.replies.push((reply, receipt));
     }
 }
 
@@ -313,45 +361,43 @@ struct Flusher {
     shared: Arc<Shared>,
     durability: Durability,
     faults: Arc<Faults>,
-    /// End of the last batch indexed but not yet fsynced (relaxed mode).
+    checkpoint_interval: Duration,
+    dirty_max: usize,
+    /// Everything at or below this position is durable.
+    durable_end: Position,
+    /// Relaxed mode: acknowledged but not yet fsynced through here.
     unflushed_end: Option<Position>,
-    /// End of the last batch known durable, whose watermark is not yet written.
-    flushed_end: Option<Position>,
-    last_flush: Instant,
+    /// Heads of commits through this position are inserted, awaiting an fsync.
+    heads_pending: Option<Position>,
+    /// Heads through this position are durable: the watermark to write next.
+    watermark_due: Option<Position>,
+    last_fsync: Instant,
+    last_checkpoint: Instant,
 }
 
 impl Flusher {
     fn run(mut self, stages: &Receiver<Stage>) {
         loop {
-            let stage = match self.durability {
-                Durability::Durable => match stages.recv() {
-                    Ok(stage) => stage,
-                    Err(_) => break,
-                },
+            let wait = match self.durability {
+                Durability::Durable => self.checkpoint_interval,
                 Durability::Relaxed { flush_interval } => {
-                    let wait = flush_interval.saturating_sub(self.last_flush.elapsed());
-                    match stages.recv_timeout(wait.max(Duration::from_millis(1))) {
-                        Ok(stage) => stage,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.flush_if_due(flush_interval);
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                    flush_interval.saturating_sub(self.last_fsync.elapsed())
                 }
             };
-            self.process(stage);
-        }
-        // Shutdown: make everything durable and record the final watermark so the next open
-        // has no tail to re-derive.
-        if !self.shared.is_failed() {
-            if let Some(end) = self.unflushed_end.take() {
-                if self.fsync().is_ok() {
-                    self.flushed_end = Some(end);
-                }
+            match stages.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(stage) => self.process(stage),
+                Err(RecvTimeoutError::Timeout) => self.idle(),
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            if let Some(end) = self.flushed_end.take() {
-                let _ = self.trees.meta.insert(WATERMARK_KEY, &end.0.to_be_bytes());
+        }
+        // Shutdown: make everything durable, checkpoint every head and record the watermark,
+        // so the next open has no tail to re-derive.
+        if !self.shared.is_failed() {
+            let _ = self.fsync();
+            self.checkpoint();
+            let _ = self.fsync();
+            if let Some(w) = self.watermark_due.take() {
+                let _ = self.trees.meta.insert(WATERMARK_KEY, &w.0.to_be_bytes());
                 let _ = self.fsync();
             }
         }
@@ -361,7 +407,7 @@ impl Flusher {
         if self.shared.is_failed() {
             return self.refuse(stage);
         }
-        if let Err(e) = self.index(&stage) {
+        if let Err(e) = self.insert_derived(&stage) {
             self.shared.fail(e.to_string());
             return self.refuse(stage);
         }
@@ -371,31 +417,66 @@ impl Flusher {
                     self.shared.fail(e.to_string());
                     return self.refuse(stage);
                 }
-                self.flushed_end = Some(stage.end);
             }
             Durability::Relaxed { flush_interval } => {
                 self.unflushed_end = Some(stage.end);
-                self.flush_if_due(flush_interval);
+                if self.last_fsync.elapsed() >= flush_interval {
+                    if let Err(e) = self.fsync() {
+                        self.shared.fail(e.to_string());
+                        return self.refuse(stage);
+                    }
+                }
             }
         }
         self.acknowledge(stage);
+        if self.last_checkpoint.elapsed() >= self.checkpoint_interval
+            || self.shared.dirty_heads.lock().len() >= self.dirty_max
+        {
+            self.checkpoint();
+        }
     }
 
-    /// Inserts the batch's derived entries, and the watermark of the previous fsync.
-    fn index(&mut self, stage: &Stage) -> Result<(), StoreError> {
-        for (key, value) in &stage.index {
-            self.trees.streams.insert(key.as_slice(), &value[..]).map_err(io("writing the stream index"))?;
+    /// No stage for a while: fsync what relaxed mode left, checkpoint, write the watermark.
+    fn idle(&mut self) {
+        if self.shared.is_failed() {
+            return;
         }
-        for (id, value) in &stage.commands {
-            self.trees
-                .commands
-                .insert(id.as_str().as_bytes(), value.as_slice())
-                .map_err(io("writing command ids"))?;
+        if let Durability::Relaxed { flush_interval } = self.durability {
+            if self.unflushed_end.is_some() && self.last_fsync.elapsed() >= flush_interval {
+                if let Err(e) = self.fsync() {
+                    // Acknowledged appends may be lost: refuse everything from now on.
+                    return self.shared.fail(e.to_string());
+                }
+            }
         }
-        // Written only after the fsync that made the entries up to it durable, so a durable
+        let mut wrote = false;
+        if let Some(w) = self.watermark_due.take() {
+            wrote |= self.trees.meta.insert(WATERMARK_KEY, &w.0.to_be_bytes()).is_ok();
+        }
+        if !self.shared.dirty_heads.lock().is_empty() {
+            self.checkpoint();
+            wrote = true;
+        }
+        if wrote {
+            if let Err(e) = self.fsync() {
+                self.shared.fail(e.to_string());
+            }
+        }
+    }
+
+    /// Inserts the batch's derived entries, and the watermark that the last fsync made due.
+    fn insert_derived(&mut self, stage: &Stage) -> Result<(), StoreError> {
+        for (tree, key, value) in &stage.derived {
+            let tree = match tree {
+                Derived::Command => &self.trees.commands,
+                Derived::Skip => &self.trees.skips,
+            };
+            tree.insert(key.as_slice(), value.as_slice()).map_err(io("writing derived entries"))?;
+        }
+        // Written only after the fsync that made the heads up to it durable, so a durable
         // watermark never claims entries that a crash could have lost.
-        if let Some(end) = self.flushed_end.take() {
-            self.trees.meta.insert(WATERMARK_KEY, &end.0.to_be_bytes()).map_err(io("writing the watermark"))?;
+        if let Some(w) = self.watermark_due.take() {
+            self.trees.meta.insert(WATERMARK_KEY, &w.0.to_be_bytes()).map_err(io("writing the watermark"))?;
         }
         Ok(())
     }
@@ -404,21 +485,44 @@ impl Flusher {
         if self.faults.take_fsync() {
             return Err(StoreError::Io { op: "fsync", reason: "injected fault".into() });
         }
+        // Everything acknowledged or inserted so far; read before the flush, which covers it.
+        let covered = Position(self.shared.written.load(Ordering::Acquire));
         self.trees.db.flush().map_err(io("fsync"))?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.last_flush = Instant::now();
+        self.last_fsync = Instant::now();
+        self.durable_end = self.durable_end.max(covered);
+        self.unflushed_end = None;
+        if let Some(p) = self.heads_pending.take() {
+            self.watermark_due = Some(p);
+        }
         Ok(())
     }
 
-    fn flush_if_due(&mut self, interval: Duration) {
-        if self.unflushed_end.is_none() || self.last_flush.elapsed() < interval || self.shared.is_failed() {
-            return;
+    /// Persists the heads of durable commits from the in-memory table to the `heads` tree.
+    fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        let durable = self.durable_end;
+        let entries: Vec<(Vec<u8>, HeadEntry)> = self
+            .shared
+            .dirty_heads
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.last_position() <= durable)
+            .map(|(k, h)| (k.clone(), *h))
+            .collect();
+        for (key, head) in &entries {
+            if let Err(e) = self.trees.heads.insert(key.as_slice(), &head.encode()[..]) {
+                return self.shared.fail(format!("writing stream heads: {e}"));
+            }
         }
-        match self.fsync() {
-            Ok(()) => self.flushed_end = self.unflushed_end.take(),
-            // Acknowledged appends may be lost: refuse everything from now on.
-            Err(e) => self.shared.fail(e.to_string()),
+        let mut dirty = self.shared.dirty_heads.lock();
+        for (key, head) in entries {
+            if dirty.get(&key) == Some(&head) {
+                dirty.remove(&key);
+            }
         }
+        drop(dirty);
+        self.heads_pending = Some(self.heads_pending.map_or(durable, |p| p.max(durable)));
     }
 
     fn acknowledge(&self, stage: Stage) {
@@ -440,3 +544,6 @@ impl Flusher {
         }
     }
 }
+
+/// Type of the in-memory table of heads not yet checkpointed.
+pub(crate) type DirtyHeads = HashMap<Vec<u8>, HeadEntry>;

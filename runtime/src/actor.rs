@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
-use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseActFuture};
+use actix::{
+    Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, ResponseActFuture,
+};
 use futures::channel::oneshot;
 use uuid::Uuid;
 
@@ -101,7 +103,11 @@ pub(crate) fn load<A: Aggregate>(
 ) -> Result<Loaded<A>, ExecuteError> {
     let head = store.stream_head(stream)?;
     let target = up_to.map_or(head, |v| v.min(head));
-    let mut loaded = Loaded { state: A::default(), version: Version(0), snapshot_version: Version(0) };
+    let mut loaded = Loaded {
+        state: A::default(),
+        version: Version(0),
+        snapshot_version: Version(0),
+    };
     if target == Version(0) {
         return Ok(loaded);
     }
@@ -119,7 +125,13 @@ pub(crate) fn load<A: Aggregate>(
             }
         }
     }
-    replay(store, stream, &mut loaded.state, &mut loaded.version, target)?;
+    replay(
+        store,
+        stream,
+        &mut loaded.state,
+        &mut loaded.version,
+        target,
+    )?;
     Ok(loaded)
 }
 
@@ -140,7 +152,10 @@ pub(crate) fn replay<A: Aggregate>(
             if recorded.version != version.next() {
                 return Err(StoreError::Corrupt {
                     what: format!("stream {stream}"),
-                    reason: format!("read version {} after version {}", recorded.version, version),
+                    reason: format!(
+                        "read version {} after version {}",
+                        recorded.version, version
+                    ),
                 }
                 .into());
             }
@@ -170,10 +185,18 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     /// `Err` if rehydration failed: every queued command gets the error, then the actor stops.
     ready: Result<(), ExecuteError>,
     last_active: Instant,
+    /// The previous instance of this aggregate, if it is still stopping: rehydration waits for
+    /// it, so that this instance starts from everything the previous one committed.
+    predecessor: Option<Arc<Slot>>,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
-    pub(crate) fn new(stream: StreamId, host: Arc<Host<A>>, slot: Arc<Slot>) -> Self {
+    pub(crate) fn new(
+        stream: StreamId,
+        host: Arc<Host<A>>,
+        slot: Arc<Slot>,
+        predecessor: Option<Arc<Slot>>,
+    ) -> Self {
         AggregateActor {
             stream,
             host,
@@ -183,6 +206,7 @@ impl<A: Aggregate> AggregateActor<A> {
             snapshot_version: Version(0),
             ready: Ok(()),
             last_active: Instant::now(),
+            predecessor,
         }
     }
 
@@ -226,7 +250,11 @@ impl<A: Aggregate> AggregateActor<A> {
     }
 
     /// Everything before the append: dedupe, expected version, decide, limits, encoding.
-    fn prepare(&mut self, command: &A::Command, options: &ExecuteOptions) -> Result<Step<A>, ExecuteError> {
+    fn prepare(
+        &mut self,
+        command: &A::Command,
+        options: &ExecuteOptions,
+    ) -> Result<Step<A>, ExecuteError> {
         self.ready.clone()?;
         let limits = &self.host.shared.limits;
         let encoded = codec::encode_plain("command", command)?;
@@ -276,15 +304,24 @@ impl<A: Aggregate> AggregateActor<A> {
             Ok(events) => events,
             Err(rejection) if command_key.is_some() => {
                 let encoded = codec::encode_plain("rejection", &rejection)?;
-                return Ok(Step::Append(request(AppendKind::Rejection(encoded)), Pending::Rejection(rejection)));
+                return Ok(Step::Append(
+                    request(AppendKind::Rejection(encoded)),
+                    Pending::Rejection(rejection),
+                ));
             }
             Err(rejection) => return Ok(Step::Done(Ok(Err(rejection)))),
         };
         if events.is_empty() {
             if command_key.is_some() {
-                return Ok(Step::Append(request(AppendKind::NoEvents), Pending::NoEvents));
+                return Ok(Step::Append(
+                    request(AppendKind::NoEvents),
+                    Pending::NoEvents,
+                ));
             }
-            return Ok(Step::Done(Ok(Ok(Executed::nothing(self.stream.clone(), self.version)))));
+            return Ok(Step::Done(Ok(Ok(Executed::nothing(
+                self.stream.clone(),
+                self.version,
+            )))));
         }
         if events.len() > limits.events_per_command_max {
             return Err(ExecuteError::LimitExceeded {
@@ -312,11 +349,17 @@ impl<A: Aggregate> AggregateActor<A> {
                 payload: EncodedPayload(payload),
             });
         }
-        let ids: Vec<(Uuid, Arc<str>, u16)> =
-            pending.iter().map(|p| (p.event_id, p.event_type.clone(), p.schema_version)).collect();
+        let ids: Vec<(Uuid, Arc<str>, u16)> = pending
+            .iter()
+            .map(|p| (p.event_id, p.event_type.clone(), p.schema_version))
+            .collect();
         Ok(Step::Append(
             request(AppendKind::Events(pending)),
-            Pending::Events { events, ids, meta: Arc::new(meta.clone()) },
+            Pending::Events {
+                events,
+                ids,
+                meta: Arc::new(meta.clone()),
+            },
         ))
     }
 
@@ -334,44 +377,65 @@ impl<A: Aggregate> AggregateActor<A> {
         let done: ExecuteResult<A> = match result {
             Ok(receipt) => self.commit(receipt, pending),
             Err(AppendError::Conflict { actual, .. }) if attempt < STALE_RETRIES_MAX => {
-                // Another instance of this aggregate wrote since we loaded: catch up, decide again.
+                // Another instance of this aggregate (an eviction race) wrote since we loaded. Its
+                // commit may still be on its way to disk: pause briefly, catch up with what is
+                // acknowledged, and decide again.
                 tracing::debug!(stream = %self.stream, ours = %self.version, %actual, "stale aggregate state; catching up");
-                let (store, stream) = (self.host.shared.store.clone(), self.stream.clone());
-                match replay(&*store, &stream, &mut self.state, &mut self.version, actual) {
-                    Ok(()) => return self.run(command, options, reply, attempt + 1),
-                    Err(e) => {
-                        self.fail(ctx, e.clone());
-                        Err(e)
-                    }
-                }
+                let pause = Duration::from_millis(u64::from(attempt) + 1);
+                return Box::pin(tokio::time::sleep(pause).into_actor(self).then(
+                    move |(), act, ctx| {
+                        let (store, stream) = (act.host.shared.store.clone(), act.stream.clone());
+                        let caught_up = store
+                            .stream_head(&stream)
+                            .map_err(ExecuteError::from)
+                            .and_then(|head| {
+                                replay(&*store, &stream, &mut act.state, &mut act.version, head)
+                            });
+                        match caught_up {
+                            Ok(()) => act.run(command, options, reply, attempt + 1),
+                            Err(e) => {
+                                act.fail(ctx, e.clone());
+                                Self::reply(reply, Err(e));
+                                Box::pin(fut::ready(()))
+                            }
+                        }
+                    },
+                ));
             }
             Err(AppendError::Conflict { actual, .. }) => Err(ExecuteError::Conflict {
                 stream: self.stream.clone(),
                 expected: options.expected_version.unwrap_or(self.version),
                 current: actual,
             }),
-            Err(AppendError::CommandIdUsed { id, same_command: false }) => {
-                Err(ExecuteError::CommandIdReused(id))
+            Err(AppendError::CommandIdUsed {
+                id,
+                same_command: false,
+            }) => Err(ExecuteError::CommandIdReused(id)),
+            Err(AppendError::CommandIdUsed {
+                id,
+                same_command: true,
+            }) => match self.host.shared.store.command_outcome(&id) {
+                Ok(Some(outcome)) => self.replay_outcome(outcome),
+                Ok(None) => Err(ExecuteError::CommandInProgress(id)),
+                Err(e) => Err(e.into()),
+            },
+            Err(AppendError::Store(StoreError::Overloaded { .. })) => {
+                Err(ExecuteError::Overloaded {
+                    stream: self.stream.clone(),
+                    what: Overload::Journal,
+                    retry_after: self.host.shared.limits.retry_after,
+                })
             }
-            Err(AppendError::CommandIdUsed { id, same_command: true }) => {
-                match self.host.shared.store.command_outcome(&id) {
-                    Ok(Some(outcome)) => self.replay_outcome(outcome),
-                    Ok(None) => Err(ExecuteError::CommandInProgress(id)),
-                    Err(e) => Err(e.into()),
-                }
-            }
-            Err(AppendError::Store(StoreError::Overloaded { .. })) => Err(ExecuteError::Overloaded {
-                stream: self.stream.clone(),
-                what: Overload::Journal,
-                retry_after: self.host.shared.limits.retry_after,
-            }),
             Err(AppendError::Store(e)) => {
                 // Not known whether the events were persisted: stop, rebuild on next use.
                 let e = ExecuteError::Store(e);
                 self.fail(ctx, e.clone());
                 Err(e)
             }
-            Err(e) => Err(ExecuteError::Store(StoreError::Io { op: "appending", reason: e.to_string() })),
+            Err(e) => Err(ExecuteError::Store(StoreError::Io {
+                op: "appending",
+                reason: e.to_string(),
+            })),
         };
         Self::reply(reply, done);
         self.maybe_snapshot();
@@ -400,7 +464,10 @@ impl<A: Aggregate> AggregateActor<A> {
                         payload: event,
                     });
                 }
-                debug_assert_eq!(receipt.version, self.version.advance(envelopes.len() as u64));
+                debug_assert_eq!(
+                    receipt.version,
+                    self.version.advance(envelopes.len() as u64)
+                );
                 self.version = receipt.version;
                 Ok(Ok(Executed {
                     stream: self.stream.clone(),
@@ -449,13 +516,17 @@ impl<A: Aggregate> AggregateActor<A> {
 
     fn maybe_snapshot(&mut self) {
         let options = &self.host.shared.options;
-        let Some(every) = options.snapshot_every else { return };
+        let Some(every) = options.snapshot_every else {
+            return;
+        };
         if self.version.0.saturating_sub(self.snapshot_version.0) < every.get() {
             return;
         }
         let state = match codec::encode_plain("snapshot", &self.state) {
             Ok(state) => state,
-            Err(e) => return tracing::warn!(stream = %self.stream, error = %e, "cannot encode a snapshot"),
+            Err(e) => {
+                return tracing::warn!(stream = %self.stream, error = %e, "cannot encode a snapshot")
+            }
         };
         let snapshot = Snapshot {
             version: self.version,
@@ -463,7 +534,12 @@ impl<A: Aggregate> AggregateActor<A> {
             taken_at: Timestamp::now(),
             state,
         };
-        match self.host.shared.store.save_snapshot(&self.stream, &snapshot) {
+        match self
+            .host
+            .shared
+            .store
+            .save_snapshot(&self.stream, &snapshot)
+        {
             Ok(()) => self.snapshot_version = self.version,
             Err(e) => tracing::warn!(stream = %self.stream, error = %e, "cannot save a snapshot"),
         }
@@ -476,7 +552,11 @@ enum Step<A: Aggregate> {
 }
 
 enum Pending<A: Aggregate> {
-    Events { events: Vec<A::Event>, ids: Vec<(Uuid, Arc<str>, u16)>, meta: Arc<CommitMeta> },
+    Events {
+        events: Vec<A::Event>,
+        ids: Vec<(Uuid, Arc<str>, u16)>,
+        meta: Arc<CommitMeta>,
+    },
     Rejection(A::Rejection),
     NoEvents,
 }
@@ -487,13 +567,22 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let host = self.host.clone();
         let stream = self.stream.clone();
+        let predecessor = self.predecessor.take();
         let load = async move {
+            if let Some(predecessor) = predecessor {
+                predecessor.stopped().await;
+            }
             let shared = &host.shared;
             // The permit bounds concurrent rehydrations; commands queue in the (bounded)
             // mailbox meanwhile.
             let _permit = shared.rehydrations.clone().acquire_owned().await;
             let started = Instant::now();
-            let loaded = load::<A>(&*shared.store, &stream, shared.options.snapshot_schema_version, None);
+            let loaded = load::<A>(
+                &*shared.store,
+                &stream,
+                shared.options.snapshot_schema_version,
+                None,
+            );
             shared.counters.record_rehydration(started.elapsed());
             loaded
         };
@@ -512,14 +601,23 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         let period = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(5));
         ctx.run_interval(period, move |act, ctx| {
             if act.last_active.elapsed() >= idle {
-                act.host.shared.counters.passivations.fetch_add(1, Ordering::Relaxed);
+                act.host
+                    .shared
+                    .counters
+                    .passivations
+                    .fetch_add(1, Ordering::Relaxed);
                 act.passivate(ctx);
             }
         });
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.host.shared.counters.live.fetch_sub(1, Ordering::Relaxed);
+        self.host
+            .shared
+            .counters
+            .live
+            .fetch_sub(1, Ordering::Relaxed);
+        self.host.stopped(self.stream.aggregate_id(), &self.slot);
     }
 }
 

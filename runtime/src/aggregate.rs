@@ -55,7 +55,9 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Unpin + 'st
 }
 
 /// An event type: serializable, and able to name itself for the envelope.
-pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static
+{
     /// The event's type name as recorded in its envelope (`"OrderCreated"`).
     fn event_type(&self) -> &'static str;
 

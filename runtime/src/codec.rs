@@ -55,8 +55,10 @@ pub fn encode_versioned<T: Serialize>(
 ) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(128);
     out.push(format);
-    ciborium::into_writer(value, &mut out)
-        .map_err(|e| CodecError::Encode { what, reason: e.to_string() })?;
+    ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode {
+        what,
+        reason: e.to_string(),
+    })?;
     Ok(out)
 }
 
@@ -68,23 +70,34 @@ pub fn decode_versioned<T: DeserializeOwned>(
 ) -> Result<T, CodecError> {
     let (&found, body) = bytes.split_first().ok_or(CodecError::Empty { what })?;
     if found != format {
-        return Err(CodecError::UnknownFormat { what, found, known: format });
+        return Err(CodecError::UnknownFormat {
+            what,
+            found,
+            known: format,
+        });
     }
-    ciborium::from_reader(body).map_err(|e| CodecError::Decode { what, reason: e.to_string() })
+    ciborium::from_reader(body).map_err(|e| CodecError::Decode {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 /// Encodes a nested value (an event payload, a command, a snapshot state) as plain CBOR.
 pub fn encode_plain<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);
-    ciborium::into_writer(value, &mut out)
-        .map_err(|e| CodecError::Encode { what, reason: e.to_string() })?;
+    ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode {
+        what,
+        reason: e.to_string(),
+    })?;
     Ok(out)
 }
 
 /// Decodes a nested plain-CBOR value.
 pub fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    ciborium::from_reader(bytes)
-        .map_err(|e| CodecError::Decode { what: "payload", reason: e.to_string() })
+    ciborium::from_reader(bytes).map_err(|e| CodecError::Decode {
+        what: "payload",
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +137,20 @@ mod tests {
     fn unknown_format_is_reported() {
         let bytes = encode_versioned(2, "sample", &1u32).expect("encodes");
         let err = decode_versioned::<u32>(1, "sample", &bytes).expect_err("format 2 is unknown");
-        assert!(matches!(err, CodecError::UnknownFormat { found: 2, known: 1, .. }), "{err}");
-        assert!(matches!(decode_versioned::<u32>(1, "x", &[]), Err(CodecError::Empty { .. })));
+        assert!(
+            matches!(
+                err,
+                CodecError::UnknownFormat {
+                    found: 2,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            decode_versioned::<u32>(1, "x", &[]),
+            Err(CodecError::Empty { .. })
+        ));
     }
 }

@@ -4,8 +4,9 @@
 //! serialize all commands of the type). It is `shards` independent mutex-protected LRU maps,
 //! chosen by a hash of the id; a lookup holds one shard's lock for a hash-map probe.
 //!
-//! **Live-actor cap**: each shard holds at most `ceil(live_actors_max / shards)` actors. Adding
-//! one beyond that evicts the shard's least recently used actor: it is removed from the map and
+//! **Live-actor cap**: the cap is split over the shards (never more shards than the cap), their
+//! caps adding up to `live_actors_max` exactly. Adding an actor to a full shard evicts the
+//! shard's least recently used actor: it is removed from the map and
 //! sent [`Passivate`], which it handles after the commands already in its mailbox.
 //!
 //! **Mailbox bound**: actix's `try_send` lets every distinct sender put one message beyond the
@@ -15,7 +16,7 @@
 //!
 //! Actors are spread round-robin over the runtime's arbiters (one thread each, one per core).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,8 +56,10 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn record_rehydration(&self, took: Duration) {
         self.rehydrations.fetch_add(1, Ordering::Relaxed);
-        self.rehydration_micros
-            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.rehydration_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -79,11 +82,22 @@ impl TypeShared {
         rehydrations: Arc<tokio::sync::Semaphore>,
         counters: Arc<Counters>,
     ) -> TypeShared {
-        TypeShared { store, options, limits, rehydrations, counters, event_types: Mutex::default() }
+        TypeShared {
+            store,
+            options,
+            limits,
+            rehydrations,
+            counters,
+            event_types: Mutex::default(),
+        }
     }
 
     pub(crate) fn event_type_name(&self, name: &'static str) -> Arc<str> {
-        self.event_types.lock().entry(name).or_insert_with(|| Arc::from(name)).clone()
+        self.event_types
+            .lock()
+            .entry(name)
+            .or_insert_with(|| Arc::from(name))
+            .clone()
     }
 }
 
@@ -94,6 +108,46 @@ pub(crate) struct Slot {
     pub(crate) queued: AtomicUsize,
     /// Distinguishes this actor from a later one for the same id.
     pub(crate) generation: u64,
+    /// Set once the actor has stopped; its successor waits for it (see [`Host::route`]).
+    stopped: std::sync::atomic::AtomicBool,
+    on_stop: tokio::sync::Notify,
+}
+
+impl Slot {
+    fn new(generation: u64) -> Slot {
+        Slot {
+            queued: AtomicUsize::new(0),
+            generation,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            on_stop: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn has_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the actor owning this slot has stopped.
+    pub(crate) async fn stopped(&self) {
+        loop {
+            let notified = self.on_stop.notified();
+            if self.has_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One shard of a routing table.
+struct Shard<A: Aggregate> {
+    live: LruCache<Arc<str>, Entry<A>>,
+    /// Actors that left `live` (evicted or passivated) and have not stopped yet. A new actor for
+    /// the same id waits for its predecessor to stop before it rehydrates, so two instances of
+    /// one aggregate never decide concurrently (the journal's version check would refuse the
+    /// second one's append anyway; waiting avoids the retries). Entries leave when their actor
+    /// stops, so this holds at most the actors stopping at a time.
+    stopping: std::collections::HashMap<Arc<str>, Arc<Slot>>,
 }
 
 struct Entry<A: Aggregate> {
@@ -103,8 +157,8 @@ struct Entry<A: Aggregate> {
 
 /// The routing table and actor factory of one aggregate type.
 pub(crate) struct Host<A: Aggregate> {
-    shards: Box<[Mutex<LruCache<Arc<str>, Entry<A>>>]>,
-    shard_capacity: usize,
+    /// Each shard with its own cap; the caps add up to `live_actors_max` exactly.
+    shards: Box<[(Mutex<Shard<A>>, usize)]>,
     hasher: std::collections::hash_map::RandomState,
     arbiters: Arc<[ArbiterHandle]>,
     next_arbiter: AtomicUsize,
@@ -126,10 +180,21 @@ impl<A: Aggregate> Host<A> {
         arbiters: Arc<[ArbiterHandle]>,
         shared: TypeShared,
     ) -> Host<A> {
-        let shard_capacity = live_actors_max.get().div_ceil(shards.get()).max(1);
+        // Never more shards than actors, so that every shard can hold at least one; the cap is
+        // split so that the shards' caps add up to the configured one exactly.
+        let max = live_actors_max.get();
+        let n = shards.get().min(max);
+        let caps = (0..n).map(|i| max / n + usize::from(i < max % n));
         Host {
-            shards: (0..shards.get()).map(|_| Mutex::new(LruCache::unbounded())).collect(),
-            shard_capacity,
+            shards: caps
+                .map(|cap| {
+                    let shard = Shard {
+                        live: LruCache::unbounded(),
+                        stopping: Default::default(),
+                    };
+                    (Mutex::new(shard), cap)
+                })
+                .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
@@ -139,66 +204,106 @@ impl<A: Aggregate> Host<A> {
         }
     }
 
-    fn shard(&self, id: &str) -> &Mutex<LruCache<Arc<str>, Entry<A>>> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
+    fn shard(&self, id: &str) -> &(Mutex<Shard<A>>, usize) {
         let n = self.shards.len() as u64;
         // The modulo is below `shards.len()`, a usize, so the cast back cannot truncate.
-        let i = usize::try_from(h.finish() % n).unwrap_or(0);
+        let i = usize::try_from(self.hasher.hash_one(id) % n).unwrap_or(0);
         &self.shards[i]
     }
 
     /// The live actor for `id`, activating one if needed.
     pub(crate) fn route(self: &Arc<Self>, id: &str) -> Result<Route<A>, crate::types::InvalidId> {
-        let shard = self.shard(id);
-        let mut live = shard.lock();
-        if let Some(entry) = live.get(id) {
+        let (shard, capacity) = self.shard(id);
+        let mut shard = shard.lock();
+        if let Some(entry) = shard.live.get(id) {
             if entry.addr.connected() {
-                return Ok(Route { addr: entry.addr.clone(), slot: entry.slot.clone() });
+                return Ok(Route {
+                    addr: entry.addr.clone(),
+                    slot: entry.slot.clone(),
+                });
             }
-            live.pop(id);
+            if let Some((id, entry)) = shard.live.pop_entry(id) {
+                shard.stopping.insert(id, entry.slot);
+            }
         }
         let stream = StreamId::new(self.type_name.clone(), id)?;
         let id: Arc<str> = Arc::from(id);
-        if live.len() >= self.shard_capacity {
-            if let Some((_, evicted)) = live.pop_lru() {
-                self.shared.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        if shard.live.len() >= *capacity {
+            if let Some((evicted_id, evicted)) = shard.live.pop_lru() {
+                self.shared
+                    .counters
+                    .evictions
+                    .fetch_add(1, Ordering::Relaxed);
                 // One message per evicted actor: bounded by the number of actors, so `do_send`
                 // (which ignores the mailbox capacity) cannot grow a queue without limit here.
                 evicted.addr.do_send(Passivate);
+                shard.stopping.insert(evicted_id, evicted.slot);
             }
         }
-        let slot = Arc::new(Slot {
-            queued: AtomicUsize::new(0),
-            generation: self.generation.fetch_add(1, Ordering::Relaxed),
-        });
-        let arbiter = &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let predecessor = shard
+            .stopping
+            .get(&id)
+            .filter(|s| !s.has_stopped())
+            .cloned();
+        let slot = Arc::new(Slot::new(self.generation.fetch_add(1, Ordering::Relaxed)));
+        let arbiter =
+            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let host = self.clone();
         let actor_slot = slot.clone();
         let mailbox = self.shared.limits.mailbox_capacity;
         let addr = AggregateActor::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(mailbox);
-            AggregateActor::new(stream, host, actor_slot)
+            AggregateActor::new(stream, host, actor_slot, predecessor)
         });
-        self.shared.counters.activations.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .activations
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.counters.live.fetch_add(1, Ordering::Relaxed);
-        live.put(id, Entry { addr: addr.clone(), slot: slot.clone() });
+        shard.live.put(
+            id,
+            Entry {
+                addr: addr.clone(),
+                slot: slot.clone(),
+            },
+        );
         Ok(Route { addr, slot })
     }
 
-    /// Removes `id` from the table if it still maps to the actor owning `slot`.
+    /// Removes `id` from the table if it still maps to the actor owning `slot` (which is about
+    /// to stop).
     pub(crate) fn forget(&self, id: &str, slot: &Arc<Slot>) {
-        let mut live = self.shard(id).lock();
-        if live.peek(id).is_some_and(|e| e.slot.generation == slot.generation) {
-            live.pop(id);
+        let mut shard = self.shard(id).0.lock();
+        if shard
+            .live
+            .peek(id)
+            .is_some_and(|e| e.slot.generation == slot.generation)
+        {
+            if let Some((id, entry)) = shard.live.pop_entry(id) {
+                shard.stopping.insert(id, entry.slot);
+            }
+        }
+    }
+
+    /// Called by an actor when it has stopped: wakes its successor, if one is waiting.
+    pub(crate) fn stopped(&self, id: &str, slot: &Arc<Slot>) {
+        slot.stopped.store(true, Ordering::Release);
+        slot.on_stop.notify_waiters();
+        let mut shard = self.shard(id).0.lock();
+        if shard
+            .stopping
+            .get(id)
+            .is_some_and(|s| s.generation == slot.generation)
+        {
+            shard.stopping.remove(id);
         }
     }
 
     /// Empties the table, telling every actor to stop after its queued commands.
     pub(crate) fn passivate_all(&self) {
-        for shard in self.shards.iter() {
-            let mut live = shard.lock();
-            while let Some((_, entry)) = live.pop_lru() {
+        for (shard, _) in self.shards.iter() {
+            let mut shard = shard.lock();
+            while let Some((_, entry)) = shard.live.pop_lru() {
                 entry.addr.do_send(Passivate);
             }
         }

@@ -43,7 +43,13 @@ pub struct Executed<E> {
 
 impl<E> Executed<E> {
     pub(crate) fn nothing(stream: StreamId, version: Version) -> Executed<E> {
-        Executed { stream, version, position: None, events: Vec::new(), deduplicated: false }
+        Executed {
+            stream,
+            version,
+            position: None,
+            events: Vec::new(),
+            deduplicated: false,
+        }
     }
 }
 
@@ -260,7 +266,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("store", &self.inner.store).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -286,7 +294,10 @@ impl Runtime {
     }
 
     /// Starts a runtime over an already open store (`options.store` is ignored).
-    pub fn with_store(store: Arc<dyn EventStore>, options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+    pub fn with_store(
+        store: Arc<dyn EventStore>,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, RuntimeError> {
         let (system, arbiters, thread) = start_system(options.arbiters.get())?;
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -310,7 +321,10 @@ impl Runtime {
     }
 
     /// Registers an aggregate type with explicit options.
-    pub fn register_with<A: Aggregate>(&self, options: AggregateOptions) -> Result<(), RuntimeError> {
+    pub fn register_with<A: Aggregate>(
+        &self,
+        options: AggregateOptions,
+    ) -> Result<(), RuntimeError> {
         StreamId::new(A::TYPE, "x")?;
         let mut hosts = self.inner.hosts.write();
         if hosts.contains_key(A::TYPE) {
@@ -330,7 +344,12 @@ impl Runtime {
             self.inner.rehydrations.clone(),
             self.inner.counters.clone(),
         );
-        let host: Host<A> = Host::new(o.shards, o.live_actors_max, self.inner.arbiters.clone(), shared);
+        let host: Host<A> = Host::new(
+            o.shards,
+            o.live_actors_max,
+            self.inner.arbiters.clone(),
+            shared,
+        );
         hosts.insert(A::TYPE, Arc::new(host));
         Ok(())
     }
@@ -343,12 +362,15 @@ impl Runtime {
             .get(A::TYPE)
             .cloned()
             .ok_or_else(|| ExecuteError::Unregistered(A::TYPE.to_string()))?;
-        host.as_any().downcast::<Host<A>>().map_err(|_| ExecuteError::Unregistered(A::TYPE.to_string()))
+        host.as_any()
+            .downcast::<Host<A>>()
+            .map_err(|_| ExecuteError::Unregistered(A::TYPE.to_string()))
     }
 
     /// Executes a command on aggregate `id`.
     pub async fn execute<A: Aggregate>(&self, id: &str, command: A::Command) -> ExecuteResult<A> {
-        self.execute_with::<A>(id, command, ExecuteOptions::default()).await
+        self.execute_with::<A>(id, command, ExecuteOptions::default())
+            .await
     }
 
     /// Executes a command with options (command id, expected version, trace ids).
@@ -360,6 +382,24 @@ impl Runtime {
     ) -> ExecuteResult<A> {
         let _guard = self.enter()?;
         let host = self.host::<A>()?;
+        for (what, id) in [
+            ("correlation id", &options.correlation_id),
+            ("causation id", &options.causation_id),
+        ] {
+            if let Some(id) = id {
+                if id.is_empty() || id.len() > crate::envelope::TRACE_ID_LEN_MAX {
+                    return Err(crate::types::InvalidId {
+                        what,
+                        reason: format!(
+                            "{} bytes, must be 1 to {}",
+                            id.len(),
+                            crate::envelope::TRACE_ID_LEN_MAX
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
         let capacity = self.inner.options.mailbox_capacity.get();
         let (mut command, mut options) = (command, options);
         for _ in 0..ROUTE_ATTEMPTS_MAX {
@@ -369,7 +409,13 @@ impl Runtime {
                 return Err(self.overloaded::<A>(id, Overload::Mailbox));
             }
             let (tx, rx) = futures::channel::oneshot::channel();
-            let message = Execute { payload: Some(Payload { command, options, reply: tx }) };
+            let message = Execute {
+                payload: Some(Payload {
+                    command,
+                    options,
+                    reply: tx,
+                }),
+            };
             if let Err(e) = route.addr.try_send(message) {
                 route.slot.queued.fetch_sub(1, Ordering::AcqRel);
                 let full = matches!(e, actix::prelude::SendError::Full(_));
@@ -396,7 +442,11 @@ impl Runtime {
 
     fn overloaded<A: Aggregate>(&self, id: &str, what: Overload) -> ExecuteError {
         match StreamId::new(A::TYPE, id) {
-            Ok(stream) => ExecuteError::Overloaded { stream, what, retry_after: self.inner.options.retry_after },
+            Ok(stream) => ExecuteError::Overloaded {
+                stream,
+                what,
+                retry_after: self.inner.options.retry_after,
+            },
             Err(e) => e.into(),
         }
     }
@@ -425,8 +475,16 @@ impl Runtime {
     ) -> Result<Option<AggregateState<A>>, ExecuteError> {
         let host = self.host::<A>()?;
         let stream = StreamId::new(A::TYPE, id)?;
-        let loaded = actor::load::<A>(&*self.inner.store, &stream, host.shared.options.snapshot_schema_version, version)?;
-        Ok((loaded.version > Version(0)).then_some(AggregateState { version: loaded.version, state: loaded.state }))
+        let loaded = actor::load::<A>(
+            &*self.inner.store,
+            &stream,
+            host.shared.options.snapshot_schema_version,
+            version,
+        )?;
+        Ok((loaded.version > Version(0)).then_some(AggregateState {
+            version: loaded.version,
+            state: loaded.state,
+        }))
     }
 
     /// Events of aggregate `id` from version `from`, at most `limit`, decoded.
@@ -438,7 +496,10 @@ impl Runtime {
     ) -> Result<Vec<Envelope<A::Event>>, ExecuteError> {
         let stream = StreamId::new(A::TYPE, id)?;
         let recorded = self.inner.store.read_stream(&stream, from, None, limit)?;
-        recorded.iter().map(|r| r.decode::<A::Event>().map_err(ExecuteError::from)).collect()
+        recorded
+            .iter()
+            .map(|r| r.decode::<A::Event>().map_err(ExecuteError::from))
+            .collect()
     }
 
     /// Events of a stream, still encoded (any aggregate type).
@@ -500,7 +561,10 @@ impl Runtime {
                 notified.await;
             }
         };
-        if tokio::time::timeout(self.inner.options.drain_timeout, drain).await.is_err() {
+        if tokio::time::timeout(self.inner.options.drain_timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = self.inner.in_flight.load(Ordering::Acquire),
                 "shutdown: commands still in flight after the drain timeout"
@@ -542,7 +606,9 @@ struct InFlight<'a>(&'a Inner);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && !self.0.accepting.load(Ordering::Acquire) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && !self.0.accepting.load(Ordering::Acquire)
+        {
             self.0.drained.notify_waiters();
         }
     }
@@ -550,14 +616,20 @@ impl Drop for InFlight<'_> {
 
 /// Starts an actix system on its own thread with `arbiters` arbiter threads, so the runtime
 /// works the same under any async executor (or none).
-fn start_system(arbiters: usize) -> Result<(System, Vec<ArbiterHandle>, JoinHandle<()>), RuntimeError> {
+fn start_system(
+    arbiters: usize,
+) -> Result<(System, Vec<ArbiterHandle>, JoinHandle<()>), RuntimeError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("annals-system".into())
         .spawn(move || {
             let runner = System::new();
-            let owned: Vec<actix_rt::Arbiter> = (0..arbiters).map(|_| actix_rt::Arbiter::new()).collect();
-            let handles = owned.iter().map(actix_rt::Arbiter::handle).collect::<Vec<_>>();
+            let owned: Vec<actix_rt::Arbiter> =
+                (0..arbiters).map(|_| actix_rt::Arbiter::new()).collect();
+            let handles = owned
+                .iter()
+                .map(actix_rt::Arbiter::handle)
+                .collect::<Vec<_>>();
             let _ = tx.send((System::current(), handles));
             let _ = runner.run();
             for arbiter in owned {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Versions of one stream are contiguous: the journal refuses any append whose first version is
 /// not the stream's head plus one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Version(pub u64);
 
@@ -43,7 +45,9 @@ impl fmt::Display for Version {
 
 /// An event's 1-based number in the global log across all streams; `Position(0)` means "before
 /// the first event". Strictly increasing in commit order, without gaps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Position(pub u64);
 
@@ -100,7 +104,10 @@ impl StreamId {
         let aggregate_id = aggregate_id.into();
         check_len("aggregate type", &aggregate_type, AGGREGATE_TYPE_LEN_MAX)?;
         check_len("aggregate id", &aggregate_id, AGGREGATE_ID_LEN_MAX)?;
-        Ok(StreamId { aggregate_type, aggregate_id })
+        Ok(StreamId {
+            aggregate_type,
+            aggregate_id,
+        })
     }
 
     /// The aggregate type name, as registered (`"Order"`).
@@ -111,10 +118,6 @@ impl StreamId {
     /// The aggregate id (`"o-17"`).
     pub fn aggregate_id(&self) -> &str {
         &self.aggregate_id
-    }
-
-    pub(crate) fn type_arc(&self) -> &Arc<str> {
-        &self.aggregate_type
     }
 }
 
@@ -187,7 +190,10 @@ pub struct InvalidId {
 
 fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), InvalidId> {
     if value.is_empty() {
-        return Err(InvalidId { what, reason: "must not be empty".into() });
+        return Err(InvalidId {
+            what,
+            reason: "must not be empty".into(),
+        });
     }
     if value.len() > max {
         return Err(InvalidId {
@@ -200,7 +206,9 @@ fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), InvalidI
 
 /// Wall-clock time as microseconds since the Unix epoch (UTC). Stored with every commit as its
 /// "recorded at" time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 

@@ -13,7 +13,10 @@ use annals_domain::bank::{Account, AccountCommand};
 use hdrhistogram::Histogram;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let mode = args.first().map_or("all", String::as_str).to_string();
     let accounts: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let commands: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
@@ -21,17 +24,29 @@ fn main() {
         run("durable", Durability::Durable, accounts, commands);
     }
     if mode == "relaxed" || mode == "all" {
-        run("relaxed", Durability::Relaxed { flush_interval: Duration::from_millis(50) }, accounts, commands);
+        run(
+            "relaxed",
+            Durability::Relaxed {
+                flush_interval: Duration::from_millis(50),
+            },
+            accounts,
+            commands,
+        );
     }
 }
 
 fn run(name: &str, durability: Durability, accounts: usize, commands: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = RuntimeOptions::with_store(SledOptions::new(dir.path()).with_durability(durability))
-        .with_live_actors_max(NonZeroUsize::new(accounts * 2).expect("nonzero"));
+    let options =
+        RuntimeOptions::with_store(SledOptions::new(dir.path()).with_durability(durability))
+            .with_live_actors_max(NonZeroUsize::new(accounts * 2).expect("nonzero"));
     let runtime = Runtime::open(options).expect("open runtime");
     runtime.register::<Account>().expect("register");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
     let started = Instant::now();
     let histograms = rt.block_on(async {
         let mut tasks = Vec::with_capacity(accounts);
@@ -53,7 +68,12 @@ fn run(name: &str, durability: Durability, accounts: usize, commands: usize) {
                         Ok(Err(_)) => rejected += 1,
                         Err(e) => panic!("command failed: {e}"),
                     }
-                    h.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)).expect("record");
+                    h.record(
+                        u64::try_from(t.elapsed().as_micros())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .expect("record");
                 }
                 (h, rejected)
             }));

@@ -42,7 +42,10 @@ impl Fingerprint {
     /// The fingerprint of an encoded command sent to `stream`.
     pub fn of(stream: &StreamId, encoded_command: &[u8]) -> Fingerprint {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for part in [stream.aggregate_type().as_bytes(), stream.aggregate_id().as_bytes()] {
+        for part in [
+            stream.aggregate_type().as_bytes(),
+            stream.aggregate_id().as_bytes(),
+        ] {
             hasher.update(&(part.len() as u64).to_be_bytes());
             hasher.update(part);
         }
@@ -111,7 +114,8 @@ pub struct CommitReceipt {
 impl CommitReceipt {
     /// Position of the last event written, if any.
     pub fn last_position(&self) -> Option<Position> {
-        self.first_position.map(|p| p.advance(u64::from(self.event_count).saturating_sub(1)))
+        self.first_position
+            .map(|p| p.advance(u64::from(self.event_count).saturating_sub(1)))
     }
 }
 
@@ -322,7 +326,9 @@ impl std::future::Future for AppendTicket {
     ) -> std::task::Poll<Self::Output> {
         match &mut self.0 {
             TicketInner::Ready(result) => std::task::Poll::Ready(
-                result.take().unwrap_or(Err(AppendError::Store(StoreError::Closed))),
+                result
+                    .take()
+                    .unwrap_or(Err(AppendError::Store(StoreError::Closed))),
             ),
             TicketInner::Waiting(rx) => std::pin::Pin::new(rx)
                 .poll(cx)

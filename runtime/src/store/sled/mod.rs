@@ -64,7 +64,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use self::record::{fingerprint_from, CommandRecord, CommitRecord, HeadEntry, SnapshotRecord};
-use self::segment::{RecordHeader, Segment};
+use self::segment::{Locator, RecordHeader, Segment};
 use super::{
     AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, JournalStats, Snapshot,
     StoreError, StoreHealth, StoredOutcome,
@@ -130,7 +130,7 @@ pub const HEAD_CACHE_CAPACITY_DEFAULT: usize = 65_536;
 pub const CACHE_CAPACITY_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
 impl SledOptions {
-    /// Defaults for a database at `path`: durable, full integrity check.
+    /// Defaults for a database at `path`: durable, structural integrity check.
     pub fn new(path: impl Into<PathBuf>) -> SledOptions {
         SledOptions {
             path: path.into(),
@@ -141,7 +141,7 @@ impl SledOptions {
             queue_capacity: nonzero(QUEUE_CAPACITY_DEFAULT),
             head_cache_capacity: nonzero(HEAD_CACHE_CAPACITY_DEFAULT),
             cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
-            integrity_check: IntegrityCheck::Full,
+            integrity_check: IntegrityCheck::Structure,
             faults: Arc::new(Faults::default()),
         }
     }
@@ -213,11 +213,13 @@ impl Faults {
     }
 
     pub(crate) fn take_insert(&self) -> bool {
-        self.fail_next_insert.load(Ordering::Relaxed) && self.fail_next_insert.swap(false, Ordering::SeqCst)
+        self.fail_next_insert.load(Ordering::Relaxed)
+            && self.fail_next_insert.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn take_fsync(&self) -> bool {
-        self.fail_next_fsync.load(Ordering::Relaxed) && self.fail_next_fsync.swap(false, Ordering::SeqCst)
+        self.fail_next_fsync.load(Ordering::Relaxed)
+            && self.fail_next_fsync.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -234,6 +236,9 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Heads changed since the last checkpoint (see the module docs).
     dirty_heads: Mutex<writer::DirtyHeads>,
+    /// Command ids whose rejection or no-event outcome is written but not yet acknowledged:
+    /// readers must not return such an outcome before its fsync.
+    pending_outcomes: Mutex<std::collections::HashSet<CommandId>>,
     state: AtomicU8,
     failure: Mutex<Option<Arc<str>>>,
     appends: AtomicU64,
@@ -254,7 +259,11 @@ impl Shared {
     }
 
     pub(crate) fn failed_error(&self) -> StoreError {
-        let reason = self.failure.lock().clone().unwrap_or_else(|| Arc::from("unknown failure"));
+        let reason = self
+            .failure
+            .lock()
+            .clone()
+            .unwrap_or_else(|| Arc::from("unknown failure"));
         StoreError::Failed { reason }
     }
 
@@ -276,7 +285,10 @@ pub(crate) struct Trees {
 }
 
 pub(crate) fn io(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
-    move |e| StoreError::Io { op, reason: e.to_string() }
+    move |e| StoreError::Io {
+        op,
+        reason: e.to_string(),
+    }
 }
 
 /// The sled event store. Cheap to clone; all clones share one database and one journal.
@@ -298,14 +310,19 @@ struct Inner {
 impl SledStore {
     /// Opens (or creates) the store at `options.path`, recovers what the last crash left
     /// half-done, checks integrity, and starts the journal threads.
+    #[allow(clippy::needless_pass_by_value)] // options are a value the store is built from
     pub fn open(options: SledOptions) -> Result<SledStore, StoreError> {
         let db = open_db(&options.path, options.cache_capacity_bytes)?;
         let trees = Trees {
             log: db.open_tree("log").map_err(io("opening tree log"))?,
             heads: db.open_tree("heads").map_err(io("opening tree heads"))?,
             skips: db.open_tree("skips").map_err(io("opening tree skips"))?,
-            commands: db.open_tree("commands").map_err(io("opening tree commands"))?,
-            snapshots: db.open_tree("snapshots").map_err(io("opening tree snapshots"))?,
+            commands: db
+                .open_tree("commands")
+                .map_err(io("opening tree commands"))?,
+            snapshots: db
+                .open_tree("snapshots")
+                .map_err(io("opening tree snapshots"))?,
             meta: db.open_tree("meta").map_err(io("opening tree meta"))?,
             db,
         };
@@ -314,6 +331,7 @@ impl SledStore {
             visible: AtomicU64::new(report.head_position.0),
             written: AtomicU64::new(report.head_position.0),
             dirty_heads: Mutex::new(writer::DirtyHeads::new()),
+            pending_outcomes: Mutex::new(std::collections::HashSet::new()),
             state: AtomicU8::new(STATE_READY),
             failure: Mutex::new(None),
             appends: AtomicU64::new(0),
@@ -363,32 +381,57 @@ impl SledStore {
         stream_key: &[u8],
         end: Version,
         head: HeadEntry,
-    ) -> Result<Position, StoreError> {
+    ) -> Result<Locator, StoreError> {
         let trees = &self.inner.trees;
         let low = keys::stream_version_key(stream, end);
         let high = keys::stream_version_key(stream, head.version);
-        let Some((key, value)) = trees.skips.range(low..=high).next().transpose().map_err(io("reading skips"))? else {
-            return Ok(head.commit);
+        let Some((key, value)) = trees
+            .skips
+            .range(low..=high)
+            .next()
+            .transpose()
+            .map_err(io("reading skips"))?
+        else {
+            return Ok(head.at);
         };
         let version = keys::version_suffix(&key, "skip key")?;
-        let commit = Position(keys::read_u64(&value, "skip entry")?);
+        let at = Locator::decode(&value, "skip entry")?;
         // A crash can leave a skip entry whose commit was lost; its position may since hold
         // another commit. Trust it only if it holds `version` of this stream.
-        if commit > head.commit || !key.starts_with(stream_key) {
-            return Ok(head.commit);
+        if at.commit > head.at.commit || !key.starts_with(stream_key) {
+            return Ok(head.at);
         }
-        let Some((segment, i)) = locate(trees, commit)? else { return Ok(head.commit) };
-        let (position, bytes) = segment.record(i);
-        let (header, record) = CommitRecord::decode(position, bytes)?;
-        if record.is_of(stream) && header.first_version <= version && version <= header.last_version() {
-            Ok(commit)
+        let Some((segment, i)) = locate(trees, at)? else {
+            return Ok(head.at);
+        };
+        let (position, bytes) = segment.record(i)?;
+        let (header, of, _) = RecordHeader::read(position, bytes)?;
+        if of == stream_key && header.first_version <= version && version <= header.last_version() {
+            Ok(at)
         } else {
-            Ok(head.commit)
+            Ok(head.at)
         }
     }
 }
 
+/// How long `open` waits for the directory lock. sled releases its lock when the last handle to
+/// the database drops, which can happen on one of its background threads just after a close,
+/// so a reopen in the same process may briefly find it held.
+const LOCK_WAIT: Duration = Duration::from_millis(1000);
+
 fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match try_open_db(path, cache_capacity_bytes) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn try_open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
     let result = sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity_bytes)
@@ -396,40 +439,48 @@ fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreErro
         .open();
     result.map_err(|e| match &e {
         sled::Error::Io(ioe) if ioe.to_string().contains("could not acquire lock") => {
-            StoreError::Locked { path: path.display().to_string() }
+            StoreError::Locked {
+                path: path.display().to_string(),
+            }
         }
         sled::Error::Corruption { .. } => StoreError::Corrupt {
             what: format!("sled database at {}", path.display()),
             reason: e.to_string(),
         },
-        _ => StoreError::Io { op: "opening the database", reason: e.to_string() },
+        _ => StoreError::Io {
+            op: "opening the database",
+            reason: e.to_string(),
+        },
     })
 }
 
 /// A skip entry is written for every version that is a multiple of this: a reader starts its
 /// walk back at most this many versions past where it needs to.
 pub(crate) const SKIP_EVERY: u64 = 64;
+/// [`SKIP_EVERY`] as a step for iterators.
+pub(crate) const SKIP_STEP: usize = 64;
 
-/// The segment holding the commit that starts at `position`, and the record's index in it.
-pub(crate) fn locate(trees: &Trees, position: Position) -> Result<Option<(Segment, usize)>, StoreError> {
-    let Some((key, bytes)) = trees
+/// The segment holding the commit at `at`, and the record's index in it (`None` if there is
+/// no such commit: a dangling locator).
+pub(crate) fn locate(trees: &Trees, at: Locator) -> Result<Option<(Segment, usize)>, StoreError> {
+    let Some(bytes) = trees
         .log
-        .range(..=keys::position_key(position))
-        .next_back()
-        .transpose()
+        .get(keys::position_key(at.segment))
         .map_err(io("reading the log"))?
     else {
         return Ok(None);
     };
-    let segment = Segment::parse(Position(keys::read_u64(&key, "log key")?), bytes)?;
-    Ok(segment.find_start(position).map(|i| (segment, i)))
+    let segment = Segment::parse(at.segment, bytes)?;
+    Ok(segment.find_start(at.commit).map(|i| (segment, i)))
 }
 
-/// The header of the commit that starts at `position`, which must exist.
-fn header_at(trees: &Trees, position: Position) -> Result<(Segment, usize, RecordHeader), StoreError> {
-    let (segment, i) = locate(trees, position)?
-        .ok_or_else(|| record::corrupt_at(position, "a stream's chain points at a missing commit"))?;
-    let header = RecordHeader::read(position, segment.record(i).1)?;
+/// The header of the commit at `at`, which must exist.
+fn header_at(trees: &Trees, at: Locator) -> Result<(Segment, usize, RecordHeader), StoreError> {
+    let (segment, i) = locate(trees, at)?.ok_or_else(|| {
+        record::corrupt_at(at.commit, "a stream's chain points at a missing commit")
+    })?;
+    let (position, bytes) = segment.record(i)?;
+    let (header, _, _) = RecordHeader::read(position, bytes)?;
     Ok((segment, i, header))
 }
 
@@ -458,17 +509,34 @@ fn visible_head(
     stream_key: &[u8],
     visible: Position,
 ) -> Result<Option<HeadEntry>, StoreError> {
-    let mut head = lookup_head(trees, shared, stream_key)?;
+    match lookup_head(trees, shared, stream_key)? {
+        Some(head) => head_at_or_below(trees, head, visible),
+        None => Ok(None),
+    }
+}
+
+/// The stream's head as of `limit`: `head`, walked back along the chain past every commit that
+/// ends after `limit` (`None` if the stream has no commit that early).
+pub(crate) fn head_at_or_below(
+    trees: &Trees,
+    head: HeadEntry,
+    limit: Position,
+) -> Result<Option<HeadEntry>, StoreError> {
+    let mut head = Some(head);
     while let Some(h) = head {
-        if h.last_position() <= visible {
+        if h.last_position() <= limit {
             break;
         }
-        let (_, _, header) = header_at(trees, h.commit)?;
-        head = if header.prev == Position(0) {
+        let (_, _, header) = header_at(trees, h.at)?;
+        head = if header.prev.is_none() {
             None
         } else {
             let (_, _, prev) = header_at(trees, header.prev)?;
-            Some(HeadEntry { version: prev.last_version(), commit: header.prev, count: prev.count })
+            Some(HeadEntry {
+                version: prev.last_version(),
+                at: header.prev,
+                count: prev.count,
+            })
         };
     }
     Ok(head)
@@ -487,11 +555,18 @@ impl EventStore for SledStore {
             Err(e) => return AppendTicket::ready(Err(e)),
         };
         let (reply, ticket) = AppendTicket::pending();
-        match self.inner.jobs.try_send(writer::Job::Append(Box::new(prepared), reply)) {
+        match self
+            .inner
+            .jobs
+            .try_send(writer::Job::Append(Box::new(prepared), reply))
+        {
             Ok(()) => ticket,
-            Err(crossbeam_channel::TrySendError::Full(_)) => AppendTicket::ready(Err(
-                StoreError::Overloaded { capacity: self.inner.queue_capacity }.into(),
-            )),
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                AppendTicket::ready(Err(StoreError::Overloaded {
+                    capacity: self.inner.queue_capacity,
+                }
+                .into()))
+            }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
                 AppendTicket::ready(Err(StoreError::Closed.into()))
             }
@@ -519,25 +594,31 @@ impl EventStore for SledStore {
         let end = to.min(from.advance(limit as u64 - 1));
         // Walk back from the commit holding `end` (found by a skip entry, or the head) to the one
         // holding `from`, then decode forward.
-        let mut commit = if end == head.version { head.commit } else { self.skip_to(stream, &stream_key, end, head)? };
+        let mut commit = if end == head.version {
+            head.at
+        } else {
+            self.skip_to(stream, &stream_key, end, head)?
+        };
         let mut walked = Vec::new();
         loop {
             let (segment, i, header) = header_at(trees, commit)?;
-            let first_version = header.first_version;
             walked.push((segment, i));
-            if first_version <= from || header.prev == Position(0) {
+            if header.first_version <= from || header.prev.is_none() {
                 break;
             }
             commit = header.prev;
         }
         let mut out = Vec::with_capacity(usize::try_from(end.0 - from.0 + 1).unwrap_or(0));
         for (segment, i) in walked.into_iter().rev() {
-            let (position, bytes) = segment.record(i);
-            let (_, record) = CommitRecord::decode(position, bytes)?;
-            if !record.is_of(stream) {
-                return Err(record::corrupt_at(position, &format!("the chain of {stream} leads to another stream's commit")));
+            let (position, bytes) = segment.record(i)?;
+            let (header, of, record) = CommitRecord::decode(position, bytes)?;
+            if of != *stream {
+                return Err(record::corrupt_at(
+                    position,
+                    &format!("the chain of {stream} leads to a commit of {of}"),
+                ));
             }
-            for event in record.into_events(position)? {
+            for event in record.into_events(stream, &header, position)? {
                 if event.version >= from && event.version <= end {
                     out.push(event);
                 }
@@ -570,12 +651,12 @@ impl EventStore for SledStore {
                 break;
             }
             for i in segment.find_containing(from)..segment.len() {
-                let (position, bytes) = segment.record(i);
+                let (position, bytes) = segment.record(i)?;
                 if position > visible {
                     return Ok(out);
                 }
-                let (_, record) = CommitRecord::decode(position, bytes)?;
-                for event in record.into_events(position)? {
+                let (header, stream, record) = CommitRecord::decode(position, bytes)?;
+                for event in record.into_events(&stream, &header, position)? {
                     if event.position >= from && event.position <= visible {
                         out.push(event);
                         if out.len() >= limit {
@@ -590,8 +671,10 @@ impl EventStore for SledStore {
 
     fn stream_head(&self, stream: &StreamId) -> Result<Version, StoreError> {
         let key = keys::stream_key(stream);
-        Ok(visible_head(&self.inner.trees, &self.inner.shared, &key, self.visible())?
-            .map_or(Version(0), |h| h.version))
+        Ok(
+            visible_head(&self.inner.trees, &self.inner.shared, &key, self.visible())?
+                .map_or(Version(0), |h| h.version),
+        )
     }
 
     fn head_position(&self) -> Position {
@@ -599,6 +682,9 @@ impl EventStore for SledStore {
     }
 
     fn command_outcome(&self, id: &CommandId) -> Result<Option<StoredOutcome>, StoreError> {
+        if self.inner.shared.pending_outcomes.lock().contains(id) {
+            return Ok(None);
+        }
         lookup_command(&self.inner.trees, id, Some(self.visible()))
     }
 
@@ -665,19 +751,31 @@ impl EventStore for SledStore {
 
     fn shutdown(&self) -> Result<(), StoreError> {
         let shared = &self.inner.shared;
-        let _ = shared.state.compare_exchange(STATE_READY, STATE_CLOSED, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = shared.state.compare_exchange(
+            STATE_READY,
+            STATE_CLOSED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         // The writer drains what is queued, hands it to the flusher and both exit.
         let _ = self.inner.jobs.send(writer::Job::Stop);
         let threads = std::mem::take(&mut *self.inner.threads.lock());
         for t in threads {
             if t.join().is_err() {
-                return Err(StoreError::Io { op: "stopping the journal", reason: "a journal thread panicked".into() });
+                return Err(StoreError::Io {
+                    op: "stopping the journal",
+                    reason: "a journal thread panicked".into(),
+                });
             }
         }
         if shared.is_failed() {
             return Err(shared.failed_error());
         }
-        self.inner.trees.db.flush().map_err(io("flushing on shutdown"))?;
+        self.inner
+            .trees
+            .db
+            .flush()
+            .map_err(io("flushing on shutdown"))?;
         Ok(())
     }
 }
@@ -691,13 +789,20 @@ impl Drop for Inner {
     }
 }
 
-fn check_contiguous(stream: &StreamId, from: Version, events: &[RecordedEvent]) -> Result<(), StoreError> {
+fn check_contiguous(
+    stream: &StreamId,
+    from: Version,
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
     let mut expected = from;
     for event in events {
         if event.version != expected {
             return Err(StoreError::Corrupt {
                 what: format!("stream {stream}"),
-                reason: format!("read version {} where version {expected} belongs", event.version),
+                reason: format!(
+                    "read version {} where version {expected} belongs",
+                    event.version
+                ),
             });
         }
         expected = expected.next();
@@ -711,58 +816,91 @@ pub(crate) fn lookup_command(
     id: &CommandId,
     visible: Option<Position>,
 ) -> Result<Option<StoredOutcome>, StoreError> {
-    let Some(bytes) = trees.commands.get(id.as_str().as_bytes()).map_err(io("reading command ids"))? else {
+    let Some(bytes) = trees
+        .commands
+        .get(id.as_str().as_bytes())
+        .map_err(io("reading command ids"))?
+    else {
         return Ok(None);
     };
     let record = CommandRecord::decode(&bytes)?;
     let outcome = match record {
-        CommandRecord::Committed { position } => {
+        CommandRecord::Committed { segment, position } => {
             let position = Position(position);
             if visible.is_some_and(|v| position > v) {
                 return Ok(None);
             }
-            let Some((segment, i)) = locate(trees, position)? else {
+            let Some((found, i)) = locate(
+                trees,
+                Locator {
+                    segment: Position(segment),
+                    commit: position,
+                },
+            )?
+            else {
                 return Ok(None); // dangling: its commit was never made durable
             };
-            let (_, commit) = CommitRecord::decode(position, segment.record(i).1)?;
+            let (_, bytes) = found.record(i)?;
+            let (header, stream, commit) = CommitRecord::decode(position, bytes)?;
             if commit.command_id.as_deref() != Some(id.as_str()) {
                 return Ok(None); // dangling: the position now holds another commit
             }
             let fingerprint = commit.fingerprint.map(super::Fingerprint).ok_or_else(|| {
                 record::corrupt_at(position, "commit with a command id has no fingerprint")
             })?;
-            StoredOutcome::Committed { fingerprint, events: commit.into_events(position)? }
-        }
-        CommandRecord::Rejected { aggregate_type, aggregate_id, fingerprint, version, rejection } => {
-            StoredOutcome::Rejected {
-                stream: stream_of(aggregate_type, aggregate_id)?,
-                fingerprint: fingerprint_from(&fingerprint)?,
-                version: Version(version),
-                rejection,
+            StoredOutcome::Committed {
+                fingerprint,
+                events: commit.into_events(&stream, &header, position)?,
             }
         }
-        CommandRecord::NoEvents { aggregate_type, aggregate_id, fingerprint, version } => {
-            StoredOutcome::NoEvents {
-                stream: stream_of(aggregate_type, aggregate_id)?,
-                fingerprint: fingerprint_from(&fingerprint)?,
-                version: Version(version),
-            }
-        }
+        CommandRecord::Rejected {
+            aggregate_type,
+            aggregate_id,
+            fingerprint,
+            version,
+            rejection,
+        } => StoredOutcome::Rejected {
+            stream: stream_of(aggregate_type, aggregate_id)?,
+            fingerprint: fingerprint_from(&fingerprint)?,
+            version: Version(version),
+            rejection,
+        },
+        CommandRecord::NoEvents {
+            aggregate_type,
+            aggregate_id,
+            fingerprint,
+            version,
+        } => StoredOutcome::NoEvents {
+            stream: stream_of(aggregate_type, aggregate_id)?,
+            fingerprint: fingerprint_from(&fingerprint)?,
+            version: Version(version),
+        },
     };
     Ok(Some(outcome))
 }
 
 fn stream_of(ty: String, id: String) -> Result<StreamId, StoreError> {
-    StreamId::new(ty, id)
-        .map_err(|e| StoreError::Corrupt { what: "command record".into(), reason: e.to_string() })
+    StreamId::new(ty, id).map_err(|e| StoreError::Corrupt {
+        what: "command record".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Kind checks shared by `append` and the writer.
 pub(crate) fn validate_kind(request: &AppendRequest) -> Result<(), AppendError> {
-    let invalid = |reason| Err(AppendError::Invalid { stream: request.stream.clone(), reason });
+    let invalid = |reason| {
+        Err(AppendError::Invalid {
+            stream: request.stream.clone(),
+            reason,
+        })
+    };
     match &request.kind {
-        AppendKind::Events(events) if events.is_empty() => invalid("an append needs at least one event"),
-        AppendKind::Events(events) if u32::try_from(events.len()).is_err() => invalid("too many events"),
+        AppendKind::Events(events) if events.is_empty() => {
+            invalid("an append needs at least one event")
+        }
+        AppendKind::Events(events) if u32::try_from(events.len()).is_err() => {
+            invalid("too many events")
+        }
         AppendKind::Rejection(_) | AppendKind::NoEvents if request.command.is_none() => {
             invalid("only a command with a command id records an outcome without events")
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::keys;
-use super::segment::{RecordHeader, RECORD_HEADER_LEN};
+use super::segment::{Locator, RecordHeader, RECORD_FIXED_LEN};
 use crate::codec::{self, CodecError};
 use crate::envelope::{CommitMeta, EncodedPayload, RecordedEvent};
 use crate::store::{Fingerprint, PendingEvent, Snapshot, StoreError};
@@ -34,22 +34,21 @@ pub(crate) const COMMAND_FORMAT: u8 = 1;
 /// Format byte of snapshot records.
 pub(crate) const SNAPSHOT_FORMAT: u8 = 1;
 
-/// One commit: the events of one command with their shared metadata. Field names are short
-/// because they are repeated in every record.
+/// One commit: the events of one command with their shared metadata (the CBOR part of a
+/// record; the stream, versions and chain link are in the record's binary header). Field names
+/// are short because they are repeated in every record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CommitRecord {
-    #[serde(rename = "t")]
-    pub(crate) aggregate_type: String,
-    #[serde(rename = "i")]
-    pub(crate) aggregate_id: String,
-    /// Version of the first event.
-    #[serde(rename = "v")]
-    pub(crate) first_version: u64,
     #[serde(rename = "at")]
     pub(crate) recorded_at: u64,
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub(crate) command_id: Option<String>,
-    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none", with = "opt_fingerprint")]
+    #[serde(
+        rename = "f",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_fingerprint"
+    )]
     pub(crate) fingerprint: Option<[u8; 16]>,
     #[serde(rename = "co", default, skip_serializing_if = "Option::is_none")]
     pub(crate) correlation_id: Option<String>,
@@ -82,7 +81,9 @@ mod opt_fingerprint {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 16]>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 16]>, D::Error> {
         let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
         match bytes {
             None => Ok(None),
@@ -98,16 +99,11 @@ mod opt_fingerprint {
 impl CommitRecord {
     /// Builds the record of an append.
     pub(crate) fn new(
-        stream: &StreamId,
-        first_version: Version,
         meta: &CommitMeta,
         fingerprint: Option<Fingerprint>,
         events: &[PendingEvent],
     ) -> CommitRecord {
         CommitRecord {
-            aggregate_type: stream.aggregate_type().to_string(),
-            aggregate_id: stream.aggregate_id().to_string(),
-            first_version: first_version.0,
             recorded_at: meta.recorded_at.0,
             command_id: meta.command_id.as_ref().map(|c| c.as_str().to_string()),
             fingerprint: fingerprint.map(|f| f.0),
@@ -125,36 +121,38 @@ impl CommitRecord {
         }
     }
 
-    /// Encodes the record behind a zeroed header, which the writer fills in once it knows the
-    /// stream's previous commit.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = vec![0u8; RECORD_HEADER_LEN];
-        ciborium::into_writer(self, &mut out)
-            .map_err(|e| CodecError::Encode { what: "commit record", reason: e.to_string() })?;
+    /// Encodes the record of a commit to `stream` behind a zeroed header, which the writer
+    /// fills in once it knows the stream's previous commit.
+    pub(crate) fn encode(&self, stream: &StreamId) -> Result<Vec<u8>, CodecError> {
+        let key = keys::stream_key(stream);
+        let mut out = Vec::with_capacity(RECORD_FIXED_LEN + key.len() + 96);
+        out.resize(RECORD_FIXED_LEN - 2, 0);
+        // Stream keys are at most 1 + 64 + 2 + 256 bytes (StreamId's limits).
+        out.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(&key);
+        ciborium::into_writer(self, &mut out).map_err(|e| CodecError::Encode {
+            what: "commit record",
+            reason: e.to_string(),
+        })?;
         Ok(out)
     }
 
-    /// Decodes a record and checks it against its header and its own invariants.
-    pub(crate) fn decode(position: Position, bytes: &[u8]) -> Result<(RecordHeader, CommitRecord), StoreError> {
-        let header = RecordHeader::read(position, bytes)?;
-        let record: CommitRecord = ciborium::from_reader(&bytes[RECORD_HEADER_LEN..])
+    /// Decodes a record: its header, its stream and its body.
+    pub(crate) fn decode(
+        position: Position,
+        bytes: &[u8],
+    ) -> Result<(RecordHeader, StreamId, CommitRecord), StoreError> {
+        let (header, key, body) = RecordHeader::read(position, bytes)?;
+        let stream = keys::parse_stream_key(key).map_err(|reason| corrupt_at(position, &reason))?;
+        let record: CommitRecord = ciborium::from_reader(body)
             .map_err(|e| corrupt_at(position, &format!("cannot decode commit record: {e}")))?;
-        if record.events.is_empty() {
-            return Err(corrupt_at(position, "commit record holds no events"));
+        if record.events.len() != header.count as usize {
+            return Err(corrupt_at(
+                position,
+                "commit record disagrees with its header",
+            ));
         }
-        if record.first_version != header.first_version.0 || record.events.len() != header.count as usize {
-            return Err(corrupt_at(position, "commit record disagrees with its header"));
-        }
-        record.stream().map_err(|e| corrupt_at(position, &e.to_string()))?;
-        Ok((header, record))
-    }
-
-    pub(crate) fn is_of(&self, stream: &StreamId) -> bool {
-        self.aggregate_type == stream.aggregate_type() && self.aggregate_id == stream.aggregate_id()
-    }
-
-    pub(crate) fn stream(&self) -> Result<StreamId, crate::types::InvalidId> {
-        StreamId::new(self.aggregate_type.as_str(), self.aggregate_id.as_str())
+        Ok((header, stream, record))
     }
 
     pub(crate) fn meta(&self) -> Result<CommitMeta, StoreError> {
@@ -172,11 +170,14 @@ impl CommitRecord {
         })
     }
 
-    /// The record's events as envelopes, given the record's first position.
-    pub(crate) fn into_events(self, first_position: Position) -> Result<Vec<RecordedEvent>, StoreError> {
-        let stream = self.stream().map_err(|e| corrupt_at(first_position, &e.to_string()))?;
+    /// The record's events as envelopes.
+    pub(crate) fn into_events(
+        self,
+        stream: &StreamId,
+        header: &RecordHeader,
+        first_position: Position,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let meta = Arc::new(self.meta()?);
-        let first_version = Version(self.first_version);
         Ok(self
             .events
             .into_iter()
@@ -184,7 +185,7 @@ impl CommitRecord {
             .map(|(i, e)| RecordedEvent {
                 event_id: e.event_id,
                 stream: stream.clone(),
-                version: first_version.advance(i as u64),
+                version: header.first_version.advance(i as u64),
                 position: first_position.advance(i as u64),
                 event_type: Arc::from(e.event_type),
                 schema_version: e.schema_version,
@@ -196,7 +197,10 @@ impl CommitRecord {
 }
 
 pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
-    StoreError::Corrupt { what: format!("log record at position {position}"), reason: reason.to_string() }
+    StoreError::Corrupt {
+        what: format!("log record at position {position}"),
+        reason: reason.to_string(),
+    }
 }
 
 /// A stream's head: its last version and where its last commit is.
@@ -204,37 +208,39 @@ pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
 pub(crate) struct HeadEntry {
     /// The stream's last version.
     pub(crate) version: Version,
-    /// First position of the stream's last commit.
-    pub(crate) commit: Position,
+    /// The stream's last commit.
+    pub(crate) at: Locator,
     /// Events in that commit.
     pub(crate) count: u32,
 }
 
 impl HeadEntry {
     pub(crate) fn last_position(&self) -> Position {
-        self.commit.advance(u64::from(self.count).saturating_sub(1))
+        self.at
+            .commit
+            .advance(u64::from(self.count).saturating_sub(1))
     }
 
-    pub(crate) fn encode(self) -> [u8; 20] {
-        let mut out = [0u8; 20];
+    pub(crate) fn encode(self) -> [u8; 28] {
+        let mut out = [0u8; 28];
         out[..8].copy_from_slice(&self.version.0.to_be_bytes());
-        out[8..16].copy_from_slice(&self.commit.0.to_be_bytes());
-        out[16..].copy_from_slice(&self.count.to_be_bytes());
+        out[8..24].copy_from_slice(&self.at.encode());
+        out[24..].copy_from_slice(&self.count.to_be_bytes());
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<HeadEntry, StoreError> {
-        if bytes.len() != 20 {
+        if bytes.len() != 28 {
             return Err(StoreError::Corrupt {
                 what: "stream head entry".into(),
-                reason: format!("{} bytes, expected 20", bytes.len()),
+                reason: format!("{} bytes, expected 28", bytes.len()),
             });
         }
         let mut count = [0u8; 4];
-        count.copy_from_slice(&bytes[16..]);
+        count.copy_from_slice(&bytes[24..]);
         Ok(HeadEntry {
             version: Version(keys::read_u64(&bytes[..8], "stream head entry")?),
-            commit: Position(keys::read_u64(&bytes[8..16], "stream head entry")?),
+            at: Locator::decode(&bytes[8..24], "stream head entry")?,
             count: u32::from_be_bytes(count),
         })
     }
@@ -243,8 +249,9 @@ impl HeadEntry {
 /// A `commands` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum CommandRecord {
-    /// The command committed the log record at this position (which holds the fingerprint).
-    Committed { position: u64 },
+    /// The command committed the commit at `position` in the segment at `segment` (the commit
+    /// record holds the fingerprint).
+    Committed { segment: u64, position: u64 },
     /// The command was rejected.
     Rejected {
         aggregate_type: String,
@@ -276,10 +283,13 @@ impl CommandRecord {
 }
 
 pub(crate) fn fingerprint_from(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
-    bytes.try_into().map(Fingerprint).map_err(|_| StoreError::Corrupt {
-        what: "command record".into(),
-        reason: format!("fingerprint is {} bytes, expected 16", bytes.len()),
-    })
+    bytes
+        .try_into()
+        .map(Fingerprint)
+        .map_err(|_| StoreError::Corrupt {
+            what: "command record".into(),
+            reason: format!("fingerprint is {} bytes, expected 16", bytes.len()),
+        })
 }
 
 /// A `snapshots` entry.
@@ -303,7 +313,12 @@ impl SnapshotRecord {
 
     pub(crate) fn decode(version: Version, bytes: &[u8]) -> Result<Snapshot, CodecError> {
         let r: SnapshotRecord = codec::decode_versioned(SNAPSHOT_FORMAT, "snapshot", bytes)?;
-        Ok(Snapshot { version, schema_version: r.schema_version, taken_at: Timestamp(r.taken_at), state: r.state })
+        Ok(Snapshot {
+            version,
+            schema_version: r.schema_version,
+            taken_at: Timestamp(r.taken_at),
+            state: r.state,
+        })
     }
 }
 
@@ -326,14 +341,25 @@ mod tests {
             schema_version: 2,
             payload: EncodedPayload(vec![1, 2, 3]),
         }];
-        let record = CommitRecord::new(&stream, Version(5), &meta, Some(Fingerprint([9; 16])), &events);
-        let mut bytes = record.encode().expect("encodes");
-        let header = RecordHeader { prev: Position(3), first_version: Version(5), count: 1 };
+        let record = CommitRecord::new(&meta, Some(Fingerprint([9; 16])), &events);
+        let mut bytes = record.encode(&stream).expect("encodes");
+        let prev = Locator {
+            segment: Position(2),
+            commit: Position(3),
+        };
+        let header = RecordHeader {
+            prev,
+            first_version: Version(5),
+            count: 1,
+        };
         header.write_into(&mut bytes);
-        let (read, back) = CommitRecord::decode(Position(10), &bytes).expect("decodes");
-        assert_eq!(read, header);
+        let (read, read_stream, back) =
+            CommitRecord::decode(Position(10), &bytes).expect("decodes");
+        assert_eq!((read, &read_stream), (header, &stream));
         assert_eq!(back, record);
-        let recorded = back.into_events(Position(10)).expect("valid");
+        let recorded = back
+            .into_events(&stream, &header, Position(10))
+            .expect("valid");
         assert_eq!(recorded[0].version, Version(5));
         assert_eq!(recorded[0].position, Position(10));
         assert_eq!(*recorded[0].meta, meta);

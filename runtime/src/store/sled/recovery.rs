@@ -19,11 +19,13 @@
 //! derived entries up to it durable, so recovery only re-derives the log after it.
 //!
 //! # The integrity check
-//! [`IntegrityCheck::Full`] (the default) reads the whole log: positions contiguous from 1,
-//! every segment and record decodable, each commit linked to its stream's previous commit with
-//! contiguous versions, and the checkpointed heads consistent with the log (this needs one map
-//! entry per stream while it runs). [`IntegrityCheck::Tail`] checks only the log after the
-//! watermark, for very large stores where opening must be fast. A violation is reported as
+//! [`IntegrityCheck::Structure`] (the default) reads the whole log: positions contiguous from
+//! 1, every segment and record header well-formed, each commit linked to its stream's previous
+//! commit with contiguous versions, and the checkpointed heads consistent with the log (this
+//! needs one map entry per stream while it runs); it decodes the CBOR bodies of the tail after
+//! the watermark. [`IntegrityCheck::Full`] also decodes every record's CBOR body.
+//! [`IntegrityCheck::Tail`] checks only the log after the watermark, for very large stores
+//! where opening must be fast. A violation is reported as
 //! [`StoreError::Corrupt`], and recovery changes nothing when it finds one.
 
 use std::collections::HashMap;
@@ -31,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use super::keys;
 use super::record::{corrupt_at, CommandRecord, CommitRecord, HeadEntry};
-use super::segment::{RecordHeader, Segment};
+use super::segment::{Locator, RecordHeader, Segment};
 use super::writer::WATERMARK_KEY;
-use super::{io, locate, Trees, SKIP_EVERY};
+use super::{io, locate, Trees, SKIP_EVERY, SKIP_STEP};
 use crate::store::StoreError;
-use crate::types::{Position, StreamId, Version};
+use crate::types::{Position, Version};
 
 /// The on-disk layout version this build writes and reads.
 pub(crate) const LAYOUT_VERSION: u8 = 1;
@@ -44,10 +46,14 @@ const LAYOUT_KEY: &[u8] = b"layout";
 /// How much of the log to check on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IntegrityCheck {
-    /// The whole log.
-    #[default]
+    /// The whole log, decoding every commit record's CBOR body.
     Full,
-    /// Only the log after the durable index watermark.
+    /// The whole log's structure — segments, record headers, positions, every stream's chain
+    /// and versions, checkpointed heads — decoding the CBOR bodies of the tail only. Bodies are
+    /// still checked on every read.
+    #[default]
+    Structure,
+    /// Only the log after the watermark.
     Tail,
 }
 
@@ -80,13 +86,17 @@ struct Scanned {
 pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryReport, StoreError> {
     let started = Instant::now();
     check_layout(trees)?;
-    let watermark = match trees.meta.get(WATERMARK_KEY).map_err(io("reading the watermark"))? {
+    let watermark = match trees
+        .meta
+        .get(WATERMARK_KEY)
+        .map_err(io("reading the watermark"))?
+    {
         Some(bytes) => Position(keys::read_u64(&bytes, "watermark")?),
         None => Position(0),
     };
     let mut report = RecoveryReport::default();
     let scan_from = match check {
-        IntegrityCheck::Full => Position(1),
+        IntegrityCheck::Full | IntegrityCheck::Structure => Position(1),
         IntegrityCheck::Tail => watermark.next(),
     };
     if check == IntegrityCheck::Tail && watermark > Position(0) {
@@ -114,26 +124,54 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
         }
         let segment = Segment::parse(first, bytes)?;
         for i in 0..segment.len() {
-            let (position, bytes) = segment.record(i);
+            let (position, bytes) = segment.record(i)?;
             if position != expected {
-                return Err(corrupt_at(position, &format!("expected a commit at position {expected}")));
+                return Err(corrupt_at(
+                    position,
+                    &format!("expected a commit at position {expected}"),
+                ));
             }
-            let (header, record) = CommitRecord::decode(position, bytes)?;
-            let stream = record.stream().map_err(|e| corrupt_at(position, &e.to_string()))?;
-            let stream_key = keys::stream_key(&stream);
-            let previous = match (check, streams.get(&stream_key)) {
-                (_, Some(s)) => Some(s.head),
-                (IntegrityCheck::Full, None) => None,
-                (IntegrityCheck::Tail, None) => previous_by_chain(trees, &header)?,
-            };
-            check_link(&stream, position, &header, previous)?;
-            let head = HeadEntry { version: header.last_version(), commit: position, count: header.count };
-            let scanned = streams.entry(stream_key.clone()).or_insert(Scanned { head, at_watermark: None });
-            scanned.head = head;
-            if position <= watermark {
-                scanned.at_watermark = Some(head);
+            let (header, stream_key, _) = RecordHeader::read(position, bytes)?;
+            // The CBOR body is decoded where it is needed (the tail, for its command id) or
+            // asked for (a full check).
+            let record = if check == IntegrityCheck::Full || position > watermark {
+                Some(CommitRecord::decode(position, bytes)?.2)
             } else {
-                derive(&stream_key, &header, &record, position, &mut derived)?;
+                None
+            };
+            let previous = match (check, streams.get(stream_key)) {
+                (_, Some(s)) => Some(s.head),
+                (IntegrityCheck::Tail, None) => previous_by_chain(trees, &header)?,
+                (_, None) => None,
+            };
+            check_link(stream_key, position, &header, previous)?;
+            let at = Locator {
+                segment: first,
+                commit: position,
+            };
+            let head = HeadEntry {
+                version: header.last_version(),
+                at,
+                count: header.count,
+            };
+            match streams.get_mut(stream_key) {
+                Some(scanned) => scanned.head = head,
+                None => {
+                    streams.insert(
+                        stream_key.to_vec(),
+                        Scanned {
+                            head,
+                            at_watermark: None,
+                        },
+                    );
+                }
+            }
+            if position <= watermark {
+                if let Some(scanned) = streams.get_mut(stream_key) {
+                    scanned.at_watermark = Some(head);
+                }
+            } else if let Some(record) = &record {
+                derive(stream_key, &header, record, at, &mut derived)?;
                 report.records_reindexed += 1;
             }
             report.records_checked += 1;
@@ -141,7 +179,7 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
             expected = position.advance(u64::from(header.count));
         }
     }
-    if check == IntegrityCheck::Full {
+    if check != IntegrityCheck::Tail {
         check_heads(trees, &streams)?;
     }
     if let Some(hole) = hole_at {
@@ -154,13 +192,20 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
     report.head_position = Position(expected.0 - 1);
     let mut changed = report.records_removed > 0;
     for (is_command, key, value) in derived {
-        let tree = if is_command { &trees.commands } else { &trees.skips };
+        let tree = if is_command {
+            &trees.commands
+        } else {
+            &trees.skips
+        };
         tree.insert(key, value).map_err(io("re-deriving entries"))?;
         changed = true;
     }
     for (key, scanned) in &streams {
-        if scanned.head.commit > watermark {
-            trees.heads.insert(key.as_slice(), &scanned.head.encode()[..]).map_err(io("re-deriving heads"))?;
+        if scanned.head.at.commit > watermark {
+            trees
+                .heads
+                .insert(key.as_slice(), &scanned.head.encode()[..])
+                .map_err(io("re-deriving heads"))?;
             changed = true;
         }
     }
@@ -178,32 +223,45 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
 }
 
 /// The stream's head before `header`'s commit, from the commit its `prev` names.
-fn previous_by_chain(trees: &Trees, header: &RecordHeader) -> Result<Option<HeadEntry>, StoreError> {
-    if header.prev == Position(0) {
+fn previous_by_chain(
+    trees: &Trees,
+    header: &RecordHeader,
+) -> Result<Option<HeadEntry>, StoreError> {
+    if header.prev.is_none() {
         return Ok(None);
     }
     let Some((segment, i)) = locate(trees, header.prev)? else {
-        return Err(corrupt_at(header.prev, "a later commit links to this position, where no commit starts"));
+        return Err(corrupt_at(
+            header.prev.commit,
+            "a later commit links to this position, where no commit starts",
+        ));
     };
-    let prev = RecordHeader::read(header.prev, segment.record(i).1)?;
-    Ok(Some(HeadEntry { version: prev.last_version(), commit: header.prev, count: prev.count }))
+    let (position, bytes) = segment.record(i)?;
+    let (prev, _, _) = RecordHeader::read(position, bytes)?;
+    Ok(Some(HeadEntry {
+        version: prev.last_version(),
+        at: header.prev,
+        count: prev.count,
+    }))
 }
 
 /// A commit must link to its stream's previous commit and continue its versions.
 fn check_link(
-    stream: &StreamId,
+    stream_key: &[u8],
     position: Position,
     header: &RecordHeader,
     previous: Option<HeadEntry>,
 ) -> Result<(), StoreError> {
-    let (prev, version) = previous.map_or((Position(0), Version(0)), |h| (h.commit, h.version));
+    let (prev, version) = previous.map_or((Locator::NONE, Version(0)), |h| (h.at, h.version));
     if header.prev != prev || header.first_version != version.next() {
+        let stream =
+            keys::parse_stream_key(stream_key).map_or_else(|e| format!("<{e}>"), |s| s.to_string());
         return Err(StoreError::Corrupt {
             what: format!("stream {stream}"),
             reason: format!(
                 "the commit at position {position} starts at version {} after the commit at {}, \
-                 but the stream is at version {version} after the commit at {prev}",
-                header.first_version, header.prev
+                 but the stream is at version {version} after the commit at {}",
+                header.first_version, header.prev.commit, prev.commit
             ),
         });
     }
@@ -215,16 +273,24 @@ fn derive(
     stream_key: &[u8],
     header: &RecordHeader,
     record: &CommitRecord,
-    position: Position,
+    at: Locator,
     out: &mut Vec<(bool, Vec<u8>, Vec<u8>)>,
 ) -> Result<(), StoreError> {
     if let Some(id) = &record.command_id {
-        let bytes = CommandRecord::Committed { position: position.0 }.encode()?;
+        let bytes = CommandRecord::Committed {
+            segment: at.segment.0,
+            position: at.commit.0,
+        }
+        .encode()?;
         out.push((true, id.as_bytes().to_vec(), bytes));
     }
     let first_skip = header.first_version.0.div_ceil(SKIP_EVERY) * SKIP_EVERY;
-    for skip in (first_skip..=header.last_version().0).step_by(SKIP_EVERY as usize) {
-        out.push((false, [stream_key, &skip.to_be_bytes()].concat(), position.0.to_be_bytes().to_vec()));
+    for skip in (first_skip..=header.last_version().0).step_by(SKIP_STEP) {
+        out.push((
+            false,
+            [stream_key, &skip.to_be_bytes()].concat(),
+            at.encode().to_vec(),
+        ));
     }
     Ok(())
 }
@@ -236,41 +302,67 @@ fn check_heads(trees: &Trees, streams: &HashMap<Vec<u8>, Scanned>) -> Result<(),
     for item in trees.heads.iter() {
         let (key, value) = item.map_err(io("reading stream heads"))?;
         let head = HeadEntry::decode(&value)?;
-        let bad = |reason: String| StoreError::Corrupt { what: "the stream heads".into(), reason };
-        let Some(scanned) = streams.get(key.as_ref()) else {
-            return Err(bad(format!("a head (commit {}) names a stream with no commit in the log", head.commit)));
+        let bad = |reason: String| StoreError::Corrupt {
+            what: "the stream heads".into(),
+            reason,
         };
-        let floor = scanned.at_watermark.map_or(Position(0), |h| h.commit);
+        let Some(scanned) = streams.get(key.as_ref()) else {
+            return Err(bad(format!(
+                "a head (commit {}) names a stream with no commit in the log",
+                head.at.commit
+            )));
+        };
+        let floor = scanned.at_watermark.map_or(Position(0), |h| h.at.commit);
         let exact = [Some(scanned.head), scanned.at_watermark].contains(&Some(head));
-        if head.commit > scanned.head.commit || head.commit < floor || (!exact && head.commit == floor) {
+        let commit = head.at.commit;
+        if commit > scanned.head.at.commit
+            || commit < floor
+            || (!exact && (commit == floor || commit == scanned.head.at.commit))
+        {
             return Err(bad(format!(
                 "the checkpointed head (version {}, commit {}) disagrees with the log (version {}, commit {})",
-                head.version, head.commit, scanned.head.version, scanned.head.commit
+                head.version, head.at.commit, scanned.head.version, scanned.head.at.commit
             )));
         }
         if scanned.at_watermark.is_some() {
             present += 1;
         }
     }
-    let expected = streams.values().filter(|s| s.at_watermark.is_some()).count();
+    let expected = streams
+        .values()
+        .filter(|s| s.at_watermark.is_some())
+        .count();
     if present != expected {
         return Err(StoreError::Corrupt {
             what: "the stream heads".into(),
-            reason: format!("{} streams have commits below the watermark but no checkpointed head", expected - present.min(expected)),
+            reason: format!(
+                "{} streams have commits below the watermark but no checkpointed head",
+                expected - present.min(expected)
+            ),
         });
     }
     Ok(())
 }
 
 fn check_layout(trees: &Trees) -> Result<(), StoreError> {
-    match trees.meta.get(LAYOUT_KEY).map_err(io("reading the layout version"))? {
+    match trees
+        .meta
+        .get(LAYOUT_KEY)
+        .map_err(io("reading the layout version"))?
+    {
         Some(v) if v.as_ref() == [LAYOUT_VERSION] => Ok(()),
         Some(v) => Err(StoreError::Corrupt {
             what: "the database layout".into(),
-            reason: format!("layout version {:?}, this build reads {LAYOUT_VERSION}", v.as_ref()),
+            reason: format!(
+                "layout version {:?}, this build reads {LAYOUT_VERSION}",
+                v.as_ref()
+            ),
         }),
         None if trees.log.is_empty() => {
-            trees.meta.insert(LAYOUT_KEY, &[LAYOUT_VERSION]).map_err(io("writing the layout version"))?;
+            trees
+                .meta
+                .insert(LAYOUT_KEY, &[LAYOUT_VERSION])
+                .map_err(io("writing the layout version"))?;
             Ok(())
         }
         None => Err(StoreError::Corrupt {
@@ -291,8 +383,8 @@ fn check_segment_ends_at(trees: &Trees, watermark: Position) -> Result<(), Store
     let ok = match last {
         Some((key, bytes)) => {
             let segment = Segment::parse(Position(keys::read_u64(&key, "log key")?), bytes)?;
-            let (position, record) = segment.record(segment.len() - 1);
-            let header = RecordHeader::read(position, record)?;
+            let (position, record) = segment.record(segment.len() - 1)?;
+            let (header, _, _) = RecordHeader::read(position, record)?;
             position.advance(u64::from(header.count) - 1) == watermark
         }
         None => false,
@@ -315,7 +407,10 @@ fn remove_from(trees: &Trees, from: Position) -> Result<u64, StoreError> {
         .collect::<Result<_, _>>()
         .map_err(io("reading the log tail"))?;
     for key in &keys {
-        trees.log.remove(key).map_err(io("removing an unacknowledged segment"))?;
+        trees
+            .log
+            .remove(key)
+            .map_err(io("removing an unacknowledged segment"))?;
     }
     Ok(keys.len() as u64)
 }

@@ -7,13 +7,18 @@
 //! segment = [format: u8 = 1][n: u32]
 //!           n × [relative position: u32][offset: u32][length: u32]
 //!           record bytes …
-//! record  = [format: u8 = 1][prev: u64][first version: u64][count: u32][CBOR CommitRecord]
+//! record  = [format: u8 = 1][prev segment: u64][prev commit: u64][first version: u64]
+//!           [count: u32][stream key length: u16][stream key][CBOR CommitRecord]
 //! ```
 //!
-//! `prev` is the position of the previous commit of the same stream (0 for its first commit):
-//! every stream is a backward chain through the log, which the readers walk, so no per-commit
-//! index entry has to be written (see the parent module for why that matters). The fixed-size
-//! record header lets a walk follow the chain without decoding CBOR. All integers big-endian.
+//! `prev` locates the previous commit of the same stream (segment key and commit position; all
+//! zero for the stream's first commit): every stream is a backward chain through the log,
+//! which readers walk, so no per-commit index entry has to be written (see the parent module
+//! for why that matters). A [`Locator`] names the segment as well as the commit so that a
+//! reader fetches it with a point `get` — sled range lookups copy whole leaf nodes. The binary
+//! header lets a walk, and the recovery scan, follow chains without decoding CBOR. All integers
+//! big-endian. Segments are validated lazily: opening one checks its header and table size,
+//! each record access checks its own bounds.
 
 use sled::IVec;
 
@@ -25,56 +30,118 @@ use crate::types::{Position, Version};
 pub(crate) const SEGMENT_FORMAT: u8 = 1;
 /// Format byte of records inside a segment.
 pub(crate) const RECORD_FORMAT: u8 = 1;
-/// Bytes of a record's fixed header.
-pub(crate) const RECORD_HEADER_LEN: usize = 1 + 8 + 8 + 4;
+/// Bytes of a record's fixed header, before the stream key.
+pub(crate) const RECORD_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 4 + 2;
 const SEGMENT_HEADER_LEN: usize = 1 + 4;
 const ENTRY_LEN: usize = 12;
+
+/// Where a commit is: the key of its segment and its first position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Locator {
+    pub(crate) segment: Position,
+    pub(crate) commit: Position,
+}
+
+impl Locator {
+    /// "No commit" (the `prev` of a stream's first commit).
+    pub(crate) const NONE: Locator = Locator {
+        segment: Position(0),
+        commit: Position(0),
+    };
+
+    pub(crate) fn is_none(self) -> bool {
+        self.commit == Position(0)
+    }
+
+    pub(crate) fn encode(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.segment.0.to_be_bytes());
+        out[8..].copy_from_slice(&self.commit.0.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8], what: &str) -> Result<Locator, StoreError> {
+        if bytes.len() < 16 {
+            return Err(StoreError::Corrupt {
+                what: what.to_string(),
+                reason: "locator shorter than 16 bytes".into(),
+            });
+        }
+        Ok(Locator {
+            segment: Position(be_u64(&bytes[..8])),
+            commit: Position(be_u64(&bytes[8..16])),
+        })
+    }
+}
 
 /// The fixed header of a commit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
-    /// Position of the stream's previous commit (`Position(0)`: none).
-    pub(crate) prev: Position,
+    /// The stream's previous commit ([`Locator::NONE`]: none).
+    pub(crate) prev: Locator,
     pub(crate) first_version: Version,
     pub(crate) count: u32,
 }
 
 impl RecordHeader {
     pub(crate) fn last_version(&self) -> Version {
-        self.first_version.advance(u64::from(self.count).saturating_sub(1))
+        self.first_version
+            .advance(u64::from(self.count).saturating_sub(1))
     }
 
-    /// Writes the header into the first bytes of `record` (which the caller reserved).
+    /// Writes the header into the first bytes of `record` (which the encoder reserved).
     pub(crate) fn write_into(&self, record: &mut [u8]) {
         record[0] = RECORD_FORMAT;
-        record[1..9].copy_from_slice(&self.prev.0.to_be_bytes());
-        record[9..17].copy_from_slice(&self.first_version.0.to_be_bytes());
-        record[17..21].copy_from_slice(&self.count.to_be_bytes());
+        record[1..17].copy_from_slice(&self.prev.encode());
+        record[17..25].copy_from_slice(&self.first_version.0.to_be_bytes());
+        record[25..29].copy_from_slice(&self.count.to_be_bytes());
     }
 
-    /// Reads a record's header; `position` names the record in errors.
-    pub(crate) fn read(position: Position, record: &[u8]) -> Result<RecordHeader, StoreError> {
-        if record.len() < RECORD_HEADER_LEN {
+    /// Reads a record's header and returns it with the stream key and the CBOR body;
+    /// `position` names the record in errors.
+    pub(crate) fn read(
+        position: Position,
+        record: &[u8],
+    ) -> Result<(RecordHeader, &[u8], &[u8]), StoreError> {
+        if record.len() < RECORD_FIXED_LEN {
             return Err(corrupt_at(position, "record shorter than its header"));
         }
         if record[0] != RECORD_FORMAT {
             return Err(corrupt_at(
                 position,
-                &format!("unknown record format byte {} (this build reads {RECORD_FORMAT})", record[0]),
+                &format!(
+                    "unknown record format byte {} (this build reads {RECORD_FORMAT})",
+                    record[0]
+                ),
             ));
         }
         let header = RecordHeader {
-            prev: Position(be_u64(&record[1..9])),
-            first_version: Version(be_u64(&record[9..17])),
-            count: be_u32(&record[17..21]),
+            prev: Locator::decode(&record[1..17], "record header")?,
+            first_version: Version(be_u64(&record[17..25])),
+            count: be_u32(&record[25..29]),
         };
         if header.count == 0 || header.first_version == Version(0) {
-            return Err(corrupt_at(position, "record header has no events or version 0"));
+            return Err(corrupt_at(
+                position,
+                "record header has no events or version 0",
+            ));
         }
-        if header.prev >= position {
-            return Err(corrupt_at(position, "record points forward to its previous commit"));
+        if header.prev.commit >= position || header.prev.segment > header.prev.commit {
+            return Err(corrupt_at(
+                position,
+                "record links forward to its previous commit",
+            ));
         }
-        Ok(header)
+        let key_len = usize::from(u16::from_be_bytes([record[29], record[30]]));
+        let key_end = RECORD_FIXED_LEN + key_len;
+        if record.len() < key_end {
+            return Err(corrupt_at(position, "record shorter than its stream key"));
+        }
+        Ok((
+            header,
+            &record[RECORD_FIXED_LEN..key_end],
+            &record[key_end..],
+        ))
     }
 }
 
@@ -117,9 +184,15 @@ impl SegmentBuilder {
     }
 
     pub(crate) fn finish(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SEGMENT_HEADER_LEN + self.entries.len() * ENTRY_LEN + self.data.len());
+        let mut out = Vec::with_capacity(
+            SEGMENT_HEADER_LEN + self.entries.len() * ENTRY_LEN + self.data.len(),
+        );
         out.push(SEGMENT_FORMAT);
-        out.extend_from_slice(&u32::try_from(self.entries.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.entries.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         for (relative, offset, len) in &self.entries {
             out.extend_from_slice(&relative.to_be_bytes());
             out.extend_from_slice(&offset.to_be_bytes());
@@ -148,40 +221,31 @@ impl Segment {
             return Err(what("shorter than its header"));
         }
         if bytes[0] != SEGMENT_FORMAT {
-            return Err(what(&format!("unknown format byte {} (this build reads {SEGMENT_FORMAT})", bytes[0])));
+            return Err(what(&format!(
+                "unknown format byte {} (this build reads {SEGMENT_FORMAT})",
+                bytes[0]
+            )));
         }
         let n = be_u32(&bytes[1..5]) as usize;
-        let table_end = n
-            .checked_mul(ENTRY_LEN)
+        n.checked_mul(ENTRY_LEN)
             .and_then(|t| t.checked_add(SEGMENT_HEADER_LEN))
             .filter(|&end| end <= bytes.len())
             .ok_or_else(|| what("offset table runs past the end"))?;
         if n == 0 {
             return Err(what("no records"));
         }
-        let data_len = bytes.len() - table_end;
         let segment = Segment { first, bytes, n };
-        let mut previous_relative = None;
-        for i in 0..n {
-            let (relative, offset, len) = segment.entry(i);
-            if offset.checked_add(len).is_none_or(|end| end > data_len) {
-                return Err(what(&format!("record {i} runs past the end")));
-            }
-            if i == 0 && relative != 0 {
-                return Err(what("the first record does not start at the segment's position"));
-            }
-            if previous_relative.is_some_and(|p| relative <= p) {
-                return Err(what("records are not in position order"));
-            }
-            previous_relative = Some(relative);
-        }
         Ok(segment)
     }
 
     fn entry(&self, i: usize) -> (u32, usize, usize) {
         let at = SEGMENT_HEADER_LEN + i * ENTRY_LEN;
         let b = &self.bytes[at..at + ENTRY_LEN];
-        (be_u32(&b[0..4]), be_u32(&b[4..8]) as usize, be_u32(&b[8..12]) as usize)
+        (
+            be_u32(&b[0..4]),
+            be_u32(&b[4..8]) as usize,
+            be_u32(&b[8..12]) as usize,
+        )
     }
 
     pub(crate) fn first(&self) -> Position {
@@ -192,11 +256,22 @@ impl Segment {
         self.n
     }
 
-    /// The first position and bytes of record `i`.
-    pub(crate) fn record(&self, i: usize) -> (Position, &[u8]) {
-        let (relative, offset, len) = self.entry(i);
+    /// The first position and bytes of record `i` (which must be below [`Segment::len`]).
+    pub(crate) fn record(&self, i: usize) -> Result<(Position, &[u8]), StoreError> {
+        let (relative, offset, len) = self.entry(i.min(self.n - 1));
+        let position = self.first.advance(u64::from(relative));
         let data = SEGMENT_HEADER_LEN + self.n * ENTRY_LEN;
-        (self.first.advance(u64::from(relative)), &self.bytes[data + offset..data + offset + len])
+        let bytes = offset
+            .checked_add(data)
+            .and_then(|start| Some((start, start.checked_add(len)?)))
+            .and_then(|(start, end)| self.bytes.get(start..end))
+            .ok_or_else(|| {
+                corrupt_at(
+                    position,
+                    &format!("record {i} runs past the end of its segment"),
+                )
+            })?;
+        Ok((position, bytes))
     }
 
     /// The index of the record that starts at `position`, if any.
@@ -236,8 +311,19 @@ mod tests {
     use super::*;
 
     fn record(prev: u64, first: u64, count: u32, body: &[u8]) -> Vec<u8> {
-        let mut r = vec![0u8; RECORD_HEADER_LEN];
-        RecordHeader { prev: Position(prev), first_version: Version(first), count }.write_into(&mut r);
+        let mut r = vec![0u8; RECORD_FIXED_LEN];
+        r[RECORD_FIXED_LEN - 2..].copy_from_slice(&1u16.to_be_bytes());
+        r.push(b'k');
+        let prev = Locator {
+            segment: Position(prev.min(1)),
+            commit: Position(prev),
+        };
+        RecordHeader {
+            prev,
+            first_version: Version(first),
+            count,
+        }
+        .write_into(&mut r);
         r.extend_from_slice(body);
         r
     }
@@ -254,16 +340,24 @@ mod tests {
         assert_eq!(s.find_start(Position(11)), None);
         assert_eq!(s.find_containing(Position(11)), 0);
         assert_eq!(s.find_containing(Position(13)), 2);
-        let (p, bytes) = s.record(1);
+        let (p, bytes) = s.record(1).expect("in bounds");
         assert_eq!(p, Position(12));
-        let h = RecordHeader::read(p, bytes).expect("valid");
-        assert_eq!((h.prev, h.first_version, h.count), (Position(3), Version(5), 1));
-        assert_eq!(&bytes[RECORD_HEADER_LEN..], b"c");
+        let (h, key, body) = RecordHeader::read(p, bytes).expect("valid");
+        assert_eq!(
+            (h.prev.commit, h.first_version, h.count),
+            (Position(3), Version(5), 1)
+        );
+        assert_eq!((key, body), (&b"k"[..], &b"c"[..]));
     }
 
     #[test]
     fn damaged_segments_are_errors() {
-        for bytes in [vec![], vec![1], vec![2, 0, 0, 0, 1], vec![1, 0, 0, 0, 9, 0, 0]] {
+        for bytes in [
+            vec![],
+            vec![1],
+            vec![2, 0, 0, 0, 1],
+            vec![1, 0, 0, 0, 9, 0, 0],
+        ] {
             assert!(Segment::parse(Position(1), IVec::from(bytes)).is_err());
         }
         let mut b = SegmentBuilder::default();
@@ -271,6 +365,10 @@ mod tests {
         let mut bytes = b.finish();
         let last = bytes.len() - 1;
         bytes.truncate(last - 3);
-        assert!(Segment::parse(Position(1), IVec::from(bytes)).is_err());
+        let s = Segment::parse(Position(1), IVec::from(bytes)).expect("header is intact");
+        assert!(
+            s.record(0).is_err(),
+            "a truncated record is reported on access"
+        );
     }
 }

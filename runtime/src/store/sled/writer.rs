@@ -15,8 +15,11 @@ use lru::LruCache;
 
 use super::keys;
 use super::record::{CommandRecord, CommitRecord, HeadEntry};
-use super::segment::{RecordHeader, SegmentBuilder};
-use super::{io, lookup_command, lookup_head, validate_kind, Durability, Faults, Shared, Trees, SKIP_EVERY};
+use super::segment::{Locator, RecordHeader, SegmentBuilder};
+use super::{
+    head_at_or_below, io, lookup_command, lookup_head, validate_kind, Durability, Faults, Shared,
+    Trees, SKIP_EVERY, SKIP_STEP,
+};
 use crate::store::{
     AppendError, AppendKind, AppendReply, AppendRequest, CommandKey, CommitReceipt, Fingerprint,
     StoreError,
@@ -56,19 +59,18 @@ impl Prepared {
         validate_kind(&request)?;
         let fingerprint = request.command.as_ref().map(|c| c.fingerprint);
         let outcome = |record: CommandRecord| -> Result<Body, AppendError> {
-            Ok(Body::Outcome { bytes: record.encode().map_err(StoreError::from)? })
+            Ok(Body::Outcome {
+                bytes: record.encode().map_err(StoreError::from)?,
+            })
         };
         let body = match &request.kind {
             AppendKind::Events(events) => {
-                let record = CommitRecord::new(
-                    &request.stream,
-                    request.expected.next(),
-                    &request.meta,
-                    fingerprint,
-                    events,
-                );
+                let record = CommitRecord::new(&request.meta, fingerprint, events);
                 let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
-                Body::Commit { bytes: record.encode().map_err(StoreError::from)?, count }
+                Body::Commit {
+                    bytes: record.encode(&request.stream).map_err(StoreError::from)?,
+                    count,
+                }
             }
             AppendKind::Rejection(rejection) => outcome(CommandRecord::Rejected {
                 aggregate_type: request.stream.aggregate_type().to_string(),
@@ -99,6 +101,8 @@ struct Stage {
     /// Derived entries to insert before the fsync: (tree, key, value).
     derived: Vec<(Derived, Vec<u8>, Vec<u8>)>,
     replies: Vec<(AppendReply, CommitReceipt)>,
+    /// Command ids of the rejection and no-event outcomes in this batch.
+    outcome_ids: Vec<CommandId>,
     /// Last position written so far (this batch included).
     end: Position,
     events: u64,
@@ -153,8 +157,10 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
         last_fsync: Instant::now(),
         last_checkpoint: Instant::now(),
     };
-    let spawn_err =
-        |e: std::io::Error| StoreError::Io { op: "starting the journal", reason: e.to_string() };
+    let spawn_err = |e: std::io::Error| StoreError::Io {
+        op: "starting the journal",
+        reason: e.to_string(),
+    };
     let w = std::thread::Builder::new()
         .name("annals-writer".into())
         .spawn(move || writer.run(&jobs_rx, &stage_tx))
@@ -192,13 +198,23 @@ impl Writer {
     fn run(mut self, jobs: &Receiver<Job>, stages: &Sender<Stage>) {
         let mut stopping = false;
         loop {
-            let first = if stopping { jobs.try_recv().ok() } else { jobs.recv().ok() };
+            let first = if stopping {
+                jobs.try_recv().ok()
+            } else {
+                jobs.recv().ok()
+            };
             let Some(first) = first else { break };
             let mut batch = Batch {
                 first: self.next,
                 segment: SegmentBuilder::default(),
                 heads: Vec::new(),
-                stage: Stage { derived: Vec::new(), replies: Vec::new(), end: Position(0), events: 0 },
+                stage: Stage {
+                    derived: Vec::new(),
+                    replies: Vec::new(),
+                    outcome_ids: Vec::new(),
+                    end: Position(0),
+                    events: 0,
+                },
             };
             let mut taken = 0usize;
             let mut job = Some(first);
@@ -210,14 +226,23 @@ impl Writer {
                         self.write(*prepared, reply, &mut batch);
                     }
                 }
-                if taken < self.batch_appends_max && batch.segment.data_len() < self.batch_bytes_max {
+                if taken < self.batch_appends_max && batch.segment.data_len() < self.batch_bytes_max
+                {
                     job = jobs.try_recv().ok();
                 }
             }
-            let Batch { first, segment, heads, mut stage } = batch;
+            let Batch {
+                first,
+                segment,
+                heads,
+                mut stage,
+            } = batch;
             if !segment.is_empty() && !self.shared.is_failed() {
                 let inserted = if self.faults.take_insert() {
-                    Err(StoreError::Io { op: "writing the log", reason: "injected fault".into() })
+                    Err(StoreError::Io {
+                        op: "writing the log",
+                        reason: "injected fault".into(),
+                    })
                 } else {
                     self.trees
                         .log
@@ -226,7 +251,10 @@ impl Writer {
                         .map_err(io("writing the log"))
                 };
                 match inserted {
-                    Ok(()) => self.shared.written.store(self.next.0 - 1, Ordering::Release),
+                    Ok(()) => self
+                        .shared
+                        .written
+                        .store(self.next.0 - 1, Ordering::Release),
                     Err(e) => self.shared.fail(e.to_string()),
                 }
             }
@@ -260,14 +288,18 @@ impl Writer {
                 let _ = reply.send(Err(refusal));
             }
             Err(e) => {
-                self.shared.fail(format!("reading the journal's own state failed: {e}"));
+                self.shared
+                    .fail(format!("reading the journal's own state failed: {e}"));
                 let _ = reply.send(Err(self.shared.failed_error().into()));
             }
         }
     }
 
     /// The stream head if the append may go ahead, or why not. The outer error is fatal.
-    fn check(&mut self, p: &Prepared) -> Result<Result<Option<HeadEntry>, AppendError>, StoreError> {
+    fn check(
+        &mut self,
+        p: &Prepared,
+    ) -> Result<Result<Option<HeadEntry>, AppendError>, StoreError> {
         let head = match self.heads.get(&p.stream_key) {
             Some(head) => Some(*head),
             None => {
@@ -306,8 +338,12 @@ impl Writer {
         let receipt = match p.body {
             Body::Commit { mut bytes, count } => {
                 let position = self.next;
+                let at = Locator {
+                    segment: batch.first,
+                    commit: position,
+                };
                 let header = RecordHeader {
-                    prev: head.map_or(Position(0), |h| h.commit),
+                    prev: head.map_or(Locator::NONE, |h| h.at),
                     first_version: version.next(),
                     count,
                 };
@@ -317,12 +353,20 @@ impl Writer {
                 batch.segment.push(relative, &bytes);
                 let last = header.last_version();
                 let first_skip = header.first_version.0.div_ceil(SKIP_EVERY) * SKIP_EVERY;
-                for skip in (first_skip..=last.0).step_by(SKIP_EVERY as usize) {
+                for skip in (first_skip..=last.0).step_by(SKIP_STEP) {
                     let key = [p.stream_key.as_slice(), &skip.to_be_bytes()].concat();
-                    batch.stage.derived.push((Derived::Skip, key, position.0.to_be_bytes().to_vec()));
+                    batch
+                        .stage
+                        .derived
+                        .push((Derived::Skip, key, at.encode().to_vec()));
                 }
                 if let Some(command) = &p.command {
-                    match (CommandRecord::Committed { position: position.0 }).encode() {
+                    match (CommandRecord::Committed {
+                        segment: at.segment.0,
+                        position: position.0,
+                    })
+                    .encode()
+                    {
                         Ok(bytes) => batch.stage.derived.push((
                             Derived::Command,
                             command.id.as_str().as_bytes().to_vec(),
@@ -331,22 +375,39 @@ impl Writer {
                         Err(e) => self.shared.fail(e.to_string()),
                     }
                 }
-                let entry = HeadEntry { version: last, commit: position, count };
+                let entry = HeadEntry {
+                    version: last,
+                    at,
+                    count,
+                };
                 self.heads.put(p.stream_key.clone(), entry);
                 batch.heads.push((p.stream_key, entry));
                 self.next = position.advance(u64::from(count));
                 batch.stage.events += u64::from(count);
-                CommitReceipt { version: last, first_position: Some(position), event_count: count }
+                CommitReceipt {
+                    version: last,
+                    first_position: Some(position),
+                    event_count: count,
+                }
             }
             Body::Outcome { bytes } => {
                 if let Some(command) = &p.command {
+                    self.shared
+                        .pending_outcomes
+                        .lock()
+                        .insert(command.id.clone());
+                    batch.stage.outcome_ids.push(command.id.clone());
                     batch.stage.derived.push((
                         Derived::Command,
                         command.id.as_str().as_bytes().to_vec(),
                         bytes,
                     ));
                 }
-                CommitReceipt { version, first_position: None, event_count: 0 }
+                CommitReceipt {
+                    version,
+                    first_position: None,
+                    event_count: 0,
+                }
             }
         };
         if let Some(command) = p.command {
@@ -451,7 +512,11 @@ impl Flusher {
         }
         let mut wrote = false;
         if let Some(w) = self.watermark_due.take() {
-            wrote |= self.trees.meta.insert(WATERMARK_KEY, &w.0.to_be_bytes()).is_ok();
+            wrote |= self
+                .trees
+                .meta
+                .insert(WATERMARK_KEY, &w.0.to_be_bytes())
+                .is_ok();
         }
         if !self.shared.dirty_heads.lock().is_empty() {
             self.checkpoint();
@@ -471,19 +536,26 @@ impl Flusher {
                 Derived::Command => &self.trees.commands,
                 Derived::Skip => &self.trees.skips,
             };
-            tree.insert(key.as_slice(), value.as_slice()).map_err(io("writing derived entries"))?;
+            tree.insert(key.as_slice(), value.as_slice())
+                .map_err(io("writing derived entries"))?;
         }
         // Written only after the fsync that made the heads up to it durable, so a durable
         // watermark never claims entries that a crash could have lost.
         if let Some(w) = self.watermark_due.take() {
-            self.trees.meta.insert(WATERMARK_KEY, &w.0.to_be_bytes()).map_err(io("writing the watermark"))?;
+            self.trees
+                .meta
+                .insert(WATERMARK_KEY, &w.0.to_be_bytes())
+                .map_err(io("writing the watermark"))?;
         }
         Ok(())
     }
 
     fn fsync(&mut self) -> Result<(), StoreError> {
         if self.faults.take_fsync() {
-            return Err(StoreError::Io { op: "fsync", reason: "injected fault".into() });
+            return Err(StoreError::Io {
+                op: "fsync",
+                reason: "injected fault".into(),
+            });
         }
         // Everything acknowledged or inserted so far; read before the flush, which covers it.
         let covered = Position(self.shared.written.load(Ordering::Acquire));
@@ -498,7 +570,10 @@ impl Flusher {
         Ok(())
     }
 
-    /// Persists the heads of durable commits from the in-memory table to the `heads` tree.
+    /// Persists, for every stream in the in-memory table of changed heads, its head as of the
+    /// last fsync; then the watermark can claim every head through that fsync (once the heads
+    /// themselves are durable). A head whose commit is not durable yet stays in the table, and
+    /// its stream's latest *durable* head (found by walking its chain) is persisted instead.
     fn checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
         let durable = self.durable_end;
@@ -507,16 +582,30 @@ impl Flusher {
             .dirty_heads
             .lock()
             .iter()
-            .filter(|(_, h)| h.last_position() <= durable)
             .map(|(k, h)| (k.clone(), *h))
             .collect();
-        for (key, head) in &entries {
-            if let Err(e) = self.trees.heads.insert(key.as_slice(), &head.encode()[..]) {
+        let mut persisted = Vec::with_capacity(entries.len());
+        for (key, head) in entries {
+            let durable_head = match head_at_or_below(&self.trees, head, durable) {
+                Ok(h) => h,
+                Err(e) => return self.shared.fail(format!("reading a stream's chain: {e}")),
+            };
+            let Some(durable_head) = durable_head else {
+                continue;
+            };
+            if let Err(e) = self
+                .trees
+                .heads
+                .insert(key.as_slice(), &durable_head.encode()[..])
+            {
                 return self.shared.fail(format!("writing stream heads: {e}"));
+            }
+            if durable_head == head {
+                persisted.push((key, head));
             }
         }
         let mut dirty = self.shared.dirty_heads.lock();
-        for (key, head) in entries {
+        for (key, head) in persisted {
             if dirty.get(&key) == Some(&head) {
                 dirty.remove(&key);
             }
@@ -528,6 +617,12 @@ impl Flusher {
     fn acknowledge(&self, stage: Stage) {
         let s = &self.shared;
         s.visible.store(stage.end.0, Ordering::Release);
+        if !stage.outcome_ids.is_empty() {
+            let mut pending = s.pending_outcomes.lock();
+            for id in &stage.outcome_ids {
+                pending.remove(id);
+            }
+        }
         let appends = stage.replies.len() as u64;
         s.appends.fetch_add(appends, Ordering::Relaxed);
         s.events.fetch_add(stage.events, Ordering::Relaxed);

@@ -1,13 +1,127 @@
-//! Annals runtime (docs below).
-mod actor;
+//! # Annals: an actor-based aggregate runtime for event-sourced services
+//!
+//! Aggregates are plain Rust types ([`Aggregate`]): a pure `decide` step that turns a command
+//! into events or a typed business rejection, and an infallible `apply` step that folds an
+//! event into the state. Annals runs each aggregate instance as an [actix] actor that
+//! rehydrates from a snapshot and the events after it, handles its commands one at a time, and
+//! appends their events to a **journal** on [sled] that makes them durable — one fsync per
+//! batch of commands from all actors (group commit) — before anyone is told they happened.
+//!
+//! ```
+//! use annals::{Aggregate, DomainEvent, Runtime, RuntimeOptions};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Default, Serialize, Deserialize)]
+//! struct Counter { value: u64 }
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum CounterCommand { Add(u64) }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! enum CounterEvent { Added(u64) }
+//!
+//! impl DomainEvent for CounterEvent {
+//!     fn event_type(&self) -> &'static str { "Added" }
+//! }
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+//! #[error("adding zero changes nothing")]
+//! struct NothingToAdd;
+//!
+//! impl Aggregate for Counter {
+//!     const TYPE: &'static str = "Counter";
+//!     type Command = CounterCommand;
+//!     type Event = CounterEvent;
+//!     type Rejection = NothingToAdd;
+//!
+//!     fn decide(&self, command: &CounterCommand) -> Result<Vec<CounterEvent>, NothingToAdd> {
+//!         match *command {
+//!             CounterCommand::Add(0) => Err(NothingToAdd),
+//!             CounterCommand::Add(n) => Ok(vec![CounterEvent::Added(n)]),
+//!         }
+//!     }
+//!
+//!     fn apply(&mut self, event: &CounterEvent) {
+//!         let CounterEvent::Added(n) = event;
+//!         self.value += n;
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let runtime = Runtime::open(RuntimeOptions::new(dir.path()))?;
+//! runtime.register::<Counter>()?;
+//! futures::executor::block_on(async {
+//!     // Outer `?`: technical failure. Inner result: committed events or a business rejection.
+//!     let executed = runtime.execute::<Counter>("c-1", CounterCommand::Add(5)).await??;
+//!     assert_eq!(executed.version.0, 1);
+//!     let rejected = runtime.execute::<Counter>("c-1", CounterCommand::Add(0)).await?;
+//!     assert_eq!(rejected.unwrap_err(), NothingToAdd);
+//!     let state = runtime.state::<Counter>("c-1")?.expect("it exists");
+//!     assert_eq!(state.state.value, 5);
+//!     runtime.shutdown().await?;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! # Layout
+//! | module | what it holds |
+//! |---|---|
+//! | [`aggregate`] | the [`Aggregate`] and [`DomainEvent`] traits, per-type [`AggregateOptions`] |
+//! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`], [`ExecuteOptions`], [`Executed`] |
+//! | `actor`, `host` (private) | the aggregate actor and the sharded routing table |
+//! | [`store`] | the [`EventStore`](store::EventStore) contract and its sled implementation |
+//! | [`envelope`] | [`Envelope`]: an event with its metadata |
+//! | [`types`] | [`Version`], [`Position`], [`StreamId`], [`CommandId`], [`Timestamp`] |
+//! | [`codec`] | CBOR with a format byte, for everything on disk |
+//! | [`error`] | [`ExecuteError`] and [`RuntimeError`] |
+//! | `testkit` (feature `testkit`) | given/when/then tests for aggregates |
+//!
+//! # Guarantees
+//! - **Durability.** In the default [`Durability::Durable`](store::sled::Durability) mode an
+//!   acknowledged command's events were fsynced before the reply. A crash loses nothing
+//!   acknowledged, duplicates nothing and leaves no version gap (checked by a kill -9 crash test).
+//!   The explicit `Relaxed` mode acknowledges before the fsync; see [`store::sled`] for exactly
+//!   what a crash can lose in that mode.
+//! - **Atomicity.** All events of one command are committed together or not at all.
+//! - **Order.** Per aggregate, commands run one at a time (the actor handles a command in an
+//!   actix `AtomicResponse`, which blocks its mailbox until the command is replied to);
+//!   versions are contiguous from 1; global positions are strictly increasing without gaps.
+//! - **Optimistic concurrency.** [`ExecuteOptions::expected_version`] makes a command
+//!   conditional; the journal also checks every append against the stream head, so even two
+//!   instances of one aggregate (during an eviction) can never interleave their events.
+//! - **Idempotency.** A command with a [`CommandId`] has its outcome — events, rejection, or
+//!   nothing — stored with it; a retry returns that outcome without running again, after
+//!   restarts too; the same id with a different command is [`ExecuteError::CommandIdReused`].
+//! - **Bounded resources.** Every queue and cache has a limit ([`RuntimeOptions`],
+//!   [`store::sled::SledOptions`]); at a limit a command gets a typed error
+//!   ([`ExecuteError::Overloaded`] with a retry-after hint, [`ExecuteError::LimitExceeded`])
+//!   or, for live actors, the least recently used one is evicted.
+//! - **Failure.** A failed write or fsync acknowledges nothing of its batch and puts the store
+//!   in a failed state ([`store::StoreHealth::Failed`]) that refuses every later write; it is
+//!   never retried and then acknowledged. Restarting recovers.
+//! - **Bad bytes.** A damaged record, an unknown format byte or a locked directory is a typed
+//!   error ([`store::StoreError`]), never a panic, and opening a damaged store changes nothing.
+//!
+//! # Threads
+//! [`Runtime::open`] starts its own actix system: one arbiter thread per core for the actors
+//! and two journal threads (writer and flusher). Its async methods are executor-agnostic: call
+//! them from tokio, actix, or `futures::executor::block_on`.
+
 pub mod aggregate;
 pub mod codec;
 pub mod envelope;
 pub mod error;
-mod host;
 pub mod runtime;
 pub mod store;
 pub mod types;
+
+mod actor;
+mod host;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use aggregate::{Aggregate, AggregateOptions, DomainEvent};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
@@ -16,5 +130,3 @@ pub use runtime::{
     AggregateState, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions, RuntimeStats,
 };
 pub use types::{CommandId, Position, StreamId, Timestamp, Version};
-#[cfg(feature = "testkit")]
-pub mod testkit;

@@ -451,10 +451,13 @@ impl Runtime {
         }
     }
 
+    /// Counts a command in flight, unless shutdown has begun. `SeqCst` on both sides (here and
+    /// in `shutdown`) so that either shutdown sees this command in flight or this command sees
+    /// that shutdown began — never neither.
     fn enter(&self) -> Result<InFlight<'_>, ExecuteError> {
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(&self.inner);
-        if !self.inner.accepting.load(Ordering::Acquire) {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(ExecuteError::ShuttingDown);
         }
         Ok(guard)
@@ -551,20 +554,36 @@ impl Runtime {
     /// commands in flight, stops the actors, drains and flushes the journal, and stops the
     /// actor threads. Idempotent.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
-        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.accepting.store(false, Ordering::SeqCst);
         let drain = async {
             loop {
                 let notified = self.inner.drained.notified();
-                if self.inner.in_flight.load(Ordering::Acquire) == 0 {
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
                     break;
                 }
                 notified.await;
             }
         };
-        if tokio::time::timeout(self.inner.options.drain_timeout, drain)
-            .await
-            .is_err()
-        {
+        // The timer runs on one of the runtime's own arbiters, so `shutdown` works under any
+        // executor (or `futures::executor::block_on`).
+        let (expired_tx, expired) = futures::channel::oneshot::channel::<()>();
+        let timeout = self.inner.options.drain_timeout;
+        let timer_started = self.inner.arbiters.first().is_some_and(|arbiter| {
+            arbiter.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let _ = expired_tx.send(());
+            })
+        });
+        let drained = if timer_started {
+            matches!(
+                futures::future::select(Box::pin(drain), expired).await,
+                futures::future::Either::Left(_)
+            )
+        } else {
+            drain.await;
+            true
+        };
+        if !drained {
             tracing::warn!(
                 in_flight = self.inner.in_flight.load(Ordering::Acquire),
                 "shutdown: commands still in flight after the drain timeout"
@@ -606,8 +625,8 @@ struct InFlight<'a>(&'a Inner);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
-            && !self.0.accepting.load(Ordering::Acquire)
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && !self.0.accepting.load(Ordering::SeqCst)
         {
             self.0.drained.notify_waiters();
         }

@@ -6,29 +6,32 @@
 //! function in [`contract`] that takes a `&mut dyn Backend`: a fresh, empty store that can be
 //! closed and opened again on the same data. The [`store_contract!`] macro turns the whole list
 //! of contracts into one `#[test]` per contract for one backend; today it is instantiated for
-//! [`SledStore`] on a real sled database in a temporary directory.
+//! [`SledStore`] on a real sled database in a temporary directory, in three configurations
+//! (defaults; relaxed durability; one append per batch with a heads checkpoint per batch), since
+//! none of them may change what the store promises.
 //!
 //! # Plugging in a new backend (for example PostgreSQL)
 //! 1. Write a type that implements [`Backend`]: `fresh()` gives every test its own empty store
 //!    (for PostgreSQL: a new schema or database named after a UUID, dropped in `Drop`), `store()`
 //!    returns it, and `reopen()` closes it as a stopping service would (`shutdown`, then drop
 //!    the connection pool) and connects again to the same schema.
-//! 2. Add one line: `store_contract!(postgres: PgBackend::fresh());`. If the backend needs a
-//!    server, gate that line on a cargo feature, and let `fresh()` skip (return early) when the
-//!    connection URL (say `ANNALS_TEST_PG_URL`) is not set.
+//! 2. Add one line: `store_contract!(postgres: PgBackend::fresh());`. A backend that needs a
+//!    server gets that line behind a cargo feature (say `postgres-tests`), enabled where the
+//!    server's URL is configured (say `ANNALS_TEST_PG_URL`), so the suite never fails for want
+//!    of a server.
 //!
 //! A contract added to [`contract`] must also be listed in the macro; one that is not becomes
 //! dead code, which `cargo clippy -- -D warnings` refuses, so none can be forgotten.
 //!
 //! Errors are compared by their typed variants with `matches!`, never by their messages.
 
+use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::envelope::EncodedPayload;
-use annals::store::sled::{SledOptions, SledStore};
+use annals::store::sled::{Durability, SledOptions, SledStore};
 use annals::store::{
     AppendError, AppendKind, AppendRequest, CommandKey, CommitReceipt, EventStore, Fingerprint,
     PendingEvent, Snapshot, StoreError, StoreHealth, StoredOutcome,
@@ -48,21 +51,52 @@ trait Backend {
     fn reopen(&mut self);
 }
 
-/// The sled backend: a real sled database in a temporary directory, removed on drop.
+/// The sled backend: a real sled database in a temporary directory, removed on drop, opened
+/// with the options a configuration chooses.
 struct SledBackend {
     // Field order matters: the store must be dropped (closing the database) before the
     // directory is removed.
     store: Option<SledStore>,
-    dir: TempDir,
+    /// The options it was opened with (their path is the directory), to reopen it alike.
+    options: SledOptions,
+    /// Held only so that the directory is removed when the backend is dropped.
+    _dir: TempDir,
 }
 
 impl SledBackend {
+    /// The default options: durable group commit.
     fn fresh() -> SledBackend {
+        SledBackend::with(|options| options)
+    }
+
+    /// Relaxed durability: appends are acknowledged before their fsync. Only crashes may tell
+    /// it apart from the default, so every contract holds for it as well.
+    fn relaxed() -> SledBackend {
+        SledBackend::with(|options| {
+            options.with_durability(Durability::Relaxed {
+                flush_interval: Duration::from_millis(5),
+            })
+        })
+    }
+
+    /// One append per batch and a heads checkpoint after every batch: the other end of the
+    /// batching and checkpointing choices from the defaults.
+    fn unbatched() -> SledBackend {
+        SledBackend::with(|options| {
+            options
+                .with_batch_appends_max(NonZeroUsize::MIN)
+                .with_heads_checkpoint_interval(Duration::ZERO)
+        })
+    }
+
+    fn with(configure: impl FnOnce(SledOptions) -> SledOptions) -> SledBackend {
         let dir = tempfile::tempdir().expect("a temporary directory for the database");
-        let store = SledStore::open(SledOptions::new(dir.path())).expect("open a new sled store");
+        let options = configure(SledOptions::new(dir.path()));
+        let store = SledStore::open(options.clone()).expect("open a new sled store");
         SledBackend {
             store: Some(store),
-            dir,
+            options,
+            _dir: dir,
         }
     }
 }
@@ -81,34 +115,8 @@ impl Backend for SledBackend {
             .expect("the store is open between reopens");
         store.shutdown().expect("shut the store down cleanly");
         drop(store);
-        self.store = Some(open_sled_retrying_while_locked(self.dir.path()));
-    }
-}
-
-/// How long a reopen waits for the directory lock of the database this process just closed.
-const RELOCK_WAIT_MAX: Duration = Duration::from_secs(5);
-/// The pause between two attempts.
-const RELOCK_PAUSE: Duration = Duration::from_millis(5);
-
-/// Opens the sled store at `path`, retrying (for at most [`RELOCK_WAIT_MAX`]) while the
-/// directory is still locked by the database this process has just shut down and dropped.
-///
-/// **A workaround for a runtime bug**, shown without it by
-/// `sled_regressions::reopen_right_after_shutdown_finds_the_directory_unlocked`: sled 0.34
-/// releases its directory lock only when its background I/O threads drop their handles, a
-/// moment after the `Db` itself is dropped, so an immediate `SledStore::open` sometimes fails
-/// with `StoreError::Locked`. The retry keeps that bug from failing every other contract that
-/// reopens; remove it once `SledStore::open` (or `shutdown`) deals with it.
-fn open_sled_retrying_while_locked(path: &Path) -> SledStore {
-    let started = Instant::now();
-    loop {
-        match SledStore::open(SledOptions::new(path)) {
-            Ok(store) => return store,
-            Err(StoreError::Locked { .. }) if started.elapsed() < RELOCK_WAIT_MAX => {
-                std::thread::sleep(RELOCK_PAUSE);
-            }
-            Err(e) => panic!("reopen the sled store at {}: {e:?}", path.display()),
-        }
+        let store = SledStore::open(self.options.clone()).expect("reopen the sled store");
+        self.store = Some(store);
     }
 }
 
@@ -165,6 +173,8 @@ macro_rules! store_contract {
 }
 
 store_contract!(sled_store: SledBackend::fresh());
+store_contract!(sled_relaxed: SledBackend::relaxed());
+store_contract!(sled_unbatched: SledBackend::unbatched());
 
 /// Tests of the sled backend alone, outside the generic contract.
 mod sled_regressions {
@@ -201,8 +211,8 @@ fn command_id(id: &str) -> CommandId {
     CommandId::new(id).expect("a valid command id")
 }
 
-/// `count` events for `stream`, each with a payload naming the stream and its index, so that
-/// a misplaced event is visible in the assertion message.
+/// `count` events for `stream`, each with a unique payload that names the stream, so that a
+/// misplaced event is visible in the assertion message.
 fn pending(stream: &StreamId, count: usize) -> Vec<PendingEvent> {
     (0..count)
         .map(|i| PendingEvent {

@@ -113,8 +113,12 @@ pub mod aggregate;
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod process;
+pub mod projection;
 pub mod runtime;
 pub mod store;
+pub mod subscribe;
+pub mod subscription;
 pub mod types;
 
 mod actor;
@@ -126,7 +130,14 @@ pub mod testkit;
 pub use aggregate::{Aggregate, AggregateOptions, DomainEvent};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
+pub use process::{Action, ProcessManager};
+pub use projection::{Projection, View, ViewError, ViewSet};
 pub use runtime::{
     AggregateState, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions, RuntimeStats,
+};
+pub use subscribe::{SubscribeError, WaitError};
+pub use subscription::{
+    FailurePolicy, HandleFuture, HandlerError, RetryError, Subscriber, SubscriberInfo,
+    SubscriberOptions, SubscriberStatus,
 };
 pub use types::{CommandId, Position, StreamId, Timestamp, Version};

@@ -243,9 +243,18 @@ pub struct AggregateState<A> {
     pub state: A,
 }
 
-trait AnyHost: Send + Sync {
+pub(crate) trait AnyHost: Send + Sync {
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn passivate_all(&self);
+    /// Executes an encoded command (from a process manager); a business rejection is an
+    /// outcome, not an error.
+    fn dispatch(
+        &self,
+        runtime: Runtime,
+        id: String,
+        command: Vec<u8>,
+        options: ExecuteOptions,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), ExecuteError>>;
 }
 
 impl<A: Aggregate> AnyHost for Host<A> {
@@ -255,6 +264,32 @@ impl<A: Aggregate> AnyHost for Host<A> {
 
     fn passivate_all(&self) {
         Host::passivate_all(self);
+    }
+
+    fn dispatch(
+        &self,
+        runtime: Runtime,
+        id: String,
+        command: Vec<u8>,
+        options: ExecuteOptions,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(), ExecuteError>> {
+        Box::pin(async move {
+            let command: A::Command = crate::codec::decode_plain(&command)?;
+            if let Err(rejection) = runtime.execute_with::<A>(&id, command, options).await? {
+                tracing::info!(aggregate = A::TYPE, %id, %rejection, "a process manager's command was rejected");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A handle to a runtime that does not keep it alive (held by its own subscribers).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakRuntime(std::sync::Weak<Inner>);
+
+impl WeakRuntime {
+    pub(crate) fn upgrade(&self) -> Option<Runtime> {
+        self.0.upgrade().map(|inner| Runtime { inner })
     }
 }
 
@@ -272,11 +307,15 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-struct Inner {
-    store: Arc<dyn EventStore>,
-    options: RuntimeOptions,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn EventStore>,
+    /// The sled database, when the store is sled: projections and process managers keep their
+    /// state in it.
+    pub(crate) db: Option<sled::Db>,
+    pub(crate) subscriptions: crate::subscribe::Registry,
+    pub(crate) options: RuntimeOptions,
     hosts: RwLock<HashMap<&'static str, Arc<dyn AnyHost>>>,
-    arbiters: Arc<[ArbiterHandle]>,
+    pub(crate) arbiters: Arc<[ArbiterHandle]>,
     system: Mutex<Option<(System, JoinHandle<()>)>>,
     rehydrations: Arc<tokio::sync::Semaphore>,
     counters: Arc<Counters>,
@@ -290,18 +329,40 @@ impl Runtime {
     /// threads.
     pub fn open(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         let store = SledStore::open(options.store.clone())?;
-        Runtime::with_store(Arc::new(store), options)
+        let db = store.database().clone();
+        Runtime::build(Arc::new(store), Some(db), options)
     }
 
     /// Starts a runtime over an already open store (`options.store` is ignored).
+    /// Projections and process managers need the sled store (use [`Runtime::open`] or
+    /// [`Runtime::with_sled_store`]).
     pub fn with_store(
         store: Arc<dyn EventStore>,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, RuntimeError> {
+        Runtime::build(store, None, options)
+    }
+
+    /// Starts a runtime over an already open sled store (`options.store` is ignored).
+    pub fn with_sled_store(
+        store: SledStore,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, RuntimeError> {
+        let db = store.database().clone();
+        Runtime::build(Arc::new(store), Some(db), options)
+    }
+
+    fn build(
+        store: Arc<dyn EventStore>,
+        db: Option<sled::Db>,
         options: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let (system, arbiters, thread) = start_system(options.arbiters.get())?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 store,
+                db,
+                subscriptions: crate::subscribe::Registry::default(),
                 rehydrations: Arc::new(tokio::sync::Semaphore::new(options.rehydrations_max.get())),
                 options,
                 hosts: RwLock::new(HashMap::new()),
@@ -352,6 +413,22 @@ impl Runtime {
         );
         hosts.insert(A::TYPE, Arc::new(host));
         Ok(())
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub(crate) fn any_host(&self, aggregate_type: &str) -> Option<Arc<dyn AnyHost>> {
+        self.inner.hosts.read().get(aggregate_type).cloned()
+    }
+
+    pub(crate) fn arbiter(&self) -> Option<&ArbiterHandle> {
+        self.inner.arbiters.first()
     }
 
     fn host<A: Aggregate>(&self) -> Result<Arc<Host<A>>, ExecuteError> {
@@ -589,6 +666,7 @@ impl Runtime {
                 "shutdown: commands still in flight after the drain timeout"
             );
         }
+        self.stop_subscribers();
         for host in self.inner.hosts.read().values() {
             host.passivate_all();
         }

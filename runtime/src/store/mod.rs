@@ -290,6 +290,25 @@ pub enum StoreHealth {
     Closed,
 }
 
+/// A watch of the position of the last acknowledged event.
+pub type HeadWatch = tokio::sync::watch::Receiver<Position>;
+
+/// An event a subscriber gave up on, kept so it can be inspected and retried.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParkedEvent {
+    /// The event's position in the global log.
+    pub position: Position,
+    /// The last error the handler returned.
+    pub reason: String,
+    /// How many times the handler was tried.
+    pub attempts: u32,
+    /// When it was parked.
+    pub parked_at: Timestamp,
+}
+
+/// Longest subscriber name, in bytes (it is part of storage keys).
+pub const SUBSCRIBER_NAME_LEN_MAX: usize = 128;
+
 /// A future that resolves when an append is acknowledged (durable, in the default mode) or
 /// refused.
 #[derive(Debug)]
@@ -390,4 +409,24 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// Stops accepting appends, acknowledges (or refuses) everything queued, and makes
     /// everything durable. Idempotent.
     fn shutdown(&self) -> Result<(), StoreError>;
+
+    /// A watch of [`EventStore::head_position`]: it changes after every acknowledged batch.
+    /// Subscribers wait on it instead of polling.
+    fn watch_head(&self) -> HeadWatch;
+
+    /// The persisted checkpoint of subscriber `name` (`Position(0)` if it has none).
+    fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError>;
+
+    /// Persists subscriber `name`'s checkpoint. Not fsynced on its own: a checkpoint lost in a
+    /// crash only means events are delivered again, which subscribers must tolerate.
+    fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
+
+    /// Records that subscriber `name` gave up on the event at `position` (a dead letter).
+    fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError>;
+
+    /// The parked events of subscriber `name`, in position order.
+    fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError>;
+
+    /// Removes a parked event; `false` if there was none at `position`.
+    fn unpark(&self, name: &str, position: Position) -> Result<bool, StoreError>;
 }

@@ -66,8 +66,8 @@ use parking_lot::Mutex;
 use self::record::{fingerprint_from, CommandRecord, CommitRecord, HeadEntry, SnapshotRecord};
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
-    AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, JournalStats, Snapshot,
-    StoreError, StoreHealth, StoredOutcome,
+    AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, HeadWatch, JournalStats,
+    ParkedEvent, Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use crate::envelope::RecordedEvent;
 use crate::types::{CommandId, Position, StreamId, Version};
@@ -236,6 +236,8 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Heads changed since the last checkpoint (see the module docs).
     dirty_heads: Mutex<writer::DirtyHeads>,
+    /// Publishes the acknowledged head to subscribers.
+    head: tokio::sync::watch::Sender<Position>,
     /// Command ids whose rejection or no-event outcome is written but not yet acknowledged:
     /// readers must not return such an outcome before its fsync.
     pending_outcomes: Mutex<std::collections::HashSet<CommandId>>,
@@ -282,6 +284,8 @@ pub(crate) struct Trees {
     pub(crate) commands: sled::Tree,
     pub(crate) snapshots: sled::Tree,
     pub(crate) meta: sled::Tree,
+    pub(crate) checkpoints: sled::Tree,
+    pub(crate) parked: sled::Tree,
 }
 
 pub(crate) fn io(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
@@ -324,6 +328,10 @@ impl SledStore {
                 .open_tree("snapshots")
                 .map_err(io("opening tree snapshots"))?,
             meta: db.open_tree("meta").map_err(io("opening tree meta"))?,
+            checkpoints: db
+                .open_tree("checkpoints")
+                .map_err(io("opening tree checkpoints"))?,
+            parked: db.open_tree("parked").map_err(io("opening tree parked"))?,
             db,
         };
         let report = recovery::recover(&trees, options.integrity_check)?;
@@ -332,6 +340,7 @@ impl SledStore {
             written: AtomicU64::new(report.head_position.0),
             dirty_heads: Mutex::new(writer::DirtyHeads::new()),
             pending_outcomes: Mutex::new(std::collections::HashSet::new()),
+            head: tokio::sync::watch::Sender::new(report.head_position),
             state: AtomicU8::new(STATE_READY),
             failure: Mutex::new(None),
             appends: AtomicU64::new(0),
@@ -362,6 +371,12 @@ impl SledStore {
                 recovery: report,
             }),
         })
+    }
+
+    /// The sled database, for the read models that live beside the log (projections, process
+    /// managers). Never write to the journal's own trees.
+    pub fn database(&self) -> &sled::Db {
+        &self.inner.trees.db
     }
 
     /// What recovery found and did when this store was opened.
@@ -749,6 +764,63 @@ impl EventStore for SledStore {
         }
     }
 
+    fn watch_head(&self) -> HeadWatch {
+        self.inner.shared.head.subscribe()
+    }
+
+    fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError> {
+        match self
+            .inner
+            .trees
+            .checkpoints
+            .get(name.as_bytes())
+            .map_err(io("reading a checkpoint"))?
+        {
+            Some(bytes) => Ok(Position(keys::read_u64(&bytes, "checkpoint")?)),
+            None => Ok(Position(0)),
+        }
+    }
+
+    fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        self.inner
+            .trees
+            .checkpoints
+            .insert(name.as_bytes(), &position.0.to_be_bytes())
+            .map_err(io("writing a checkpoint"))?;
+        Ok(())
+    }
+
+    fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError> {
+        let bytes = crate::codec::encode_versioned(1, "parked event", parked)?;
+        self.inner
+            .trees
+            .parked
+            .insert(parked_key(name, parked.position), bytes)
+            .map_err(io("parking an event"))?;
+        Ok(())
+    }
+
+    fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        let prefix = parked_key(name, Position(0));
+        let prefix = &prefix[..prefix.len() - 8];
+        let mut out = Vec::new();
+        for item in self.inner.trees.parked.scan_prefix(prefix) {
+            let (_, bytes) = item.map_err(io("reading parked events"))?;
+            out.push(crate::codec::decode_versioned(1, "parked event", &bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn unpark(&self, name: &str, position: Position) -> Result<bool, StoreError> {
+        let removed = self
+            .inner
+            .trees
+            .parked
+            .remove(parked_key(name, position))
+            .map_err(io("unparking an event"))?;
+        Ok(removed.is_some())
+    }
+
     fn shutdown(&self) -> Result<(), StoreError> {
         let shared = &self.inner.shared;
         let _ = shared.state.compare_exchange(
@@ -787,6 +859,17 @@ impl Drop for Inner {
             let _ = t.join();
         }
     }
+}
+
+/// `[name length: u8][name][position]`: prefix-free per subscriber, ordered by position.
+fn parked_key(name: &str, position: Position) -> Vec<u8> {
+    let name = name.as_bytes();
+    let len = name.len().min(usize::from(u8::MAX));
+    let mut key = Vec::with_capacity(1 + len + 8);
+    key.push(u8::try_from(len).unwrap_or(u8::MAX));
+    key.extend_from_slice(&name[..len]);
+    key.extend_from_slice(&position.0.to_be_bytes());
+    key
 }
 
 fn check_contiguous(

@@ -617,6 +617,7 @@ impl Flusher {
     fn acknowledge(&self, stage: Stage) {
         let s = &self.shared;
         s.visible.store(stage.end.0, Ordering::Release);
+        s.head.send_replace(stage.end);
         if !stage.outcome_ids.is_empty() {
             let mut pending = s.pending_outcomes.lock();
             for id in &stage.outcome_ids {

@@ -1,0 +1,269 @@
+//! Process managers (sagas): react to events of some aggregates by sending commands to others,
+//! with persisted state per process instance and durable deadlines.
+//!
+//! # Never a step twice
+//! A process manager runs as a [subscriber](crate::subscription), so an event can be delivered
+//! again after a crash. Three things make redelivery harmless:
+//! 1. the state of each process instance is stored with the position of the last event applied
+//!    to it, and an event at or below that position is not reacted to again;
+//! 2. the commands a reaction produces are stored *with* the new state (an outbox) before any
+//!    is sent, and sent again on redelivery until they are all acknowledged;
+//! 3. each command's id is derived from the triggering event's id and the command's index in
+//!    the reaction (`pm:{name}:{event id}:{index}`), so the aggregate's command-id record
+//!    returns the first outcome instead of executing a command twice.
+//!
+//! # Deadlines
+//! An [`Action::schedule`] is stored in the `deadlines` tree with its derived command id and
+//! sent once due, by a timer on the runtime's arbiter; a deadline survives restarts and fires
+//! after one (late, if it fell due while the service was down).
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Aggregate;
+use crate::codec::{self, CodecError};
+use crate::envelope::RecordedEvent;
+use crate::projection::{View, ViewError, ViewSet};
+use crate::runtime::{ExecuteOptions, WeakRuntime};
+use crate::store::StoreError;
+use crate::subscription::{HandleFuture, HandlerError, Subscriber};
+use crate::types::{CommandId, Timestamp};
+
+/// A process manager. See the [module docs](self).
+pub trait ProcessManager: Send + 'static {
+    /// The state of one process instance.
+    type State: Serialize + DeserializeOwned + Default + Send;
+
+    /// The process instance `event` belongs to (for example the order id), or `None` to ignore
+    /// the event.
+    fn instance(&self, event: &RecordedEvent) -> Option<String>;
+
+    /// Reacts to an event: updates the instance's state and returns the commands to send now or
+    /// later. Must be deterministic (it may run again for the same event after a crash, before
+    /// its result was stored).
+    fn react(
+        &self,
+        state: &mut Self::State,
+        event: &RecordedEvent,
+    ) -> Result<Vec<Action>, HandlerError>;
+}
+
+/// A command a process manager sends, now or at a deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// The target aggregate type.
+    pub aggregate_type: String,
+    /// The target aggregate id.
+    pub aggregate_id: String,
+    /// The encoded command.
+    #[serde(with = "serde_bytes")]
+    pub command: Vec<u8>,
+    /// When to send it (`None`: now).
+    pub at: Option<Timestamp>,
+}
+
+impl Action {
+    /// Sends `command` to aggregate `id` of type `A`.
+    pub fn command<A: Aggregate>(
+        id: impl Into<String>,
+        command: &A::Command,
+    ) -> Result<Action, CodecError> {
+        Ok(Action {
+            aggregate_type: A::TYPE.to_string(),
+            aggregate_id: id.into(),
+            command: codec::encode_plain("command", command)?,
+            at: None,
+        })
+    }
+
+    /// Sends `command` to aggregate `id` of type `A` once `at` has passed.
+    pub fn schedule<A: Aggregate>(
+        at: Timestamp,
+        id: impl Into<String>,
+        command: &A::Command,
+    ) -> Result<Action, CodecError> {
+        let mut action = Action::command::<A>(id, command)?;
+        action.at = Some(at);
+        Ok(action)
+    }
+}
+
+/// One process instance as stored: its state, the position of the last event applied, and the
+/// actions of that event not yet acknowledged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Instance {
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+    outbox: Vec<Outgoing>,
+}
+
+/// An action with its derived command id and the trace ids of its triggering event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Outgoing {
+    pub(crate) command_id: String,
+    pub(crate) causation_id: String,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) action: Action,
+}
+
+/// The subscriber that runs a process manager.
+pub(crate) struct ProcessSubscriber<P: ProcessManager> {
+    name: Arc<str>,
+    manager: P,
+    instances: View<Instance>,
+    deadlines: sled::Tree,
+    runtime: WeakRuntime,
+}
+
+impl<P: ProcessManager> ProcessSubscriber<P> {
+    pub(crate) fn new(
+        name: &str,
+        manager: P,
+        views: &ViewSet,
+        deadlines: sled::Tree,
+        runtime: WeakRuntime,
+    ) -> Result<Self, ViewError> {
+        Ok(ProcessSubscriber {
+            name: Arc::from(name),
+            manager,
+            instances: views.view("instances")?,
+            deadlines,
+            runtime,
+        })
+    }
+
+    async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some(instance_id) = self.manager.instance(event) else {
+            return Ok(());
+        };
+        let key = instance_id.as_bytes();
+        let mut reacted: Option<Instance> = None;
+        let result = self.instances.try_update(key, event.position, |current| {
+            let current = current.unwrap_or_default();
+            let mut state: P::State = if current.state.is_empty() {
+                P::State::default()
+            } else {
+                codec::decode_plain(&current.state).map_err(|e| Box::new(e) as HandlerError)?
+            };
+            let actions = self.manager.react(&mut state, event)?;
+            let state = codec::encode_plain("process state", &state)
+                .map_err(|e| Box::new(e) as HandlerError)?;
+            let outbox = actions
+                .into_iter()
+                .enumerate()
+                .map(|(i, action)| Outgoing {
+                    command_id: format!("pm:{}:{}:{i}", self.name, event.event_id),
+                    causation_id: event.event_id.to_string(),
+                    correlation_id: Some(
+                        event
+                            .meta
+                            .correlation_id
+                            .as_deref()
+                            .unwrap_or(&instance_id)
+                            .to_string(),
+                    ),
+                    action,
+                })
+                .collect();
+            let next = Instance { state, outbox };
+            reacted = Some(next.clone());
+            Ok::<_, HandlerError>(Some(next))
+        })?;
+        // A failed reaction wrote nothing: the event is retried or parked, and reacts again.
+        result?;
+        let instance = match reacted {
+            Some(instance) => instance,
+            // Already applied before a crash: send whatever its outbox still holds.
+            None => self.instances.get(key)?.unwrap_or_default(),
+        };
+        if instance.outbox.is_empty() {
+            return Ok(());
+        }
+        for outgoing in &instance.outbox {
+            self.deliver(outgoing).await?;
+        }
+        self.instances.replace(key, |mut stored| {
+            stored.outbox.clear();
+            stored
+        })?;
+        Ok(())
+    }
+
+    async fn deliver(&self, outgoing: &Outgoing) -> Result<(), HandlerError> {
+        if let Some(at) = outgoing.action.at {
+            let bytes = codec::encode_versioned(1, "deadline", outgoing)?;
+            self.deadlines
+                .insert(deadline_key(at, &outgoing.command_id), bytes)
+                .map_err(|e| StoreError::Io {
+                    op: "scheduling a deadline",
+                    reason: e.to_string(),
+                })?;
+            return Ok(());
+        }
+        let runtime = self.runtime.upgrade().ok_or("the runtime is shut down")?;
+        runtime
+            .dispatch(outgoing)
+            .await
+            .map_err(|e| Box::new(e) as HandlerError)
+    }
+}
+
+impl<P: ProcessManager> Subscriber for ProcessSubscriber<P> {
+    fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
+        Box::pin(self.handle_event(event))
+    }
+}
+
+/// `[due: u64 micros][command id]`: due deadlines are a prefix range.
+pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
+    let mut key = at.0.to_be_bytes().to_vec();
+    key.extend_from_slice(command_id.as_bytes());
+    key
+}
+
+/// Sends every deadline that is due; returns how many were sent.
+pub(crate) async fn fire_due(
+    deadlines: &sled::Tree,
+    runtime: &crate::Runtime,
+) -> Result<usize, HandlerError> {
+    let now = Timestamp::now();
+    let due: Vec<(sled::IVec, sled::IVec)> = deadlines
+        .range(..deadline_key(Timestamp(now.0.saturating_add(1)), ""))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Io {
+            op: "reading deadlines",
+            reason: e.to_string(),
+        })?;
+    let mut sent = 0;
+    for (key, bytes) in due {
+        let outgoing: Outgoing = codec::decode_versioned(1, "deadline", &bytes)?;
+        match runtime.dispatch(&outgoing).await {
+            Ok(()) => {
+                deadlines.remove(key).map_err(|e| StoreError::Io {
+                    op: "removing a deadline",
+                    reason: e.to_string(),
+                })?;
+                sent += 1;
+            }
+            // Left in place: the next tick tries again (the command id makes that safe).
+            Err(e) => {
+                tracing::warn!(command_id = %outgoing.command_id, error = %e, "a due deadline could not be sent");
+            }
+        }
+    }
+    Ok(sent)
+}
+
+impl Outgoing {
+    pub(crate) fn options(&self) -> Result<ExecuteOptions, crate::ExecuteError> {
+        let mut options = ExecuteOptions::default()
+            .with_command_id(CommandId::new(self.command_id.as_str())?)
+            .with_causation_id(self.causation_id.as_str());
+        if let Some(correlation) = &self.correlation_id {
+            options = options.with_correlation_id(correlation.as_str());
+        }
+        Ok(options)
+    }
+}

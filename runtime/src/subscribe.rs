@@ -1,0 +1,675 @@
+//! The runtime's side of subscriptions: registering subscribers, projections and process
+//! managers, and what can be asked of them — lag, read-your-writes waits, parked events,
+//! rebuilds. The mechanisms are in [`subscription`](crate::subscription),
+//! [`projection`](crate::projection) and [`process`](crate::process).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use futures::channel::oneshot;
+use parking_lot::Mutex;
+
+use crate::envelope::RecordedEvent;
+use crate::error::ExecuteError;
+use crate::process::{self, Outgoing, ProcessManager, ProcessSubscriber};
+use crate::projection::{Projection, View, ViewError, ViewSet};
+use crate::runtime::Runtime;
+use crate::store::{ParkedEvent, StoreError};
+use crate::subscription::{
+    HandleFuture, RetryError, RetryParked, Stop, Subscriber, SubscriberActor, SubscriberInfo,
+    SubscriberOptions, SubscriberShared, SubscriberStatus,
+};
+use crate::types::Position;
+
+/// Longest subscriber, projection or process manager name, in bytes.
+pub const NAME_LEN_MAX: usize = 64;
+
+/// How often due deadlines are looked for.
+pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
+
+/// The tree holding each projection's active generation.
+const GENERATIONS_TREE: &str = "projection-generations";
+/// The tree holding scheduled deadlines.
+const DEADLINES_TREE: &str = "deadlines";
+
+/// Why a subscriber, projection or process manager could not be registered or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The name is taken.
+    #[error("a subscriber named {0:?} already exists")]
+    AlreadyExists(String),
+    /// The name is empty, too long, or contains `@`, `#` or `/`.
+    #[error("invalid subscriber name {0:?}: 1 to {NAME_LEN_MAX} bytes, without '@', '#' or '/'")]
+    InvalidName(String),
+    /// No such subscriber or projection.
+    #[error("no subscriber or projection named {0:?}")]
+    Unknown(String),
+    /// The projection is already being rebuilt.
+    #[error("projection {0:?} is already being rebuilt")]
+    AlreadyRebuilding(String),
+    /// Projections and process managers keep their state in the sled database, and this
+    /// runtime has another store.
+    #[error("projections and process managers need the sled store")]
+    NoDatabase,
+    /// A view failed.
+    #[error(transparent)]
+    View(#[from] ViewError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a read-your-writes wait ended without reaching its position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// No such subscriber or projection.
+    #[error("no subscriber or projection named {0:?}")]
+    Unknown(String),
+    /// The bound passed first.
+    #[error("{name} reached position {reached}, not {wanted}, within {waited:?}")]
+    Timeout {
+        /// The subscriber.
+        name: String,
+        /// The position waited for.
+        wanted: Position,
+        /// The position it had reached.
+        reached: Position,
+        /// How long the wait lasted.
+        waited: Duration,
+    },
+    /// The subscriber is stopped or failed and will not get there.
+    #[error("{name} is {status:?} at position {reached}")]
+    NotRunning {
+        /// The subscriber.
+        name: String,
+        /// Its status.
+        status: SubscriberStatus,
+        /// The position it had reached.
+        reached: Position,
+    },
+}
+
+/// The subscribers of one runtime.
+#[derive(Default)]
+pub(crate) struct Registry {
+    subscribers: Mutex<HashMap<String, Entry>>,
+    projections: Mutex<HashMap<String, ProjectionEntry>>,
+    deadline_timer: AtomicBool,
+    next_arbiter: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Entry {
+    shared: Arc<SubscriberShared>,
+    addr: Addr<SubscriberActor>,
+}
+
+type Factory = Arc<dyn Fn(&ViewSet) -> Result<Box<dyn Projection>, ViewError> + Send + Sync>;
+
+struct ProjectionEntry {
+    factory: Factory,
+    generation: u64,
+    options: SubscriberOptions,
+    rebuilding: bool,
+}
+
+/// Runs a projection as a subscriber.
+struct ProjectionSubscriber(Box<dyn Projection>);
+
+impl Subscriber for ProjectionSubscriber {
+    fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
+        let result = self.0.handle(event);
+        Box::pin(async move { result })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), SubscribeError> {
+    if name.is_empty() || name.len() > NAME_LEN_MAX || name.contains(['@', '#', '/']) {
+        return Err(SubscribeError::InvalidName(name.to_string()));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    fn db(&self) -> Result<&sled::Db, SubscribeError> {
+        self.inner().db.as_ref().ok_or(SubscribeError::NoDatabase)
+    }
+
+    /// Starts a subscriber actor whose checkpoint is stored under `storage_name`.
+    fn start_subscriber(
+        &self,
+        storage_name: &str,
+        subscriber: Box<dyn Subscriber>,
+        options: SubscriberOptions,
+        status: SubscriberStatus,
+    ) -> Result<Entry, SubscribeError> {
+        let inner = self.inner();
+        let checkpoint = inner.store.load_checkpoint(storage_name)?;
+        let shared = Arc::new(SubscriberShared::new(
+            Arc::from(storage_name),
+            checkpoint,
+            status,
+        ));
+        let actor = SubscriberActor::new(subscriber, inner.store.clone(), shared.clone(), options);
+        let arbiters = &inner.arbiters;
+        let i = self
+            .inner()
+            .subscriptions
+            .next_arbiter
+            .fetch_add(1, Ordering::Relaxed)
+            % arbiters.len();
+        let addr = SubscriberActor::start_in_arbiter(&arbiters[i], move |_| actor);
+        Ok(Entry { shared, addr })
+    }
+
+    fn insert_entry(&self, name: &str, entry: Entry) -> Result<(), SubscribeError> {
+        let mut subscribers = self.inner().subscriptions.subscribers.lock();
+        if subscribers.contains_key(name) {
+            entry.addr.do_send(Stop);
+            return Err(SubscribeError::AlreadyExists(name.to_string()));
+        }
+        subscribers.insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    /// Starts a subscriber named `name`: it resumes from its persisted checkpoint (or the start
+    /// of the log) and then follows committed events.
+    pub fn subscribe(
+        &self,
+        name: &str,
+        subscriber: impl Subscriber,
+        options: SubscriberOptions,
+    ) -> Result<(), SubscribeError> {
+        check_name(name)?;
+        if self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .contains_key(name)
+        {
+            return Err(SubscribeError::AlreadyExists(name.to_string()));
+        }
+        let entry = self.start_subscriber(
+            name,
+            Box::new(subscriber),
+            options,
+            SubscriberStatus::CatchingUp,
+        )?;
+        self.insert_entry(name, entry)
+    }
+
+    /// Registers a projection: `factory` builds it over the views of a generation (called
+    /// again for each rebuild). It resumes from its checkpoint on the active generation.
+    pub fn project<P, F>(
+        &self,
+        name: &str,
+        options: SubscriberOptions,
+        factory: F,
+    ) -> Result<(), SubscribeError>
+    where
+        P: Projection,
+        F: Fn(&ViewSet) -> Result<P, ViewError> + Send + Sync + 'static,
+    {
+        check_name(name)?;
+        let db = self.db()?.clone();
+        if self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .contains_key(name)
+        {
+            return Err(SubscribeError::AlreadyExists(name.to_string()));
+        }
+        let generation = active_generation(&db, name)?;
+        let factory: Factory =
+            Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
+        let projection = factory(&ViewSet::new(db, name, generation))?;
+        let entry = self.start_subscriber(
+            &format!("{name}@{generation}"),
+            Box::new(ProjectionSubscriber(projection)),
+            options.clone(),
+            SubscriberStatus::CatchingUp,
+        )?;
+        self.insert_entry(name, entry)?;
+        self.inner().subscriptions.projections.lock().insert(
+            name.to_string(),
+            ProjectionEntry {
+                factory,
+                generation,
+                options,
+                rebuilding: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The view `view` of projection `projection`, in its active generation. Ask for it per
+    /// query: after a rebuild, a handle to the old generation reads a dropped tree.
+    pub fn view<V>(&self, projection: &str, view: &str) -> Result<View<V>, SubscribeError> {
+        let generation = self
+            .inner()
+            .subscriptions
+            .projections
+            .lock()
+            .get(projection)
+            .map(|p| p.generation)
+            .ok_or_else(|| SubscribeError::Unknown(projection.to_string()))?;
+        Ok(ViewSet::new(self.db()?.clone(), projection, generation).view(view)?)
+    }
+
+    /// Rebuilds a projection from position 0 beside the live one, then swaps it in once it has
+    /// caught up; queries keep being answered from the live generation meanwhile. Returns once
+    /// the rebuild has started; [`Runtime::subscribers`] shows it as `{name}#rebuild`.
+    pub fn rebuild(&self, projection: &str) -> Result<(), SubscribeError> {
+        let db = self.db()?.clone();
+        let (factory, generation, options) = {
+            let mut projections = self.inner().subscriptions.projections.lock();
+            let entry = projections
+                .get_mut(projection)
+                .ok_or_else(|| SubscribeError::Unknown(projection.to_string()))?;
+            if entry.rebuilding {
+                return Err(SubscribeError::AlreadyRebuilding(projection.to_string()));
+            }
+            entry.rebuilding = true;
+            (
+                entry.factory.clone(),
+                entry.generation + 1,
+                entry.options.clone(),
+            )
+        };
+        let started = (|| {
+            let views = ViewSet::new(db, projection, generation);
+            // Left over by a rebuild that a crash interrupted.
+            views.drop_all()?;
+            self.inner()
+                .store
+                .save_checkpoint(&format!("{projection}@{generation}"), Position(0))?;
+            let built = factory(&views)?;
+            let entry = self.start_subscriber(
+                &format!("{projection}@{generation}"),
+                Box::new(ProjectionSubscriber(built)),
+                options,
+                SubscriberStatus::Rebuilding,
+            )?;
+            self.insert_entry(&format!("{projection}#rebuild"), entry.clone())?;
+            Ok::<_, SubscribeError>(entry)
+        })();
+        let entry = match started {
+            Ok(entry) => entry,
+            Err(e) => {
+                if let Some(p) = self
+                    .inner()
+                    .subscriptions
+                    .projections
+                    .lock()
+                    .get_mut(projection)
+                {
+                    p.rebuilding = false;
+                }
+                return Err(e);
+            }
+        };
+        let weak = self.downgrade();
+        let store = self.inner().store.clone();
+        let name = projection.to_string();
+        let monitor = async move {
+            let mut checkpoint = entry.shared.checkpoint.subscribe();
+            loop {
+                let reached = *checkpoint.borrow_and_update();
+                if matches!(
+                    *entry.shared.status.lock(),
+                    SubscriberStatus::Failed(_) | SubscriberStatus::Stopped
+                ) {
+                    tracing::error!(projection = %name, "rebuild failed; the live generation stays");
+                    if let Some(rt) = weak.upgrade() {
+                        rt.inner()
+                            .subscriptions
+                            .subscribers
+                            .lock()
+                            .remove(&format!("{name}#rebuild"));
+                        if let Some(p) = rt.inner().subscriptions.projections.lock().get_mut(&name)
+                        {
+                            p.rebuilding = false;
+                        }
+                    }
+                    return;
+                }
+                if reached >= store.head_position() {
+                    break;
+                }
+                if checkpoint.changed().await.is_err() {
+                    return;
+                }
+            }
+            if let Some(rt) = weak.upgrade() {
+                if let Err(e) = rt.swap_in(&name, generation, entry) {
+                    tracing::error!(projection = %name, error = %e, "cannot swap in the rebuilt projection");
+                }
+            }
+        };
+        let arbiter = self
+            .arbiter()
+            .ok_or(SubscribeError::Unknown(projection.to_string()))?;
+        arbiter.spawn(monitor);
+        Ok(())
+    }
+
+    /// Makes a caught-up rebuild the live generation of `name`.
+    fn swap_in(&self, name: &str, generation: u64, entry: Entry) -> Result<(), SubscribeError> {
+        let db = self.db()?.clone();
+        let generations = db
+            .open_tree(GENERATIONS_TREE)
+            .map_err(sled_io("opening generations"))?;
+        generations
+            .insert(name.as_bytes(), &generation.to_be_bytes())
+            .map_err(sled_io("writing a generation"))?;
+        // The pointer must be durable before the old generation's trees go.
+        db.flush().map_err(sled_io("flushing a generation"))?;
+        *entry.shared.status.lock() = SubscriberStatus::Live;
+        let registry = &self.inner().subscriptions;
+        let old = {
+            let mut subscribers = registry.subscribers.lock();
+            subscribers.remove(&format!("{name}#rebuild"));
+            subscribers.insert(name.to_string(), entry)
+        };
+        if let Some(p) = registry.projections.lock().get_mut(name) {
+            p.generation = generation;
+            p.rebuilding = false;
+        }
+        tracing::info!(
+            projection = name,
+            generation,
+            "rebuilt projection swapped in"
+        );
+        if let Some(old) = old {
+            old.addr.do_send(Stop);
+            let old_views = ViewSet::new(db, name, generation - 1);
+            let cleanup = async move {
+                // Drop the old trees once the old subscriber has finished its page.
+                for _ in 0..1000 {
+                    if !old.addr.connected() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if let Err(e) = old_views.drop_all() {
+                    tracing::warn!(error = %e, "cannot drop an old projection generation");
+                }
+            };
+            if let Some(arbiter) = self.arbiter() {
+                arbiter.spawn(cleanup);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a process manager named `name`. See [`process`](crate::process).
+    pub fn process_manager<P: ProcessManager>(
+        &self,
+        name: &str,
+        manager: P,
+        options: SubscriberOptions,
+    ) -> Result<(), SubscribeError> {
+        check_name(name)?;
+        let db = self.db()?.clone();
+        if self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .contains_key(name)
+        {
+            return Err(SubscribeError::AlreadyExists(name.to_string()));
+        }
+        let deadlines = db
+            .open_tree(DEADLINES_TREE)
+            .map_err(sled_io("opening deadlines"))?;
+        let views = ViewSet::new(db, &format!("pm-{name}"), 0);
+        let subscriber =
+            ProcessSubscriber::new(name, manager, &views, deadlines.clone(), self.downgrade())?;
+        let entry = self.start_subscriber(
+            name,
+            Box::new(subscriber),
+            options,
+            SubscriberStatus::CatchingUp,
+        )?;
+        self.insert_entry(name, entry)?;
+        self.start_deadline_timer(deadlines);
+        Ok(())
+    }
+
+    fn start_deadline_timer(&self, deadlines: sled::Tree) {
+        if self
+            .inner()
+            .subscriptions
+            .deadline_timer
+            .swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = self.downgrade();
+        // Built on the arbiter's thread: sending commands is not a `Send` future.
+        let start = move || {
+            actix_rt::spawn(async move {
+                loop {
+                    tokio::time::sleep(DEADLINE_TICK).await;
+                    let Some(runtime) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = process::fire_due(&deadlines, &runtime).await {
+                        tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
+                    }
+                }
+            });
+        };
+        if let Some(arbiter) = self.arbiter() {
+            arbiter.spawn_fn(start);
+        }
+    }
+
+    /// Sends a process manager's command.
+    pub(crate) async fn dispatch(&self, outgoing: &Outgoing) -> Result<(), ExecuteError> {
+        let host = self
+            .any_host(&outgoing.action.aggregate_type)
+            .ok_or_else(|| ExecuteError::Unregistered(outgoing.action.aggregate_type.clone()))?;
+        let options = outgoing.options()?;
+        host.dispatch(
+            self.clone(),
+            outgoing.action.aggregate_id.clone(),
+            outgoing.action.command.clone(),
+            options,
+        )
+        .await
+    }
+
+    /// Progress of every subscriber, projection and process manager.
+    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+        let entries: Vec<(String, Entry)> = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut infos: Vec<SubscriberInfo> = entries
+            .into_iter()
+            .map(|(name, entry)| {
+                let mut info = entry.shared.info(&*self.inner().store);
+                info.name = name;
+                info
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// Progress of one subscriber.
+    pub fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
+        let entry = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned()?;
+        let mut info = entry.shared.info(&*self.inner().store);
+        info.name = name.to_string();
+        Some(info)
+    }
+
+    /// Read-your-writes: waits until subscriber `name` has processed `position` (for example
+    /// [`Executed::position`](crate::Executed::position)), for at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Position, WaitError> {
+        let entry = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| WaitError::Unknown(name.to_string()))?;
+        let mut checkpoint = entry.shared.checkpoint.subscribe();
+        let started = std::time::Instant::now();
+        let mut expired = self.timer(timeout);
+        loop {
+            let reached = *checkpoint.borrow_and_update();
+            if reached >= position {
+                return Ok(reached);
+            }
+            let status = entry.shared.status.lock().clone();
+            if matches!(
+                status,
+                SubscriberStatus::Stopped | SubscriberStatus::Failed(_)
+            ) {
+                return Err(WaitError::NotRunning {
+                    name: name.to_string(),
+                    status,
+                    reached,
+                });
+            }
+            let advanced = {
+                let changed = Box::pin(checkpoint.changed());
+                matches!(
+                    futures::future::select(changed, &mut expired).await,
+                    futures::future::Either::Left((Ok(()), _))
+                )
+            };
+            if !advanced {
+                return Err(WaitError::Timeout {
+                    name: name.to_string(),
+                    wanted: position,
+                    reached: *checkpoint.borrow(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// A future that resolves after `after`, timed on the runtime's own arbiter (so callers
+    /// need no particular executor).
+    fn timer(&self, after: Duration) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(arbiter) = self.arbiter() {
+            arbiter.spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(());
+            });
+        }
+        rx
+    }
+
+    /// The parked events of subscriber `name`.
+    pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
+        let entry = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SubscribeError::Unknown(name.to_string()))?;
+        Ok(self.inner().store.parked(&entry.shared.name)?)
+    }
+
+    /// Handles a parked event again, between two pages of the subscriber; on success it is
+    /// removed from the parked list.
+    pub async fn retry_parked(&self, name: &str, position: Position) -> Result<(), RetryError> {
+        let entry = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RetryError::UnknownSubscriber(name.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        entry
+            .addr
+            .try_send(RetryParked { position, reply })
+            .map_err(|_| RetryError::Stopped)?;
+        answer.await.unwrap_or(Err(RetryError::Stopped))
+    }
+
+    /// Stops subscriber `name` after its current page; `false` if there is none.
+    pub fn stop_subscriber(&self, name: &str) -> bool {
+        let entry = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned();
+        entry.is_some_and(|e| {
+            e.addr.do_send(Stop);
+            true
+        })
+    }
+
+    /// Stops every subscriber (shutdown).
+    pub(crate) fn stop_subscribers(&self) {
+        for entry in self.inner().subscriptions.subscribers.lock().values() {
+            entry.addr.do_send(Stop);
+        }
+    }
+}
+
+fn active_generation(db: &sled::Db, name: &str) -> Result<u64, SubscribeError> {
+    let tree = db
+        .open_tree(GENERATIONS_TREE)
+        .map_err(sled_io("opening generations"))?;
+    match tree
+        .get(name.as_bytes())
+        .map_err(sled_io("reading a generation"))?
+    {
+        Some(bytes) => {
+            let arr: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: format!("generation of projection {name}"),
+                reason: "not 8 bytes".into(),
+            })?;
+            Ok(u64::from_be_bytes(arr))
+        }
+        None => Ok(0),
+    }
+}
+
+fn sled_io(op: &'static str) -> impl Fn(sled::Error) -> SubscribeError {
+    move |e| {
+        SubscribeError::Store(StoreError::Io {
+            op,
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,484 @@
+//! Subscriptions: committed events reach every subscriber, in position order, at least once.
+//!
+//! # How events reach a subscriber
+//! The log *is* the buffer. A subscriber is an actix actor with a checkpoint (the last position
+//! it has fully processed, persisted in the store). It reads the global log from its checkpoint
+//! in pages, handles each event, saves its checkpoint after each page, and when it reaches the
+//! head it waits on the store's head watch, which the journal updates after every acknowledged
+//! batch. Catching up after a restart and following live writes are the same loop, so there is
+//! no switch-over at which an event could be missed or delivered twice, and a slow subscriber
+//! costs the journal nothing: it simply reads further behind, with memory bounded by one page.
+//! A just-written batch is still in sled's cache, so a live subscriber reads it from memory.
+//!
+//! # Delivery and failure
+//! Delivery is at least once: a crash after handling events but before their checkpoint was
+//! saved delivers them again. Per-aggregate order (indeed global order) is preserved. A handler
+//! error is retried with exponential backoff up to [`SubscriberOptions::retries`]; then, per
+//! [`FailurePolicy`], the event is **parked** (a persisted dead letter, see
+//! [`Runtime::parked`](crate::Runtime::parked) and
+//! [`Runtime::retry_parked`](crate::Runtime::retry_parked)) and the subscriber goes on, or the
+//! subscriber **stops** and reports [`SubscriberStatus::Failed`]. A failing subscriber never
+//! stops the others: each runs on its own.
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
+use futures::channel::oneshot;
+use parking_lot::Mutex;
+
+use crate::envelope::RecordedEvent;
+use crate::store::{EventStore, HeadWatch, ParkedEvent, StoreError};
+use crate::types::{Position, Timestamp};
+
+/// A handler failure: any error, with its message kept for the parked list and the status.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future of one [`Subscriber::handle`] call.
+pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + 'a>>;
+
+/// Something that consumes the global log in position order.
+///
+/// Delivery is at least once, so `handle` must tolerate an event it has seen before (the
+/// [views](crate::projection::View) of projections do this by storing each record's position).
+pub trait Subscriber: Send + 'static {
+    /// Handles one event. An error is retried, then handled per the [`FailurePolicy`].
+    fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a>;
+}
+
+/// What a subscriber does with an event its handler keeps failing on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Park it (persisted, inspectable, retryable) and go on with the next event.
+    #[default]
+    Park,
+    /// Stop the subscriber and report it failed.
+    Stop,
+}
+
+/// Options of one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriberOptions {
+    /// Events read per page: bounds the subscriber's memory; the checkpoint is saved per page.
+    pub page_events: NonZeroUsize,
+    /// Retries of a failing event before the [`FailurePolicy`] applies.
+    pub retries: u32,
+    /// The first retry's pause; each later one doubles it.
+    pub backoff: Duration,
+    /// What to do with an event that keeps failing.
+    pub on_failure: FailurePolicy,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        SubscriberOptions {
+            page_events: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
+            retries: 3,
+            backoff: Duration::from_millis(10),
+            on_failure: FailurePolicy::Park,
+        }
+    }
+}
+
+impl SubscriberOptions {
+    /// Sets the failure policy.
+    #[must_use]
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// Sets the retries and the first backoff.
+    #[must_use]
+    pub fn with_retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retries = retries;
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets the page size.
+    #[must_use]
+    pub fn with_page_events(mut self, page_events: NonZeroUsize) -> Self {
+        self.page_events = page_events;
+        self
+    }
+}
+
+/// What a subscriber is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriberStatus {
+    /// Reading the log behind the head.
+    CatchingUp,
+    /// At the head, handling events as they are committed.
+    Live,
+    /// A projection's replacement being built beside the live one.
+    Rebuilding,
+    /// Stopped on request.
+    Stopped,
+    /// Stopped after an event kept failing (policy [`FailurePolicy::Stop`]) or a store error.
+    Failed(String),
+}
+
+/// A subscriber's progress, for lag monitoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberInfo {
+    /// The subscriber's name.
+    pub name: String,
+    /// The last position it has processed.
+    pub checkpoint: Position,
+    /// The log's head.
+    pub head: Position,
+    /// Events behind the head.
+    pub lag_events: u64,
+    /// Seconds since the oldest event it has not processed was recorded (0 when at the head).
+    pub lag_seconds: f64,
+    /// What it is doing.
+    pub status: SubscriberStatus,
+}
+
+/// State shared between a subscriber actor and the runtime.
+#[derive(Debug)]
+pub(crate) struct SubscriberShared {
+    pub(crate) name: Arc<str>,
+    pub(crate) status: Mutex<SubscriberStatus>,
+    pub(crate) checkpoint: tokio::sync::watch::Sender<Position>,
+}
+
+impl SubscriberShared {
+    pub(crate) fn new(
+        name: Arc<str>,
+        checkpoint: Position,
+        status: SubscriberStatus,
+    ) -> SubscriberShared {
+        SubscriberShared {
+            name,
+            status: Mutex::new(status),
+            checkpoint: tokio::sync::watch::Sender::new(checkpoint),
+        }
+    }
+
+    fn set_status(&self, status: SubscriberStatus) {
+        let mut current = self.status.lock();
+        // A rebuilding subscriber stays "rebuilding" until it is swapped in.
+        let keep = *current == SubscriberStatus::Rebuilding
+            && matches!(
+                status,
+                SubscriberStatus::Live | SubscriberStatus::CatchingUp
+            );
+        if !keep {
+            *current = status;
+        }
+    }
+
+    /// Progress against the store's head.
+    pub(crate) fn info(&self, store: &dyn EventStore) -> SubscriberInfo {
+        let checkpoint = *self.checkpoint.borrow();
+        let head = store.head_position();
+        let lag_events = head.0.saturating_sub(checkpoint.0);
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            store
+                .read_all(checkpoint.next(), 1)
+                .ok()
+                .and_then(|events| events.first().map(|e| e.meta.recorded_at))
+                .map_or(0.0, |at| {
+                    Timestamp::now().0.saturating_sub(at.0) as f64 / 1e6
+                })
+        };
+        SubscriberInfo {
+            name: self.name.to_string(),
+            checkpoint,
+            head,
+            lag_events,
+            lag_seconds,
+            status: self.status.lock().clone(),
+        }
+    }
+}
+
+/// The part of a subscriber that runs inside its actor's futures.
+struct Worker {
+    subscriber: Box<dyn Subscriber>,
+    store: Arc<dyn EventStore>,
+    shared: Arc<SubscriberShared>,
+    options: SubscriberOptions,
+    checkpoint: Position,
+}
+
+enum Pumped {
+    More,
+    AtHead,
+    Failed,
+}
+
+impl Worker {
+    /// Processes one page of the log.
+    async fn pump(&mut self) -> Pumped {
+        let head = self.store.head_position();
+        if self.checkpoint >= head {
+            self.shared.set_status(SubscriberStatus::Live);
+            return Pumped::AtHead;
+        }
+        let page = self.options.page_events.get();
+        let events = match self.store.read_all(self.checkpoint.next(), page) {
+            Ok(events) => events,
+            Err(e) => return self.fail(&format!("cannot read the log: {e}")),
+        };
+        for event in &events {
+            if let Err((error, attempts)) = self.handle_with_retries(event).await {
+                match self.options.on_failure {
+                    FailurePolicy::Park => {
+                        tracing::warn!(subscriber = %self.shared.name, position = %event.position, %error, "parking an event");
+                        let parked = ParkedEvent {
+                            position: event.position,
+                            reason: error.to_string(),
+                            attempts,
+                            parked_at: Timestamp::now(),
+                        };
+                        if let Err(e) = self.store.park(&self.shared.name, &parked) {
+                            return self
+                                .fail(&format!("cannot park event {}: {e}", event.position));
+                        }
+                    }
+                    FailurePolicy::Stop => {
+                        self.save();
+                        return self.fail(&format!(
+                            "event {} failed {attempts} times: {error}",
+                            event.position
+                        ));
+                    }
+                }
+            }
+            self.checkpoint = event.position;
+        }
+        self.save();
+        if self.checkpoint >= head {
+            self.shared.set_status(SubscriberStatus::Live);
+        } else {
+            self.shared.set_status(SubscriberStatus::CatchingUp);
+        }
+        Pumped::More
+    }
+
+    async fn handle_with_retries(
+        &mut self,
+        event: &RecordedEvent,
+    ) -> Result<(), (HandlerError, u32)> {
+        let mut pause = self.options.backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.subscriber.handle(event).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempts > self.options.retries => return Err((e, attempts)),
+                Err(e) => {
+                    tracing::debug!(subscriber = %self.shared.name, position = %event.position, error = %e, attempts, "retrying an event");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                }
+            }
+        }
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self
+            .store
+            .save_checkpoint(&self.shared.name, self.checkpoint)
+        {
+            // The next save will try again; until then a restart redelivers a little more.
+            tracing::warn!(subscriber = %self.shared.name, error = %e, "cannot save a checkpoint");
+        }
+        self.shared.checkpoint.send_replace(self.checkpoint);
+    }
+
+    fn fail(&mut self, reason: &str) -> Pumped {
+        tracing::error!(subscriber = %self.shared.name, reason, "subscriber failed");
+        self.shared
+            .set_status(SubscriberStatus::Failed(reason.to_string()));
+        Pumped::Failed
+    }
+
+    /// Handles one parked event again; unparks it on success.
+    async fn retry_parked(&mut self, position: Position) -> Result<(), RetryError> {
+        let parked = self.store.parked(&self.shared.name)?;
+        if !parked.iter().any(|p| p.position == position) {
+            return Err(RetryError::NotParked(position));
+        }
+        let event = self
+            .store
+            .read_all(position, 1)?
+            .into_iter()
+            .find(|e| e.position == position)
+            .ok_or(RetryError::NotParked(position))?;
+        self.subscriber
+            .handle(&event)
+            .await
+            .map_err(|e| RetryError::Failed(e.to_string()))?;
+        self.store.unpark(&self.shared.name, position)?;
+        Ok(())
+    }
+}
+
+/// Why retrying a parked event did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryError {
+    /// No such subscriber.
+    #[error("no subscriber named {0:?}")]
+    UnknownSubscriber(String),
+    /// No event is parked at that position.
+    #[error("no event is parked at position {0}")]
+    NotParked(Position),
+    /// The handler failed again; the event stays parked.
+    #[error("the handler failed again: {0}")]
+    Failed(String),
+    /// The subscriber is stopped.
+    #[error("the subscriber is stopped")]
+    Stopped,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A subscriber's actor: one page per message, so control messages (stop, retry) are handled
+/// between pages.
+pub(crate) struct SubscriberActor {
+    worker: Option<Worker>,
+    head: HeadWatch,
+}
+
+impl SubscriberActor {
+    pub(crate) fn new(
+        subscriber: Box<dyn Subscriber>,
+        store: Arc<dyn EventStore>,
+        shared: Arc<SubscriberShared>,
+        options: SubscriberOptions,
+    ) -> SubscriberActor {
+        let head = store.watch_head();
+        let checkpoint = *shared.checkpoint.borrow();
+        SubscriberActor {
+            worker: Some(Worker {
+                subscriber,
+                store,
+                shared,
+                options,
+                checkpoint,
+            }),
+            head,
+        }
+    }
+
+    /// Pumps again once the head moves past the checkpoint.
+    fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
+        let checkpoint = self.worker.as_ref().map_or(Position(0), |w| w.checkpoint);
+        let mut head = self.head.clone();
+        if *head.borrow_and_update() > checkpoint {
+            ctx.notify(Pump);
+            return;
+        }
+        ctx.spawn(
+            async move {
+                let _ = head.changed().await;
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.notify(Pump)),
+        );
+    }
+}
+
+impl Actor for SubscriberActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.notify(Pump);
+    }
+}
+
+/// Process the next page.
+struct Pump;
+
+impl Message for Pump {
+    type Result = ();
+}
+
+impl Handler<Pump> for SubscriberActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: Pump, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(mut worker) = self.worker.take() else {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
+        AtomicResponse::new(Box::pin(
+            async move {
+                let pumped = worker.pump().await;
+                (worker, pumped)
+            }
+            .into_actor(self)
+            .map(|(worker, pumped), act, ctx| {
+                act.worker = Some(worker);
+                match pumped {
+                    Pumped::More => ctx.notify(Pump),
+                    Pumped::AtHead => act.wait_for_head(ctx),
+                    Pumped::Failed => ctx.stop(),
+                }
+            }),
+        ))
+    }
+}
+
+/// Stop the subscriber after the current page.
+pub(crate) struct Stop;
+
+impl Message for Stop {
+    type Result = ();
+}
+
+impl Handler<Stop> for SubscriberActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        if let Some(worker) = &self.worker {
+            let mut status = worker.shared.status.lock();
+            if !matches!(*status, SubscriberStatus::Failed(_)) {
+                *status = SubscriberStatus::Stopped;
+            }
+        }
+        ctx.stop();
+    }
+}
+
+/// Retry one parked event (between pages).
+pub(crate) struct RetryParked {
+    pub(crate) position: Position,
+    pub(crate) reply: oneshot::Sender<Result<(), RetryError>>,
+}
+
+impl Message for RetryParked {
+    type Result = ();
+}
+
+impl Handler<RetryParked> for SubscriberActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: RetryParked, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(mut worker) = self.worker.take() else {
+            let _ = msg.reply.send(Err(RetryError::Stopped));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
+        AtomicResponse::new(Box::pin(
+            async move {
+                let result = worker.retry_parked(msg.position).await;
+                let _ = msg.reply.send(result);
+                worker
+            }
+            .into_actor(self)
+            .map(|worker, act, _ctx| act.worker = Some(worker)),
+        ))
+    }
+}

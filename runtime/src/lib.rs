@@ -72,6 +72,10 @@
 //! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`], [`ExecuteOptions`], [`Executed`] |
 //! | `actor`, `host` (private) | the aggregate actor and the sharded routing table |
 //! | [`store`] | the [`EventStore`](store::EventStore) contract and its sled implementation |
+//! | [`subscription`] | subscriber actors: the log read from a checkpoint, live at the head |
+//! | [`projection`] | read models: [`View`]s with per-record positions, rebuilt beside the live one |
+//! | [`process`] | process managers (sagas): state and outbox per instance, deadlines |
+//! | [`subscribe`] | the runtime's subscriber methods: lag, read-your-writes, parked events |
 //! | [`envelope`] | [`Envelope`]: an event with its metadata |
 //! | [`types`] | [`Version`], [`Position`], [`StreamId`], [`CommandId`], [`Timestamp`] |
 //! | [`codec`] | CBOR with a format byte, for everything on disk |
@@ -103,6 +107,15 @@
 //!   never retried and then acknowledged. Restarting recovers.
 //! - **Bad bytes.** A damaged record, an unknown format byte or a locked directory is a typed
 //!   error ([`store::StoreError`]), never a panic, and opening a damaged store changes nothing.
+//!
+//! - **Subscribers see every committed event**, in position order, at least once: each reads
+//!   the log from its persisted checkpoint and follows the head; a slow one lags without
+//!   slowing the journal. **Projections** apply each event to each view record at most once
+//!   (records carry positions), so after any crash a view equals a rebuild from scratch; a
+//!   projection is **rebuilt** beside the live one and swapped in without downtime. **Process
+//!   managers** never apply a step twice: state and outbox are stored per instance, and each
+//!   command's id derives from the triggering event. A command's reply carries its position, and
+//!   [`Runtime::wait_for`] waits (bounded) until a subscriber has reached it.
 //!
 //! # Threads
 //! [`Runtime::open`] starts its own actix system: one arbiter thread per core for the actors

@@ -676,25 +676,32 @@ impl Runtime {
     }
 
     fn stop_system(&self) {
-        if let Some((system, thread)) = self.inner.system.lock().take() {
-            for arbiter in self.inner.arbiters.iter() {
+        self.inner.stop_system();
+    }
+}
+
+impl Inner {
+    /// Stops the arbiters and the system thread. Joins them unless called on one of them (the
+    /// last handle to a runtime can be dropped by one of its own tasks), which would deadlock.
+    fn stop_system(&self) {
+        if let Some((system, thread)) = self.system.lock().take() {
+            for arbiter in self.arbiters.iter() {
                 arbiter.stop();
             }
             system.stop();
-            let _ = thread.join();
+            let on_own_thread = std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("actix-rt|") || name == "annals-system");
+            if !on_own_thread {
+                let _ = thread.join();
+            }
         }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some((system, thread)) = self.system.lock().take() {
-            for arbiter in self.arbiters.iter() {
-                arbiter.stop();
-            }
-            system.stop();
-            let _ = thread.join();
-        }
+        self.stop_system();
         let _ = self.store.shutdown();
     }
 }

@@ -1,7 +1,7 @@
 //! The runtime's side of subscriptions: registering subscribers, projections and process
 //! managers, and what can be asked of them — lag, read-your-writes waits, parked events,
 //! rebuilds. The mechanisms are in [`subscription`](crate::subscription),
-//! [`projection`](crate::projection) and [`process`](crate::process).
+//! [`projection`](crate::projection) and [`process`](mod@crate::process).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -410,7 +410,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// Registers a process manager named `name`. See [`process`](crate::process).
+    /// Registers a process manager named `name`. See [`process`](mod@crate::process).
     pub fn process_manager<P: ProcessManager>(
         &self,
         name: &str,

@@ -8,7 +8,7 @@
 //!    `batch_bytes_max` bytes), checks each expected version against the stream head and each
 //!    command id against the ids already used, assigns gap-free positions, links each commit to
 //!    its stream's previous commit, and writes the whole batch as **one** sled `insert` of one
-//!    [segment](segment) — the batch is the unit of atomicity;
+//!    segment (see `segment.rs`) — the batch is the unit of atomicity;
 //! 2. the **flusher** inserts the few derived entries of that batch (command ids; a skip entry
 //!    every 64 versions of a stream), then calls `Db::flush` — the fsync — **once for the
 //!    whole batch**, and only then publishes the new head position and acknowledges every
@@ -44,7 +44,7 @@
 //! the dirty pages, so a retry that succeeds proves nothing. Restarting recovers.
 //!
 //! # Recovery and integrity
-//! On open, [`recovery`] checks the log (contiguous positions, decodable records, contiguous
+//! On open, recovery (`recovery.rs`) checks the log (contiguous positions, decodable records, contiguous
 //! versions per stream), removes an unacknowledged tail cut by the crash, and re-derives the
 //! index entries after the last durable index watermark. See that module for the details.
 

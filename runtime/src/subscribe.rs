@@ -140,6 +140,24 @@ impl Runtime {
         self.inner().db.as_ref().ok_or(SubscribeError::NoDatabase)
     }
 
+    /// A name that is valid and not taken.
+    fn check_free(&self, name: &str) -> Result<(), SubscribeError> {
+        check_name(name)?;
+        if self.entry(name).is_some() {
+            return Err(SubscribeError::AlreadyExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn entry(&self, name: &str) -> Option<Entry> {
+        self.inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .get(name)
+            .cloned()
+    }
+
     /// Starts a subscriber actor whose checkpoint is stored under `storage_name`.
     fn start_subscriber(
         &self,
@@ -185,16 +203,7 @@ impl Runtime {
         subscriber: impl Subscriber,
         options: SubscriberOptions,
     ) -> Result<(), SubscribeError> {
-        check_name(name)?;
-        if self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .contains_key(name)
-        {
-            return Err(SubscribeError::AlreadyExists(name.to_string()));
-        }
+        self.check_free(name)?;
         let entry = self.start_subscriber(
             name,
             Box::new(subscriber),
@@ -216,17 +225,8 @@ impl Runtime {
         P: Projection,
         F: Fn(&ViewSet) -> Result<P, ViewError> + Send + Sync + 'static,
     {
-        check_name(name)?;
         let db = self.db()?.clone();
-        if self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .contains_key(name)
-        {
-            return Err(SubscribeError::AlreadyExists(name.to_string()));
-        }
+        self.check_free(name)?;
         let generation = active_generation(&db, name)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
@@ -417,17 +417,8 @@ impl Runtime {
         manager: P,
         options: SubscriberOptions,
     ) -> Result<(), SubscribeError> {
-        check_name(name)?;
         let db = self.db()?.clone();
-        if self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .contains_key(name)
-        {
-            return Err(SubscribeError::AlreadyExists(name.to_string()));
-        }
+        self.check_free(name)?;
         let deadlines = db
             .open_tree(DEADLINES_TREE)
             .map_err(sled_io("opening deadlines"))?;
@@ -513,13 +504,7 @@ impl Runtime {
 
     /// Progress of one subscriber.
     pub fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
-        let entry = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned()?;
+        let entry = self.entry(name)?;
         let mut info = entry.shared.info(&*self.inner().store);
         info.name = name.to_string();
         Some(info)
@@ -534,12 +519,7 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<Position, WaitError> {
         let entry = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned()
+            .entry(name)
             .ok_or_else(|| WaitError::Unknown(name.to_string()))?;
         let mut checkpoint = entry.shared.checkpoint.subscribe();
         let started = std::time::Instant::now();
@@ -594,12 +574,7 @@ impl Runtime {
     /// The parked events of subscriber `name`.
     pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
         let entry = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned()
+            .entry(name)
             .ok_or_else(|| SubscribeError::Unknown(name.to_string()))?;
         Ok(self.inner().store.parked(&entry.shared.name)?)
     }
@@ -608,12 +583,7 @@ impl Runtime {
     /// removed from the parked list.
     pub async fn retry_parked(&self, name: &str, position: Position) -> Result<(), RetryError> {
         let entry = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned()
+            .entry(name)
             .ok_or_else(|| RetryError::UnknownSubscriber(name.to_string()))?;
         let (reply, answer) = oneshot::channel();
         entry
@@ -625,14 +595,7 @@ impl Runtime {
 
     /// Stops subscriber `name` after its current page; `false` if there is none.
     pub fn stop_subscriber(&self, name: &str) -> bool {
-        let entry = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned();
-        entry.is_some_and(|e| {
+        self.entry(name).is_some_and(|e| {
             e.addr.do_send(Stop);
             true
         })

@@ -47,6 +47,20 @@ pub enum CodecError {
     },
 }
 
+/// Bytes of the scratch buffer ciborium decodes short strings and byte strings into. ciborium's
+/// `from_reader` zeroes a 4 KiB buffer on every call, which showed up in profiles of replay;
+/// longer strings are decoded into their own allocation either way.
+const SCRATCH_LEN: usize = 256;
+
+/// Decodes CBOR from a byte slice with a small scratch buffer (nesting limited to 256 levels,
+/// so hostile input cannot overflow the stack).
+pub(crate) fn from_slice<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ciborium::de::Error<std::io::Error>> {
+    let mut scratch = [0u8; SCRATCH_LEN];
+    ciborium::de::from_reader_with_buffer(bytes, &mut scratch)
+}
+
 /// Encodes `value` as `[format][CBOR]`.
 pub fn encode_versioned<T: Serialize>(
     format: u8,
@@ -76,7 +90,7 @@ pub fn decode_versioned<T: DeserializeOwned>(
             known: format,
         });
     }
-    ciborium::from_reader(body).map_err(|e| CodecError::Decode {
+    from_slice(body).map_err(|e| CodecError::Decode {
         what,
         reason: e.to_string(),
     })
@@ -94,7 +108,7 @@ pub fn encode_plain<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u
 
 /// Decodes a nested plain-CBOR value.
 pub fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    ciborium::from_reader(bytes).map_err(|e| CodecError::Decode {
+    from_slice(bytes).map_err(|e| CodecError::Decode {
         what: "payload",
         reason: e.to_string(),
     })

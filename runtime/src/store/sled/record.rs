@@ -144,7 +144,7 @@ impl CommitRecord {
     ) -> Result<(RecordHeader, StreamId, CommitRecord), StoreError> {
         let (header, key, body) = RecordHeader::read(position, bytes)?;
         let stream = keys::parse_stream_key(key).map_err(|reason| corrupt_at(position, &reason))?;
-        let record: CommitRecord = ciborium::from_reader(body)
+        let record: CommitRecord = crate::codec::from_slice(body)
             .map_err(|e| corrupt_at(position, &format!("cannot decode commit record: {e}")))?;
         if record.events.len() != header.count as usize {
             return Err(corrupt_at(

@@ -62,6 +62,9 @@ pub struct Action {
     pub command: Vec<u8>,
     /// When to send it (`None`: now).
     pub at: Option<Timestamp>,
+    /// What to send instead if the aggregate rejects this command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_rejection: Option<Box<Action>>,
 }
 
 impl Action {
@@ -75,7 +78,16 @@ impl Action {
             aggregate_id: id.into(),
             command: codec::encode_plain("command", command)?,
             at: None,
+            on_rejection: None,
         })
+    }
+
+    /// If the aggregate rejects this command (a business rejection, for example "unknown
+    /// customer"), send `fallback` instead. Fallbacks can be chained.
+    #[must_use]
+    pub fn or_else(mut self, fallback: Action) -> Action {
+        self.on_rejection = Some(Box::new(fallback));
+        self
     }
 
     /// Sends `command` to aggregate `id` of type `A` once `at` has passed.
@@ -257,9 +269,12 @@ pub(crate) async fn fire_due(
 }
 
 impl Outgoing {
-    pub(crate) fn options(&self) -> Result<ExecuteOptions, crate::ExecuteError> {
+    pub(crate) fn options_with_command_id(
+        &self,
+        command_id: &str,
+    ) -> Result<ExecuteOptions, crate::ExecuteError> {
         let mut options = ExecuteOptions::default()
-            .with_command_id(CommandId::new(self.command_id.as_str())?)
+            .with_command_id(CommandId::new(command_id)?)
             .with_causation_id(self.causation_id.as_str());
         if let Some(correlation) = &self.correlation_id {
             options = options.with_correlation_id(correlation.as_str());

@@ -254,7 +254,16 @@ pub(crate) trait AnyHost: Send + Sync {
         id: String,
         command: Vec<u8>,
         options: ExecuteOptions,
-    ) -> futures::future::LocalBoxFuture<'static, Result<(), ExecuteError>>;
+    ) -> futures::future::LocalBoxFuture<'static, Result<Dispatched, ExecuteError>>;
+}
+
+/// What became of a process manager's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dispatched {
+    /// It ran (or had run: a retry returned the stored outcome).
+    Executed,
+    /// The aggregate refused it; the rejection's message.
+    Rejected(String),
 }
 
 impl<A: Aggregate> AnyHost for Host<A> {
@@ -272,13 +281,13 @@ impl<A: Aggregate> AnyHost for Host<A> {
         id: String,
         command: Vec<u8>,
         options: ExecuteOptions,
-    ) -> futures::future::LocalBoxFuture<'static, Result<(), ExecuteError>> {
+    ) -> futures::future::LocalBoxFuture<'static, Result<Dispatched, ExecuteError>> {
         Box::pin(async move {
             let command: A::Command = crate::codec::decode_plain(&command)?;
-            if let Err(rejection) = runtime.execute_with::<A>(&id, command, options).await? {
-                tracing::info!(aggregate = A::TYPE, %id, %rejection, "a process manager's command was rejected");
+            match runtime.execute_with::<A>(&id, command, options).await? {
+                Ok(_) => Ok(Dispatched::Executed),
+                Err(rejection) => Ok(Dispatched::Rejected(rejection.to_string())),
             }
-            Ok(())
         })
     }
 }

@@ -465,19 +465,38 @@ impl Runtime {
         }
     }
 
-    /// Sends a process manager's command.
+    /// Sends a process manager's command; if the aggregate rejects it and the action has a
+    /// fallback ([`Action::or_else`](crate::Action::or_else)), sends that, with the command id
+    /// `{command id}/r` (so a redelivery sends it once too).
     pub(crate) async fn dispatch(&self, outgoing: &Outgoing) -> Result<(), ExecuteError> {
-        let host = self
-            .any_host(&outgoing.action.aggregate_type)
-            .ok_or_else(|| ExecuteError::Unregistered(outgoing.action.aggregate_type.clone()))?;
-        let options = outgoing.options()?;
-        host.dispatch(
-            self.clone(),
-            outgoing.action.aggregate_id.clone(),
-            outgoing.action.command.clone(),
-            options,
-        )
-        .await
+        let mut command_id = outgoing.command_id.clone();
+        let mut action = &outgoing.action;
+        loop {
+            let host = self
+                .any_host(&action.aggregate_type)
+                .ok_or_else(|| ExecuteError::Unregistered(action.aggregate_type.clone()))?;
+            let options = outgoing.options_with_command_id(&command_id)?;
+            let dispatched = host
+                .dispatch(
+                    self.clone(),
+                    action.aggregate_id.clone(),
+                    action.command.clone(),
+                    options,
+                )
+                .await?;
+            match (dispatched, &action.on_rejection) {
+                (crate::runtime::Dispatched::Rejected(rejection), Some(fallback)) => {
+                    tracing::debug!(%command_id, %rejection, "a process manager's command was rejected; sending its fallback");
+                    command_id.push_str("/r");
+                    action = fallback;
+                }
+                (crate::runtime::Dispatched::Rejected(rejection), None) => {
+                    tracing::info!(%command_id, %rejection, "a process manager's command was rejected");
+                    return Ok(());
+                }
+                (crate::runtime::Dispatched::Executed, _) => return Ok(()),
+            }
+        }
     }
 
     /// Progress of every subscriber, projection and process manager.

@@ -159,8 +159,9 @@ pub(crate) fn replay<A: Aggregate>(
                 }
                 .into());
             }
-            let event: A::Event = codec::decode_plain(&recorded.payload.0)?;
-            state.apply(&event);
+            for event in recorded.upcast::<A>()? {
+                state.apply(&event.payload);
+            }
             *version = recorded.version;
         }
     }
@@ -488,7 +489,7 @@ impl<A: Aggregate> AggregateActor<A> {
             StoredOutcome::Committed { events, .. } => {
                 let mut envelopes = Vec::with_capacity(events.len());
                 for recorded in &events {
-                    envelopes.push(recorded.decode::<A::Event>()?);
+                    envelopes.extend(recorded.upcast::<A>()?);
                 }
                 let last = envelopes.last();
                 Ok(Ok(Executed {

@@ -52,6 +52,77 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Unpin + 'st
     fn options() -> AggregateOptions {
         AggregateOptions::default()
     }
+
+    /// Turns one stored event written with an older schema version into events of newer
+    /// versions — one, several, or none (an event type that no longer exists). It is applied
+    /// again to its results until every event is at the version
+    /// [`DomainEvent::current_schema_version`] names, then decoded. The default knows no old
+    /// versions. See [`Upcast`].
+    fn upcast(old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
+        Err(UpcastError::NoUpcaster {
+            event_type: old.event_type,
+            schema_version: old.schema_version,
+        })
+    }
+}
+
+/// A stored event on its way to the current schema: its type, its schema version, and its
+/// payload as a generic CBOR value to reshape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upcast {
+    /// The event type name.
+    pub event_type: String,
+    /// The schema version `payload` is in.
+    pub schema_version: u16,
+    /// The payload.
+    pub payload: ciborium::Value,
+}
+
+impl Upcast {
+    /// The payload's map entry named `field`, if the payload is a map.
+    pub fn field(&self, field: &str) -> Option<&ciborium::Value> {
+        self.payload
+            .as_map()?
+            .iter()
+            .find(|(k, _)| k.as_text() == Some(field))
+            .map(|(_, v)| v)
+    }
+
+    /// Sets (or adds) the payload's map entry named `field`; `false` if the payload is no map.
+    pub fn set_field(&mut self, field: &str, value: ciborium::Value) -> bool {
+        let Some(map) = self.payload.as_map_mut() else {
+            return false;
+        };
+        match map.iter_mut().find(|(k, _)| k.as_text() == Some(field)) {
+            Some((_, v)) => *v = value,
+            None => map.push((ciborium::Value::Text(field.to_string()), value)),
+        }
+        true
+    }
+}
+
+/// Why an old event could not be brought to the current schema.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpcastError {
+    /// No upcaster knows this type at this version.
+    #[error("no upcaster for {event_type} schema version {schema_version}")]
+    NoUpcaster {
+        /// The event type.
+        event_type: String,
+        /// Its schema version.
+        schema_version: u16,
+    },
+    /// The old payload does not have the expected shape.
+    #[error("cannot upcast {event_type} schema version {schema_version}: {reason}")]
+    Invalid {
+        /// The event type.
+        event_type: String,
+        /// Its schema version.
+        schema_version: u16,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// An event type: serializable, and able to name itself for the envelope.
@@ -61,9 +132,22 @@ pub trait DomainEvent:
     /// The event's type name as recorded in its envelope (`"OrderCreated"`).
     fn event_type(&self) -> &'static str;
 
-    /// The schema version of this event type as written now. Bump it when the event's shape
-    /// changes, and register an upcaster for the older versions.
+    /// The schema version of this event as written now: `Self::current_schema_version` of its
+    /// type.
     fn schema_version(&self) -> u16 {
+        Self::current_schema_version(self.event_type())
+    }
+
+    /// The schema version events of type `event_type` are written with now. Bump it when that
+    /// type's shape changes, and teach [`Aggregate::upcast`] the older versions. Stored events
+    /// at this version are decoded directly; older ones go through the upcaster first. For a
+    /// type that no longer exists, return a version above the last one written, and let the
+    /// upcaster turn its old versions into other types (or into nothing).
+    fn current_schema_version(event_type: &str) -> u16
+    where
+        Self: Sized,
+    {
+        let _ = event_type;
         1
     }
 }

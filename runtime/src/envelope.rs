@@ -8,7 +8,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::aggregate::{Aggregate, DomainEvent, Upcast};
 use crate::codec::{self, CodecError};
+
+/// Most upcasting rounds for one stored event (each moves it at least one version on).
+const UPCAST_ROUNDS_MAX: usize = 32;
 use crate::types::{CommandId, Position, StreamId, Timestamp, Version};
 
 /// Metadata shared by all events of one commit (one command).
@@ -67,6 +71,86 @@ impl RecordedEvent {
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<Envelope<E>, CodecError> {
         let payload = codec::decode_plain(&self.payload.0)?;
         Ok(self.with_payload(payload))
+    }
+
+    /// Decodes the payload as an event of aggregate `A`, upcasting an event written with an
+    /// older schema version first (see [`Aggregate::upcast`]): one stored event can become
+    /// several, or none. Each result carries the stored event's version, position and ids, and
+    /// the schema version it was brought to.
+    pub fn upcast<A: Aggregate>(&self) -> Result<Vec<Envelope<A::Event>>, CodecError> {
+        let named = |e: CodecError| CodecError::Decode {
+            what: "event",
+            reason: format!(
+                "{} (schema version {}) at position {} of {}: {e}",
+                self.event_type, self.schema_version, self.position, self.stream
+            ),
+        };
+        let current = A::Event::current_schema_version(&self.event_type);
+        if self.schema_version == current {
+            return Ok(vec![self.decode::<A::Event>().map_err(named)?]);
+        }
+        let payload: ciborium::Value = codec::decode_plain(&self.payload.0).map_err(named)?;
+        let mut pending = vec![Upcast {
+            event_type: self.event_type.to_string(),
+            schema_version: self.schema_version,
+            payload,
+        }];
+        let mut done = Vec::new();
+        // Each round moves every event at least one version on; the bound stops an upcaster
+        // that loops.
+        for _ in 0..UPCAST_ROUNDS_MAX {
+            let mut next = Vec::new();
+            for old in pending {
+                if old.schema_version == A::Event::current_schema_version(&old.event_type) {
+                    done.push(old);
+                    continue;
+                }
+                let (event_type, from) = (old.event_type.clone(), old.schema_version);
+                let upcast = A::upcast(old).map_err(|e| {
+                    named(CodecError::Decode {
+                        what: "event",
+                        reason: e.to_string(),
+                    })
+                })?;
+                if upcast
+                    .iter()
+                    .any(|u| u.event_type == event_type && u.schema_version <= from)
+                {
+                    return Err(CodecError::Decode {
+                        what: "event",
+                        reason: format!(
+                            "the upcaster of {event_type} version {from} does not move it forward"
+                        ),
+                    });
+                }
+                next.extend(upcast);
+            }
+            pending = next;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(CodecError::Decode {
+                what: "event",
+                reason: format!(
+                    "{} still not at the current schema after {UPCAST_ROUNDS_MAX} upcasts",
+                    self.event_type
+                ),
+            });
+        }
+        done.into_iter()
+            .map(|u| {
+                let event: A::Event = u.payload.deserialized().map_err(|e| CodecError::Decode {
+                    what: "upcast event",
+                    reason: e.to_string(),
+                })?;
+                let mut envelope = self.with_payload(event);
+                envelope.event_type = Arc::from(u.event_type);
+                envelope.schema_version = u.schema_version;
+                Ok(envelope)
+            })
+            .collect()
     }
 
     fn with_payload<E>(&self, payload: E) -> Envelope<E> {

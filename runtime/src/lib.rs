@@ -140,7 +140,7 @@ mod host;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use aggregate::{Aggregate, AggregateOptions, DomainEvent};
+pub use aggregate::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastError};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
 pub use process::{Action, ProcessManager};

@@ -576,7 +576,47 @@ impl Runtime {
         }))
     }
 
-    /// Events of aggregate `id` from version `from`, at most `limit`, decoded.
+    /// The state of aggregate `id` as of instant `at`: as of its last event recorded at or
+    /// before `at` (`None` if it had none yet), from the nearest snapshot at or below that
+    /// version plus replay. Events of one aggregate are recorded in non-decreasing time (its
+    /// commands run one at a time), so the version is found by binary search over point reads.
+    pub fn state_as_of<A: Aggregate>(
+        &self,
+        id: &str,
+        at: crate::types::Timestamp,
+    ) -> Result<Option<AggregateState<A>>, ExecuteError> {
+        let stream = StreamId::new(A::TYPE, id)?;
+        let store = &self.inner.store;
+        let recorded_at = |v: Version| -> Result<crate::types::Timestamp, ExecuteError> {
+            let event = store
+                .read_stream(&stream, v, Some(v), 1)?
+                .pop()
+                .ok_or_else(|| {
+                    ExecuteError::Store(StoreError::Corrupt {
+                        what: format!("stream {stream}"),
+                        reason: format!("version {v} is below the head but cannot be read"),
+                    })
+                })?;
+            Ok(event.meta.recorded_at)
+        };
+        // Invariant: every version <= low was recorded at or before `at`; every one > high after.
+        let (mut low, mut high) = (0u64, store.stream_head(&stream)?.0);
+        while low < high {
+            let mid = low + (high - low).div_ceil(2);
+            if recorded_at(Version(mid))? <= at {
+                low = mid;
+            } else {
+                high = mid - 1;
+            }
+        }
+        if low == 0 {
+            return Ok(None);
+        }
+        self.state_at::<A>(id, Some(Version(low)))
+    }
+
+    /// Events of aggregate `id` from version `from`, at most `limit` stored events, decoded
+    /// (and upcast: an old event may become several, or none, each with the stored version).
     pub fn events<A: Aggregate>(
         &self,
         id: &str,
@@ -585,10 +625,11 @@ impl Runtime {
     ) -> Result<Vec<Envelope<A::Event>>, ExecuteError> {
         let stream = StreamId::new(A::TYPE, id)?;
         let recorded = self.inner.store.read_stream(&stream, from, None, limit)?;
-        recorded
-            .iter()
-            .map(|r| r.decode::<A::Event>().map_err(ExecuteError::from))
-            .collect()
+        let mut events = Vec::with_capacity(recorded.len());
+        for r in &recorded {
+            events.extend(r.upcast::<A>()?);
+        }
+        Ok(events)
     }
 
     /// Events of a stream, still encoded (any aggregate type).

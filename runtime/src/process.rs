@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Aggregate;
 use crate::codec::{self, CodecError};
 use crate::envelope::RecordedEvent;
+use crate::error::ExecuteError;
 use crate::projection::{View, ViewError, ViewSet};
 use crate::runtime::{ExecuteOptions, WeakRuntime};
 use crate::store::StoreError;
-use crate::subscription::{HandleFuture, HandlerError, Subscriber};
+use crate::subscription::{HandleFuture, HandlerError, Interrupted, Subscriber};
 use crate::types::{CommandId, Timestamp};
 
 /// A process manager. See the [module docs](self).
@@ -114,6 +115,9 @@ struct Instance {
 /// An action with its derived command id and the trace ids of its triggering event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Outgoing {
+    /// The position of the triggering event: an event delivers (and clears) only its own
+    /// entries, so one parked event's stuck command never holds back a later event's.
+    pub(crate) trigger: u64,
     pub(crate) command_id: String,
     pub(crate) causation_id: String,
     pub(crate) correlation_id: Option<String>,
@@ -160,25 +164,18 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 codec::decode_plain(&current.state).map_err(|e| Box::new(e) as HandlerError)?
             };
             let actions = self.manager.react(&mut state, event)?;
+            // Commands of an earlier event that were never acknowledged (its handling failed
+            // and it was parked) stay in the outbox until that event is retried.
+            let mut outbox = current.outbox;
             let state = codec::encode_plain("process state", &state)
                 .map_err(|e| Box::new(e) as HandlerError)?;
-            let outbox = actions
-                .into_iter()
-                .enumerate()
-                .map(|(i, action)| Outgoing {
-                    command_id: format!("pm:{}:{}:{i}", self.name, event.event_id),
-                    causation_id: event.event_id.to_string(),
-                    correlation_id: Some(
-                        event
-                            .meta
-                            .correlation_id
-                            .as_deref()
-                            .unwrap_or(&instance_id)
-                            .to_string(),
-                    ),
-                    action,
-                })
-                .collect();
+            outbox.extend(actions.into_iter().enumerate().map(|(i, action)| Outgoing {
+                trigger: event.position.0,
+                command_id: format!("pm:{}:{}:{i}", self.name, event.event_id),
+                causation_id: event.event_id.to_string(),
+                correlation_id: Some(correlation_of(event, &instance_id)),
+                action,
+            }));
             let next = Instance { state, outbox };
             reacted = Some(next.clone());
             Ok::<_, HandlerError>(Some(next))
@@ -190,14 +187,19 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             // Already applied before a crash: send whatever its outbox still holds.
             None => self.instances.get(key)?.unwrap_or_default(),
         };
-        if instance.outbox.is_empty() {
+        let mine: Vec<&Outgoing> = instance
+            .outbox
+            .iter()
+            .filter(|o| o.trigger == event.position.0)
+            .collect();
+        if mine.is_empty() {
             return Ok(());
         }
-        for outgoing in &instance.outbox {
+        for outgoing in mine {
             self.deliver(outgoing).await?;
         }
         self.instances.replace(key, |mut stored| {
-            stored.outbox.clear();
+            stored.outbox.retain(|o| o.trigger != event.position.0);
             stored
         })?;
         Ok(())
@@ -214,17 +216,34 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 })?;
             return Ok(());
         }
-        let runtime = self.runtime.upgrade().ok_or("the runtime is shut down")?;
-        runtime
-            .dispatch(outgoing)
-            .await
-            .map_err(|e| Box::new(e) as HandlerError)
+        let runtime = self
+            .runtime
+            .upgrade()
+            .ok_or_else(|| Interrupted("the runtime is shut down".into()))?;
+        runtime.dispatch(outgoing).await.map_err(|e| match e {
+            // Not this event's fault: pause and try again, never park.
+            ExecuteError::ShuttingDown | ExecuteError::Overloaded { .. } => {
+                Box::new(Interrupted(e.to_string())) as HandlerError
+            }
+            e => Box::new(e) as HandlerError,
+        })
     }
 }
 
 impl<P: ProcessManager> Subscriber for ProcessSubscriber<P> {
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
         Box::pin(self.handle_event(event))
+    }
+}
+
+/// The correlation id of the commands a reaction sends: the triggering event's own, else the
+/// process instance id (the business transaction), else — for an instance id too long to be a
+/// trace id — the triggering event's id.
+fn correlation_of(event: &RecordedEvent, instance_id: &str) -> String {
+    match event.meta.correlation_id.as_deref() {
+        Some(correlation) => correlation.to_string(),
+        None if instance_id.len() <= crate::envelope::TRACE_ID_LEN_MAX => instance_id.to_string(),
+        None => event.event_id.to_string(),
     }
 }
 

@@ -677,10 +677,14 @@ impl Runtime {
         }
     }
 
-    /// Shuts down gracefully: refuses new commands, waits (up to `drain_timeout`) for the
-    /// commands in flight, stops the actors, drains and flushes the journal, and stops the
-    /// actor threads. Idempotent.
+    /// Shuts down gracefully: stops the subscribers after their current page, refuses new
+    /// commands, waits (up to `drain_timeout`) for the commands in flight, stops the actors,
+    /// drains and flushes the journal, and stops the actor threads. Idempotent.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        // Subscribers first, while commands are still accepted: a process manager in the
+        // middle of a page can still send its commands.
+        self.stop_subscribers(self.inner.options.drain_timeout)
+            .await;
         self.inner.accepting.store(false, Ordering::SeqCst);
         let drain = async {
             loop {
@@ -716,7 +720,6 @@ impl Runtime {
                 "shutdown: commands still in flight after the drain timeout"
             );
         }
-        self.stop_subscribers();
         for host in self.inner.hosts.read().values() {
             host.passivate_all();
         }

@@ -98,6 +98,8 @@ pub enum WaitError {
 #[derive(Default)]
 pub(crate) struct Registry {
     subscribers: Mutex<HashMap<String, Entry>>,
+    /// Bumped whenever a rebuilt projection is swapped in, so waits can follow the name.
+    swaps: tokio::sync::watch::Sender<u64>,
     projections: Mutex<HashMap<String, ProjectionEntry>>,
     deadline_timer: AtomicBool,
     next_arbiter: AtomicUsize,
@@ -107,6 +109,16 @@ pub(crate) struct Registry {
 struct Entry {
     shared: Arc<SubscriberShared>,
     addr: Addr<SubscriberActor>,
+}
+
+impl Entry {
+    fn is_running(&self) -> bool {
+        self.addr.connected()
+            && !matches!(
+                *self.shared.status.lock(),
+                SubscriberStatus::Stopped | SubscriberStatus::Failed(_)
+            )
+    }
 }
 
 type Factory = Arc<dyn Fn(&ViewSet) -> Result<Box<dyn Projection>, ViewError> + Send + Sync>;
@@ -143,7 +155,7 @@ impl Runtime {
     /// A name that is valid and not taken.
     fn check_free(&self, name: &str) -> Result<(), SubscribeError> {
         check_name(name)?;
-        if self.entry(name).is_some() {
+        if self.entry(name).is_some_and(|e| e.is_running()) {
             return Err(SubscribeError::AlreadyExists(name.to_string()));
         }
         Ok(())
@@ -187,7 +199,8 @@ impl Runtime {
 
     fn insert_entry(&self, name: &str, entry: Entry) -> Result<(), SubscribeError> {
         let mut subscribers = self.inner().subscriptions.subscribers.lock();
-        if subscribers.contains_key(name) {
+        // A stopped or failed subscriber's name can be taken again.
+        if subscribers.get(name).is_some_and(Entry::is_running) {
             entry.addr.do_send(Stop);
             return Err(SubscribeError::AlreadyExists(name.to_string()));
         }
@@ -383,6 +396,7 @@ impl Runtime {
             p.generation = generation;
             p.rebuilding = false;
         }
+        registry.swaps.send_modify(|n| *n += 1);
         tracing::info!(
             projection = name,
             generation,
@@ -422,7 +436,8 @@ impl Runtime {
         let deadlines = db
             .open_tree(DEADLINES_TREE)
             .map_err(sled_io("opening deadlines"))?;
-        let views = ViewSet::new(db, &format!("pm-{name}"), 0);
+        // '#' is not allowed in projection names, so no projection's trees can share this prefix.
+        let views = ViewSet::new(db, &format!("#pm-{name}"), 0);
         let subscriber =
             ProcessSubscriber::new(name, manager, &views, deadlines.clone(), self.downgrade())?;
         let entry = self.start_subscriber(
@@ -537,13 +552,22 @@ impl Runtime {
         position: Position,
         timeout: Duration,
     ) -> Result<Position, WaitError> {
-        let entry = self
+        let mut entry = self
             .entry(name)
             .ok_or_else(|| WaitError::Unknown(name.to_string()))?;
         let mut checkpoint = entry.shared.checkpoint.subscribe();
+        let mut swaps = self.inner().subscriptions.swaps.subscribe();
         let started = std::time::Instant::now();
         let mut expired = self.timer(timeout);
         loop {
+            // A rebuilt projection replaces its subscriber: follow the name.
+            if let Some(next) = self
+                .entry(name)
+                .filter(|n| !Arc::ptr_eq(&n.shared, &entry.shared))
+            {
+                checkpoint = next.shared.checkpoint.subscribe();
+                entry = next;
+            }
             let reached = *checkpoint.borrow_and_update();
             if reached >= position {
                 return Ok(reached);
@@ -561,9 +585,15 @@ impl Runtime {
             }
             let advanced = {
                 let changed = Box::pin(checkpoint.changed());
+                let swapped = Box::pin(swaps.changed());
+                let progress = futures::future::select(changed, swapped);
                 matches!(
-                    futures::future::select(changed, &mut expired).await,
-                    futures::future::Either::Left((Ok(()), _))
+                    futures::future::select(progress, &mut expired).await,
+                    futures::future::Either::Left((
+                        futures::future::Either::Left((Ok(()), _))
+                            | futures::future::Either::Right((Ok(()), _)),
+                        _
+                    ))
                 )
             };
             if !advanced {
@@ -600,10 +630,35 @@ impl Runtime {
 
     /// Handles a parked event again, between two pages of the subscriber; on success it is
     /// removed from the parked list.
+    ///
+    /// For a **projection**, handling the event alone would be wrong — its view records may
+    /// have moved past it since — so the projection is **rebuilt** instead (beside the live one,
+    /// with the handler as it is now), and the entry leaves the parked list once the rebuild
+    /// has started.
     pub async fn retry_parked(&self, name: &str, position: Position) -> Result<(), RetryError> {
         let entry = self
             .entry(name)
             .ok_or_else(|| RetryError::UnknownSubscriber(name.to_string()))?;
+        let is_projection = self
+            .inner()
+            .subscriptions
+            .projections
+            .lock()
+            .contains_key(name);
+        if is_projection {
+            let store = &self.inner().store;
+            if !store
+                .parked(&entry.shared.name)?
+                .iter()
+                .any(|p| p.position == position)
+            {
+                return Err(RetryError::NotParked(position));
+            }
+            self.rebuild(name)
+                .map_err(|e| RetryError::Failed(format!("cannot rebuild: {e}")))?;
+            store.unpark(&entry.shared.name, position)?;
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         entry
             .addr
@@ -620,10 +675,24 @@ impl Runtime {
         })
     }
 
-    /// Stops every subscriber (shutdown).
-    pub(crate) fn stop_subscribers(&self) {
-        for entry in self.inner().subscriptions.subscribers.lock().values() {
+    /// Stops every subscriber after its current page and waits (up to `timeout`) until they
+    /// have stopped — first thing at shutdown, so that no subscriber is cut off mid-page by
+    /// the runtime refusing its commands.
+    pub(crate) async fn stop_subscribers(&self, timeout: Duration) {
+        let entries: Vec<Entry> = self
+            .inner()
+            .subscriptions
+            .subscribers
+            .lock()
+            .values()
+            .cloned()
+            .collect();
+        for entry in &entries {
             entry.addr.do_send(Stop);
+        }
+        let started = std::time::Instant::now();
+        while entries.iter().any(|e| e.addr.connected()) && started.elapsed() < timeout {
+            let _ = self.timer(Duration::from_millis(5)).await;
         }
     }
 }

@@ -214,8 +214,18 @@ struct Worker {
 enum Pumped {
     More,
     AtHead,
+    /// A handler said the event cannot be handled *now* (see [`Interrupted`]): pump again
+    /// after this pause, from the checkpoint.
+    Interrupted(Duration),
     Failed,
 }
+
+/// A handler error meaning "not a failure of this event: the runtime cannot take it right
+/// now" (it is shutting down, or a queue is full). The subscriber saves its checkpoint before
+/// this event, pauses and tries again from there — it neither retries to a limit nor parks.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("interrupted: {0}")]
+pub struct Interrupted(pub String);
 
 impl Worker {
     /// Processes one page of the log.
@@ -231,7 +241,17 @@ impl Worker {
             Err(e) => return self.fail(&format!("cannot read the log: {e}")),
         };
         for event in &events {
-            if let Err((error, attempts)) = self.handle_with_retries(event).await {
+            let handled = self.handle_with_retries(event).await;
+            if let Err((error, _)) = &handled {
+                if error.downcast_ref::<Interrupted>().is_some() {
+                    tracing::debug!(subscriber = %self.shared.name, position = %event.position, %error, "pausing");
+                    self.save();
+                    return Pumped::Interrupted(
+                        self.options.backoff.max(Duration::from_millis(10)),
+                    );
+                }
+            }
+            if let Err((error, attempts)) = handled {
                 match self.options.on_failure {
                     FailurePolicy::Park => {
                         tracing::warn!(subscriber = %self.shared.name, position = %event.position, %error, "parking an event");
@@ -276,7 +296,9 @@ impl Worker {
             attempts += 1;
             match self.subscriber.handle(event).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempts > self.options.retries => return Err((e, attempts)),
+                Err(e) if attempts > self.options.retries || e.is::<Interrupted>() => {
+                    return Err((e, attempts))
+                }
                 Err(e) => {
                     tracing::debug!(subscriber = %self.shared.name, position = %event.position, error = %e, attempts, "retrying an event");
                     tokio::time::sleep(pause).await;
@@ -351,6 +373,9 @@ pub enum RetryError {
 pub(crate) struct SubscriberActor {
     worker: Option<Worker>,
     head: HeadWatch,
+    /// A `Pump` arrived while the worker was out (busy with a retry): pump once it is back.
+    /// (actix may run a future queued by `notify` before a handler's `ctx.wait` takes effect.)
+    pump_pending: bool,
 }
 
 impl SubscriberActor {
@@ -371,6 +396,7 @@ impl SubscriberActor {
                 checkpoint,
             }),
             head,
+            pump_pending: false,
         }
     }
 
@@ -412,6 +438,7 @@ impl Handler<Pump> for SubscriberActor {
 
     fn handle(&mut self, _: Pump, _ctx: &mut Context<Self>) -> Self::Result {
         let Some(mut worker) = self.worker.take() else {
+            self.pump_pending = true;
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         AtomicResponse::new(Box::pin(
@@ -422,9 +449,13 @@ impl Handler<Pump> for SubscriberActor {
             .into_actor(self)
             .map(|(worker, pumped), act, ctx| {
                 act.worker = Some(worker);
+                act.pump_pending = false;
                 match pumped {
                     Pumped::More => ctx.notify(Pump),
                     Pumped::AtHead => act.wait_for_head(ctx),
+                    Pumped::Interrupted(pause) => {
+                        ctx.run_later(pause, |_, ctx| ctx.notify(Pump));
+                    }
                     Pumped::Failed => ctx.stop(),
                 }
             }),
@@ -478,7 +509,12 @@ impl Handler<RetryParked> for SubscriberActor {
                 worker
             }
             .into_actor(self)
-            .map(|worker, act, _ctx| act.worker = Some(worker)),
+            .map(|worker, act, ctx| {
+                act.worker = Some(worker);
+                if std::mem::take(&mut act.pump_pending) {
+                    ctx.notify(Pump);
+                }
+            }),
         ))
     }
 }

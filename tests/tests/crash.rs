@@ -1,5 +1,8 @@
-//! Crash tests of the journal: `kill -9` the runtime at random moments, reopen the store, and
-//! check that every acknowledged command survived exactly once.
+//! Crash tests of the journal and of the subscribers: `kill -9` the runtime at random moments,
+//! reopen the store, and check that every acknowledged command survived exactly once — and,
+//! with a projection and process managers running, that after a restart each read model equals
+//! its rebuild from the log, no process-manager step was applied twice or lost, and deadlines
+//! still fire.
 //!
 //! # Method (after sled's own crash tests)
 //! The test binary re-executes itself. [`crash_child`] is a test that returns at once unless
@@ -37,6 +40,36 @@
 //! while acknowledged commands of the last flush interval may be missing — whole, and with
 //! their command-id records.
 //!
+//! # Projection and process managers (the subscribers test)
+//! The third test runs the durable cycles with the subscribers of [`register_subscribers`]
+//! registered in the child before its clients start, so the kills land while they work:
+//! - the projection `accounts` keeps, in [`View`]s, each account's balance and movement count
+//!   and one record of totals that every event updates;
+//! - the process manager `mirror` reacts to each deposit on a client account whose id ends in
+//!   `7`: the account's n-th such deposit sends a deposit of n (the process state) to
+//!   `mirror-<account>` and, if the deposit was larger than [`ECHO_ABOVE`], a second command
+//!   (index 1) depositing the same amount to `echo-<account>`;
+//! - the process manager `deadline` reacts to each deposit on a client account whose id ends in
+//!   `3`: the n-th schedules a deposit of n to `deadline-<account>`, due 100–300 ms after the
+//!   trigger was recorded.
+//!
+//! Only the clients' accounts trigger anything, so the work is finite once the child is dead.
+//! After each kill the parent runs the store checks above, then starts a [`Runtime`] on the same
+//! store, registers the same subscribers, and polls (bounded) until every subscriber has
+//! processed the whole log, no expected command can still come (all are applied, or only
+//! deadlines long past due are missing), and the log has not grown for three deadline ticks.
+//! Then, from a model computed from scratch over the whole log (`read_all`):
+//! - every view equals the model: same keys, same values;
+//! - every command a trigger calls for — id `pm:{manager}:{trigger event id}:{index}` — is on
+//!   exactly one event: on the planned account, with the planned amount (so the process state
+//!   advanced exactly once per trigger), with the trigger's event id as causation id, and for a
+//!   deadline recorded no earlier than it was due; no other event carries a process manager's
+//!   command id, and no target account has two events with one causation id;
+//! - `wait_for` of every subscriber returns at once for the head; no subscriber failed or parked
+//!   an event; no deadline is left scheduled (white-box: the runtime's `deadlines` tree).
+//!
+//! Then it shuts the runtime down cleanly before the next child starts.
+//!
 //! This is a *process* crash: the kernel keeps what the process had handed to it, so the test
 //! exercises the order of acknowledgements against sled's user-space log buffers (written only
 //! by `flush`) and the recovery code. It cannot simulate power loss.
@@ -44,18 +77,22 @@
 //! # Environment
 //! - `ANNALS_CRASH_CYCLES`: kill cycles of the durable test (default 5, for CI).
 //! - `ANNALS_CRASH_RELAXED_CYCLES`: kill cycles of the relaxed test (default 3).
+//! - `ANNALS_CRASH_PM_CYCLES`: kill cycles of the subscribers test (default 5).
 //! - `ANNALS_CRASH_SEED`: seed of the kill delays and of the clients' choices (default: from
 //!   the clock). Printed, but timing makes a run only roughly repeatable.
 //! - Set by the parent for the child only: `ANNALS_CRASH_CHILD` (database directory),
-//!   `ANNALS_CRASH_ACKS` (acknowledgement file), `ANNALS_CRASH_MODE` (`durable`/`relaxed`),
+//!   `ANNALS_CRASH_ACKS` (acknowledgement file), `ANNALS_CRASH_MODE`
+//!   (`durable`/`relaxed`/`subscribers`),
 //!   `ANNALS_CRASH_CYCLE`.
 //!
 //! Run by hand, with the figures printed:
-//! `ANNALS_CRASH_CYCLES=100 cargo test -p annals-tests --test crash -- --nocapture`.
+//! `ANNALS_CRASH_CYCLES=100 cargo test -p annals-tests --test crash -- --nocapture`, or
+//! `ANNALS_CRASH_PM_CYCLES=30 cargo test -p annals-tests --test crash projections --
+//! --nocapture` for the subscribers test alone.
 //! On failure the test keeps its directory (database, acknowledgement files, child output)
 //! under the target directory and names it in the panic message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -67,9 +104,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use annals::codec;
 use annals::store::sled::{Durability, SledOptions, SledStore};
 use annals::store::{EventStore, StoredOutcome};
+use annals::subscribe::DEADLINE_TICK;
+use annals::{Action, HandlerError, ProcessManager, Projection, SubscribeError};
 use annals::{CommandId, ExecuteOptions, Executed, Position, RecordedEvent, Runtime};
-use annals::{RuntimeOptions, StreamId, Version};
+use annals::{RuntimeOptions, StreamId, Timestamp, Version};
+use annals::{SubscriberOptions, SubscriberStatus, View, ViewError, ViewSet};
 use annals_domain::bank::{Account, AccountCommand, AccountEvent, AccountRejection};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const ENV_CHILD: &str = "ANNALS_CRASH_CHILD";
@@ -79,15 +121,19 @@ const ENV_CYCLE: &str = "ANNALS_CRASH_CYCLE";
 const ENV_SEED: &str = "ANNALS_CRASH_SEED";
 const ENV_CYCLES: &str = "ANNALS_CRASH_CYCLES";
 const ENV_RELAXED_CYCLES: &str = "ANNALS_CRASH_RELAXED_CYCLES";
+const ENV_SUBSCRIBER_CYCLES: &str = "ANNALS_CRASH_PM_CYCLES";
 
 /// The name libtest gives the child test, for `--exact`.
 const CHILD_TEST_NAME: &str = "crash_child";
 
-/// Durable cycles by default: 3–5 s in a debug build on 2 cores (measured; the whole file
-/// takes under 10 s).
+/// Durable cycles by default: 3–5 s in a debug build on 2 cores (measured; the whole file,
+/// subscribers test included, takes about 10 s).
 const CYCLES_DEFAULT: usize = 5;
 /// Relaxed cycles by default: enough to see a lost suffix, cheap.
 const RELAXED_CYCLES_DEFAULT: usize = 3;
+/// Subscriber cycles by default: 1–1.5 s each in a debug build on 2 cores (measured), as each
+/// also waits for the restarted subscribers to finish their work.
+const SUBSCRIBER_CYCLES_DEFAULT: usize = 5;
 /// Refuse absurd cycle counts rather than run for days.
 const CYCLES_MAX: usize = 100_000;
 
@@ -201,6 +247,44 @@ fn relaxed_journal_loses_at_most_a_whole_suffix_across_kill_9() {
     );
 }
 
+#[test]
+fn projections_and_process_managers_recover_exactly_once_across_kill_9() {
+    let cycles = env_cycles(ENV_SUBSCRIBER_CYCLES, SUBSCRIBER_CYCLES_DEFAULT);
+    let s = run_cycles(Mode::Subscribers, cycles);
+    let f = &s.subscribers;
+    println!(
+        "crash (subscribers): {} cycles in {:.1?} (child {:.1?}, checks {:.1?}, of which waiting \
+         for the subscribers {:.1?}, longest {:.1?}); {} events in the log; {} acks checked; \
+         after the restarts the subscribers had {} events to catch up or redeliver; views \
+         equal to a rebuild: {} records in the last cycle; {} mirror triggers -> {} mirror \
+         commands, {} deadlines, each applied exactly once ({} command checks over all cycles); \
+         applied by the restarted runtime: {} mirror commands and {} deadlines ({} of them \
+         overdue at the restart, firing late); seed {}",
+        s.cycles,
+        s.elapsed,
+        s.child_time,
+        s.check_time,
+        f.wait_time,
+        f.wait_max,
+        s.events,
+        s.committed + s.rejected,
+        f.backlog_events,
+        f.view_records,
+        f.mirror_triggers,
+        f.mirror_commands,
+        f.deadlines,
+        f.command_checks,
+        f.mirror_after_restart,
+        f.deadlines_after_restart,
+        f.deadlines_overdue,
+        s.seed,
+    );
+    assert!(
+        f.mirror_commands > 0 && f.deadlines > 0,
+        "no process-manager trigger in {cycles} cycles: the test checked nothing"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The child
 
@@ -211,6 +295,10 @@ fn run_child(dir: &Path, acks_path: &Path, mode: Mode, cycle: u64, seed: u64) {
     runtime
         .register::<Account>()
         .expect("child: register Account");
+    if mode == Mode::Subscribers {
+        register_subscribers(&runtime)
+            .expect("child: register the projection and the process managers");
+    }
     let acks = OpenOptions::new()
         .create(true)
         .append(true)
@@ -342,12 +430,230 @@ fn rejected_line(command_id: &str, account: &str, rejection: &AccountRejection) 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The subscribers of the third test: one projection, two process managers
+
+/// The projection: balance and movements per account, totals over the whole log.
+const PROJECTION: &str = "accounts";
+const VIEW_BALANCE: &str = "balance";
+const VIEW_MOVEMENTS: &str = "movements";
+const VIEW_TOTALS: &str = "totals";
+/// The totals view's one record: every event updates it, so it is the record that sees the
+/// most redeliveries.
+const TOTALS_KEY: &str = "all";
+/// The process managers; their commands have ids `pm:{name}:{event id}:{index}`.
+const MIRROR_PM: &str = "mirror";
+const DEADLINE_PM: &str = "deadline";
+/// Only events of the clients' accounts trigger a process manager, so the managers' own
+/// commands trigger nothing and the parent can wait until all work is done.
+const CLIENT_ACCOUNT_PREFIX: &str = "acct-";
+/// Targets of the process managers' commands: `{prefix}{client account}`.
+const MIRROR_PREFIX: &str = "mirror-";
+const ECHO_PREFIX: &str = "echo-";
+const DEADLINE_PREFIX: &str = "deadline-";
+/// A mirrored deposit larger than this also sends a second command (index 1), to the echo
+/// account, so reactions with more than one command are covered.
+const ECHO_ABOVE: u64 = 50;
+/// A deadline is due 100–300 ms after its triggering deposit was recorded, the delay taken
+/// from the amount (1–100): a reaction run again after a crash schedules the same time.
+const DEADLINE_DELAY_MS_MIN: u64 = 100;
+const DEADLINE_DELAY_MS_SPAN: u64 = 200;
+
+/// What makes a process manager react: a deposit on a client account whose id ends in `7`
+/// (mirror) or in `3` (deadline); a tenth of the accounts each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Trigger {
+    Mirror,
+    Deadline,
+}
+
+impl Trigger {
+    fn of(event: &RecordedEvent) -> Option<Trigger> {
+        let account = event.stream.aggregate_id();
+        if !account.starts_with(CLIENT_ACCOUNT_PREFIX) || &*event.event_type != "Deposited" {
+            return None;
+        }
+        match account.as_bytes().last() {
+            Some(b'7') => Some(Trigger::Mirror),
+            Some(b'3') => Some(Trigger::Deadline),
+            _ => None,
+        }
+    }
+
+    fn manager(self) -> &'static str {
+        match self {
+            Trigger::Mirror => MIRROR_PM,
+            Trigger::Deadline => DEADLINE_PM,
+        }
+    }
+}
+
+/// A deposit a process manager sends for a trigger, now (`at: None`) or at a deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Planned {
+    target: String,
+    amount: u64,
+    at: Option<Timestamp>,
+}
+
+/// The deposits sent for the `ordinal`-th trigger (from 1) of one client account, a deposit of
+/// `amount`. The process managers and the parent's model both use it. The mirror deposit's
+/// amount is the ordinal — the process state — so a state change applied twice (or lost)
+/// shows in every later mirror deposit of that account.
+fn plan(trigger: Trigger, event: &RecordedEvent, amount: u64, ordinal: u64) -> Vec<Planned> {
+    let account = event.stream.aggregate_id();
+    match trigger {
+        Trigger::Mirror => {
+            let mut planned = vec![Planned {
+                target: format!("{MIRROR_PREFIX}{account}"),
+                amount: ordinal,
+                at: None,
+            }];
+            if amount > ECHO_ABOVE {
+                planned.push(Planned {
+                    target: format!("{ECHO_PREFIX}{account}"),
+                    amount,
+                    at: None,
+                });
+            }
+            planned
+        }
+        Trigger::Deadline => {
+            let delay_ms =
+                DEADLINE_DELAY_MS_MIN + amount.saturating_mul(2).min(DEADLINE_DELAY_MS_SPAN);
+            let at = Timestamp(event.meta.recorded_at.0.saturating_add(delay_ms * 1000));
+            vec![Planned {
+                target: format!("{DEADLINE_PREFIX}{account}"),
+                amount: ordinal,
+                at: Some(at),
+            }]
+        }
+    }
+}
+
+/// Both process managers: one instance per client account, whose state counts its triggers.
+struct Reactor(Trigger);
+
+impl ProcessManager for Reactor {
+    type State = u64;
+
+    fn instance(&self, event: &RecordedEvent) -> Option<String> {
+        (Trigger::of(event) == Some(self.0)).then(|| event.stream.aggregate_id().to_string())
+    }
+
+    fn react(
+        &self,
+        triggers: &mut u64,
+        event: &RecordedEvent,
+    ) -> Result<Vec<Action>, HandlerError> {
+        let AccountEvent::Deposited { amount } = event.decode::<AccountEvent>()?.payload else {
+            return Err(format!("the trigger at {} is not a deposit", event.position).into());
+        };
+        *triggers += 1;
+        plan(self.0, event, amount, *triggers)
+            .into_iter()
+            .map(|planned| {
+                let command = AccountCommand::Deposit {
+                    amount: planned.amount,
+                };
+                let action = match planned.at {
+                    None => Action::command::<Account>(planned.target, &command),
+                    Some(at) => Action::schedule::<Account>(at, planned.target, &command),
+                };
+                action.map_err(HandlerError::from)
+            })
+            .collect()
+    }
+}
+
+/// The totals view's record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Totals {
+    events: u64,
+    deposited: u64,
+    withdrawn: u64,
+}
+
+impl Totals {
+    fn after(self, event: &AccountEvent) -> Totals {
+        let (deposited, withdrawn) = match *event {
+            AccountEvent::Deposited { amount } => (amount, 0),
+            AccountEvent::Withdrawn { amount } => (0, amount),
+        };
+        Totals {
+            events: self.events + 1,
+            deposited: self.deposited.saturating_add(deposited),
+            withdrawn: self.withdrawn.saturating_add(withdrawn),
+        }
+    }
+}
+
+/// An account's balance after `event` (the log check rules out overdrawing withdrawals).
+fn balance_after(balance: u64, event: &AccountEvent) -> u64 {
+    match *event {
+        AccountEvent::Deposited { amount } => balance.saturating_add(amount),
+        AccountEvent::Withdrawn { amount } => balance.saturating_sub(amount),
+    }
+}
+
+struct AccountsProjection {
+    balance: View<u64>,
+    movements: View<u64>,
+    totals: View<Totals>,
+}
+
+impl AccountsProjection {
+    fn new(views: &ViewSet) -> Result<AccountsProjection, ViewError> {
+        Ok(AccountsProjection {
+            balance: views.view(VIEW_BALANCE)?,
+            movements: views.view(VIEW_MOVEMENTS)?,
+            totals: views.view(VIEW_TOTALS)?,
+        })
+    }
+}
+
+impl Projection for AccountsProjection {
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let payload = event.decode::<AccountEvent>()?.payload;
+        let key = event.stream.aggregate_id().as_bytes();
+        let at = event.position;
+        self.balance
+            .update(key, at, |b| Some(balance_after(b.unwrap_or(0), &payload)))?;
+        self.movements
+            .update(key, at, |m| Some(m.unwrap_or(0) + 1))?;
+        self.totals.update(TOTALS_KEY.as_bytes(), at, |t| {
+            Some(t.unwrap_or_default().after(&payload))
+        })?;
+        Ok(())
+    }
+}
+
+/// Registers the projection and the process managers, in the child and in the parent alike.
+fn register_subscribers(runtime: &Runtime) -> Result<(), SubscribeError> {
+    runtime.project(
+        PROJECTION,
+        SubscriberOptions::default(),
+        AccountsProjection::new,
+    )?;
+    for trigger in [Trigger::Mirror, Trigger::Deadline] {
+        runtime.process_manager(
+            trigger.manager(),
+            Reactor(trigger),
+            SubscriberOptions::default(),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The parent
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Durable,
     Relaxed,
+    /// Durable, with the projection and process managers of [`register_subscribers`] running
+    /// in the child and, after every kill, in the parent.
+    Subscribers,
 }
 
 impl Mode {
@@ -355,18 +661,19 @@ impl Mode {
         match self {
             Mode::Durable => "durable",
             Mode::Relaxed => "relaxed",
+            Mode::Subscribers => "subscribers",
         }
     }
 
     fn parse(name: &str) -> Option<Mode> {
-        [Mode::Durable, Mode::Relaxed]
+        [Mode::Durable, Mode::Relaxed, Mode::Subscribers]
             .into_iter()
             .find(|m| m.name() == name)
     }
 
     fn durability(self) -> Durability {
         match self {
-            Mode::Durable => Durability::Durable,
+            Mode::Durable | Mode::Subscribers => Durability::Durable,
             Mode::Relaxed => Durability::Relaxed {
                 flush_interval: RELAXED_FLUSH_INTERVAL,
             },
@@ -400,6 +707,8 @@ struct Summary {
     elapsed: Duration,
     child_time: Duration,
     check_time: Duration,
+    /// Subscribers mode only.
+    subscribers: SubscriberFigures,
 }
 
 fn run_cycles(mode: Mode, cycles: usize) -> Summary {
@@ -447,7 +756,14 @@ fn run_cycles(mode: Mode, cycles: usize) -> Summary {
             let file = read_acks(paths.acks)?;
             summary.cycles_opened += usize::from(file.opened);
             summary.torn_lines += usize::from(file.torn);
-            check_cycle(&db, mode, &mut kept, file.acks, &mut summary)
+            match mode {
+                Mode::Subscribers => {
+                    check_subscribers_cycle(&db, &mut kept, file.acks, &mut summary)
+                }
+                Mode::Durable | Mode::Relaxed => {
+                    check_cycle(&db, mode, &mut kept, file.acks, &mut summary)
+                }
+            }
         });
         summary.check_time += checked_started.elapsed();
         if let Err(problem) = result {
@@ -729,18 +1045,40 @@ fn check_cycle(
     new: Vec<Ack>,
     summary: &mut Summary,
 ) -> Result<(), String> {
+    let store = reopen_store(db, summary)?;
+    let (problems, _) = check_store(&store, mode, kept, new, summary);
+    let shutdown = store.shutdown();
+    drop(store);
+    problems.into_result()?;
+    shutdown.map_err(|e| format!("shutting the parent's store down failed: {e}"))
+}
+
+/// Opens the store after a kill (recovery and the integrity check), counting what recovery did.
+fn reopen_store(db: &Path, summary: &mut Summary) -> Result<SledStore, String> {
     let store = SledStore::open(SledOptions::new(db))
         .map_err(|e| format!("reopening the store after the kill failed: {e}"))?;
-    let report = store.recovery_report().clone();
+    let report = store.recovery_report();
     summary.records_removed += report.records_removed;
     summary.records_reindexed += report.records_reindexed;
+    Ok(store)
+}
+
+/// The checks of the log and of the acknowledgements (see the module docs). Returns the
+/// problems found and the log as read.
+fn check_store(
+    store: &SledStore,
+    mode: Mode,
+    kept: &mut Vec<Ack>,
+    new: Vec<Ack>,
+    summary: &mut Summary,
+) -> (Problems, LogModel) {
     let mut problems = Problems::default();
-    let log = read_log(&store, &mut problems);
-    check_streams(&store, &log, &mut problems);
+    let log = read_log(store, &mut problems);
+    check_streams(store, &log, &mut problems);
     let head = store.head_position().0;
     summary.ack_checks += kept.len() + new.len();
     for ack in kept.iter() {
-        if check_ack(&store, &log, ack, &mut problems) == Presence::Absent {
+        if check_ack(store, &log, ack, &mut problems) == Presence::Absent {
             problems.add(format!(
                 "acknowledged in an earlier cycle, now lost: {ack:?}"
             ));
@@ -748,7 +1086,7 @@ fn check_cycle(
     }
     for ack in new {
         match (
-            check_ack(&store, &log, &ack, &mut problems),
+            check_ack(store, &log, &ack, &mut problems),
             mode,
             &ack.outcome,
         ) {
@@ -765,10 +1103,7 @@ fn check_cycle(
         }
     }
     summary.events = log.events.len() as u64;
-    let shutdown = store.shutdown();
-    drop(store);
-    problems.into_result()?;
-    shutdown.map_err(|e| format!("shutting the parent's store down failed: {e}"))
+    (problems, log)
 }
 
 /// Reads the whole log, page by page, checking positions, versions, event ids and balances.
@@ -1070,6 +1405,509 @@ fn check_rejection(
             ));
         }
         _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subscribers' checks (third test)
+
+/// How long the parent waits for the subscribers to process the log and for every deadline
+/// to fire. A cycle's backlog takes about a second in a debug build; far beyond this
+/// something is stuck.
+const SUBSCRIBERS_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often the parent looks at the subscribers and the log.
+const SUBSCRIBERS_POLL: Duration = Duration::from_millis(20);
+/// How long all work must stay done before the checks: three deadline ticks, in which a
+/// deadline sent twice or a stray command would show up in the log.
+const SUBSCRIBERS_SETTLE: Duration = DEADLINE_TICK.saturating_mul(3);
+/// How late a deadline may be sent (in µs) before the parent stops waiting for it: ten
+/// deadline ticks, ample even when hundreds fell due while the child was dead and are sent one
+/// after the other. Only a failing run waits this long.
+const DEADLINE_GRACE_MICROS: u64 = 1_000_000;
+/// White-box: the tree in which the runtime keeps scheduled deadlines until they are sent
+/// (`runtime/src/subscribe.rs`).
+const DEADLINES_TREE: &str = "deadlines";
+
+/// The figures of the subscribers test.
+#[derive(Debug, Default)]
+struct SubscriberFigures {
+    /// The subscribers' lag when the parent restarted them (events to catch up on or to have
+    /// redelivered), summed over the subscribers and the cycles.
+    backlog_events: u64,
+    /// View records compared with the rebuild, in the last cycle.
+    view_records: usize,
+    /// Triggers and the commands they call for, in the final log.
+    mirror_triggers: u64,
+    mirror_commands: usize,
+    deadlines: usize,
+    /// Expected commands checked, summed over the cycles.
+    command_checks: usize,
+    /// Commands applied by the parent's runtime, summed over the cycles.
+    mirror_after_restart: usize,
+    deadlines_after_restart: usize,
+    /// Deadlines applied by the parent's runtime that were due before it started.
+    deadlines_overdue: usize,
+    /// Time spent waiting for the subscribers to finish their work.
+    wait_time: Duration,
+    wait_max: Duration,
+}
+
+/// Where and when the parent restarted the runtime.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    head: Position,
+    at: Timestamp,
+}
+
+/// After a kill: the store checks of the durable test, then a runtime on the same database
+/// with the same subscribers, a wait until all their work is done, and the subscriber checks
+/// (see the module docs).
+fn check_subscribers_cycle(
+    db: &Path,
+    kept: &mut Vec<Ack>,
+    new: Vec<Ack>,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let store = reopen_store(db, summary)?;
+    let (problems, log) = check_store(&store, Mode::Subscribers, kept, new, summary);
+    if problems.total > 0 {
+        let shutdown = store.shutdown();
+        drop(store);
+        problems.into_result()?;
+        return shutdown.map_err(|e| format!("shutting the parent's store down failed: {e}"));
+    }
+    let restart = Restart {
+        head: store.head_position(),
+        at: Timestamp::now(),
+    };
+    let deadlines = store
+        .database()
+        .open_tree(DEADLINES_TREE)
+        .map_err(|e| format!("cannot open the deadlines tree: {e}"))?;
+    let runtime = Runtime::with_sled_store(store, RuntimeOptions::new(db))
+        .map_err(|e| format!("starting the parent's runtime failed: {e}"))?;
+    let checked = check_subscribers(&runtime, &log, restart, &deadlines, summary);
+    // The tree holds the database open: it must be closed before the next child opens it.
+    drop(deadlines);
+    let shutdown = futures::executor::block_on(runtime.shutdown());
+    drop(runtime);
+    checked?;
+    shutdown.map_err(|e| format!("shutting the parent's runtime down failed: {e}"))
+}
+
+fn check_subscribers(
+    runtime: &Runtime,
+    log: &LogModel,
+    restart: Restart,
+    deadlines: &sled::Tree,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let figures = &mut summary.subscribers;
+    // Checkpoints as the kill left them (a projection's is stored per generation; this test
+    // never rebuilds, so it is generation 0).
+    for name in [
+        format!("{PROJECTION}@0"),
+        MIRROR_PM.into(),
+        DEADLINE_PM.into(),
+    ] {
+        let checkpoint = runtime
+            .store()
+            .load_checkpoint(&name)
+            .map_err(|e| format!("cannot read the checkpoint of {name}: {e}"))?;
+        figures.backlog_events += restart.head.0.saturating_sub(checkpoint.0);
+    }
+    runtime
+        .register::<Account>()
+        .map_err(|e| format!("the parent cannot register Account: {e}"))?;
+    register_subscribers(runtime).map_err(|e| format!("the parent cannot register: {e}"))?;
+    let mut problems = Problems::default();
+    let mut model = SubscriberModel::default();
+    for event in &log.events {
+        model.add(event, &mut problems);
+    }
+    let waited = wait_until_done(runtime, &mut model, &mut problems)?;
+    figures.wait_time += waited;
+    figures.wait_max = figures.wait_max.max(waited);
+    summary.events = model.read;
+    // Read-your-writes after the restart: every subscriber has reached the head.
+    let head = Position(model.read);
+    for name in [PROJECTION, MIRROR_PM, DEADLINE_PM] {
+        match futures::executor::block_on(runtime.wait_for(name, head, SUBSCRIBERS_POLL)) {
+            Ok(reached) if reached >= head => {}
+            other => problems.add(format!(
+                "wait_for({name}, {head}) after the restart gives {other:?}"
+            )),
+        }
+    }
+    figures.view_records = check_views(runtime, &model, &mut problems);
+    check_commands(&model, restart, figures, &mut problems);
+    for name in [PROJECTION, MIRROR_PM, DEADLINE_PM] {
+        match runtime.parked(name) {
+            Ok(parked) if parked.is_empty() => {}
+            Ok(parked) => problems.add(format!(
+                "{name} parked {} events, whose steps are lost until retried; the first: {:?}",
+                parked.len(),
+                parked.first()
+            )),
+            Err(e) => problems.add(format!("cannot list the parked events of {name}: {e}")),
+        }
+    }
+    // Every scheduled deadline has fired, and one left in place would be sent again every tick.
+    let left = deadlines.len();
+    if left > 0 {
+        problems.add(format!(
+            "{left} deadlines are still scheduled after every scheduled deadline was applied"
+        ));
+    }
+    problems.into_result()
+}
+
+/// Waits (bounded) until the subscribers' work is done: every subscriber has processed the
+/// whole log, no command the triggers call for can still come (all applied, or only missing
+/// ones that are past hope: see [`SubscriberModel::may_still_apply`]), and the log has not
+/// grown for [`SUBSCRIBERS_SETTLE`]. Returns how long that took. Missing commands are reported
+/// by the checks that follow.
+fn wait_until_done(
+    runtime: &Runtime,
+    model: &mut SubscriberModel,
+    problems: &mut Problems,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    // Since when the work has looked done, and the log's end then.
+    let mut done_since: Option<(Instant, u64)> = None;
+    // Bounded by SUBSCRIBERS_WAIT_MAX.
+    loop {
+        model.read_new(runtime, problems)?;
+        let infos = runtime.subscribers();
+        if let Some(failed) = infos
+            .iter()
+            .find(|i| matches!(i.status, SubscriberStatus::Failed(_)))
+        {
+            return Err(format!(
+                "subscriber {} failed: {:?}",
+                failed.name, failed.status
+            ));
+        }
+        let caught_up = infos.len() == 3
+            && runtime.head_position().0 == model.read
+            && infos.iter().all(|i| i.checkpoint.0 >= model.read);
+        if caught_up && !model.may_still_apply(Timestamp::now()) {
+            match done_since {
+                Some((since, read)) if read == model.read => {
+                    if since.elapsed() >= SUBSCRIBERS_SETTLE {
+                        return Ok(started.elapsed());
+                    }
+                }
+                _ => done_since = Some((Instant::now(), model.read)),
+            }
+        } else {
+            done_since = None;
+        }
+        if started.elapsed() > SUBSCRIBERS_WAIT_MAX {
+            let sample: Vec<_> = model
+                .expected
+                .iter()
+                .filter(|(id, _)| !model.applied.contains_key(*id))
+                .take(5)
+                .collect();
+            return Err(format!(
+                "after {SUBSCRIBERS_WAIT_MAX:?}: {} process-manager commands not applied (such \
+                 as {sample:?}); log read to {}; subscribers {infos:?}",
+                model.pending, model.read
+            ));
+        }
+        std::thread::sleep(SUBSCRIBERS_POLL);
+    }
+}
+
+/// What the subscribers should have made of the log, computed from scratch.
+#[derive(Default)]
+struct SubscriberModel {
+    /// The last position read.
+    read: u64,
+    balances: BTreeMap<String, u64>,
+    movements: BTreeMap<String, u64>,
+    totals: Totals,
+    /// Triggers so far per process manager and client account.
+    triggers: HashMap<(Trigger, String), u64>,
+    /// The commands the triggers in the log call for, by command id.
+    expected: HashMap<String, Expected>,
+    /// Expected commands not applied yet.
+    pending: usize,
+    /// The events carrying a process manager's command id, by command id.
+    applied: HashMap<String, Vec<RecordedEvent>>,
+    /// Positions of the events on the target accounts, per account and causation id.
+    causations: HashMap<(String, String), Vec<Position>>,
+}
+
+/// A command a trigger calls for.
+#[derive(Debug)]
+struct Expected {
+    trigger: Trigger,
+    trigger_id: Uuid,
+    trigger_position: Position,
+    planned: Planned,
+}
+
+impl SubscriberModel {
+    /// Whether a command still missing can yet be applied, once every subscriber has processed
+    /// the whole log: a process manager sends its immediate commands before its checkpoint
+    /// passes the trigger, so only a deadline can still come — until [`DEADLINE_GRACE_MICROS`] after
+    /// it is due. Waiting for anything else would only delay the failure report.
+    fn may_still_apply(&self, now: Timestamp) -> bool {
+        self.pending > 0
+            && self.expected.iter().any(|(command_id, expected)| {
+                expected.planned.at.is_some_and(|at| {
+                    at.0.saturating_add(DEADLINE_GRACE_MICROS) >= now.0
+                        && !self.applied.contains_key(command_id)
+                })
+            })
+    }
+
+    /// Reads the log after `read`.
+    fn read_new(&mut self, runtime: &Runtime, problems: &mut Problems) -> Result<(), String> {
+        // Each page advances `read` or ends the loop.
+        loop {
+            let from = Position(self.read + 1);
+            let page = runtime
+                .read_all(from, PAGE)
+                .map_err(|e| format!("read_all from {from} failed: {e}"))?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for event in &page {
+                if event.position.0 != self.read + 1 {
+                    return Err(format!(
+                        "the log has position {} where {} was due",
+                        event.position,
+                        self.read + 1
+                    ));
+                }
+                self.add(event, problems);
+            }
+        }
+    }
+
+    fn add(&mut self, event: &RecordedEvent, problems: &mut Problems) {
+        self.read = event.position.0;
+        let payload = match event.decode::<AccountEvent>() {
+            Ok(decoded) => decoded.payload,
+            Err(e) => {
+                problems.add(format!("event at {} does not decode: {e}", event.position));
+                return;
+            }
+        };
+        let account = event.stream.aggregate_id();
+        let balance = self.balances.entry(account.to_string()).or_default();
+        *balance = balance_after(*balance, &payload);
+        *self.movements.entry(account.to_string()).or_default() += 1;
+        self.totals = self.totals.after(&payload);
+        if let (Some(trigger), AccountEvent::Deposited { amount }) = (Trigger::of(event), &payload)
+        {
+            let ordinal = self
+                .triggers
+                .entry((trigger, account.to_string()))
+                .or_default();
+            *ordinal += 1;
+            for (i, planned) in plan(trigger, event, *amount, *ordinal)
+                .into_iter()
+                .enumerate()
+            {
+                let command_id = format!("pm:{}:{}:{i}", trigger.manager(), event.event_id);
+                self.pending += 1;
+                let expected = Expected {
+                    trigger,
+                    trigger_id: event.event_id,
+                    trigger_position: event.position,
+                    planned,
+                };
+                self.expected.insert(command_id, expected);
+            }
+        }
+        let command_id = event.meta.command_id.as_ref().map(CommandId::as_str);
+        if let Some(command_id) = command_id.filter(|id| id.starts_with("pm:")) {
+            let applied = self.applied.entry(command_id.to_string()).or_default();
+            // A command is committed after its trigger, so it is expected by now.
+            if applied.is_empty() && self.expected.contains_key(command_id) {
+                self.pending -= 1;
+            }
+            applied.push(event.clone());
+        }
+        if [MIRROR_PREFIX, ECHO_PREFIX, DEADLINE_PREFIX]
+            .iter()
+            .any(|prefix| account.starts_with(prefix))
+        {
+            let causation = event.meta.causation_id.as_deref().unwrap_or("(none)");
+            self.causations
+                .entry((account.to_string(), causation.to_string()))
+                .or_default()
+                .push(event.position);
+        }
+    }
+}
+
+/// Every view of the projection equals its rebuild from the log. Returns the records compared.
+fn check_views(runtime: &Runtime, model: &SubscriberModel, problems: &mut Problems) -> usize {
+    // The totals record exists once there is an event.
+    let totals = (model.read > 0)
+        .then(|| (TOTALS_KEY.to_string(), model.totals))
+        .into_iter()
+        .collect();
+    check_view(runtime, VIEW_BALANCE, &model.balances, problems)
+        + check_view(runtime, VIEW_MOVEMENTS, &model.movements, problems)
+        + check_view(runtime, VIEW_TOTALS, &totals, problems)
+}
+
+fn check_view<V>(
+    runtime: &Runtime,
+    name: &str,
+    rebuilt: &BTreeMap<String, V>,
+    problems: &mut Problems,
+) -> usize
+where
+    V: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let view: View<V> = match runtime.view(PROJECTION, name) {
+        Ok(view) => view,
+        Err(e) => {
+            problems.add(format!("cannot open view {name}: {e}"));
+            return 0;
+        }
+    };
+    let mut live = BTreeMap::new();
+    for record in view.iter() {
+        match record {
+            Ok((key, value)) => {
+                live.insert(String::from_utf8_lossy(&key).into_owned(), value);
+            }
+            Err(e) => problems.add(format!("view {name}: {e}")),
+        }
+    }
+    let keys: BTreeSet<&String> = live.keys().chain(rebuilt.keys()).collect();
+    for key in keys {
+        let (found, due) = (live.get(key), rebuilt.get(key));
+        if found != due {
+            problems.add(format!(
+                "view {name} has {found:?} for {key}, a rebuild from the log gives {due:?}"
+            ));
+        }
+    }
+    live.len()
+}
+
+/// Every command the triggers call for is applied exactly once, as planned, caused by its
+/// trigger, and a deadline not before it is due; nothing else is applied.
+fn check_commands(
+    model: &SubscriberModel,
+    restart: Restart,
+    figures: &mut SubscriberFigures,
+    problems: &mut Problems,
+) {
+    figures.mirror_triggers = model
+        .triggers
+        .iter()
+        .filter(|((trigger, _), _)| *trigger == Trigger::Mirror)
+        .map(|(_, n)| n)
+        .sum();
+    // Each list in log order, so the first problems listed are the earliest.
+    let mut strays: Vec<_> = model
+        .applied
+        .iter()
+        .filter(|(command_id, _)| !model.expected.contains_key(*command_id))
+        .map(|(command_id, events)| {
+            let positions: Vec<_> = events.iter().map(|e| e.position.0).collect();
+            (positions, command_id)
+        })
+        .collect();
+    strays.sort();
+    for (positions, command_id) in strays {
+        problems.add(format!(
+            "{command_id} was applied at positions {positions:?}, but no trigger calls for it"
+        ));
+    }
+    let mut caused_twice: Vec<_> = model
+        .causations
+        .iter()
+        .filter(|(_, positions)| positions.len() > 1)
+        .collect();
+    caused_twice.sort_by_key(|(_, positions)| positions.first().copied());
+    for ((account, causation), positions) in caused_twice {
+        problems.add(format!(
+            "{account} has {} events caused by {causation}, at positions {positions:?}",
+            positions.len()
+        ));
+    }
+    figures.mirror_commands = 0;
+    figures.deadlines = 0;
+    // In log order, so the first problems listed are the earliest.
+    let mut expected: Vec<_> = model.expected.iter().collect();
+    expected.sort_by_key(|(command_id, e)| (e.trigger_position, *command_id));
+    for (command_id, expected) in expected {
+        figures.command_checks += 1;
+        match expected.trigger {
+            Trigger::Mirror => figures.mirror_commands += 1,
+            Trigger::Deadline => figures.deadlines += 1,
+        }
+        let event = match model.applied.get(command_id).map(Vec::as_slice) {
+            None | Some([]) => {
+                problems.add(format!("{command_id} was never applied: {expected:?}"));
+                continue;
+            }
+            Some([event]) => event,
+            Some(events) => {
+                let positions: Vec<_> = events.iter().map(|e| e.position.0).collect();
+                problems.add(format!(
+                    "{command_id} was applied {} times, at positions {positions:?}",
+                    events.len()
+                ));
+                continue;
+            }
+        };
+        check_applied(command_id, expected, event, problems);
+        if event.position > restart.head {
+            match (expected.trigger, expected.planned.at) {
+                (Trigger::Mirror, _) => figures.mirror_after_restart += 1,
+                (Trigger::Deadline, at) => {
+                    figures.deadlines_after_restart += 1;
+                    if at.is_some_and(|at| at < restart.at) {
+                        figures.deadlines_overdue += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_applied(
+    command_id: &str,
+    expected: &Expected,
+    event: &RecordedEvent,
+    problems: &mut Problems,
+) {
+    let planned = &expected.planned;
+    let payload = event.decode::<AccountEvent>().ok().map(|e| e.payload);
+    let causation = event.meta.causation_id.as_deref();
+    let trigger_id = expected.trigger_id.to_string();
+    if event.stream != account_stream(&planned.target)
+        || payload
+            != Some(AccountEvent::Deposited {
+                amount: planned.amount,
+            })
+        || causation != Some(trigger_id.as_str())
+    {
+        problems.add(format!(
+            "{command_id}: position {} holds {} {payload:?} caused by {causation:?}; planned: a \
+             deposit of {} to {} caused by {trigger_id}",
+            event.position, event.stream, planned.amount, planned.target
+        ));
+    }
+    if let Some(at) = planned.at {
+        if event.meta.recorded_at < at {
+            problems.add(format!(
+                "{command_id}: the deadline due at {} µs fired early, at {} µs",
+                at.0, event.meta.recorded_at.0
+            ));
+        }
     }
 }
 

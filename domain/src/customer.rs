@@ -1,0 +1,470 @@
+//! The Customer aggregate: a name, a credit limit, and the credit reserved for open orders.
+//!
+//! A customer reserves credit for an order when the limit allows it. When it does not, the
+//! customer records [`CustomerEvent::CreditLimitExceeded`]: an *event*, not a rejection,
+//! because the order-credit saga must see the refusal to reject the order (a rejection leaves
+//! nothing in the log for a subscriber to react to). Credit is released when an order that
+//! held it is cancelled or rejected; a shipped order keeps its reservation (the credit is
+//! used, and nothing in this domain pays it back).
+//!
+//! Money is an integer number of minor units (`u64`), never a float.
+
+use std::collections::BTreeMap;
+
+use annals::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+/// A customer's state.
+///
+/// Reservations are kept per order id in a `BTreeMap`, not a `HashMap`, so that the state (and
+/// its snapshot) is the same whatever order the entries were inserted in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Whether `CreateCustomer` has been accepted. A customer that does not exist refuses
+    /// every other command.
+    pub created: bool,
+    /// The customer's name (not empty once created).
+    pub name: String,
+    /// The most credit the customer may have reserved at once, in minor units.
+    pub credit_limit: u64,
+    /// Open reservations: order id → amount in minor units.
+    pub reservations: BTreeMap<String, u64>,
+}
+
+impl Customer {
+    /// The credit reserved by open reservations, in minor units.
+    pub fn reserved(&self) -> u64 {
+        self.reservations
+            .values()
+            .fold(0u64, |sum, amount| sum.saturating_add(*amount))
+    }
+
+    /// The credit limit minus the open reservations, in minor units.
+    pub fn available_credit(&self) -> u64 {
+        self.credit_limit.saturating_sub(self.reserved())
+    }
+}
+
+/// Commands of a customer. JSON: `{"type":"ReserveCredit","order_id":"o-1","amount":5000}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum CustomerCommand {
+    /// Creates the customer.
+    CreateCustomer {
+        /// Not empty (nor only whitespace).
+        name: String,
+        /// In minor units; zero is allowed (a customer who buys nothing on credit).
+        credit_limit: u64,
+    },
+    /// Reserves credit for an order, or records that the limit does not allow it.
+    ReserveCredit {
+        /// The order the credit is for; at most one open reservation per order.
+        order_id: String,
+        /// In minor units, more than zero.
+        amount: u64,
+    },
+    /// Releases the credit reserved for an order (nothing happens if there is none).
+    ReleaseCredit {
+        /// The order whose reservation is released.
+        order_id: String,
+    },
+}
+
+/// Events of a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum CustomerEvent {
+    /// The customer was created.
+    CustomerCreated {
+        /// The customer's name.
+        name: String,
+        /// In minor units.
+        credit_limit: u64,
+    },
+    /// Credit was reserved for an order.
+    CreditReserved {
+        /// The order.
+        order_id: String,
+        /// In minor units.
+        amount: u64,
+    },
+    /// The available credit did not cover an order: nothing was reserved.
+    CreditLimitExceeded {
+        /// The order.
+        order_id: String,
+        /// The amount asked for, in minor units.
+        amount: u64,
+        /// The credit that was available, in minor units.
+        available: u64,
+    },
+    /// The credit reserved for an order was released.
+    CreditReleased {
+        /// The order.
+        order_id: String,
+        /// The amount released, in minor units.
+        amount: u64,
+    },
+}
+
+impl CustomerEvent {
+    /// The order this event is about (`None` for [`CustomerEvent::CustomerCreated`]).
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            CustomerEvent::CustomerCreated { .. } => None,
+            CustomerEvent::CreditReserved { order_id, .. }
+            | CustomerEvent::CreditLimitExceeded { order_id, .. }
+            | CustomerEvent::CreditReleased { order_id, .. } => Some(order_id),
+        }
+    }
+}
+
+impl DomainEvent for CustomerEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            CustomerEvent::CustomerCreated { .. } => "CustomerCreated",
+            CustomerEvent::CreditReserved { .. } => "CreditReserved",
+            CustomerEvent::CreditLimitExceeded { .. } => "CreditLimitExceeded",
+            CustomerEvent::CreditReleased { .. } => "CreditReleased",
+        }
+    }
+}
+
+/// Why a customer refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum CustomerRejection {
+    /// `CreateCustomer` for a customer that already exists.
+    #[error("cannot create the customer: it already exists")]
+    AlreadyExists,
+    /// `CreateCustomer` with an empty (or whitespace-only) name.
+    #[error("cannot create the customer: the name is empty")]
+    EmptyName,
+    /// A credit command for a customer that was never created.
+    #[error("cannot reserve or release credit: no such customer")]
+    UnknownCustomer,
+    /// `ReserveCredit` for zero: an order always has a positive total.
+    #[error("cannot reserve credit: the amount must be more than zero")]
+    ZeroAmount,
+}
+
+impl Aggregate for Customer {
+    const TYPE: &'static str = "Customer";
+    type Command = CustomerCommand;
+    type Event = CustomerEvent;
+    type Rejection = CustomerRejection;
+
+    fn decide(&self, command: &CustomerCommand) -> Result<Vec<CustomerEvent>, CustomerRejection> {
+        match command {
+            CustomerCommand::CreateCustomer { .. } if self.created => {
+                Err(CustomerRejection::AlreadyExists)
+            }
+            CustomerCommand::CreateCustomer { name, .. } if name.trim().is_empty() => {
+                Err(CustomerRejection::EmptyName)
+            }
+            CustomerCommand::CreateCustomer { name, credit_limit } => {
+                Ok(vec![CustomerEvent::CustomerCreated {
+                    name: name.clone(),
+                    credit_limit: *credit_limit,
+                }])
+            }
+            _ if !self.created => Err(CustomerRejection::UnknownCustomer),
+            CustomerCommand::ReserveCredit { amount: 0, .. } => Err(CustomerRejection::ZeroAmount),
+            // Idempotent per order: the order already holds credit, so asking again changes
+            // nothing (whatever the amount; an order's total never changes).
+            CustomerCommand::ReserveCredit { order_id, .. }
+                if self.reservations.contains_key(order_id) =>
+            {
+                Ok(vec![])
+            }
+            CustomerCommand::ReserveCredit { order_id, amount } => {
+                let available = self.available_credit();
+                let event = if *amount <= available {
+                    CustomerEvent::CreditReserved {
+                        order_id: order_id.clone(),
+                        amount: *amount,
+                    }
+                } else {
+                    CustomerEvent::CreditLimitExceeded {
+                        order_id: order_id.clone(),
+                        amount: *amount,
+                        available,
+                    }
+                };
+                Ok(vec![event])
+            }
+            CustomerCommand::ReleaseCredit { order_id } => {
+                Ok(match self.reservations.get(order_id) {
+                    Some(&amount) => vec![CustomerEvent::CreditReleased {
+                        order_id: order_id.clone(),
+                        amount,
+                    }],
+                    None => vec![],
+                })
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &CustomerEvent) {
+        match event {
+            CustomerEvent::CustomerCreated { name, credit_limit } => {
+                self.created = true;
+                self.name.clone_from(name);
+                self.credit_limit = *credit_limit;
+            }
+            CustomerEvent::CreditReserved { order_id, amount } => {
+                self.reservations.insert(order_id.clone(), *amount);
+            }
+            CustomerEvent::CreditLimitExceeded { .. } => {}
+            CustomerEvent::CreditReleased { order_id, .. } => {
+                self.reservations.remove(order_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use annals::testkit::AggregateTest;
+
+    fn created(limit: u64) -> CustomerEvent {
+        CustomerEvent::CustomerCreated {
+            name: "Ada".into(),
+            credit_limit: limit,
+        }
+    }
+
+    fn reserved(order: &str, amount: u64) -> CustomerEvent {
+        CustomerEvent::CreditReserved {
+            order_id: order.into(),
+            amount,
+        }
+    }
+
+    fn reserve(order: &str, amount: u64) -> CustomerCommand {
+        CustomerCommand::ReserveCredit {
+            order_id: order.into(),
+            amount,
+        }
+    }
+
+    fn release(order: &str) -> CustomerCommand {
+        CustomerCommand::ReleaseCredit {
+            order_id: order.into(),
+        }
+    }
+
+    #[test]
+    fn create_customer_records_name_and_limit() {
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 150_000,
+            })
+            .then_expect_events(vec![created(150_000)])
+            .then_expect_state_eq(Customer {
+                created: true,
+                name: "Ada".into(),
+                credit_limit: 150_000,
+                reservations: BTreeMap::new(),
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn create_customer_twice_is_rejected() {
+        AggregateTest::<Customer>::given(vec![created(100)])
+            .when(CustomerCommand::CreateCustomer {
+                name: "Bob".into(),
+                credit_limit: 5,
+            })
+            .then_expect_rejection(CustomerRejection::AlreadyExists);
+    }
+
+    #[test]
+    fn create_customer_with_an_empty_name_is_rejected() {
+        for name in ["", "   "] {
+            AggregateTest::<Customer>::given_no_previous_events()
+                .when(CustomerCommand::CreateCustomer {
+                    name: name.into(),
+                    credit_limit: 100,
+                })
+                .then_expect_rejection(CustomerRejection::EmptyName);
+        }
+    }
+
+    #[test]
+    fn reservation_within_the_limit_is_recorded() {
+        AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-1", 4_000)])
+            .when(reserve("o-2", 6_000))
+            .then_expect_events(vec![reserved("o-2", 6_000)])
+            .then_expect_state(|c| {
+                assert_eq!(c.reserved(), 10_000);
+                assert_eq!(c.available_credit(), 0);
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn reservation_beyond_the_available_credit_is_an_event_not_a_rejection() {
+        AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-1", 4_000)])
+            .when(reserve("o-2", 6_001))
+            .then_expect_events(vec![CustomerEvent::CreditLimitExceeded {
+                order_id: "o-2".into(),
+                amount: 6_001,
+                available: 6_000,
+            }])
+            .then_expect_state(|c| {
+                assert_eq!(c.reserved(), 4_000, "nothing more is reserved");
+                assert!(!c.reservations.contains_key("o-2"));
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn a_customer_with_no_credit_limit_exceeds_it_at_once() {
+        AggregateTest::<Customer>::given(vec![created(0)])
+            .when(reserve("o-1", 1))
+            .then_expect_events(vec![CustomerEvent::CreditLimitExceeded {
+                order_id: "o-1".into(),
+                amount: 1,
+                available: 0,
+            }]);
+    }
+
+    #[test]
+    fn reserve_credit_is_idempotent_per_order() {
+        AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-1", 4_000)])
+            .when(reserve("o-1", 4_000))
+            .then_expect_no_events()
+            .then_expect_state(|c| assert_eq!(c.reserved(), 4_000))
+            .then_expect_deterministic();
+        // Even when the order could not be covered a second time.
+        AggregateTest::<Customer>::given(vec![created(5_000), reserved("o-1", 4_000)])
+            .when(reserve("o-1", 4_000))
+            .then_expect_no_events();
+    }
+
+    #[test]
+    fn credit_commands_for_an_unknown_customer_are_rejected() {
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(reserve("o-1", 100))
+            .then_expect_rejection(CustomerRejection::UnknownCustomer)
+            .then_expect_deterministic();
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(release("o-1"))
+            .then_expect_rejection(CustomerRejection::UnknownCustomer);
+    }
+
+    #[test]
+    fn reserving_zero_is_rejected() {
+        AggregateTest::<Customer>::given(vec![created(100)])
+            .when(reserve("o-1", 0))
+            .then_expect_rejection(CustomerRejection::ZeroAmount);
+    }
+
+    #[test]
+    fn release_credit_frees_the_reservation() {
+        AggregateTest::<Customer>::given(vec![
+            created(10_000),
+            reserved("o-1", 4_000),
+            reserved("o-2", 1_000),
+        ])
+        .when(release("o-1"))
+        .then_expect_events(vec![CustomerEvent::CreditReleased {
+            order_id: "o-1".into(),
+            amount: 4_000,
+        }])
+        .then_expect_state(|c| {
+            assert_eq!(c.available_credit(), 9_000);
+            assert_eq!(c.reservations.keys().collect::<Vec<_>>(), ["o-2"]);
+        })
+        .then_expect_deterministic();
+    }
+
+    #[test]
+    fn release_without_a_reservation_records_nothing() {
+        AggregateTest::<Customer>::given(vec![created(10_000)])
+            .when(release("o-1"))
+            .then_expect_no_events();
+        // Released already: a second release changes nothing.
+        AggregateTest::<Customer>::given(vec![
+            created(10_000),
+            reserved("o-1", 4_000),
+            CustomerEvent::CreditReleased {
+                order_id: "o-1".into(),
+                amount: 4_000,
+            },
+        ])
+        .when(release("o-1"))
+        .then_expect_no_events();
+    }
+
+    #[test]
+    fn released_credit_can_be_reserved_again() {
+        AggregateTest::<Customer>::given(vec![
+            created(5_000),
+            reserved("o-1", 5_000),
+            CustomerEvent::CreditReleased {
+                order_id: "o-1".into(),
+                amount: 5_000,
+            },
+        ])
+        .when(reserve("o-2", 5_000))
+        .then_expect_events(vec![reserved("o-2", 5_000)]);
+    }
+
+    #[test]
+    fn serialized_shape_uses_the_documented_names() {
+        use crate::test_support::{assert_shape, text};
+        assert_shape(
+            &reserve("o-1", 5_000),
+            &[
+                ("type", text("ReserveCredit")),
+                ("order_id", text("o-1")),
+                ("amount", 5_000.into()),
+            ],
+        );
+        assert_shape(
+            &CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 150_000,
+            },
+            &[
+                ("type", text("CreateCustomer")),
+                ("name", text("Ada")),
+                ("credit_limit", 150_000.into()),
+            ],
+        );
+        assert_shape(
+            &release("o-1"),
+            &[("type", text("ReleaseCredit")), ("order_id", text("o-1"))],
+        );
+        let events = [
+            created(1),
+            reserved("o-1", 1),
+            CustomerEvent::CreditLimitExceeded {
+                order_id: "o-1".into(),
+                amount: 2,
+                available: 1,
+            },
+            CustomerEvent::CreditReleased {
+                order_id: "o-1".into(),
+                amount: 1,
+            },
+        ];
+        for event in &events {
+            let shape = crate::test_support::to_value(event);
+            assert_eq!(
+                crate::test_support::tag(&shape),
+                event.event_type(),
+                "event types match the variant names"
+            );
+        }
+        assert_shape(
+            &CustomerRejection::UnknownCustomer,
+            &[("type", text("UnknownCustomer"))],
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! The Order aggregate: created for a customer with a total, decided by the order-credit saga
+//! (approved or rejected), then shipped or cancelled.
+//!
+//! ```text
+//!              ApproveOrder            ShipOrder
+//!   Pending ─────────────────▶ Approved ─────────▶ Shipped
+//!     │  │                        │
+//!     │  │ RejectOrder            │ CancelOrder
+//!     │  └──────────▶ Rejected    ▼
+//!     └────────────────────▶ Cancelled
+//!          CancelOrder
+//! ```
+//!
+//! `ApproveOrder` and `RejectOrder` are normally sent by the saga, which approves an order once
+//! its customer has reserved the credit for it. Money is an integer number of minor units.
+
+use annals::types::StreamId;
+use annals::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::customer::Customer;
+
+/// The schema version of [`OrderEvent::OrderCreated`] as written now. It is the event whose
+/// shape is expected to change first (a currency, for example): bump this and register an
+/// upcaster for the older versions when it does.
+pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 1;
+
+/// Where an order is in its life. Serialized as the variant name (`"Pending"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrderStatus {
+    /// Created; waiting for the credit check.
+    Pending,
+    /// The customer's credit covers it; it can be shipped or cancelled.
+    Approved,
+    /// Refused (credit limit exceeded, unknown customer, or no decision in time). Final.
+    Rejected,
+    /// Delivered. Final.
+    Shipped,
+    /// Cancelled before shipping. Final.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status, in the order of [`OrderStatus`]'s declaration.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Approved,
+        OrderStatus::Rejected,
+        OrderStatus::Shipped,
+        OrderStatus::Cancelled,
+    ];
+
+    /// Whether no command can change the order any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Rejected | OrderStatus::Shipped | OrderStatus::Cancelled
+        )
+    }
+}
+
+/// An order's state. JSON: `{"status":"Pending","customer_id":"c-1","total":5000,...}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// `None` until the order is created.
+    pub status: Option<OrderStatus>,
+    /// The customer who placed the order.
+    pub customer_id: String,
+    /// In minor units, more than zero.
+    pub total: u64,
+    /// Why the order was rejected, once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection_reason: Option<String>,
+}
+
+/// Commands of an order. JSON: `{"type":"CreateOrder","customer_id":"c-1","total":5000}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum OrderCommand {
+    /// Creates the order, pending its credit check.
+    CreateOrder {
+        /// A valid customer id (1 to 256 bytes); whether the customer exists is the saga's
+        /// question, not this aggregate's.
+        customer_id: String,
+        /// In minor units, more than zero.
+        total: u64,
+    },
+    /// Approves a pending order.
+    ApproveOrder,
+    /// Rejects a pending order.
+    RejectOrder {
+        /// Why, for people reading the order.
+        reason: String,
+    },
+    /// Ships an approved order.
+    ShipOrder,
+    /// Cancels a pending or approved order.
+    CancelOrder,
+}
+
+/// Events of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum OrderEvent {
+    /// The order was created, pending its credit check. Schema version
+    /// [`ORDER_CREATED_SCHEMA_VERSION`].
+    OrderCreated {
+        /// The customer who placed it.
+        customer_id: String,
+        /// In minor units.
+        total: u64,
+    },
+    /// The order was approved.
+    OrderApproved,
+    /// The order was rejected.
+    OrderRejected {
+        /// Why.
+        reason: String,
+    },
+    /// The order was shipped.
+    OrderShipped,
+    /// The order was cancelled.
+    OrderCancelled,
+}
+
+impl OrderEvent {
+    /// The status an order has right after this event.
+    pub fn status_after(&self) -> OrderStatus {
+        match self {
+            OrderEvent::OrderCreated { .. } => OrderStatus::Pending,
+            OrderEvent::OrderApproved => OrderStatus::Approved,
+            OrderEvent::OrderRejected { .. } => OrderStatus::Rejected,
+            OrderEvent::OrderShipped => OrderStatus::Shipped,
+            OrderEvent::OrderCancelled => OrderStatus::Cancelled,
+        }
+    }
+}
+
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            OrderEvent::OrderCreated { .. } => "OrderCreated",
+            OrderEvent::OrderApproved => "OrderApproved",
+            OrderEvent::OrderRejected { .. } => "OrderRejected",
+            OrderEvent::OrderShipped => "OrderShipped",
+            OrderEvent::OrderCancelled => "OrderCancelled",
+        }
+    }
+
+    fn schema_version(&self) -> u16 {
+        match self {
+            OrderEvent::OrderCreated { .. } => ORDER_CREATED_SCHEMA_VERSION,
+            _ => 1,
+        }
+    }
+}
+
+/// Why an order refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum OrderRejection {
+    /// `CreateOrder` for an order that already exists.
+    #[error("cannot create the order: it already exists")]
+    AlreadyExists,
+    /// `CreateOrder` with a total of zero.
+    #[error("cannot create the order: the total must be more than zero")]
+    ZeroTotal,
+    /// `CreateOrder` with a customer id that cannot name an aggregate (empty or too long), so
+    /// that no credit could ever be reserved for it.
+    #[error("cannot create the order: invalid customer id: {reason}")]
+    InvalidCustomerId {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A command for an order that was never created.
+    #[error("cannot change the order: no such order")]
+    UnknownOrder,
+    /// `ApproveOrder` or `RejectOrder` when the order is no longer pending.
+    #[error("cannot decide the order: it is {status:?}, not Pending")]
+    NotPending {
+        /// The order's status.
+        status: OrderStatus,
+    },
+    /// `ShipOrder` when the order is not approved.
+    #[error("cannot ship the order: it is {status:?}, not Approved")]
+    NotApproved {
+        /// The order's status.
+        status: OrderStatus,
+    },
+    /// `CancelOrder` when the order is rejected, shipped or cancelled already.
+    #[error("cannot cancel the order: it is {status:?}, only Pending or Approved orders can be")]
+    NotCancellable {
+        /// The order's status.
+        status: OrderStatus,
+    },
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "Order";
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Rejection = OrderRejection;
+
+    fn decide(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderRejection> {
+        let Some(status) = self.status else {
+            return match command {
+                OrderCommand::CreateOrder { customer_id, total } => create(customer_id, *total),
+                _ => Err(OrderRejection::UnknownOrder),
+            };
+        };
+        let event = match (command, status) {
+            (OrderCommand::CreateOrder { .. }, _) => return Err(OrderRejection::AlreadyExists),
+            (OrderCommand::ApproveOrder, OrderStatus::Pending) => OrderEvent::OrderApproved,
+            (OrderCommand::RejectOrder { reason }, OrderStatus::Pending) => {
+                OrderEvent::OrderRejected {
+                    reason: reason.clone(),
+                }
+            }
+            (OrderCommand::ApproveOrder | OrderCommand::RejectOrder { .. }, status) => {
+                return Err(OrderRejection::NotPending { status })
+            }
+            (OrderCommand::ShipOrder, OrderStatus::Approved) => OrderEvent::OrderShipped,
+            (OrderCommand::ShipOrder, status) => return Err(OrderRejection::NotApproved { status }),
+            (OrderCommand::CancelOrder, OrderStatus::Pending | OrderStatus::Approved) => {
+                OrderEvent::OrderCancelled
+            }
+            (OrderCommand::CancelOrder, status) => {
+                return Err(OrderRejection::NotCancellable { status })
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn apply(&mut self, event: &OrderEvent) {
+        match event {
+            OrderEvent::OrderCreated { customer_id, total } => {
+                self.customer_id.clone_from(customer_id);
+                self.total = *total;
+            }
+            OrderEvent::OrderRejected { reason } => {
+                self.rejection_reason = Some(reason.clone());
+            }
+            OrderEvent::OrderApproved | OrderEvent::OrderShipped | OrderEvent::OrderCancelled => {}
+        }
+        self.status = Some(event.status_after());
+    }
+}
+
+/// Decides `CreateOrder` for an order that does not exist yet.
+fn create(customer_id: &str, total: u64) -> Result<Vec<OrderEvent>, OrderRejection> {
+    if total == 0 {
+        return Err(OrderRejection::ZeroTotal);
+    }
+    // The saga sends `ReserveCredit` to this id: one that cannot name a stream would fail that
+    // command technically (and forever), instead of rejecting the order.
+    StreamId::new(Customer::TYPE, customer_id)
+        .map_err(|e| OrderRejection::InvalidCustomerId { reason: e.reason })?;
+    Ok(vec![OrderEvent::OrderCreated {
+        customer_id: customer_id.to_string(),
+        total,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{assert_shape, text, to_value};
+    use annals::testkit::AggregateTest;
+
+    fn created() -> OrderEvent {
+        OrderEvent::OrderCreated {
+            customer_id: "c-1".into(),
+            total: 5_000,
+        }
+    }
+
+    fn rejected(reason: &str) -> OrderEvent {
+        OrderEvent::OrderRejected {
+            reason: reason.into(),
+        }
+    }
+
+    /// The events that bring an order to `status`.
+    fn history(status: OrderStatus) -> Vec<OrderEvent> {
+        match status {
+            OrderStatus::Pending => vec![created()],
+            OrderStatus::Approved => vec![created(), OrderEvent::OrderApproved],
+            OrderStatus::Rejected => vec![created(), rejected("no")],
+            OrderStatus::Shipped => vec![
+                created(),
+                OrderEvent::OrderApproved,
+                OrderEvent::OrderShipped,
+            ],
+            OrderStatus::Cancelled => vec![created(), OrderEvent::OrderCancelled],
+        }
+    }
+
+    fn pending() -> Order {
+        Order {
+            status: Some(OrderStatus::Pending),
+            customer_id: "c-1".into(),
+            total: 5_000,
+            rejection_reason: None,
+        }
+    }
+
+    #[test]
+    fn create_order_is_pending() {
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(OrderCommand::CreateOrder {
+                customer_id: "c-1".into(),
+                total: 5_000,
+            })
+            .then_expect_events(vec![created()])
+            .then_expect_state_eq(pending())
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn create_order_twice_is_rejected() {
+        for status in OrderStatus::ALL {
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::CreateOrder {
+                    customer_id: "c-2".into(),
+                    total: 1,
+                })
+                .then_expect_rejection(OrderRejection::AlreadyExists);
+        }
+    }
+
+    #[test]
+    fn create_order_with_a_zero_total_is_rejected() {
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(OrderCommand::CreateOrder {
+                customer_id: "c-1".into(),
+                total: 0,
+            })
+            .then_expect_rejection(OrderRejection::ZeroTotal);
+    }
+
+    #[test]
+    fn create_order_with_an_invalid_customer_id_is_rejected() {
+        for customer_id in [String::new(), "c".repeat(257)] {
+            let result = AggregateTest::<Order>::given_no_previous_events()
+                .when(OrderCommand::CreateOrder {
+                    customer_id,
+                    total: 1,
+                })
+                .into_result();
+            assert!(
+                matches!(result, Err(OrderRejection::InvalidCustomerId { .. })),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_for_an_unknown_order_are_rejected() {
+        for command in [
+            OrderCommand::ApproveOrder,
+            OrderCommand::RejectOrder { reason: "x".into() },
+            OrderCommand::ShipOrder,
+            OrderCommand::CancelOrder,
+        ] {
+            AggregateTest::<Order>::given_no_previous_events()
+                .when(command)
+                .then_expect_rejection(OrderRejection::UnknownOrder);
+        }
+    }
+
+    #[test]
+    fn a_pending_order_can_be_approved() {
+        AggregateTest::<Order>::given(history(OrderStatus::Pending))
+            .when(OrderCommand::ApproveOrder)
+            .then_expect_events(vec![OrderEvent::OrderApproved])
+            .then_expect_state(|o| assert_eq!(o.status, Some(OrderStatus::Approved)))
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn a_pending_order_can_be_rejected_with_a_reason() {
+        AggregateTest::<Order>::given(history(OrderStatus::Pending))
+            .when(OrderCommand::RejectOrder {
+                reason: "credit limit exceeded".into(),
+            })
+            .then_expect_events(vec![rejected("credit limit exceeded")])
+            .then_expect_state_eq(Order {
+                status: Some(OrderStatus::Rejected),
+                rejection_reason: Some("credit limit exceeded".into()),
+                ..pending()
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn only_pending_orders_are_approved_or_rejected() {
+        for status in OrderStatus::ALL.into_iter().filter(|s| *s != OrderStatus::Pending) {
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::ApproveOrder)
+                .then_expect_rejection(OrderRejection::NotPending { status });
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::RejectOrder {
+                    reason: "late".into(),
+                })
+                .then_expect_rejection(OrderRejection::NotPending { status });
+        }
+    }
+
+    #[test]
+    fn only_approved_orders_are_shipped() {
+        AggregateTest::<Order>::given(history(OrderStatus::Approved))
+            .when(OrderCommand::ShipOrder)
+            .then_expect_events(vec![OrderEvent::OrderShipped])
+            .then_expect_state(|o| assert_eq!(o.status, Some(OrderStatus::Shipped)));
+        for status in OrderStatus::ALL.into_iter().filter(|s| *s != OrderStatus::Approved) {
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::ShipOrder)
+                .then_expect_rejection(OrderRejection::NotApproved { status });
+        }
+    }
+
+    #[test]
+    fn pending_and_approved_orders_can_be_cancelled() {
+        for status in [OrderStatus::Pending, OrderStatus::Approved] {
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::CancelOrder)
+                .then_expect_events(vec![OrderEvent::OrderCancelled])
+                .then_expect_state(|o| assert_eq!(o.status, Some(OrderStatus::Cancelled)))
+                .then_expect_deterministic();
+        }
+        for status in [
+            OrderStatus::Rejected,
+            OrderStatus::Shipped,
+            OrderStatus::Cancelled,
+        ] {
+            AggregateTest::<Order>::given(history(status))
+                .when(OrderCommand::CancelOrder)
+                .then_expect_rejection(OrderRejection::NotCancellable { status });
+        }
+    }
+
+    #[test]
+    fn final_statuses_accept_no_transition() {
+        for status in OrderStatus::ALL.into_iter().filter(|s| s.is_final()) {
+            for command in [
+                OrderCommand::ApproveOrder,
+                OrderCommand::RejectOrder { reason: "x".into() },
+                OrderCommand::ShipOrder,
+                OrderCommand::CancelOrder,
+            ] {
+                let result = AggregateTest::<Order>::given(history(status))
+                    .when(command)
+                    .into_result();
+                assert!(result.is_err(), "{status:?}: {result:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn serialized_shape_uses_the_documented_names() {
+        assert_shape(
+            &OrderCommand::CreateOrder {
+                customer_id: "c-1".into(),
+                total: 5_000,
+            },
+            &[
+                ("type", text("CreateOrder")),
+                ("customer_id", text("c-1")),
+                ("total", 5_000.into()),
+            ],
+        );
+        assert_shape(&OrderCommand::ApproveOrder, &[("type", text("ApproveOrder"))]);
+        assert_shape(
+            &OrderCommand::RejectOrder {
+                reason: "why".into(),
+            },
+            &[("type", text("RejectOrder")), ("reason", text("why"))],
+        );
+        assert_shape(&OrderCommand::ShipOrder, &[("type", text("ShipOrder"))]);
+        assert_shape(&OrderCommand::CancelOrder, &[("type", text("CancelOrder"))]);
+        assert_shape(
+            &pending(),
+            &[
+                ("status", text("Pending")),
+                ("customer_id", text("c-1")),
+                ("total", 5_000.into()),
+            ],
+        );
+        for status in OrderStatus::ALL {
+            assert_eq!(to_value(&status), text(&format!("{status:?}")));
+        }
+        for event in history(OrderStatus::Shipped)
+            .into_iter()
+            .chain([rejected("x"), OrderEvent::OrderCancelled])
+        {
+            assert_eq!(
+                crate::test_support::tag(&to_value(&event)),
+                event.event_type()
+            );
+        }
+        assert_shape(
+            &OrderRejection::NotPending {
+                status: OrderStatus::Shipped,
+            },
+            &[("type", text("NotPending")), ("status", text("Shipped"))],
+        );
+    }
+}

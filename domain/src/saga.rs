@@ -1,0 +1,712 @@
+//! The order-credit saga: approves an order once its customer has reserved the credit for it,
+//! without a transaction across the two aggregates.
+//!
+//! ```text
+//! OrderCreated ──▶ ReserveCredit (customer) ─┬─ CreditReserved ──────▶ ApproveOrder
+//!     │                  │                   └─ CreditLimitExceeded ─▶ RejectOrder
+//!     │                  └─ rejected: unknown customer ──────────────▶ RejectOrder
+//!     └─ deadline: still pending after `decision_timeout` ────────────▶ RejectOrder
+//! OrderCancelled / OrderRejected of an order holding credit ──────────▶ ReleaseCredit
+//! CreditReserved of an order already rejected or cancelled ───────────▶ ReleaseCredit
+//! ```
+//!
+//! One process instance per order (the order id). Order events name it by their stream; the
+//! customer's credit events carry it as `order_id`. Each instance remembers the customer, the
+//! total, whether the customer holds credit for the order and the order's last known status,
+//! so that a late `CreditReserved` (the deadline or a cancellation got there first) is released
+//! rather than approved.
+//!
+//! The reaction logic is a pure function, [`OrderCreditSaga::step`], from decoded events to
+//! typed [`SagaStep`]s; [`ProcessManager::react`] only decodes and encodes around it.
+//!
+//! # Why the deadline is scheduled first
+//! The runtime sends a reaction's actions in order and stops at the first that fails
+//! technically (the event is retried, then parked). The deadline is stored locally and cannot
+//! be refused, so it goes first: even if `ReserveCredit` can never be sent, the order is
+//! rejected when its time is up instead of staying pending forever.
+//!
+//! # Known cost
+//! The runtime has no way to cancel a scheduled deadline, so every order's deadline fires; for
+//! an order that was decided in time the `RejectOrder` is refused (`NotPending`) and changes
+//! nothing, but it is one more command per order.
+
+use std::time::Duration;
+
+use annals::codec::CodecError;
+use annals::{Action, Aggregate, HandlerError, ProcessManager, RecordedEvent, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::customer::{Customer, CustomerCommand, CustomerEvent};
+use crate::order::{Order, OrderCommand, OrderEvent, OrderStatus};
+
+/// The name the saga is registered under (its checkpoint, state and command ids use it).
+pub const ORDER_CREDIT_SAGA: &str = "order-credit";
+
+/// The rejection reason when the customer does not exist.
+pub const REASON_UNKNOWN_CUSTOMER: &str = "unknown customer";
+/// The rejection reason when the customer's available credit does not cover the order.
+pub const REASON_CREDIT_LIMIT_EXCEEDED: &str = "credit limit exceeded";
+/// The rejection reason when no decision was reached within the decision timeout.
+pub const REASON_TIMED_OUT: &str = "credit check timed out";
+
+/// Default time an order may stay pending. The saga normally decides in milliseconds; 30 s
+/// leaves room for a restart or a backlog before an order is given up on.
+pub const DECISION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// The customer events the saga reacts to (they carry an order id).
+const CREDIT_EVENTS: [&str; 3] = ["CreditReserved", "CreditLimitExceeded", "CreditReleased"];
+
+/// The order-credit saga. Register it with
+/// [`Runtime::process_manager`](annals::Runtime::process_manager) under [`ORDER_CREDIT_SAGA`]
+/// (or use [`register`](crate::register)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCreditSaga {
+    /// How long after its creation a pending order is rejected ([`REASON_TIMED_OUT`]).
+    pub decision_timeout: Duration,
+}
+
+impl Default for OrderCreditSaga {
+    fn default() -> Self {
+        OrderCreditSaga {
+            decision_timeout: DECISION_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// The state of one saga instance (one order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreditState {
+    /// The order's customer; `None` until the saga has seen `OrderCreated`.
+    pub customer_id: Option<String>,
+    /// The order's total, in minor units.
+    pub total: u64,
+    /// Whether the customer holds credit for this order (between `CreditReserved` and
+    /// `CreditReleased`).
+    pub credit_reserved: bool,
+    /// The order's status as of the last order event seen.
+    pub status: Option<OrderStatus>,
+}
+
+/// An event the saga reacts to, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaEvent {
+    /// An event of the order itself.
+    Order(OrderEvent),
+    /// A credit event of a customer about the order.
+    Customer {
+        /// The customer whose stream recorded it.
+        customer_id: String,
+        /// The event.
+        event: CustomerEvent,
+    },
+}
+
+/// A command the saga sends for an order, as a typed value (see [`SagaStep::into_action`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaStep {
+    /// `ReserveCredit` on the customer; if the customer rejects it (it does not exist),
+    /// `RejectOrder` with [`REASON_UNKNOWN_CUSTOMER`] instead.
+    ReserveCredit {
+        /// The customer.
+        customer_id: String,
+        /// The order's total.
+        amount: u64,
+    },
+    /// `ApproveOrder`.
+    ApproveOrder,
+    /// `RejectOrder`, now.
+    RejectOrder {
+        /// Why.
+        reason: &'static str,
+    },
+    /// `RejectOrder` once `at` has passed (refused by the order if it was decided meanwhile).
+    RejectOrderAt {
+        /// When.
+        at: Timestamp,
+        /// Why.
+        reason: &'static str,
+    },
+    /// `ReleaseCredit` on the customer.
+    ReleaseCredit {
+        /// The customer.
+        customer_id: String,
+    },
+}
+
+impl SagaStep {
+    /// The runtime action that carries out this step for order `order_id`.
+    pub fn into_action(self, order_id: &str) -> Result<Action, CodecError> {
+        let reject = |reason: &str| OrderCommand::RejectOrder {
+            reason: reason.to_string(),
+        };
+        match self {
+            SagaStep::ReserveCredit {
+                customer_id,
+                amount,
+            } => {
+                let reserve = CustomerCommand::ReserveCredit {
+                    order_id: order_id.to_string(),
+                    amount,
+                };
+                let fallback =
+                    Action::command::<Order>(order_id, &reject(REASON_UNKNOWN_CUSTOMER))?;
+                Ok(Action::command::<Customer>(customer_id, &reserve)?.or_else(fallback))
+            }
+            SagaStep::ApproveOrder => Action::command::<Order>(order_id, &OrderCommand::ApproveOrder),
+            SagaStep::RejectOrder { reason } => Action::command::<Order>(order_id, &reject(reason)),
+            SagaStep::RejectOrderAt { at, reason } => {
+                Action::schedule::<Order>(at, order_id, &reject(reason))
+            }
+            SagaStep::ReleaseCredit { customer_id } => Action::command::<Customer>(
+                customer_id,
+                &CustomerCommand::ReleaseCredit {
+                    order_id: order_id.to_string(),
+                },
+            ),
+        }
+    }
+}
+
+impl OrderCreditSaga {
+    /// The saga's reaction, as a pure function: updates `state` for `event` (recorded at
+    /// `recorded_at`) and returns the commands to send, in order.
+    pub fn step(
+        &self,
+        state: &mut OrderCreditState,
+        event: &SagaEvent,
+        recorded_at: Timestamp,
+    ) -> Vec<SagaStep> {
+        match event {
+            SagaEvent::Order(event) => self.on_order(state, event, recorded_at),
+            SagaEvent::Customer { customer_id, event } => {
+                // Not a reservation this saga asked for: made by hand for an order it does not
+                // know (yet), or on another customer. Approving or releasing on its account
+                // would act on the wrong order or the wrong customer.
+                if state.customer_id.as_deref() != Some(customer_id.as_str()) {
+                    return Vec::new();
+                }
+                on_credit(state, customer_id, event)
+            }
+        }
+    }
+
+    fn on_order(
+        &self,
+        state: &mut OrderCreditState,
+        event: &OrderEvent,
+        recorded_at: Timestamp,
+    ) -> Vec<SagaStep> {
+        if let OrderEvent::OrderCreated { customer_id, total } = event {
+            // An order is created once; anything else would be a second start of the saga.
+            if state.customer_id.is_some() {
+                return Vec::new();
+            }
+            state.customer_id = Some(customer_id.clone());
+            state.total = *total;
+            state.status = Some(OrderStatus::Pending);
+            // The deadline derives from the event, not the clock: `react` may run again for
+            // the same event after a crash and must decide the same.
+            let timeout = u64::try_from(self.decision_timeout.as_micros()).unwrap_or(u64::MAX);
+            return vec![
+                SagaStep::RejectOrderAt {
+                    at: Timestamp(recorded_at.as_micros().saturating_add(timeout)),
+                    reason: REASON_TIMED_OUT,
+                },
+                SagaStep::ReserveCredit {
+                    customer_id: customer_id.clone(),
+                    amount: *total,
+                },
+            ];
+        }
+        let status = event.status_after();
+        state.status = Some(status);
+        match (status, &state.customer_id) {
+            (OrderStatus::Rejected | OrderStatus::Cancelled, Some(customer_id))
+                if state.credit_reserved =>
+            {
+                vec![SagaStep::ReleaseCredit {
+                    customer_id: customer_id.clone(),
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Reacts to a credit event of the order's own customer.
+fn on_credit(
+    state: &mut OrderCreditState,
+    customer_id: &str,
+    event: &CustomerEvent,
+) -> Vec<SagaStep> {
+    match event {
+        CustomerEvent::CustomerCreated { .. } => Vec::new(),
+        CustomerEvent::CreditReserved { .. } => {
+            state.credit_reserved = true;
+            match state.status {
+                Some(OrderStatus::Pending) => vec![SagaStep::ApproveOrder],
+                // Rejected by the deadline or cancelled while the credit was being reserved.
+                Some(OrderStatus::Rejected | OrderStatus::Cancelled) => {
+                    vec![SagaStep::ReleaseCredit {
+                        customer_id: customer_id.to_string(),
+                    }]
+                }
+                Some(OrderStatus::Approved | OrderStatus::Shipped) | None => Vec::new(),
+            }
+        }
+        CustomerEvent::CreditLimitExceeded { .. } => match state.status {
+            Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
+                reason: REASON_CREDIT_LIMIT_EXCEEDED,
+            }],
+            _ => Vec::new(),
+        },
+        CustomerEvent::CreditReleased { .. } => {
+            state.credit_reserved = false;
+            Vec::new()
+        }
+    }
+}
+
+/// The order id and the decoded event, or `None` for an event the saga ignores.
+fn decode(event: &RecordedEvent) -> Result<Option<(String, SagaEvent)>, CodecError> {
+    match event.stream.aggregate_type() {
+        Order::TYPE => {
+            let order = event.decode::<OrderEvent>()?.payload;
+            Ok(Some((
+                event.stream.aggregate_id().to_string(),
+                SagaEvent::Order(order),
+            )))
+        }
+        Customer::TYPE if CREDIT_EVENTS.contains(&&*event.event_type) => {
+            let customer = event.decode::<CustomerEvent>()?.payload;
+            let Some(order_id) = customer.order_id().map(str::to_string) else {
+                return Ok(None);
+            };
+            Ok(Some((
+                order_id,
+                SagaEvent::Customer {
+                    customer_id: event.stream.aggregate_id().to_string(),
+                    event: customer,
+                },
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl ProcessManager for OrderCreditSaga {
+    type State = OrderCreditState;
+
+    fn instance(&self, event: &RecordedEvent) -> Option<String> {
+        match decode(event) {
+            Ok(decoded) => decoded.map(|(order_id, _)| order_id),
+            // Undecodable: hand it to `react` under the stream's id, so that the decoding
+            // error is reported (retried, then parked) instead of the event being skipped.
+            Err(_) => Some(event.stream.aggregate_id().to_string()),
+        }
+    }
+
+    fn react(
+        &self,
+        state: &mut OrderCreditState,
+        event: &RecordedEvent,
+    ) -> Result<Vec<Action>, HandlerError> {
+        let Some((order_id, decoded)) = decode(event)? else {
+            return Ok(Vec::new());
+        };
+        let steps = self.step(state, &decoded, event.meta.recorded_at);
+        let actions = steps
+            .into_iter()
+            .map(|step| step.into_action(&order_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use annals::envelope::EncodedPayload;
+    use annals::{CommitMeta, DomainEvent, Envelope, Position, StreamId, Version};
+
+    use super::*;
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000_000);
+
+    fn saga() -> OrderCreditSaga {
+        OrderCreditSaga {
+            decision_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn created(total: u64) -> SagaEvent {
+        SagaEvent::Order(OrderEvent::OrderCreated {
+            customer_id: "c-1".into(),
+            total,
+        })
+    }
+
+    fn credit(customer_id: &str, event: CustomerEvent) -> SagaEvent {
+        SagaEvent::Customer {
+            customer_id: customer_id.into(),
+            event,
+        }
+    }
+
+    fn reserved() -> SagaEvent {
+        credit(
+            "c-1",
+            CustomerEvent::CreditReserved {
+                order_id: "o-1".into(),
+                amount: 500,
+            },
+        )
+    }
+
+    fn exceeded() -> SagaEvent {
+        credit(
+            "c-1",
+            CustomerEvent::CreditLimitExceeded {
+                order_id: "o-1".into(),
+                amount: 500,
+                available: 10,
+            },
+        )
+    }
+
+    fn released() -> SagaEvent {
+        credit(
+            "c-1",
+            CustomerEvent::CreditReleased {
+                order_id: "o-1".into(),
+                amount: 500,
+            },
+        )
+    }
+
+    fn order(event: OrderEvent) -> SagaEvent {
+        SagaEvent::Order(event)
+    }
+
+    fn rejected() -> SagaEvent {
+        order(OrderEvent::OrderRejected {
+            reason: REASON_TIMED_OUT.into(),
+        })
+    }
+
+    fn release() -> SagaStep {
+        SagaStep::ReleaseCredit {
+            customer_id: "c-1".into(),
+        }
+    }
+
+    /// Runs `events` through the saga from a fresh instance; returns the steps of the last
+    /// event and the state after all of them.
+    fn run(events: &[SagaEvent]) -> (Vec<SagaStep>, OrderCreditState) {
+        let saga = saga();
+        let mut state = OrderCreditState::default();
+        let mut steps = Vec::new();
+        for event in events {
+            steps = saga.step(&mut state, event, T0);
+        }
+        (steps, state)
+    }
+
+    #[test]
+    fn order_created_reserves_credit_and_schedules_the_deadline_first() {
+        let (steps, state) = run(&[created(500)]);
+        assert_eq!(
+            steps,
+            vec![
+                SagaStep::RejectOrderAt {
+                    at: Timestamp(T0.0 + 5_000_000),
+                    reason: REASON_TIMED_OUT,
+                },
+                SagaStep::ReserveCredit {
+                    customer_id: "c-1".into(),
+                    amount: 500,
+                },
+            ]
+        );
+        assert_eq!(
+            state,
+            OrderCreditState {
+                customer_id: Some("c-1".into()),
+                total: 500,
+                credit_reserved: false,
+                status: Some(OrderStatus::Pending),
+            }
+        );
+    }
+
+    #[test]
+    fn credit_reserved_approves_a_pending_order() {
+        let (steps, state) = run(&[created(500), reserved()]);
+        assert_eq!(steps, vec![SagaStep::ApproveOrder]);
+        assert!(state.credit_reserved);
+    }
+
+    #[test]
+    fn credit_limit_exceeded_rejects_a_pending_order() {
+        let (steps, state) = run(&[created(500), exceeded()]);
+        assert_eq!(
+            steps,
+            vec![SagaStep::RejectOrder {
+                reason: REASON_CREDIT_LIMIT_EXCEEDED
+            }]
+        );
+        assert!(!state.credit_reserved);
+    }
+
+    #[test]
+    fn credit_reserved_after_the_order_was_rejected_or_cancelled_is_released() {
+        for late in [rejected(), order(OrderEvent::OrderCancelled)] {
+            let (steps, state) = run(&[created(500), late, reserved()]);
+            assert_eq!(steps, vec![release()]);
+            assert!(state.credit_reserved, "until CreditReleased is seen");
+        }
+    }
+
+    #[test]
+    fn credit_limit_exceeded_after_a_cancellation_does_nothing() {
+        let (steps, _) = run(&[created(500), order(OrderEvent::OrderCancelled), exceeded()]);
+        assert_eq!(steps, vec![]);
+    }
+
+    #[test]
+    fn cancelling_or_rejecting_an_order_that_holds_credit_releases_it() {
+        let approved = order(OrderEvent::OrderApproved);
+        let cases = [
+            vec![created(500), reserved(), approved.clone(), order(OrderEvent::OrderCancelled)],
+            // Cancelled (or rejected by the deadline) between the reservation and approval.
+            vec![created(500), reserved(), order(OrderEvent::OrderCancelled)],
+            vec![created(500), reserved(), rejected()],
+        ];
+        for events in cases {
+            let (steps, _) = run(&events);
+            assert_eq!(steps, vec![release()], "{events:?}");
+        }
+    }
+
+    #[test]
+    fn cancelling_or_rejecting_an_order_without_credit_releases_nothing() {
+        for events in [
+            vec![created(500), order(OrderEvent::OrderCancelled)],
+            vec![created(500), rejected()],
+            vec![created(500), exceeded(), rejected()],
+            vec![created(500), reserved(), released(), order(OrderEvent::OrderCancelled)],
+        ] {
+            let (steps, _) = run(&events);
+            assert_eq!(steps, vec![], "{events:?}");
+        }
+    }
+
+    #[test]
+    fn approval_and_shipping_only_track_the_status() {
+        let (steps, state) = run(&[
+            created(500),
+            reserved(),
+            order(OrderEvent::OrderApproved),
+            order(OrderEvent::OrderShipped),
+        ]);
+        assert_eq!(steps, vec![]);
+        assert_eq!(state.status, Some(OrderStatus::Shipped));
+        assert!(state.credit_reserved, "a shipped order keeps its credit");
+        // A late CreditReserved for an order already approved changes nothing.
+        let (steps, _) = run(&[created(500), order(OrderEvent::OrderApproved), reserved()]);
+        assert_eq!(steps, vec![]);
+    }
+
+    #[test]
+    fn credit_events_of_another_customer_or_an_unknown_order_are_ignored() {
+        let elsewhere = credit(
+            "c-2",
+            CustomerEvent::CreditReserved {
+                order_id: "o-1".into(),
+                amount: 500,
+            },
+        );
+        let (steps, state) = run(&[created(500), elsewhere]);
+        assert_eq!(steps, vec![]);
+        assert!(!state.credit_reserved);
+        let (steps, state) = run(&[reserved()]);
+        assert_eq!(steps, vec![]);
+        assert_eq!(state, OrderCreditState::default());
+    }
+
+    #[test]
+    fn a_second_order_created_does_not_start_again() {
+        let (steps, state) = run(&[created(500), reserved(), created(900)]);
+        assert_eq!(steps, vec![]);
+        assert_eq!(state.total, 500);
+    }
+
+    #[test]
+    fn the_deadline_saturates_instead_of_overflowing() {
+        let saga = OrderCreditSaga {
+            decision_timeout: Duration::MAX,
+        };
+        let steps = saga.step(&mut OrderCreditState::default(), &created(1), T0);
+        assert_eq!(
+            steps[0],
+            SagaStep::RejectOrderAt {
+                at: Timestamp(u64::MAX),
+                reason: REASON_TIMED_OUT
+            }
+        );
+    }
+
+    // ---- `instance` and `react` on recorded events ----
+
+    fn recorded<E: DomainEvent>(aggregate_type: &str, id: &str, event: &E) -> RecordedEvent {
+        Envelope {
+            event_id: uuid::Uuid::from_u128(7),
+            stream: StreamId::new(aggregate_type, id).expect("a valid stream id"),
+            version: Version(1),
+            position: Position(1),
+            event_type: Arc::from(event.event_type()),
+            schema_version: event.schema_version(),
+            meta: Arc::new(CommitMeta {
+                recorded_at: T0,
+                ..CommitMeta::default()
+            }),
+            payload: EncodedPayload(
+                annals::codec::encode_plain("test event", event).expect("encodes"),
+            ),
+        }
+    }
+
+    #[test]
+    fn instance_is_the_order_id_for_order_and_credit_events() {
+        let saga = saga();
+        let order_created = recorded(
+            Order::TYPE,
+            "o-1",
+            &OrderEvent::OrderCreated {
+                customer_id: "c-1".into(),
+                total: 5,
+            },
+        );
+        assert_eq!(saga.instance(&order_created).as_deref(), Some("o-1"));
+        assert_eq!(
+            saga.instance(&recorded(Order::TYPE, "o-2", &OrderEvent::OrderShipped))
+                .as_deref(),
+            Some("o-2")
+        );
+        for event in [
+            CustomerEvent::CreditReserved {
+                order_id: "o-3".into(),
+                amount: 1,
+            },
+            CustomerEvent::CreditLimitExceeded {
+                order_id: "o-3".into(),
+                amount: 1,
+                available: 0,
+            },
+            CustomerEvent::CreditReleased {
+                order_id: "o-3".into(),
+                amount: 1,
+            },
+        ] {
+            let event = recorded(Customer::TYPE, "c-1", &event);
+            assert_eq!(saga.instance(&event).as_deref(), Some("o-3"));
+        }
+        let customer_created = CustomerEvent::CustomerCreated {
+            name: "Ada".into(),
+            credit_limit: 1,
+        };
+        assert_eq!(
+            saga.instance(&recorded(Customer::TYPE, "c-1", &customer_created)),
+            None
+        );
+        let other = crate::bank::AccountEvent::Deposited { amount: 1 };
+        assert_eq!(saga.instance(&recorded("Account", "a-1", &other)), None);
+    }
+
+    #[test]
+    fn undecodable_events_are_reported_not_skipped() {
+        let saga = saga();
+        let mut event = recorded(Order::TYPE, "o-1", &OrderEvent::OrderShipped);
+        event.payload = EncodedPayload(vec![0xff, 0x00]);
+        assert_eq!(saga.instance(&event).as_deref(), Some("o-1"));
+        let mut state = OrderCreditState::default();
+        assert!(saga.react(&mut state, &event).is_err());
+    }
+
+    #[test]
+    fn react_turns_order_created_into_a_deadline_and_a_reservation_with_a_fallback() {
+        let saga = saga();
+        let event = recorded(
+            Order::TYPE,
+            "o-1",
+            &OrderEvent::OrderCreated {
+                customer_id: "c-1".into(),
+                total: 500,
+            },
+        );
+        let mut state = OrderCreditState::default();
+        let actions = saga.react(&mut state, &event).expect("reacts");
+        let reject = |reason: &str| OrderCommand::RejectOrder {
+            reason: reason.into(),
+        };
+        let expected = vec![
+            Action::schedule::<Order>(
+                Timestamp(T0.0 + 5_000_000),
+                "o-1",
+                &reject(REASON_TIMED_OUT),
+            )
+            .expect("encodes"),
+            Action::command::<Customer>(
+                "c-1",
+                &CustomerCommand::ReserveCredit {
+                    order_id: "o-1".into(),
+                    amount: 500,
+                },
+            )
+            .expect("encodes")
+            .or_else(
+                Action::command::<Order>("o-1", &reject(REASON_UNKNOWN_CUSTOMER))
+                    .expect("encodes"),
+            ),
+        ];
+        assert_eq!(actions, expected);
+        assert_eq!(state.customer_id.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn react_approves_on_credit_reserved_and_releases_on_cancel() {
+        let saga = saga();
+        let mut state = OrderCreditState {
+            customer_id: Some("c-1".into()),
+            total: 500,
+            credit_reserved: false,
+            status: Some(OrderStatus::Pending),
+        };
+        let reserved = recorded(
+            Customer::TYPE,
+            "c-1",
+            &CustomerEvent::CreditReserved {
+                order_id: "o-1".into(),
+                amount: 500,
+            },
+        );
+        let actions = saga.react(&mut state, &reserved).expect("reacts");
+        assert_eq!(
+            actions,
+            vec![Action::command::<Order>("o-1", &OrderCommand::ApproveOrder).expect("encodes")]
+        );
+        let cancelled = recorded(Order::TYPE, "o-1", &OrderEvent::OrderCancelled);
+        let actions = saga.react(&mut state, &cancelled).expect("reacts");
+        assert_eq!(
+            actions,
+            vec![Action::command::<Customer>(
+                "c-1",
+                &CustomerCommand::ReleaseCredit {
+                    order_id: "o-1".into()
+                }
+            )
+            .expect("encodes")]
+        );
+    }
+}

@@ -57,6 +57,11 @@ pub enum CustomerCommand {
         credit_limit: u64,
     },
     /// Reserves credit for an order, or records that the limit does not allow it.
+    ///
+    /// Idempotent per order: while the order holds a reservation, asking again records
+    /// nothing. An order whose reservation was refused or released is decided afresh (the
+    /// saga asks once per order, and its command id makes a redelivery return the first
+    /// outcome); remembering every order ever decided would grow the state without bound.
     ReserveCredit {
         /// The order the credit is for; at most one open reservation per order.
         order_id: String,
@@ -344,6 +349,25 @@ mod tests {
         AggregateTest::<Customer>::given(vec![created(5_000), reserved("o-1", 4_000)])
             .when(reserve("o-1", 4_000))
             .then_expect_no_events();
+    }
+
+    #[test]
+    fn a_refused_order_is_decided_afresh() {
+        let refused = CustomerEvent::CreditLimitExceeded {
+            order_id: "o-1".into(),
+            amount: 6_000,
+            available: 5_000,
+        };
+        AggregateTest::<Customer>::given(vec![created(5_000), refused.clone()])
+            .when(reserve("o-1", 6_000))
+            .then_expect_events(vec![CustomerEvent::CreditLimitExceeded {
+                order_id: "o-1".into(),
+                amount: 6_000,
+                available: 5_000,
+            }]);
+        AggregateTest::<Customer>::given(vec![created(5_000), refused])
+            .when(reserve("o-1", 5_000))
+            .then_expect_events(vec![reserved("o-1", 5_000)]);
     }
 
     #[test]

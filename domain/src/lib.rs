@@ -68,25 +68,19 @@ mod test_support;
 pub struct DomainOptions {
     /// How long an order may stay pending before the saga rejects it.
     pub decision_timeout: Duration,
-    /// Options of the saga's subscriber. By default it retries for about 40 s before parking
-    /// an event: a parked credit event would leave an order pending until its deadline, or
-    /// credit reserved for an order that is gone, so a busy aggregate is waited for.
+    /// Options of the saga's subscriber. The runtime pauses the saga (never parks an event)
+    /// while an aggregate is overloaded or shutting down; other failures are retried per these
+    /// options, then the event is parked for an operator.
     pub saga: SubscriberOptions,
     /// Options of the projections' subscribers.
     pub projections: SubscriberOptions,
 }
 
-/// Retries of the saga's subscriber before it parks an event; with the first pause of
-/// [`SAGA_BACKOFF_FIRST`] doubling each time, about 41 s in all.
-pub const SAGA_RETRIES: u32 = 12;
-/// The saga's first retry pause.
-pub const SAGA_BACKOFF_FIRST: Duration = Duration::from_millis(10);
-
 impl Default for DomainOptions {
     fn default() -> Self {
         DomainOptions {
             decision_timeout: saga::DECISION_TIMEOUT_DEFAULT,
-            saga: SubscriberOptions::default().with_retries(SAGA_RETRIES, SAGA_BACKOFF_FIRST),
+            saga: SubscriberOptions::default(),
             projections: SubscriberOptions::default(),
         }
     }

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::customer::Customer;
 
 /// The schema version of [`OrderEvent::OrderCreated`] as written now. It is the event whose
-/// shape is expected to change first (a currency, for example): bump this and register an
-/// upcaster for the older versions when it does.
+/// shape is expected to change first (a currency, for example): bump this and teach
+/// [`Aggregate::upcast`] the older versions when it does. Subscribers read events with
+/// [`RecordedEvent::upcast`](annals::RecordedEvent::upcast), so they see the current shape.
 pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 1;
 
 /// Where an order is in its life. Serialized as the variant name (`"Pending"`).
@@ -147,9 +148,9 @@ impl DomainEvent for OrderEvent {
         }
     }
 
-    fn schema_version(&self) -> u16 {
-        match self {
-            OrderEvent::OrderCreated { .. } => ORDER_CREATED_SCHEMA_VERSION,
+    fn current_schema_version(event_type: &str) -> u16 {
+        match event_type {
+            "OrderCreated" => ORDER_CREATED_SCHEMA_VERSION,
             _ => 1,
         }
     }
@@ -221,7 +222,9 @@ impl Aggregate for Order {
                 return Err(OrderRejection::NotPending { status })
             }
             (OrderCommand::ShipOrder, OrderStatus::Approved) => OrderEvent::OrderShipped,
-            (OrderCommand::ShipOrder, status) => return Err(OrderRejection::NotApproved { status }),
+            (OrderCommand::ShipOrder, status) => {
+                return Err(OrderRejection::NotApproved { status })
+            }
             (OrderCommand::CancelOrder, OrderStatus::Pending | OrderStatus::Approved) => {
                 OrderEvent::OrderCancelled
             }
@@ -395,7 +398,10 @@ mod tests {
 
     #[test]
     fn only_pending_orders_are_approved_or_rejected() {
-        for status in OrderStatus::ALL.into_iter().filter(|s| *s != OrderStatus::Pending) {
+        for status in OrderStatus::ALL
+            .into_iter()
+            .filter(|s| *s != OrderStatus::Pending)
+        {
             AggregateTest::<Order>::given(history(status))
                 .when(OrderCommand::ApproveOrder)
                 .then_expect_rejection(OrderRejection::NotPending { status });
@@ -413,7 +419,10 @@ mod tests {
             .when(OrderCommand::ShipOrder)
             .then_expect_events(vec![OrderEvent::OrderShipped])
             .then_expect_state(|o| assert_eq!(o.status, Some(OrderStatus::Shipped)));
-        for status in OrderStatus::ALL.into_iter().filter(|s| *s != OrderStatus::Approved) {
+        for status in OrderStatus::ALL
+            .into_iter()
+            .filter(|s| *s != OrderStatus::Approved)
+        {
             AggregateTest::<Order>::given(history(status))
                 .when(OrderCommand::ShipOrder)
                 .then_expect_rejection(OrderRejection::NotApproved { status });
@@ -470,7 +479,10 @@ mod tests {
                 ("total", 5_000.into()),
             ],
         );
-        assert_shape(&OrderCommand::ApproveOrder, &[("type", text("ApproveOrder"))]);
+        assert_shape(
+            &OrderCommand::ApproveOrder,
+            &[("type", text("ApproveOrder"))],
+        );
         assert_shape(
             &OrderCommand::RejectOrder {
                 reason: "why".into(),

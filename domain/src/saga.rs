@@ -53,9 +53,6 @@ pub const REASON_TIMED_OUT: &str = "credit check timed out";
 /// leaves room for a restart or a backlog before an order is given up on.
 pub const DECISION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
-/// The customer events the saga reacts to (they carry an order id).
-const CREDIT_EVENTS: [&str; 3] = ["CreditReserved", "CreditLimitExceeded", "CreditReleased"];
-
 /// The order-credit saga. Register it with
 /// [`Runtime::process_manager`](annals::Runtime::process_manager) under [`ORDER_CREDIT_SAGA`]
 /// (or use [`register`](crate::register)).
@@ -152,7 +149,9 @@ impl SagaStep {
                     Action::command::<Order>(order_id, &reject(REASON_UNKNOWN_CUSTOMER))?;
                 Ok(Action::command::<Customer>(customer_id, &reserve)?.or_else(fallback))
             }
-            SagaStep::ApproveOrder => Action::command::<Order>(order_id, &OrderCommand::ApproveOrder),
+            SagaStep::ApproveOrder => {
+                Action::command::<Order>(order_id, &OrderCommand::ApproveOrder)
+            }
             SagaStep::RejectOrder { reason } => Action::command::<Order>(order_id, &reject(reason)),
             SagaStep::RejectOrderAt { at, reason } => {
                 Action::schedule::<Order>(at, order_id, &reject(reason))
@@ -267,28 +266,42 @@ fn on_credit(
     }
 }
 
-/// The order id and the decoded event, or `None` for an event the saga ignores.
-fn decode(event: &RecordedEvent) -> Result<Option<(String, SagaEvent)>, CodecError> {
+/// The order id and the events the saga reacts to (decoded and brought to the current schema),
+/// or `None` for an event the saga ignores.
+///
+/// A stored event can upcast into several events; a customer's are kept only if they are
+/// about the same order as the first one that names an order (an upcaster that split one
+/// event across orders would need one instance per order, which the runtime cannot express).
+fn decode(event: &RecordedEvent) -> Result<Option<(String, Vec<SagaEvent>)>, CodecError> {
     match event.stream.aggregate_type() {
         Order::TYPE => {
-            let order = event.decode::<OrderEvent>()?.payload;
-            Ok(Some((
-                event.stream.aggregate_id().to_string(),
-                SagaEvent::Order(order),
-            )))
+            let events = event
+                .upcast::<Order>()?
+                .into_iter()
+                .map(|e| SagaEvent::Order(e.payload))
+                .collect();
+            Ok(Some((event.stream.aggregate_id().to_string(), events)))
         }
-        Customer::TYPE if CREDIT_EVENTS.contains(&&*event.event_type) => {
-            let customer = event.decode::<CustomerEvent>()?.payload;
-            let Some(order_id) = customer.order_id().map(str::to_string) else {
+        Customer::TYPE => {
+            let events: Vec<CustomerEvent> = event
+                .upcast::<Customer>()?
+                .into_iter()
+                .map(|e| e.payload)
+                .collect();
+            let Some(order_id) = events.iter().find_map(|e| e.order_id()).map(str::to_string)
+            else {
                 return Ok(None);
             };
-            Ok(Some((
-                order_id,
-                SagaEvent::Customer {
-                    customer_id: event.stream.aggregate_id().to_string(),
-                    event: customer,
-                },
-            )))
+            let customer_id = event.stream.aggregate_id();
+            let events = events
+                .into_iter()
+                .filter(|e| e.order_id() == Some(order_id.as_str()))
+                .map(|credit| SagaEvent::Customer {
+                    customer_id: customer_id.to_string(),
+                    event: credit,
+                })
+                .collect();
+            Ok(Some((order_id, events)))
         }
         _ => Ok(None),
     }
@@ -314,11 +327,12 @@ impl ProcessManager for OrderCreditSaga {
         let Some((order_id, decoded)) = decode(event)? else {
             return Ok(Vec::new());
         };
-        let steps = self.step(state, &decoded, event.meta.recorded_at);
-        let actions = steps
-            .into_iter()
-            .map(|step| step.into_action(&order_id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut actions = Vec::new();
+        for decoded in &decoded {
+            for step in self.step(state, decoded, event.meta.recorded_at) {
+                actions.push(step.into_action(&order_id)?);
+            }
+        }
         Ok(actions)
     }
 }
@@ -478,7 +492,12 @@ mod tests {
     fn cancelling_or_rejecting_an_order_that_holds_credit_releases_it() {
         let approved = order(OrderEvent::OrderApproved);
         let cases = [
-            vec![created(500), reserved(), approved.clone(), order(OrderEvent::OrderCancelled)],
+            vec![
+                created(500),
+                reserved(),
+                approved.clone(),
+                order(OrderEvent::OrderCancelled),
+            ],
             // Cancelled (or rejected by the deadline) between the reservation and approval.
             vec![created(500), reserved(), order(OrderEvent::OrderCancelled)],
             vec![created(500), reserved(), rejected()],
@@ -495,7 +514,12 @@ mod tests {
             vec![created(500), order(OrderEvent::OrderCancelled)],
             vec![created(500), rejected()],
             vec![created(500), exceeded(), rejected()],
-            vec![created(500), reserved(), released(), order(OrderEvent::OrderCancelled)],
+            vec![
+                created(500),
+                reserved(),
+                released(),
+                order(OrderEvent::OrderCancelled),
+            ],
         ] {
             let (steps, _) = run(&events);
             assert_eq!(steps, vec![], "{events:?}");
@@ -666,8 +690,7 @@ mod tests {
             )
             .expect("encodes")
             .or_else(
-                Action::command::<Order>("o-1", &reject(REASON_UNKNOWN_CUSTOMER))
-                    .expect("encodes"),
+                Action::command::<Order>("o-1", &reject(REASON_UNKNOWN_CUSTOMER)).expect("encodes"),
             ),
         ];
         assert_eq!(actions, expected);

@@ -40,12 +40,7 @@ pub(crate) fn assert_shape<T>(value: &T, expected: &[(&str, Value)])
 where
     T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
-    let object = Value::Map(
-        expected
-            .iter()
-            .map(|(k, v)| (text(k), v.clone()))
-            .collect(),
-    );
+    let object = Value::Map(expected.iter().map(|(k, v)| (text(k), v.clone())).collect());
     assert_eq!(to_value(value), object, "serialized shape of {value:?}");
     let back: T = object.deserialized().expect("the object deserializes");
     assert_eq!(&back, value, "deserialized from its object");

@@ -11,18 +11,24 @@
 //!
 //! # Each event changes each record once
 //! The runtime applies an event to a view record only if the record has not seen that position
-//! yet, which makes redelivery after a crash harmless *per record*. An event that updates
-//! several records can be interrupted between them, and redelivered: every update here is
-//! therefore written so that applying it once, whatever happened to the other records, gives
-//! what a rebuild from scratch gives.
-//! - Facts that never change (an order's customer and total, a customer's creation time) are
-//!   read freely from other records.
-//! - A customer's order counts move an order from its old status to its new one, and the old
+//! yet, which makes redelivery after a crash harmless *per record*. Two consequences shape the
+//! handlers.
+//!
+//! A stored event written with an older schema can upcast into several events, all at one
+//! position: a second update of a record at that position would be skipped, so the handlers
+//! fold all of them into one update per record.
+//!
+//! An event that updates several records can be interrupted between them, and redelivered;
+//! every update is written so that applying it once, whatever happened to the other records,
+//! gives what a rebuild from scratch gives:
+//! - facts that never change (an order's customer and total, a customer's creation time) are
+//!   read freely from other records;
+//! - a customer's order counts move an order from its old status to its new one, and the old
 //!   status is read from the order's list entry. Every event of an order updates its
 //!   customer's summary *before* the order's entry, so whenever the summary has not seen an
 //!   event yet, the entry has not seen it (nor any later one) either, and its status is the one
-//!   before the event.
-//! - The valuable-customers records keep a maximum, which the same total cannot raise twice.
+//!   before the event;
+//! - the valuable-customers records keep a maximum, which the same total cannot raise twice.
 //!
 //! # Queries
 //! The query functions take the [`Runtime`] and look the views up per call, as
@@ -30,8 +36,8 @@
 //! with [`Runtime::wait_for`] on the projection's name and the command's position.
 
 use annals::{
-    Aggregate, HandlerError, Projection, RecordedEvent, Runtime, SubscribeError, Timestamp, View,
-    ViewError, ViewSet,
+    Aggregate, HandlerError, Position, Projection, RecordedEvent, Runtime, SubscribeError,
+    Timestamp, View, ViewError, ViewSet,
 };
 use serde::{Deserialize, Serialize};
 
@@ -191,11 +197,7 @@ fn order_key(customer_id: &str, order_id: &str) -> Vec<u8> {
 
 /// A handler error for an event that the aggregates never produce in this order.
 fn inconsistent(event: &RecordedEvent, what: &str) -> HandlerError {
-    format!(
-        "{} at position {}: {what}",
-        event.stream, event.position
-    )
-    .into()
+    format!("{} at position {}: {what}", event.stream, event.position).into()
 }
 
 impl CustomerSummaries {
@@ -239,7 +241,11 @@ impl CustomerSummaries {
     }
 
     /// At most `limit` orders of customer `customer_id`, in order id order.
-    pub fn orders(&self, customer_id: &str, limit: usize) -> Result<Vec<OrderListEntry>, ViewError> {
+    pub fn orders(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OrderListEntry>, ViewError> {
         let prefix = order_key(customer_id, "");
         let mut out = Vec::new();
         for item in self.orders.scan_prefix(&prefix) {
@@ -254,85 +260,110 @@ impl CustomerSummaries {
         Ok(out)
     }
 
-    fn on_customer(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+    fn on_customer(
+        &self,
+        event: &RecordedEvent,
+        events: &[CustomerEvent],
+    ) -> Result<(), HandlerError> {
+        // Refusals change no summary; nothing to write (and no position to record).
+        if events
+            .iter()
+            .all(|e| matches!(e, CustomerEvent::CreditLimitExceeded { .. }))
+        {
+            return Ok(());
+        }
         let customer_id = event.stream.aggregate_id().as_bytes();
-        let created_at = event.meta.recorded_at;
-        let update: Box<dyn FnOnce(&mut SummaryRecord)> =
-            match event.decode::<CustomerEvent>()?.payload {
-                CustomerEvent::CustomerCreated { name, credit_limit } => Box::new(move |s| {
-                    s.profile = Some(Profile {
-                        name,
-                        credit_limit,
-                        created_at,
-                    });
-                }),
-                CustomerEvent::CreditReserved { amount, .. } => {
-                    Box::new(move |s| s.reserved = s.reserved.saturating_add(amount))
+        self.summaries
+            .update(customer_id, event.position, |record| {
+                let mut record = record.unwrap_or_default();
+                for e in events {
+                    match e {
+                        CustomerEvent::CustomerCreated { name, credit_limit } => {
+                            record.profile = Some(Profile {
+                                name: name.clone(),
+                                credit_limit: *credit_limit,
+                                created_at: event.meta.recorded_at,
+                            });
+                        }
+                        CustomerEvent::CreditReserved { amount, .. } => {
+                            record.reserved = record.reserved.saturating_add(*amount);
+                        }
+                        CustomerEvent::CreditReleased { amount, .. } => {
+                            record.reserved = record.reserved.saturating_sub(*amount);
+                        }
+                        CustomerEvent::CreditLimitExceeded { .. } => {}
+                    }
                 }
-                CustomerEvent::CreditReleased { amount, .. } => {
-                    Box::new(move |s| s.reserved = s.reserved.saturating_sub(amount))
-                }
-                CustomerEvent::CreditLimitExceeded { .. } => return Ok(()),
-            };
-        self.summaries.update(customer_id, event.position, |s| {
-            let mut s = s.unwrap_or_default();
-            update(&mut s);
-            Some(s)
-        })?;
+                Some(record)
+            })?;
         Ok(())
     }
 
-    fn on_order(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+    fn on_order(&self, event: &RecordedEvent, events: &[OrderEvent]) -> Result<(), HandlerError> {
         let order_id = event.stream.aggregate_id();
         let position = event.position;
-        let payload = event.decode::<OrderEvent>()?.payload;
-        if let OrderEvent::OrderCreated { customer_id, total } = payload {
-            self.order_customers
-                .update(order_id.as_bytes(), position, |_| Some(customer_id.clone()))?;
-            self.summaries
-                .update(customer_id.as_bytes(), position, |s| {
-                    let mut s = s.unwrap_or_default();
-                    s.orders.add(OrderStatus::Pending);
-                    Some(s)
-                })?;
-            let entry = OrderListEntry {
-                order_id: order_id.to_string(),
-                customer_id: customer_id.clone(),
-                total,
-                status: OrderStatus::Pending,
-                created_at: event.meta.recorded_at,
-            };
-            self.orders
-                .update(&order_key(&customer_id, order_id), position, |_| Some(entry))?;
-            return Ok(());
-        }
-        let customer_id = self
-            .order_customers
-            .get(order_id.as_bytes())?
-            .ok_or_else(|| inconsistent(event, "an order event before its OrderCreated"))?;
+        let created = events.iter().find_map(|e| match e {
+            OrderEvent::OrderCreated { customer_id, .. } => Some(customer_id.clone()),
+            _ => None,
+        });
+        let customer_id = match created {
+            Some(customer_id) => {
+                self.order_customers
+                    .update(order_id.as_bytes(), position, |_| Some(customer_id.clone()))?;
+                customer_id
+            }
+            None if events.is_empty() => return Ok(()),
+            None => self
+                .order_customers
+                .get(order_id.as_bytes())?
+                .ok_or_else(|| inconsistent(event, "an order event before its OrderCreated"))?,
+        };
         let key = order_key(&customer_id, order_id);
-        let entry = self
-            .orders
-            .get(&key)?
-            .ok_or_else(|| inconsistent(event, "an order missing from its customer's list"))?;
-        // The entry's status is the one before this event whenever the summary below has not
-        // seen the event (see the module docs); otherwise the summary update is skipped.
-        let (from, to) = (entry.status, payload.status_after());
-        self.summaries
-            .update(customer_id.as_bytes(), position, |s| {
-                let mut s = s.unwrap_or_default();
-                s.orders.transfer(from, to);
-                if to == OrderStatus::Shipped {
-                    s.total_shipped = s.total_shipped.saturating_add(entry.total);
+        // The entry before this event: whenever the summary below has not seen the event, the
+        // entry has not either (see the module docs); otherwise the summary update is skipped.
+        let before = self.orders.get(&key)?;
+        let mut after = before.clone();
+        for e in events {
+            match (e, &mut after) {
+                (OrderEvent::OrderCreated { customer_id, total }, None) => {
+                    after = Some(OrderListEntry {
+                        order_id: order_id.to_string(),
+                        customer_id: customer_id.clone(),
+                        total: *total,
+                        status: OrderStatus::Pending,
+                        created_at: event.meta.recorded_at,
+                    });
                 }
-                Some(s)
+                (OrderEvent::OrderCreated { .. }, Some(_)) => {}
+                (e, Some(entry)) => entry.status = e.status_after(),
+                (_, None) => {
+                    return Err(inconsistent(
+                        event,
+                        "an order missing from its customer's list",
+                    ))
+                }
+            }
+        }
+        let Some(after) = after else {
+            return Ok(());
+        };
+        // Statuses only move forward, so the net effect of the events is one order leaving
+        // its old status (if it had one) for its new one.
+        let was = before.as_ref().map(|entry| entry.status);
+        let shipped_now = after.status == OrderStatus::Shipped && was != Some(OrderStatus::Shipped);
+        self.summaries
+            .update(customer_id.as_bytes(), position, |record| {
+                let mut record = record.unwrap_or_default();
+                match was {
+                    Some(was) => record.orders.transfer(was, after.status),
+                    None => record.orders.add(after.status),
+                }
+                if shipped_now {
+                    record.total_shipped = record.total_shipped.saturating_add(after.total);
+                }
+                Some(record)
             })?;
-        self.orders.update(&key, position, |entry| {
-            entry.map(|mut entry| {
-                entry.status = to;
-                entry
-            })
-        })?;
+        self.orders.update(&key, position, |_| Some(after))?;
         Ok(())
     }
 }
@@ -353,11 +384,21 @@ fn summary_of(customer_id: &str, record: SummaryRecord) -> Option<CustomerSummar
 impl Projection for CustomerSummaries {
     fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
         match event.stream.aggregate_type() {
-            Customer::TYPE => self.on_customer(event),
-            Order::TYPE => self.on_order(event),
+            Customer::TYPE => self.on_customer(event, &payloads::<Customer>(event)?),
+            Order::TYPE => self.on_order(event, &payloads::<Order>(event)?),
             _ => Ok(()),
         }
     }
+}
+
+/// The events a stored event stands for now: decoded, and upcast if it was written with an
+/// older schema (possibly several, or none).
+fn payloads<A: Aggregate>(event: &RecordedEvent) -> Result<Vec<A::Event>, HandlerError> {
+    Ok(event
+        .upcast::<A>()?
+        .into_iter()
+        .map(|e| e.payload)
+        .collect())
 }
 
 /// What the valuable-customers projection knows of a customer.
@@ -467,7 +508,7 @@ impl ValuableCustomers {
         &self,
         customer_id: &str,
         record: &ValuableRecord,
-        position: annals::Position,
+        position: Position,
     ) -> Result<(), ViewError> {
         let Some((name, created_at)) = &record.created else {
             return Ok(());
@@ -475,8 +516,10 @@ impl ValuableCustomers {
         if record.max_shipped_total == 0 {
             return Ok(());
         }
-        self.by_creation
-            .update(&creation_key(*created_at, customer_id), position, |current| {
+        self.by_creation.update(
+            &creation_key(*created_at, customer_id),
+            position,
+            |current| {
                 let max = current.map_or(0, |c| c.max_shipped_total);
                 Some(ValuableCustomer {
                     customer_id: customer_id.to_string(),
@@ -484,17 +527,21 @@ impl ValuableCustomers {
                     created_at: *created_at,
                     max_shipped_total: max.max(record.max_shipped_total),
                 })
-            })?;
+            },
+        )?;
         Ok(())
     }
 
-    fn on_customer(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        if &*event.event_type != "CustomerCreated" {
+    fn on_customer(
+        &self,
+        event: &RecordedEvent,
+        events: &[CustomerEvent],
+    ) -> Result<(), HandlerError> {
+        let Some(name) = events.iter().find_map(|e| match e {
+            CustomerEvent::CustomerCreated { name, .. } => Some(name.clone()),
+            _ => None,
+        }) else {
             return Ok(());
-        }
-        let CustomerEvent::CustomerCreated { name, .. } = event.decode::<CustomerEvent>()?.payload
-        else {
-            return Err(inconsistent(event, "a CustomerCreated that decodes as another event"));
         };
         let customer_id = event.stream.aggregate_id();
         let created_at = event.meta.recorded_at;
@@ -511,30 +558,37 @@ impl ValuableCustomers {
         Ok(())
     }
 
-    fn on_order(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+    fn on_order(&self, event: &RecordedEvent, events: &[OrderEvent]) -> Result<(), HandlerError> {
         let order_id = event.stream.aggregate_id();
-        match event.decode::<OrderEvent>()?.payload {
-            OrderEvent::OrderCreated { customer_id, total } => {
-                self.orders.update(order_id.as_bytes(), event.position, |_| {
-                    Some(OrderFacts { customer_id, total })
-                })?;
-            }
-            OrderEvent::OrderShipped => {
-                let facts = self
-                    .orders
-                    .get(order_id.as_bytes())?
-                    .ok_or_else(|| inconsistent(event, "an order shipped before its OrderCreated"))?;
-                let key = facts.customer_id.as_bytes();
-                self.by_customer.update(key, event.position, |record| {
-                    let mut record = record.unwrap_or_default();
-                    record.max_shipped_total = record.max_shipped_total.max(facts.total);
-                    Some(record)
-                })?;
-                if let Some(record) = self.by_customer.get(key)? {
-                    self.index(&facts.customer_id, &record, event.position)?;
-                }
-            }
-            _ => {}
+        let created = events.iter().find_map(|e| match e {
+            OrderEvent::OrderCreated { customer_id, total } => Some(OrderFacts {
+                customer_id: customer_id.clone(),
+                total: *total,
+            }),
+            _ => None,
+        });
+        if let Some(facts) = &created {
+            self.orders
+                .update(order_id.as_bytes(), event.position, |_| Some(facts.clone()))?;
+        }
+        if !events.iter().any(|e| matches!(e, OrderEvent::OrderShipped)) {
+            return Ok(());
+        }
+        let facts = match created {
+            Some(facts) => facts,
+            None => self
+                .orders
+                .get(order_id.as_bytes())?
+                .ok_or_else(|| inconsistent(event, "an order shipped before its OrderCreated"))?,
+        };
+        let key = facts.customer_id.as_bytes();
+        self.by_customer.update(key, event.position, |record| {
+            let mut record = record.unwrap_or_default();
+            record.max_shipped_total = record.max_shipped_total.max(facts.total);
+            Some(record)
+        })?;
+        if let Some(record) = self.by_customer.get(key)? {
+            self.index(&facts.customer_id, &record, event.position)?;
         }
         Ok(())
     }
@@ -543,8 +597,8 @@ impl ValuableCustomers {
 impl Projection for ValuableCustomers {
     fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
         match event.stream.aggregate_type() {
-            Customer::TYPE => self.on_customer(event),
-            Order::TYPE => self.on_order(event),
+            Customer::TYPE => self.on_customer(event, &payloads::<Customer>(event)?),
+            Order::TYPE => self.on_order(event, &payloads::<Order>(event)?),
             _ => Ok(()),
         }
     }
@@ -664,7 +718,10 @@ mod tests {
             }
         );
         for status in OrderStatus::ALL {
-            assert_eq!(counts.get(status), u64::from(status == OrderStatus::Pending || status == OrderStatus::Shipped));
+            assert_eq!(
+                counts.get(status),
+                u64::from(status == OrderStatus::Pending || status == OrderStatus::Shipped)
+            );
         }
     }
 }

@@ -8,17 +8,20 @@
 //! them with `futures::executor::block_on`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::{
-    Aggregate, ExecuteError, Position, RecordedEvent, Runtime, RuntimeOptions, SubscriberOptions,
-    Timestamp,
+    Aggregate, ExecuteError, HandlerError, Position, Projection, RecordedEvent, Runtime,
+    RuntimeOptions, SubscriberOptions, Timestamp, ViewSet,
 };
 use annals_domain::customer::{Customer, CustomerCommand, CustomerEvent};
 use annals_domain::order::{Order, OrderCommand, OrderEvent, OrderRejection, OrderStatus};
 use annals_domain::saga::{self, OrderCreditSaga};
 use annals_domain::views::{
     self, CustomerSummaries, CustomerSummary, OrderCounts, OrderListEntry, ValuableCustomer,
+    ValuableCustomers,
 };
 use annals_domain::{register, DomainOptions};
 use futures::executor::block_on;
@@ -56,8 +59,7 @@ impl Harness {
     /// A runtime with nothing registered.
     fn empty() -> Harness {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let runtime =
-            Runtime::open(RuntimeOptions::new(dir.path().join("annals"))).expect("opens");
+        let runtime = Runtime::open(RuntimeOptions::new(dir.path().join("annals"))).expect("opens");
         Harness { runtime, _dir: dir }
     }
 
@@ -192,43 +194,50 @@ impl LogModel {
     fn from_log(events: &[RecordedEvent]) -> LogModel {
         let mut model = LogModel::default();
         for event in events {
-            let id = event.stream.aggregate_id().to_string();
+            let id = event.stream.aggregate_id();
+            let at = event.meta.recorded_at;
             match event.stream.aggregate_type() {
                 Customer::TYPE => {
-                    let decoded = event.decode::<CustomerEvent>().expect("decodes").payload;
-                    let reserved = model.reserved.entry(id.clone()).or_default();
-                    match decoded {
-                        CustomerEvent::CustomerCreated { name, credit_limit } => {
-                            model
-                                .customers
-                                .insert(id, (name, credit_limit, event.meta.recorded_at));
-                        }
-                        CustomerEvent::CreditReserved { amount, .. } => *reserved += amount,
-                        CustomerEvent::CreditReleased { amount, .. } => *reserved -= amount,
-                        CustomerEvent::CreditLimitExceeded { .. } => {}
+                    for decoded in event.upcast::<Customer>().expect("decodes") {
+                        model.apply_customer(id, decoded.payload, at);
                     }
                 }
                 Order::TYPE => {
-                    let decoded = event.decode::<OrderEvent>().expect("decodes").payload;
-                    if let OrderEvent::OrderCreated { customer_id, total } = &decoded {
-                        model.orders.insert(
-                            id.clone(),
-                            OrderListEntry {
-                                order_id: id.clone(),
-                                customer_id: customer_id.clone(),
-                                total: *total,
-                                status: OrderStatus::Pending,
-                                created_at: event.meta.recorded_at,
-                            },
-                        );
+                    for decoded in event.upcast::<Order>().expect("decodes") {
+                        model.apply_order(id, &decoded.payload, at);
                     }
-                    model.orders.get_mut(&id).expect("created first").status =
-                        decoded.status_after();
                 }
                 other => panic!("unexpected aggregate type {other}"),
             }
         }
         model
+    }
+
+    fn apply_customer(&mut self, id: &str, event: CustomerEvent, at: Timestamp) {
+        let reserved = self.reserved.entry(id.to_string()).or_default();
+        match event {
+            CustomerEvent::CustomerCreated { name, credit_limit } => {
+                self.customers
+                    .insert(id.to_string(), (name, credit_limit, at));
+            }
+            CustomerEvent::CreditReserved { amount, .. } => *reserved += amount,
+            CustomerEvent::CreditReleased { amount, .. } => *reserved -= amount,
+            CustomerEvent::CreditLimitExceeded { .. } => {}
+        }
+    }
+
+    fn apply_order(&mut self, id: &str, event: &OrderEvent, at: Timestamp) {
+        if let OrderEvent::OrderCreated { customer_id, total } = event {
+            let entry = OrderListEntry {
+                order_id: id.to_string(),
+                customer_id: customer_id.clone(),
+                total: *total,
+                status: OrderStatus::Pending,
+                created_at: at,
+            };
+            self.orders.insert(id.to_string(), entry);
+        }
+        self.orders.get_mut(id).expect("created first").status = event.status_after();
     }
 
     fn orders_of<'a>(&'a self, customer_id: &'a str) -> impl Iterator<Item = &'a OrderListEntry> {
@@ -286,9 +295,7 @@ impl LogModel {
                     })
             })
             .collect();
-        found.sort_by(|a, b| {
-            (a.created_at, &a.customer_id).cmp(&(b.created_at, &b.customer_id))
-        });
+        found.sort_by(|a, b| (a.created_at, &a.customer_id).cmp(&(b.created_at, &b.customer_id)));
         found
     }
 }
@@ -327,7 +334,10 @@ fn check_read_models(harness: &Harness, model: &LogModel) {
             let expected = model.valuable(after, above);
             let found =
                 views::recent_valuable_customers(runtime, after, above, PAGE).expect("queries");
-            assert_eq!(found, expected, "valuable customers after {after:?} above {above}");
+            assert_eq!(
+                found, expected,
+                "valuable customers after {after:?} above {above}"
+            );
             let first = views::recent_valuable_customers(runtime, after, above, 3).expect("ok");
             assert_eq!(first, expected[..expected.len().min(3)], "limited to 3");
         }
@@ -352,20 +362,17 @@ fn rebuild(harness: &Harness, projection: &str) {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// 50 customers, 300 orders with random totals (some for customers that do not exist), some
-/// cancelled while the saga decides, then some shipped and some cancelled once approved.
-#[test]
-fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
-    const CUSTOMERS: usize = 50;
-    const ORDERS: usize = 300;
-    let harness = Harness::with_domain(&DomainOptions::default());
+/// The workload of the end-to-end tests: `customers` customers (every tenth without credit),
+/// `orders` orders with random totals (every thirtieth for a customer that does not exist),
+/// every seventh cancelled right after its creation — racing the saga — and, once the saga
+/// has settled, half of the approved orders shipped and a fifth cancelled. Returns each
+/// customer's credit limit.
+fn run_workload(harness: &Harness, customers: usize, orders: usize, seed: u64) -> Limits {
     let runtime = &harness.runtime;
-    let mut rng = Rng(2024);
-
+    let mut rng = Rng(seed);
     let mut limits = BTreeMap::new();
-    for c in 0..CUSTOMERS {
+    for c in 0..customers {
         let id = format!("c-{c:02}");
-        // A few customers without credit; the others afford a few orders each.
         let credit_limit = if c % 10 == 0 {
             0
         } else {
@@ -380,25 +387,21 @@ fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
         limits.insert(id, credit_limit);
     }
 
-    // Creation, with every 7th order cancelled right away: the cancellation races the saga.
-    let mut commands = Vec::new();
-    for o in 0..ORDERS {
-        let id = format!("o-{o:03}");
+    let mut creates = Vec::new();
+    let mut cancels = Vec::new();
+    for o in 0..orders {
+        let id = order_id(o);
         let customer_id = if o % 30 == 0 {
             format!("missing-{o}")
         } else {
-            format!("c-{:02}", rng.index(CUSTOMERS))
+            format!("c-{:02}", rng.index(customers))
         };
         let total = rng.between(1, 20_000);
-        commands.push((id.clone(), OrderCommand::CreateOrder { customer_id, total }));
+        creates.push((id.clone(), OrderCommand::CreateOrder { customer_id, total }));
         if o % 7 == 3 {
-            commands.push((id, OrderCommand::CancelOrder));
+            cancels.push((id, OrderCommand::CancelOrder));
         }
     }
-    // Creation first, then cancellations, each concurrently.
-    let (creates, cancels): (Vec<_>, Vec<_>) = commands
-        .into_iter()
-        .partition(|(_, c)| matches!(c, OrderCommand::CreateOrder { .. }));
     for (id, outcome) in execute_orders(runtime, creates) {
         assert_eq!(outcome, Ok(()), "creating {id}");
     }
@@ -416,12 +419,15 @@ fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
     }
     harness.settle();
 
-    // Once approved: ship every second order, cancel every fifth of the others.
-    let approved: Vec<String> = (0..ORDERS)
-        .map(|o| format!("o-{o:03}"))
+    let approved: Vec<String> = (0..orders)
+        .map(order_id)
         .filter(|id| harness.order(id).status == Some(OrderStatus::Approved))
         .collect();
-    assert!(approved.len() > 50, "enough orders approved: {}", approved.len());
+    assert!(
+        approved.len() >= orders / 6,
+        "enough orders approved: {}",
+        approved.len()
+    );
     let follow_up = approved
         .iter()
         .enumerate()
@@ -435,11 +441,28 @@ fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
         assert_eq!(outcome, Ok(()), "shipping or cancelling {id}");
     }
     harness.settle();
+    limits
+}
+
+/// Customer id → credit limit.
+type Limits = BTreeMap<String, u64>;
+
+fn order_id(o: usize) -> String {
+    format!("o-{o:03}")
+}
+
+/// 50 customers and 300 orders (see [`run_workload`]): every order ends decided, credit is
+/// held exactly by approved and shipped orders, and the read models equal the log's.
+#[test]
+fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
+    const ORDERS: usize = 300;
+    let harness = Harness::with_domain(&DomainOptions::default());
+    let runtime = &harness.runtime;
+    let limits = run_workload(&harness, 50, ORDERS, 2024);
 
     // No order is left pending, and the rejection reasons are the saga's.
     let mut statuses = BTreeMap::new();
-    for o in 0..ORDERS {
-        let id = format!("o-{o:03}");
+    for id in (0..ORDERS).map(order_id) {
         let order = harness.order(&id);
         let status = order.status.expect("created");
         assert_ne!(status, OrderStatus::Pending, "{id} is stuck pending");
@@ -460,7 +483,10 @@ fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
         OrderStatus::Shipped,
         OrderStatus::Cancelled,
     ] {
-        assert!(statuses.get(&status).is_some_and(|n| *n > 0), "{statuses:?}");
+        assert!(
+            statuses.get(&status).is_some_and(|n| *n > 0),
+            "{statuses:?}"
+        );
     }
 
     // Credit: within every limit, and held exactly by the approved and shipped orders.
@@ -468,7 +494,10 @@ fn the_saga_settles_every_order_and_the_read_models_match_the_log() {
     let model = LogModel::from_log(&log);
     for (id, limit) in &limits {
         let customer = harness.customer(id);
-        assert!(customer.reserved() <= *limit, "{id} reserved beyond its limit");
+        assert!(
+            customer.reserved() <= *limit,
+            "{id} reserved beyond its limit"
+        );
         let holding: BTreeMap<String, u64> = model
             .orders_of(id)
             .filter(|o| matches!(o.status, OrderStatus::Approved | OrderStatus::Shipped))
@@ -556,7 +585,11 @@ fn cancelling_an_approved_order_releases_its_credit() {
     );
     execute::<Order>(runtime, "o-3", order(6_000));
     harness.settle();
-    assert_eq!(status("o-3"), OrderStatus::Approved, "the credit is free again");
+    assert_eq!(
+        status("o-3"),
+        OrderStatus::Approved,
+        "the credit is free again"
+    );
     harness.shutdown();
 }
 
@@ -584,10 +617,16 @@ fn a_pending_order_is_rejected_by_its_deadline() {
         assert!(started.elapsed() < SETTLE_MAX, "the deadline never fired");
         std::thread::sleep(POLL);
     }
-    assert!(started.elapsed() >= Duration::from_millis(200), "not before the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "not before the deadline"
+    );
     let order = harness.order("o-1");
     assert_eq!(order.status, Some(OrderStatus::Rejected));
-    assert_eq!(order.rejection_reason.as_deref(), Some(saga::REASON_TIMED_OUT));
+    assert_eq!(
+        order.rejection_reason.as_deref(),
+        Some(saga::REASON_TIMED_OUT)
+    );
     // The order's creation, whose reservation could not be sent, is parked for an operator
     // to see (later events of the order may be too, while the reservation stays unsendable).
     let parked = runtime.parked(saga::ORDER_CREDIT_SAGA).expect("reads");
@@ -638,5 +677,79 @@ fn credit_reserved_for_an_order_cancelled_meanwhile_is_released() {
     );
     assert!(harness.customer("c-1").reservations.is_empty());
     assert_eq!(harness.order("o-1").status, Some(OrderStatus::Cancelled));
+    harness.shutdown();
+}
+
+/// A projection wrapper that handles some events twice, as a crash between a page's view
+/// writes and its checkpoint would: it handles the event, then fails, so the runtime delivers
+/// it again.
+struct Redelivering<P> {
+    inner: P,
+    failed: BTreeSet<Position>,
+    /// Events handled twice, across every generation of the projection.
+    redelivered: Arc<AtomicUsize>,
+}
+
+impl<P: Projection> Projection for Redelivering<P> {
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.inner.handle(event)?;
+        if event.position.0.is_multiple_of(3) && self.failed.insert(event.position) {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+            return Err("simulated crash after the view writes".into());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn redelivered_events_change_no_read_model() {
+    let harness = Harness::empty();
+    let runtime = &harness.runtime;
+    runtime.register::<Customer>().expect("registers");
+    runtime.register::<Order>().expect("registers");
+    let options = SubscriberOptions::default().with_retries(1, Duration::ZERO);
+    let redelivered = Arc::new(AtomicUsize::new(0));
+    let counter = redelivered.clone();
+    runtime
+        .project(
+            views::CUSTOMER_SUMMARIES,
+            options.clone(),
+            move |v: &ViewSet| {
+                Ok(Redelivering {
+                    inner: CustomerSummaries::new(v)?,
+                    failed: BTreeSet::new(),
+                    redelivered: counter.clone(),
+                })
+            },
+        )
+        .expect("registers");
+    let counter = redelivered.clone();
+    runtime
+        .project(views::VALUABLE_CUSTOMERS, options, move |v: &ViewSet| {
+            Ok(Redelivering {
+                inner: ValuableCustomers::new(v)?,
+                failed: BTreeSet::new(),
+                redelivered: counter.clone(),
+            })
+        })
+        .expect("registers");
+    let saga_options = DomainOptions::default().saga;
+    runtime
+        .process_manager(
+            saga::ORDER_CREDIT_SAGA,
+            OrderCreditSaga::default(),
+            saga_options,
+        )
+        .expect("registers");
+    run_workload(&harness, 20, 100, 7);
+    let events = harness.log().len();
+    assert!(
+        redelivered.load(Ordering::Relaxed) >= 2 * (events / 3),
+        "a third of the events were handled twice by each projection"
+    );
+    for name in [views::CUSTOMER_SUMMARIES, views::VALUABLE_CUSTOMERS] {
+        assert_eq!(runtime.parked(name).expect("reads").len(), 0, "{name}");
+    }
+    check_read_models(&harness, &LogModel::from_log(&harness.log()));
     harness.shutdown();
 }

@@ -150,7 +150,7 @@ pub use runtime::{
 };
 pub use subscribe::{SubscribeError, WaitError};
 pub use subscription::{
-    FailurePolicy, HandleFuture, HandlerError, RetryError, Subscriber, SubscriberInfo,
-    SubscriberOptions, SubscriberStatus,
+    FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,
+    SubscriberInfo, SubscriberOptions, SubscriberStatus,
 };
 pub use types::{CommandId, Position, StreamId, Timestamp, Version};

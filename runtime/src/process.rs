@@ -17,6 +17,7 @@
 //! sent once due, by a timer on the runtime's arbiter; a deadline survives restarts and fires
 //! after one (late, if it fell due while the service was down).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -29,7 +30,14 @@ use crate::error::ExecuteError;
 use crate::projection::{View, ViewError, ViewSet};
 use crate::runtime::{ExecuteOptions, WeakRuntime};
 use crate::store::StoreError;
-use crate::subscription::{HandleFuture, HandlerError, Interrupted, Subscriber};
+use crate::subscription::{FlushFuture, HandleFuture, HandlerError, Interrupted, Subscriber};
+use crate::types::Position;
+
+/// Attempts to send one command before its event is reported failed (then retried or parked
+/// per the subscriber's policy).
+const DELIVERY_ATTEMPTS: u32 = 3;
+/// The first pause between attempts; it doubles.
+const DELIVERY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 use crate::types::{CommandId, Timestamp};
 
 /// A process manager. See the [module docs](self).
@@ -126,6 +134,8 @@ pub(crate) struct Outgoing {
 
 /// The subscriber that runs a process manager.
 pub(crate) struct ProcessSubscriber<P: ProcessManager> {
+    /// Commands of the current page, in event order, with their instance: sent by `flush`.
+    queued: Vec<(String, Outgoing)>,
     name: Arc<str>,
     manager: P,
     instances: View<Instance>,
@@ -142,6 +152,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
         runtime: WeakRuntime,
     ) -> Result<Self, ViewError> {
         Ok(ProcessSubscriber {
+            queued: Vec::new(),
             name: Arc::from(name),
             manager,
             instances: views.view("instances")?,
@@ -187,22 +198,100 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             // Already applied before a crash: send whatever its outbox still holds.
             None => self.instances.get(key)?.unwrap_or_default(),
         };
-        let mine: Vec<&Outgoing> = instance
-            .outbox
-            .iter()
-            .filter(|o| o.trigger == event.position.0)
-            .collect();
-        if mine.is_empty() {
+        // Sent at the end of the page (see `flush`), concurrently across instances.
+        self.queued.extend(
+            instance
+                .outbox
+                .into_iter()
+                .filter(|o| o.trigger == event.position.0)
+                .map(|o| (instance_id.clone(), o)),
+        );
+        Ok(())
+    }
+
+    /// Sends the commands queued by the page's events: each instance's in order, different
+    /// instances concurrently (each command waits for its durable commit, so one at a time
+    /// would cap a saga at one commit latency per step). A sent command leaves its instance's
+    /// outbox. A command that keeps failing stops its instance's queue; the triggers of the
+    /// commands left are reported, and stay in the outbox for a redelivery or a retry.
+    async fn flush_queued(&mut self) -> Result<(), Vec<(Position, HandlerError)>> {
+        if self.queued.is_empty() {
             return Ok(());
         }
-        for outgoing in mine {
-            self.deliver(outgoing).await?;
+        let mut by_instance: Vec<(String, Vec<Outgoing>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (instance, outgoing) in self.queued.drain(..) {
+            let i = *index.entry(instance.clone()).or_insert_with(|| {
+                by_instance.push((instance, Vec::new()));
+                by_instance.len() - 1
+            });
+            by_instance[i].1.push(outgoing);
         }
-        self.instances.replace(key, |mut stored| {
-            stored.outbox.retain(|o| o.trigger != event.position.0);
-            stored
-        })?;
-        Ok(())
+        let this = &*self;
+        let sequences = by_instance.into_iter().map(|(instance, queue)| async move {
+            let mut failed = Vec::new();
+            let mut sent = 0;
+            for (i, outgoing) in queue.iter().enumerate() {
+                if let Err(error) = this.deliver_retrying(outgoing).await {
+                    failed.push((Position(outgoing.trigger), error));
+                    failed.extend(queue[i + 1..].iter().map(|o| {
+                        let blocked: HandlerError = format!(
+                            "blocked behind the failed command of the event at position {}",
+                            outgoing.trigger
+                        )
+                        .into();
+                        (Position(o.trigger), blocked)
+                    }));
+                    break;
+                }
+                sent = i + 1;
+            }
+            // One write per instance per page: the sent commands leave the outbox.
+            if sent > 0 {
+                let done: std::collections::HashSet<&str> = queue[..sent]
+                    .iter()
+                    .map(|o| o.command_id.as_str())
+                    .collect();
+                let cleared = this.instances.replace(instance.as_bytes(), |mut stored| {
+                    stored
+                        .outbox
+                        .retain(|o| !done.contains(o.command_id.as_str()));
+                    stored
+                });
+                if let Err(e) = cleared {
+                    failed.push((Position(queue[0].trigger), Box::new(e) as HandlerError));
+                }
+            }
+            failed
+        });
+        let failed: Vec<(Position, HandlerError)> = futures::future::join_all(sequences)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Sends one command, retrying a few times on failures that may pass.
+    async fn deliver_retrying(&self, outgoing: &Outgoing) -> Result<(), HandlerError> {
+        let mut pause = DELIVERY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.deliver(outgoing).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is::<Interrupted>() || attempt >= DELIVERY_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::debug!(command_id = %outgoing.command_id, error = %e, attempt, "retrying a command");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     async fn deliver(&self, outgoing: &Outgoing) -> Result<(), HandlerError> {
@@ -233,6 +322,10 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
 impl<P: ProcessManager> Subscriber for ProcessSubscriber<P> {
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
         Box::pin(self.handle_event(event))
+    }
+
+    fn flush(&mut self) -> FlushFuture<'_> {
+        Box::pin(self.flush_queued())
     }
 }
 

@@ -41,6 +41,10 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 /// The future of one [`Subscriber::handle`] call.
 pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + 'a>>;
 
+/// The future of one [`Subscriber::flush`] call: the events whose effects failed, if any.
+pub type FlushFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), Vec<(Position, HandlerError)>>> + 'a>>;
+
 /// Something that consumes the global log in position order.
 ///
 /// Delivery is at least once, so `handle` must tolerate an event it has seen before (the
@@ -48,6 +52,15 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>
 pub trait Subscriber: Send + 'static {
     /// Handles one event. An error is retried, then handled per the [`FailurePolicy`].
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a>;
+
+    /// Completes the effects `handle` deferred for the page just handled (a process manager
+    /// sends its commands here, concurrently); called before the checkpoint moves past the
+    /// page. Failures name their events: each is then handled per the [`FailurePolicy`]
+    /// (an [`Interrupted`] one moves the checkpoint back before it instead). The default does
+    /// nothing.
+    fn flush(&mut self) -> FlushFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What a subscriber does with an event its handler keeps failing on.
@@ -277,6 +290,11 @@ impl Worker {
             }
             self.checkpoint = event.position;
         }
+        if let Err(failures) = self.subscriber.flush().await {
+            if let Some(pumped) = self.flush_failed(failures) {
+                return pumped;
+            }
+        }
         self.save();
         if self.checkpoint >= head {
             self.shared.set_status(SubscriberStatus::Live);
@@ -284,6 +302,51 @@ impl Worker {
             self.shared.set_status(SubscriberStatus::CatchingUp);
         }
         Pumped::More
+    }
+
+    /// Applies the failure policy to effects that `flush` could not complete. `Some` ends the
+    /// page early.
+    fn flush_failed(&mut self, failures: Vec<(Position, HandlerError)>) -> Option<Pumped> {
+        let first = failures.iter().map(|(p, _)| *p).min()?;
+        if failures.iter().any(|(_, e)| e.is::<Interrupted>()) {
+            // Resume before the first failed event: its handling is redone, and what was
+            // already applied is skipped by the subscriber itself.
+            self.checkpoint = Position(first.0.saturating_sub(1)).min(self.checkpoint);
+            self.save();
+            return Some(Pumped::Interrupted(
+                self.options.backoff.max(Duration::from_millis(10)),
+            ));
+        }
+        match self.options.on_failure {
+            FailurePolicy::Park => {
+                let mut parked_positions = std::collections::BTreeSet::new();
+                for (position, error) in failures {
+                    if !parked_positions.insert(position) {
+                        continue;
+                    }
+                    tracing::warn!(subscriber = %self.shared.name, %position, %error, "parking an event");
+                    let parked = ParkedEvent {
+                        position,
+                        reason: error.to_string(),
+                        attempts: 1,
+                        parked_at: Timestamp::now(),
+                    };
+                    if let Err(e) = self.store.park(&self.shared.name, &parked) {
+                        return Some(self.fail(&format!("cannot park event {position}: {e}")));
+                    }
+                }
+                None
+            }
+            FailurePolicy::Stop => {
+                let reason = failures
+                    .first()
+                    .map(|(_, e)| e.to_string())
+                    .unwrap_or_default();
+                self.checkpoint = Position(first.0.saturating_sub(1)).min(self.checkpoint);
+                self.save();
+                Some(self.fail(&format!("event {first} failed: {reason}")))
+            }
+        }
     }
 
     async fn handle_with_retries(
@@ -342,6 +405,13 @@ impl Worker {
             .handle(&event)
             .await
             .map_err(|e| RetryError::Failed(e.to_string()))?;
+        if let Err(failures) = self.subscriber.flush().await {
+            let reason = failures
+                .first()
+                .map(|(_, e)| e.to_string())
+                .unwrap_or_default();
+            return Err(RetryError::Failed(reason));
+        }
         self.store.unpark(&self.shared.name, position)?;
         Ok(())
     }

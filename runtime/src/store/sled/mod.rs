@@ -236,6 +236,8 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Heads changed since the last checkpoint (see the module docs).
     dirty_heads: Mutex<writer::DirtyHeads>,
+    /// First positions of the segments written recently, oldest first (see `read_all`).
+    recent_segments: Mutex<std::collections::VecDeque<Position>>,
     /// Publishes the acknowledged head to subscribers.
     head: tokio::sync::watch::Sender<Position>,
     /// Command ids whose rejection or no-event outcome is written but not yet acknowledged:
@@ -341,6 +343,7 @@ impl SledStore {
             dirty_heads: Mutex::new(writer::DirtyHeads::new()),
             pending_outcomes: Mutex::new(std::collections::HashSet::new()),
             head: tokio::sync::watch::Sender::new(report.head_position),
+            recent_segments: Mutex::new(std::collections::VecDeque::new()),
             state: AtomicU8::new(STATE_READY),
             failure: Mutex::new(None),
             appends: AtomicU64::new(0),
@@ -386,6 +389,19 @@ impl SledStore {
 
     fn visible(&self) -> Position {
         Position(self.inner.shared.visible.load(Ordering::Acquire))
+    }
+
+    /// The first positions of the recent segments from the one holding `from` on, if `from`
+    /// is recent enough to be found that way.
+    fn recent_segments_from(&self, from: Position) -> Option<Vec<Position>> {
+        let recent = self.inner.shared.recent_segments.lock();
+        if recent.front().is_none_or(|&first| first > from) {
+            return None;
+        }
+        let i = recent
+            .partition_point(|&first| first <= from)
+            .saturating_sub(1);
+        Some(recent.range(i..).copied().collect())
     }
 
     /// The commit to start a backward walk from to reach version `end`: the commit named by the
@@ -650,6 +666,30 @@ impl EventStore for SledStore {
         if limit == 0 || from > visible {
             return Ok(out);
         }
+        // Live subscribers read the tail: find its segments by key from the writer's list of
+        // recent segments (point gets). sled iterators copy whole leaf nodes, which at the rate
+        // live subscribers poll the tail cost more than the reads themselves.
+        if let Some(segments) = self.recent_segments_from(from) {
+            for first in segments {
+                if first > visible {
+                    break;
+                }
+                let Some(bytes) = self
+                    .inner
+                    .trees
+                    .log
+                    .get(keys::position_key(first))
+                    .map_err(io("reading the log"))?
+                else {
+                    break;
+                };
+                let segment = Segment::parse(first, bytes)?;
+                if collect_events(&segment, from, visible, limit, &mut out)? {
+                    return Ok(out);
+                }
+            }
+            return Ok(out);
+        }
         let log = &self.inner.trees.log;
         let start = log
             .range(..=keys::position_key(from))
@@ -665,20 +705,8 @@ impl EventStore for SledStore {
             if segment.first() > visible {
                 break;
             }
-            for i in segment.find_containing(from)..segment.len() {
-                let (position, bytes) = segment.record(i)?;
-                if position > visible {
-                    return Ok(out);
-                }
-                let (header, stream, record) = CommitRecord::decode(position, bytes)?;
-                for event in record.into_events(&stream, &header, position)? {
-                    if event.position >= from && event.position <= visible {
-                        out.push(event);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                }
+            if collect_events(&segment, from, visible, limit, &mut out)? {
+                return Ok(out);
             }
         }
         Ok(out)
@@ -860,6 +888,37 @@ impl Drop for Inner {
         }
     }
 }
+
+/// Appends the events of `segment` from position `from` up to `visible` to `out`; `true` once
+/// `out` holds `limit` events or the segment reaches past `visible`.
+fn collect_events(
+    segment: &Segment,
+    from: Position,
+    visible: Position,
+    limit: usize,
+    out: &mut Vec<RecordedEvent>,
+) -> Result<bool, StoreError> {
+    for i in segment.find_containing(from)..segment.len() {
+        let (position, bytes) = segment.record(i)?;
+        if position > visible {
+            return Ok(true);
+        }
+        let (header, stream, record) = CommitRecord::decode(position, bytes)?;
+        for event in record.into_events(&stream, &header, position)? {
+            if event.position >= from && event.position <= visible {
+                out.push(event);
+                if out.len() >= limit {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Segments the writer inserted recently, remembered so that reads of the tail need no sled
+/// iterator. Bounded: older segments are found through the log tree.
+pub(crate) const RECENT_SEGMENTS_MAX: usize = 4096;
 
 /// `[name length: u8][name][position]`: prefix-free per subscriber, ordered by position.
 fn parked_key(name: &str, position: Position) -> Vec<u8> {

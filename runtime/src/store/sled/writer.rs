@@ -251,10 +251,16 @@ impl Writer {
                         .map_err(io("writing the log"))
                 };
                 match inserted {
-                    Ok(()) => self
-                        .shared
-                        .written
-                        .store(self.next.0 - 1, Ordering::Release),
+                    Ok(()) => {
+                        self.shared
+                            .written
+                            .store(self.next.0 - 1, Ordering::Release);
+                        let mut recent = self.shared.recent_segments.lock();
+                        if recent.len() >= super::RECENT_SEGMENTS_MAX {
+                            recent.pop_front();
+                        }
+                        recent.push_back(first);
+                    }
                     Err(e) => self.shared.fail(e.to_string()),
                 }
             }

@@ -29,7 +29,8 @@
 //! futures::executor::block_on(async {
 //!     let create = CustomerCommand::CreateCustomer { name: "Ada".into(), credit_limit: 150_000 };
 //!     runtime.execute::<Customer>("c-1", create).await??;
-//!     let order = OrderCommand::CreateOrder { customer_id: "c-1".into(), total: 5_000 };
+//!     let order =
+//!         OrderCommand::CreateOrder { customer_id: "c-1".into(), total: 5_000, currency: None };
 //!     let created = runtime.execute::<Order>("o-1", order).await??;
 //!     // The saga reacts asynchronously: wait until it has handled the order's creation and
 //!     // the credit reservation that followed, then until the summaries show the approval.

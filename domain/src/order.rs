@@ -12,19 +12,37 @@
 //! ```
 //!
 //! `ApproveOrder` and `RejectOrder` are normally sent by the saga, which approves an order once
-//! its customer has reserved the credit for it. Money is an integer number of minor units.
+//! its customer has reserved the credit for it. Money is an integer number of minor units of
+//! the order's currency (an ISO 4217 code such as `"EUR"`).
+//!
+//! # Schema history
+//! - [`OrderEvent::OrderCreated`] version 1 had no currency: every order was in euros.
+//!   Version 2 records the currency; [`Order::upcast`](Aggregate::upcast) reads a version 1
+//!   event as version 2 in [`DEFAULT_CURRENCY`]. Stored events are never rewritten, so the
+//!   upcaster stays as long as version 1 events may exist; `tests/corpus/` keeps one.
+//! - The state gained [`Order::currency`] at the same time: snapshots are at
+//!   [`ORDER_SNAPSHOT_SCHEMA_VERSION`] 2, and older ones are ignored (the order replays).
+//!
+//! Subscribers read events with [`RecordedEvent::upcast`](annals::RecordedEvent::upcast), so
+//! they only ever see the current shape.
 
 use annals::types::StreamId;
-use annals::{Aggregate, DomainEvent};
+use annals::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastError};
 use serde::{Deserialize, Serialize};
 
 use crate::customer::Customer;
 
-/// The schema version of [`OrderEvent::OrderCreated`] as written now. It is the event whose
-/// shape is expected to change first (a currency, for example): bump this and teach
-/// [`Aggregate::upcast`] the older versions when it does. Subscribers read events with
-/// [`RecordedEvent::upcast`](annals::RecordedEvent::upcast), so they see the current shape.
-pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 1;
+/// The schema version of [`OrderEvent::OrderCreated`] as written now (version 1 had no
+/// currency; see the [module docs](self)).
+pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 2;
+
+/// The schema version of the serialized [`Order`] state (its snapshots). Version 1 had no
+/// currency.
+pub const ORDER_SNAPSHOT_SCHEMA_VERSION: u32 = 2;
+
+/// The currency of an order created without one, and of every order created before orders
+/// recorded their currency (`OrderCreated` version 1).
+pub const DEFAULT_CURRENCY: &str = "EUR";
 
 /// Where an order is in its life. Serialized as the variant name (`"Pending"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,21 +78,25 @@ impl OrderStatus {
     }
 }
 
-/// An order's state. JSON: `{"status":"Pending","customer_id":"c-1","total":5000,...}`.
+/// An order's state. JSON:
+/// `{"status":"Pending","customer_id":"c-1","total":5000,"currency":"EUR",...}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     /// `None` until the order is created.
     pub status: Option<OrderStatus>,
     /// The customer who placed the order.
     pub customer_id: String,
-    /// In minor units, more than zero.
+    /// In minor units of `currency`, more than zero.
     pub total: u64,
+    /// The ISO 4217 code of the total's currency (empty until the order is created).
+    pub currency: String,
     /// Why the order was rejected, once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection_reason: Option<String>,
 }
 
-/// Commands of an order. JSON: `{"type":"CreateOrder","customer_id":"c-1","total":5000}`.
+/// Commands of an order. JSON: `{"type":"CreateOrder","customer_id":"c-1","total":5000}`,
+/// optionally with `"currency":"USD"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum OrderCommand {
@@ -83,8 +105,13 @@ pub enum OrderCommand {
         /// A valid customer id (1 to 256 bytes); whether the customer exists is the saga's
         /// question, not this aggregate's.
         customer_id: String,
-        /// In minor units, more than zero.
+        /// In minor units of the currency, more than zero.
         total: u64,
+        /// An ISO 4217 code: three upper-case ASCII letters. Absent (`None`):
+        /// [`DEFAULT_CURRENCY`], so that commands written before currencies existed keep
+        /// their meaning.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency: Option<String>,
     },
     /// Approves a pending order.
     ApproveOrder,
@@ -104,12 +131,14 @@ pub enum OrderCommand {
 #[serde(tag = "type")]
 pub enum OrderEvent {
     /// The order was created, pending its credit check. Schema version
-    /// [`ORDER_CREATED_SCHEMA_VERSION`].
+    /// [`ORDER_CREATED_SCHEMA_VERSION`]; version 1 had no `currency`.
     OrderCreated {
         /// The customer who placed it.
         customer_id: String,
-        /// In minor units.
+        /// In minor units of `currency`.
         total: u64,
+        /// The ISO 4217 code of the total's currency.
+        currency: String,
     },
     /// The order was approved.
     OrderApproved,
@@ -174,6 +203,13 @@ pub enum OrderRejection {
         /// What is wrong with it.
         reason: String,
     },
+    /// `CreateOrder` with a currency that is not an ISO 4217 code (three upper-case ASCII
+    /// letters).
+    #[error("cannot create the order: {currency:?} is not an ISO 4217 currency code")]
+    InvalidCurrency {
+        /// The currency given.
+        currency: String,
+    },
     /// A command for an order that was never created.
     #[error("cannot change the order: no such order")]
     UnknownOrder,
@@ -206,7 +242,11 @@ impl Aggregate for Order {
     fn decide(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderRejection> {
         let Some(status) = self.status else {
             return match command {
-                OrderCommand::CreateOrder { customer_id, total } => create(customer_id, *total),
+                OrderCommand::CreateOrder {
+                    customer_id,
+                    total,
+                    currency,
+                } => create(customer_id, *total, currency.as_deref()),
                 _ => Err(OrderRejection::UnknownOrder),
             };
         };
@@ -237,9 +277,14 @@ impl Aggregate for Order {
 
     fn apply(&mut self, event: &OrderEvent) {
         match event {
-            OrderEvent::OrderCreated { customer_id, total } => {
+            OrderEvent::OrderCreated {
+                customer_id,
+                total,
+                currency,
+            } => {
                 self.customer_id.clone_from(customer_id);
                 self.total = *total;
+                self.currency.clone_from(currency);
             }
             OrderEvent::OrderRejected { reason } => {
                 self.rejection_reason = Some(reason.clone());
@@ -248,10 +293,41 @@ impl Aggregate for Order {
         }
         self.status = Some(event.status_after());
     }
+
+    fn options() -> AggregateOptions {
+        AggregateOptions::default().with_snapshot_schema_version(ORDER_SNAPSHOT_SCHEMA_VERSION)
+    }
+
+    fn upcast(mut old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
+        match (old.event_type.as_str(), old.schema_version) {
+            // Version 1 predates currencies: every order was in euros.
+            ("OrderCreated", 1) => {
+                // `into()` builds the CBOR text value without naming `ciborium`, which the
+                // runtime does not re-export.
+                if !old.set_field("currency", DEFAULT_CURRENCY.into()) {
+                    return Err(UpcastError::Invalid {
+                        event_type: old.event_type,
+                        schema_version: old.schema_version,
+                        reason: "the payload is not a map".to_string(),
+                    });
+                }
+                old.schema_version = 2;
+                Ok(vec![old])
+            }
+            _ => Err(UpcastError::NoUpcaster {
+                event_type: old.event_type,
+                schema_version: old.schema_version,
+            }),
+        }
+    }
 }
 
 /// Decides `CreateOrder` for an order that does not exist yet.
-fn create(customer_id: &str, total: u64) -> Result<Vec<OrderEvent>, OrderRejection> {
+fn create(
+    customer_id: &str,
+    total: u64,
+    currency: Option<&str>,
+) -> Result<Vec<OrderEvent>, OrderRejection> {
     if total == 0 {
         return Err(OrderRejection::ZeroTotal);
     }
@@ -259,10 +335,24 @@ fn create(customer_id: &str, total: u64) -> Result<Vec<OrderEvent>, OrderRejecti
     // command technically (and forever), instead of rejecting the order.
     StreamId::new(Customer::TYPE, customer_id)
         .map_err(|e| OrderRejection::InvalidCustomerId { reason: e.reason })?;
+    let currency = currency.unwrap_or(DEFAULT_CURRENCY);
+    if !is_currency_code(currency) {
+        return Err(OrderRejection::InvalidCurrency {
+            currency: currency.to_string(),
+        });
+    }
     Ok(vec![OrderEvent::OrderCreated {
         customer_id: customer_id.to_string(),
         total,
+        currency: currency.to_string(),
     }])
+}
+
+/// Whether `code` has the shape of an ISO 4217 alphabetic code. Which codes are assigned is
+/// not checked: the list changes, and an order must not be refused because this build is older
+/// than a new currency.
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -275,6 +365,15 @@ mod tests {
         OrderEvent::OrderCreated {
             customer_id: "c-1".into(),
             total: 5_000,
+            currency: "EUR".into(),
+        }
+    }
+
+    fn create(customer_id: &str, total: u64, currency: Option<&str>) -> OrderCommand {
+        OrderCommand::CreateOrder {
+            customer_id: customer_id.into(),
+            total,
+            currency: currency.map(str::to_string),
         }
     }
 
@@ -304,30 +403,52 @@ mod tests {
             status: Some(OrderStatus::Pending),
             customer_id: "c-1".into(),
             total: 5_000,
+            currency: "EUR".into(),
             rejection_reason: None,
         }
     }
 
     #[test]
-    fn create_order_is_pending() {
+    fn create_order_is_pending_in_euros_by_default() {
         AggregateTest::<Order>::given_no_previous_events()
-            .when(OrderCommand::CreateOrder {
-                customer_id: "c-1".into(),
-                total: 5_000,
-            })
+            .when(create("c-1", 5_000, None))
             .then_expect_events(vec![created()])
             .then_expect_state_eq(pending())
             .then_expect_deterministic();
     }
 
     #[test]
+    fn create_order_records_its_currency() {
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(create("c-1", 5_000, Some("USD")))
+            .then_expect_events(vec![OrderEvent::OrderCreated {
+                customer_id: "c-1".into(),
+                total: 5_000,
+                currency: "USD".into(),
+            }])
+            .then_expect_state_eq(Order {
+                currency: "USD".into(),
+                ..pending()
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn create_order_with_an_invalid_currency_is_rejected() {
+        for currency in ["", "EU", "EURO", "eur", "E1R", "ÉUR"] {
+            AggregateTest::<Order>::given_no_previous_events()
+                .when(create("c-1", 5_000, Some(currency)))
+                .then_expect_rejection(OrderRejection::InvalidCurrency {
+                    currency: currency.into(),
+                });
+        }
+    }
+
+    #[test]
     fn create_order_twice_is_rejected() {
         for status in OrderStatus::ALL {
             AggregateTest::<Order>::given(history(status))
-                .when(OrderCommand::CreateOrder {
-                    customer_id: "c-2".into(),
-                    total: 1,
-                })
+                .when(create("c-2", 1, None))
                 .then_expect_rejection(OrderRejection::AlreadyExists);
         }
     }
@@ -335,10 +456,7 @@ mod tests {
     #[test]
     fn create_order_with_a_zero_total_is_rejected() {
         AggregateTest::<Order>::given_no_previous_events()
-            .when(OrderCommand::CreateOrder {
-                customer_id: "c-1".into(),
-                total: 0,
-            })
+            .when(create("c-1", 0, None))
             .then_expect_rejection(OrderRejection::ZeroTotal);
     }
 
@@ -346,10 +464,7 @@ mod tests {
     fn create_order_with_an_invalid_customer_id_is_rejected() {
         for customer_id in [String::new(), "c".repeat(257)] {
             let result = AggregateTest::<Order>::given_no_previous_events()
-                .when(OrderCommand::CreateOrder {
-                    customer_id,
-                    total: 1,
-                })
+                .when(create(&customer_id, 1, None))
                 .into_result();
             assert!(
                 matches!(result, Err(OrderRejection::InvalidCustomerId { .. })),
@@ -466,17 +581,117 @@ mod tests {
         }
     }
 
+    /// The payload of an `OrderCreated` as version 1 wrote it.
+    fn created_v1(customer_id: &str, total: u64) -> ciborium::Value {
+        ciborium::Value::Map(vec![
+            (text("type"), text("OrderCreated")),
+            (text("customer_id"), text(customer_id)),
+            (text("total"), total.into()),
+        ])
+    }
+
+    fn old(event_type: &str, schema_version: u16, payload: ciborium::Value) -> Upcast {
+        Upcast {
+            event_type: event_type.into(),
+            schema_version,
+            payload,
+        }
+    }
+
+    #[test]
+    fn only_order_created_changed_schema() {
+        assert_eq!(OrderEvent::current_schema_version("OrderCreated"), 2);
+        assert_eq!(created().schema_version(), ORDER_CREATED_SCHEMA_VERSION);
+        for event in history(OrderStatus::Shipped)
+            .into_iter()
+            .skip(1)
+            .chain([rejected("x"), OrderEvent::OrderCancelled])
+        {
+            assert_eq!(event.schema_version(), 1, "{event:?}");
+        }
+        assert_eq!(
+            Order::options().snapshot_schema_version,
+            ORDER_SNAPSHOT_SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn order_created_version_1_is_read_in_euros() {
+        let upcast = Order::upcast(old("OrderCreated", 1, created_v1("c-1", 5_000)))
+            .expect("version 1 has an upcaster");
+        let [current] = upcast.as_slice() else {
+            panic!("one event: {upcast:?}");
+        };
+        assert_eq!(
+            (current.event_type.as_str(), current.schema_version),
+            ("OrderCreated", 2)
+        );
+        let event: OrderEvent = current.payload.deserialized().expect("a current event");
+        assert_eq!(event, created());
+        // Applied like any other event.
+        let order = AggregateTest::<Order>::given(vec![event]).state().clone();
+        assert_eq!(order, pending());
+    }
+
+    #[test]
+    fn an_order_created_version_1_that_is_no_map_is_invalid() {
+        let error = Order::upcast(old("OrderCreated", 1, text("c-1"))).expect_err("invalid");
+        assert!(
+            matches!(
+                &error,
+                UpcastError::Invalid {
+                    event_type,
+                    schema_version: 1,
+                    ..
+                } if event_type == "OrderCreated"
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn versions_this_build_does_not_know_have_no_upcaster() {
+        for (event_type, schema_version) in [("OrderCreated", 3), ("OrderCreated", 0), ("Gone", 1)]
+        {
+            let error = Order::upcast(old(event_type, schema_version, created_v1("c-1", 1)))
+                .expect_err("no upcaster");
+            assert_eq!(
+                error,
+                UpcastError::NoUpcaster {
+                    event_type: event_type.into(),
+                    schema_version,
+                }
+            );
+        }
+    }
+
     #[test]
     fn serialized_shape_uses_the_documented_names() {
+        // Without a currency, the command has the shape it had before currencies existed.
         assert_shape(
-            &OrderCommand::CreateOrder {
-                customer_id: "c-1".into(),
-                total: 5_000,
-            },
+            &create("c-1", 5_000, None),
             &[
                 ("type", text("CreateOrder")),
                 ("customer_id", text("c-1")),
                 ("total", 5_000.into()),
+            ],
+        );
+        assert_shape(
+            &create("c-1", 5_000, Some("USD")),
+            &[
+                ("type", text("CreateOrder")),
+                ("customer_id", text("c-1")),
+                ("total", 5_000.into()),
+                ("currency", text("USD")),
+            ],
+        );
+        assert_shape(
+            &created(),
+            &[
+                ("type", text("OrderCreated")),
+                ("customer_id", text("c-1")),
+                ("total", 5_000.into()),
+                ("currency", text("EUR")),
             ],
         );
         assert_shape(
@@ -497,6 +712,7 @@ mod tests {
                 ("status", text("Pending")),
                 ("customer_id", text("c-1")),
                 ("total", 5_000.into()),
+                ("currency", text("EUR")),
             ],
         );
         for status in OrderStatus::ALL {
@@ -516,6 +732,12 @@ mod tests {
                 status: OrderStatus::Shipped,
             },
             &[("type", text("NotPending")), ("status", text("Shipped"))],
+        );
+        assert_shape(
+            &OrderRejection::InvalidCurrency {
+                currency: "eur".into(),
+            },
+            &[("type", text("InvalidCurrency")), ("currency", text("eur"))],
         );
     }
 }

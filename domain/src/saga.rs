@@ -195,7 +195,10 @@ impl OrderCreditSaga {
         event: &OrderEvent,
         recorded_at: Timestamp,
     ) -> Vec<SagaStep> {
-        if let OrderEvent::OrderCreated { customer_id, total } = event {
+        if let OrderEvent::OrderCreated {
+            customer_id, total, ..
+        } = event
+        {
             // An order is created once; anything else would be a second start of the saga.
             if state.customer_id.is_some() {
                 return Vec::new();
@@ -358,6 +361,7 @@ mod tests {
         SagaEvent::Order(OrderEvent::OrderCreated {
             customer_id: "c-1".into(),
             total,
+            currency: "EUR".into(),
         })
     }
 
@@ -610,6 +614,7 @@ mod tests {
             &OrderEvent::OrderCreated {
                 customer_id: "c-1".into(),
                 total: 5,
+                currency: "EUR".into(),
             },
         );
         assert_eq!(saga.instance(&order_created).as_deref(), Some("o-1"));
@@ -660,17 +665,44 @@ mod tests {
 
     #[test]
     fn react_turns_order_created_into_a_deadline_and_a_reservation_with_a_fallback() {
-        let saga = saga();
         let event = recorded(
             Order::TYPE,
             "o-1",
             &OrderEvent::OrderCreated {
                 customer_id: "c-1".into(),
                 total: 500,
+                currency: "EUR".into(),
             },
         );
+        expect_order_created_reaction(&event);
+    }
+
+    /// An `OrderCreated` stored before orders had a currency (schema version 1) is upcast
+    /// before the saga sees it, so the saga reacts to it as to a current one.
+    #[test]
+    fn react_to_an_order_created_of_schema_version_1_is_the_same() {
+        #[derive(Serialize)]
+        #[serde(tag = "type")]
+        enum OrderEventV1 {
+            OrderCreated { customer_id: String, total: u64 },
+        }
+        let old = OrderEventV1::OrderCreated {
+            customer_id: "c-1".into(),
+            total: 500,
+        };
+        let mut event = recorded(Order::TYPE, "o-1", &OrderEvent::OrderShipped);
+        event.event_type = Arc::from("OrderCreated");
+        event.schema_version = 1;
+        event.payload = EncodedPayload(annals::codec::encode_plain("v1", &old).expect("encodes"));
+        expect_order_created_reaction(&event);
+    }
+
+    /// Checks the reaction to `event`, an `OrderCreated` of order o-1 for customer c-1 with a
+    /// total of 500.
+    fn expect_order_created_reaction(event: &RecordedEvent) {
+        let saga = saga();
         let mut state = OrderCreditState::default();
-        let actions = saga.react(&mut state, &event).expect("reacts");
+        let actions = saga.react(&mut state, event).expect("reacts");
         let reject = |reason: &str| OrderCommand::RejectOrder {
             reason: reason.into(),
         };

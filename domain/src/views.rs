@@ -325,7 +325,12 @@ impl CustomerSummaries {
         let mut after = before.clone();
         for e in events {
             match (e, &mut after) {
-                (OrderEvent::OrderCreated { customer_id, total }, None) => {
+                (
+                    OrderEvent::OrderCreated {
+                        customer_id, total, ..
+                    },
+                    None,
+                ) => {
                     after = Some(OrderListEntry {
                         order_id: order_id.to_string(),
                         customer_id: customer_id.clone(),
@@ -561,7 +566,9 @@ impl ValuableCustomers {
     fn on_order(&self, event: &RecordedEvent, events: &[OrderEvent]) -> Result<(), HandlerError> {
         let order_id = event.stream.aggregate_id();
         let created = events.iter().find_map(|e| match e {
-            OrderEvent::OrderCreated { customer_id, total } => Some(OrderFacts {
+            OrderEvent::OrderCreated {
+                customer_id, total, ..
+            } => Some(OrderFacts {
                 customer_id: customer_id.clone(),
                 total: *total,
             }),

@@ -91,6 +91,8 @@ pub(crate) struct Loaded<A> {
     pub(crate) state: A,
     pub(crate) version: Version,
     pub(crate) snapshot_version: Version,
+    /// When the event at `version` was recorded (`Timestamp(0)` for a new stream).
+    pub(crate) last_recorded_at: Timestamp,
 }
 
 /// Rebuilds an aggregate up to `up_to` (or its head): the latest snapshot at or below that
@@ -107,6 +109,7 @@ pub(crate) fn load<A: Aggregate>(
         state: A::default(),
         version: Version(0),
         snapshot_version: Version(0),
+        last_recorded_at: Timestamp(0),
     };
     if target == Version(0) {
         return Ok(loaded);
@@ -132,7 +135,23 @@ pub(crate) fn load<A: Aggregate>(
         &mut loaded.version,
         target,
     )?;
+    loaded.last_recorded_at = recorded_at(store, stream, loaded.version)?;
     Ok(loaded)
+}
+
+/// When the event at `version` of `stream` was recorded (`Timestamp(0)` for version 0).
+pub(crate) fn recorded_at(
+    store: &dyn crate::store::EventStore,
+    stream: &StreamId,
+    version: Version,
+) -> Result<Timestamp, ExecuteError> {
+    if version == Version(0) {
+        return Ok(Timestamp(0));
+    }
+    Ok(store
+        .read_stream(stream, version, Some(version), 1)?
+        .first()
+        .map_or(Timestamp(0), |e| e.meta.recorded_at))
 }
 
 /// Applies the events of `stream` after `version` up to `target`, checking contiguity.
@@ -186,6 +205,8 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     /// `Err` if rehydration failed: every queued command gets the error, then the actor stops.
     ready: Result<(), ExecuteError>,
     last_active: Instant,
+    /// When the stream's last event was recorded.
+    last_recorded_at: Timestamp,
     /// The previous instance of this aggregate, if it is still stopping: rehydration waits for
     /// it, so that this instance starts from everything the previous one committed.
     predecessor: Option<Arc<Slot>>,
@@ -207,6 +228,7 @@ impl<A: Aggregate> AggregateActor<A> {
             snapshot_version: Version(0),
             ready: Ok(()),
             last_active: Instant::now(),
+            last_recorded_at: Timestamp(0),
             predecessor,
         }
     }
@@ -289,7 +311,9 @@ impl<A: Aggregate> AggregateActor<A> {
             }
         }
         let meta = CommitMeta {
-            recorded_at: Timestamp::now(),
+            // Never before the stream's last event, even if the wall clock stepped back:
+            // temporal queries rely on a stream's times never decreasing.
+            recorded_at: Timestamp::now().max(self.last_recorded_at),
             command_id: options.command_id.clone(),
             correlation_id: options.correlation_id.clone(),
             causation_id: options.causation_id.clone(),
@@ -390,7 +414,9 @@ impl<A: Aggregate> AggregateActor<A> {
                             .stream_head(&stream)
                             .map_err(ExecuteError::from)
                             .and_then(|head| {
-                                replay(&*store, &stream, &mut act.state, &mut act.version, head)
+                                replay(&*store, &stream, &mut act.state, &mut act.version, head)?;
+                                act.last_recorded_at = recorded_at(&*store, &stream, act.version)?;
+                                Ok(())
                             });
                         match caught_up {
                             Ok(()) => act.run(command, options, reply, attempt + 1),
@@ -470,6 +496,7 @@ impl<A: Aggregate> AggregateActor<A> {
                     self.version.advance(envelopes.len() as u64)
                 );
                 self.version = receipt.version;
+                self.last_recorded_at = meta.recorded_at;
                 Ok(Ok(Executed {
                     stream: self.stream.clone(),
                     version: self.version,
@@ -592,6 +619,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 act.state = l.state;
                 act.version = l.version;
                 act.snapshot_version = l.snapshot_version;
+                act.last_recorded_at = l.last_recorded_at;
             }
             Err(e) => {
                 tracing::warn!(stream = %act.stream, error = %e, "rehydration failed");

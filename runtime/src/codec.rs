@@ -9,6 +9,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// A generic CBOR value, as upcasters see old payloads ([`Upcast`](crate::Upcast)): re-exported
+/// so that an upcaster needs no direct dependency on the exact ciborium version.
+pub use ciborium::Value;
+
 /// Encoding or decoding failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -58,6 +58,7 @@ async fn run(orders: usize, customers: usize, clients: usize) {
                 let command = OrderCommand::CreateOrder {
                     customer_id: format!("c-{}", o % customers),
                     total,
+                    currency: None,
                 };
                 let created = runtime.execute::<Order>(&format!("o-{o}"), command).await;
                 assert!(matches!(created, Ok(Ok(_))), "{created:?}");

@@ -258,6 +258,11 @@ impl Worker {
             if let Err((error, _)) = &handled {
                 if error.downcast_ref::<Interrupted>().is_some() {
                     tracing::debug!(subscriber = %self.shared.name, position = %event.position, %error, "pausing");
+                    // The page's earlier events are complete only once their deferred effects
+                    // are: settle them before the checkpoint moves past them.
+                    if let Some(pumped) = self.settle().await {
+                        return pumped;
+                    }
                     self.save();
                     return Pumped::Interrupted(
                         self.options.backoff.max(Duration::from_millis(10)),
@@ -280,6 +285,9 @@ impl Worker {
                         }
                     }
                     FailurePolicy::Stop => {
+                        if let Some(pumped) = self.settle().await {
+                            return pumped;
+                        }
                         self.save();
                         return self.fail(&format!(
                             "event {} failed {attempts} times: {error}",
@@ -290,10 +298,8 @@ impl Worker {
             }
             self.checkpoint = event.position;
         }
-        if let Err(failures) = self.subscriber.flush().await {
-            if let Some(pumped) = self.flush_failed(failures) {
-                return pumped;
-            }
+        if let Some(pumped) = self.settle().await {
+            return pumped;
         }
         self.save();
         if self.checkpoint >= head {
@@ -302,6 +308,15 @@ impl Worker {
             self.shared.set_status(SubscriberStatus::CatchingUp);
         }
         Pumped::More
+    }
+
+    /// Completes the deferred effects of the events handled so far ([`Subscriber::flush`]);
+    /// `Some` ends the page early.
+    async fn settle(&mut self) -> Option<Pumped> {
+        match self.subscriber.flush().await {
+            Ok(()) => None,
+            Err(failures) => self.flush_failed(failures),
+        }
     }
 
     /// Applies the failure policy to effects that `flush` could not complete. `Some` ends the

@@ -550,11 +550,6 @@ async fn parked(
         .map_err(|_| "the address book is poisoned")?
         .insert("mallory".into(), "mallory@example.com".into());
     println!("mallory's address is added; retrying the parked event...");
-    // Let the mailer go idle first. A retry that reaches a subscriber between two of its pages
-    // currently makes it lose its wake-up for the next page, and it stalls for good (a bug in
-    // runtime/src/subscription.rs: the `Pump` handler finds the worker out for the retry and
-    // drops the pump). Remove this pause once that is fixed.
-    actix_rt::time::sleep(Duration::from_millis(50)).await;
     runtime.retry_parked("mailer", position).await?;
     println!(
         "retried: parked events left: {}",

@@ -558,6 +558,10 @@ impl Runtime {
         let mut checkpoint = entry.shared.checkpoint.subscribe();
         let mut swaps = self.inner().subscriptions.swaps.subscribe();
         let started = std::time::Instant::now();
+        let reached = *checkpoint.borrow();
+        if reached >= position {
+            return Ok(reached);
+        }
         let mut expired = self.timer(timeout);
         loop {
             // A rebuilt projection replaces its subscriber: follow the name.
@@ -609,12 +613,17 @@ impl Runtime {
 
     /// A future that resolves after `after`, timed on the runtime's own arbiter (so callers
     /// need no particular executor).
+    /// The timer task ends early when the receiver is dropped, so a wait that succeeds at once
+    /// leaves nothing sleeping behind it.
     fn timer(&self, after: Duration) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
+        let (mut tx, rx) = oneshot::channel();
         if let Some(arbiter) = self.arbiter() {
             arbiter.spawn(async move {
-                tokio::time::sleep(after).await;
-                let _ = tx.send(());
+                let sleep = Box::pin(tokio::time::sleep(after));
+                let abandoned = Box::pin(tx.cancellation());
+                if let futures::future::Either::Left(..) = futures::future::select(sleep, abandoned).await {
+                    let _ = tx.send(());
+                }
             });
         }
         rx

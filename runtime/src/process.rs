@@ -27,7 +27,7 @@ use crate::aggregate::Aggregate;
 use crate::codec::{self, CodecError};
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
-use crate::projection::{View, ViewError, ViewSet};
+use crate::projection::{View, ViewError, ViewSet, WriteBuffer};
 use crate::runtime::{ExecuteOptions, WeakRuntime};
 use crate::store::StoreError;
 use crate::subscription::{FlushFuture, HandleFuture, HandlerError, Interrupted, Subscriber};
@@ -136,6 +136,10 @@ pub(crate) struct Outgoing {
 pub(crate) struct ProcessSubscriber<P: ProcessManager> {
     /// Commands of the current page, in event order, with their instance: sent by `flush`.
     queued: Vec<(String, Outgoing)>,
+    /// Where the instance records' writes wait until the page ends (written by `flush`).
+    buffer: Option<Arc<WriteBuffer>>,
+    /// The first event handled since the buffer was last written.
+    first_unwritten: Option<Position>,
     name: Arc<str>,
     manager: P,
     instances: View<Instance>,
@@ -153,6 +157,8 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     ) -> Result<Self, ViewError> {
         Ok(ProcessSubscriber {
             queued: Vec::new(),
+            buffer: views.buffer().cloned(),
+            first_unwritten: None,
             name: Arc::from(name),
             manager,
             instances: views.view("instances")?,
@@ -162,6 +168,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     }
 
     async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.first_unwritten.get_or_insert(event.position);
         let Some(instance_id) = self.manager.instance(event) else {
             return Ok(());
         };
@@ -215,8 +222,25 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     /// outbox. A command that keeps failing stops its instance's queue; the triggers of the
     /// commands left are reported, and stay in the outbox for a redelivery or a retry.
     async fn flush_queued(&mut self) -> Result<(), Vec<(Position, HandlerError)>> {
+        let mut failed = self.send_queued().await;
+        // The instance records (state, and the outbox less what was sent) are written last: a
+        // crash before this redoes the page, and the command ids make the resend harmless.
+        let first = self.first_unwritten.take();
+        if let (Some(buffer), Some(first)) = (&self.buffer, first) {
+            if let Err(e) = buffer.flush() {
+                failed.push((first, Box::new(Interrupted(e.to_string())) as HandlerError));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    async fn send_queued(&mut self) -> Vec<(Position, HandlerError)> {
         if self.queued.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         let mut by_instance: Vec<(String, Vec<Outgoing>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -264,16 +288,11 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             }
             failed
         });
-        let failed: Vec<(Position, HandlerError)> = futures::future::join_all(sequences)
+        futures::future::join_all(sequences)
             .await
             .into_iter()
             .flatten()
-            .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed)
-        }
+            .collect()
     }
 
     /// Sends one command, retrying a few times on failures that may pass.

@@ -12,12 +12,17 @@
 //! was already applied, and the view converges to exactly the state a rebuild from scratch
 //! gives. Deleting a record keeps a tombstone with its position for the same reason.
 //!
+//! Within one page of events, a subscriber's view writes are held in memory and written once
+//! per record when the page ends, before the checkpoint is saved (see `WriteBuffer`); queries
+//! see a page's effects once it is complete, which is also when [`Runtime::wait_for`](crate::Runtime::wait_for) reports it.
+//!
 //! # Rebuild without downtime
 //! Views belong to a *generation* of their projection. [`Runtime::rebuild`](crate::Runtime::rebuild)
 //! builds generation `g + 1` beside the live generation `g`, from position 0, while queries keep
 //! reading generation `g`; once the new one has caught up with the head, the runtime makes it the
 //! active generation (durably), stops the old subscriber and drops the old generation's trees.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -67,14 +72,44 @@ pub enum ViewError {
 pub struct ViewSet {
     db: sled::Db,
     prefix: Arc<str>,
+    /// Set for the views a subscriber writes: their writes wait here until the page ends.
+    buffer: Option<Arc<WriteBuffer>>,
 }
 
 impl ViewSet {
+    /// Views read and written directly (queries).
     pub(crate) fn new(db: sled::Db, projection: &str, generation: u64) -> ViewSet {
         ViewSet {
             db,
             prefix: Arc::from(format!("view/{projection}/{generation}/")),
+            buffer: None,
         }
+    }
+
+    /// Views whose writes are held in `buffer` until the subscriber's page ends.
+    pub(crate) fn buffered(
+        db: sled::Db,
+        projection: &str,
+        generation: u64,
+        buffer: Arc<WriteBuffer>,
+    ) -> ViewSet {
+        ViewSet {
+            buffer: Some(buffer),
+            ..ViewSet::new(db, projection, generation)
+        }
+    }
+
+    /// The same views, their writes held in `buffer`.
+    pub(crate) fn with_buffer(&self, buffer: Arc<WriteBuffer>) -> ViewSet {
+        ViewSet {
+            buffer: Some(buffer),
+            ..self.clone()
+        }
+    }
+
+    /// The buffer of these views' writes, if they are a subscriber's.
+    pub(crate) fn buffer(&self) -> Option<&Arc<WriteBuffer>> {
+        self.buffer.as_ref()
     }
 
     /// The view named `name` (created on first use).
@@ -90,6 +125,7 @@ impl ViewSet {
         Ok(View {
             tree,
             name: Arc::from(tree_name),
+            buffer: self.buffer.clone(),
             _value: PhantomData,
         })
     }
@@ -114,6 +150,7 @@ impl ViewSet {
 pub struct View<V> {
     tree: sled::Tree,
     name: Arc<str>,
+    buffer: Option<Arc<WriteBuffer>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -122,8 +159,55 @@ impl<V> Clone for View<V> {
         View {
             tree: self.tree.clone(),
             name: self.name.clone(),
+            buffer: self.buffer.clone(),
             _value: PhantomData,
         }
+    }
+}
+
+/// The view writes of one page of a subscriber, held in memory and written when the page ends
+/// (before its checkpoint is saved): a record touched by many events of the page is written
+/// once, and the handler's own reads see its writes. A crash before the write loses only
+/// writes whose events are after the saved checkpoint, so they are redone — exactly once in
+/// effect, as the position guard makes every record's replay harmless. Bounded by the records
+/// one page touches.
+#[derive(Debug, Default)]
+pub(crate) struct WriteBuffer {
+    pending: parking_lot::Mutex<HashMap<Arc<str>, HeldWrites>>,
+}
+
+/// The held writes of one view: its tree and record key → encoded record.
+#[derive(Debug)]
+struct HeldWrites {
+    tree: sled::Tree,
+    records: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl WriteBuffer {
+    /// Runs `f` on the held record at `key` of `view`, if there is one.
+    fn with<T>(&self, view: &str, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        let pending = self.pending.lock();
+        pending.get(view)?.records.get(key).map(|bytes| f(bytes))
+    }
+
+    fn put(&self, view: &Arc<str>, tree: &sled::Tree, key: &[u8], bytes: Vec<u8>) {
+        let mut pending = self.pending.lock();
+        let held = pending.entry(view.clone()).or_insert_with(|| HeldWrites {
+            tree: tree.clone(),
+            records: HashMap::new(),
+        });
+        held.records.insert(key.to_vec(), bytes);
+    }
+
+    /// Writes every held record.
+    pub(crate) fn flush(&self) -> Result<(), ViewError> {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for held in pending.into_values() {
+            for (key, bytes) in held.records {
+                held.tree.insert(key, bytes).map_err(io("writing a view"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -169,12 +253,33 @@ impl<V: Serialize + DeserializeOwned> View<V> {
         Ok(out)
     }
 
-    /// The value at `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<V>, ViewError> {
+    fn read(&self, key: &[u8]) -> Result<Option<Stored<V>>, ViewError> {
+        if let Some(held) = self
+            .buffer
+            .as_ref()
+            .and_then(|b| b.with(&self.name, key, |bytes| self.decode(bytes)))
+        {
+            return Ok(Some(held?));
+        }
         match self.tree.get(key).map_err(io("reading a view"))? {
-            Some(bytes) => Ok(self.decode(&bytes)?.value),
+            Some(bytes) => Ok(Some(self.decode(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    fn write(&self, key: &[u8], bytes: Vec<u8>) -> Result<(), ViewError> {
+        match &self.buffer {
+            Some(buffer) => buffer.put(&self.name, &self.tree, key, bytes),
+            None => {
+                self.tree.insert(key, bytes).map_err(io("writing a view"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<V>, ViewError> {
+        Ok(self.read(key)?.and_then(|stored| stored.value))
     }
 
     /// Applies the event at `position` to the record at `key`: `f` gets the current value and
@@ -199,13 +304,10 @@ impl<V: Serialize + DeserializeOwned> View<V> {
         position: Position,
         f: impl FnOnce(Option<V>) -> Result<Option<V>, E>,
     ) -> Result<Result<bool, E>, ViewError> {
-        let current = match self.tree.get(key).map_err(io("reading a view"))? {
-            Some(bytes) => self.decode(&bytes)?,
-            None => Stored {
-                position: Position(0),
-                value: None,
-            },
-        };
+        let current = self.read(key)?.unwrap_or(Stored {
+            position: Position(0),
+            value: None,
+        });
         if current.position >= position {
             return Ok(Ok(false));
         }
@@ -213,43 +315,43 @@ impl<V: Serialize + DeserializeOwned> View<V> {
             Ok(next) => next,
             Err(e) => return Ok(Err(e)),
         };
-        self.tree
-            .insert(key, Self::encode(position, next.as_ref())?)
-            .map_err(io("writing a view"))?;
+        self.write(key, Self::encode(position, next.as_ref())?)?;
         Ok(Ok(true))
     }
 
     /// Rewrites the value at `key` keeping its position (no-op if absent).
     pub(crate) fn replace(&self, key: &[u8], f: impl FnOnce(V) -> V) -> Result<(), ViewError> {
-        let Some(bytes) = self.tree.get(key).map_err(io("reading a view"))? else {
+        let Some(stored) = self.read(key)? else {
             return Ok(());
         };
-        let stored = self.decode(&bytes)?;
         if let Some(value) = stored.value {
             let next = f(value);
-            self.tree
-                .insert(key, Self::encode(stored.position, Some(&next))?)
-                .map_err(io("writing a view"))?;
+            self.write(key, Self::encode(stored.position, Some(&next))?)?;
         }
         Ok(())
     }
 
-    /// The records whose keys start with `prefix`, in key order (tombstones skipped).
+    /// The records whose keys start with `prefix`, in key order (tombstones skipped). In a
+    /// projection's handler this first writes the page's held records, so the scan sees them.
     pub fn scan_prefix(
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), ViewError>> + '_ {
-        self.tree.scan_prefix(prefix).filter_map(move |item| {
-            let (key, bytes) = match item {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(io("scanning a view")(e))),
-            };
-            match self.decode(&bytes) {
-                Ok(Stored { value: Some(v), .. }) => Some(Ok((key.to_vec(), v))),
-                Ok(Stored { value: None, .. }) => None,
-                Err(e) => Some(Err(e)),
-            }
-        })
+        let flushed = self.buffer.as_ref().map(|b| b.flush()).transpose().err();
+        flushed
+            .map(Err)
+            .into_iter()
+            .chain(self.tree.scan_prefix(prefix).filter_map(move |item| {
+                let (key, bytes) = match item {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(io("scanning a view")(e))),
+                };
+                match self.decode(&bytes) {
+                    Ok(Stored { value: Some(v), .. }) => Some(Ok((key.to_vec(), v))),
+                    Ok(Stored { value: None, .. }) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }))
     }
 
     /// Every record, in key order.

@@ -15,12 +15,13 @@ use parking_lot::Mutex;
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
 use crate::process::{self, Outgoing, ProcessManager, ProcessSubscriber};
-use crate::projection::{Projection, View, ViewError, ViewSet};
+use crate::projection::{Projection, View, ViewError, ViewSet, WriteBuffer};
 use crate::runtime::Runtime;
 use crate::store::{ParkedEvent, StoreError};
 use crate::subscription::{
-    HandleFuture, RetryError, RetryParked, Stop, Subscriber, SubscriberActor, SubscriberInfo,
-    SubscriberOptions, SubscriberShared, SubscriberStatus,
+    FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, RetryParked, Stop,
+    Subscriber, SubscriberActor, SubscriberInfo, SubscriberOptions, SubscriberShared,
+    SubscriberStatus,
 };
 use crate::types::Position;
 
@@ -130,13 +131,44 @@ struct ProjectionEntry {
     rebuilding: bool,
 }
 
-/// Runs a projection as a subscriber.
-struct ProjectionSubscriber(Box<dyn Projection>);
+/// Runs a projection as a subscriber; its view writes wait in `buffer` until the page ends.
+struct ProjectionSubscriber {
+    projection: Box<dyn Projection>,
+    buffer: Arc<WriteBuffer>,
+    /// The first event handled since the buffer was last written.
+    first_unwritten: Option<Position>,
+}
+
+impl ProjectionSubscriber {
+    fn new(projection: Box<dyn Projection>, buffer: Arc<WriteBuffer>) -> ProjectionSubscriber {
+        ProjectionSubscriber {
+            projection,
+            buffer,
+            first_unwritten: None,
+        }
+    }
+}
 
 impl Subscriber for ProjectionSubscriber {
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
-        let result = self.0.handle(event);
+        self.first_unwritten.get_or_insert(event.position);
+        let result = self.projection.handle(event);
         Box::pin(async move { result })
+    }
+
+    fn flush(&mut self) -> FlushFuture<'_> {
+        let first = self.first_unwritten.take();
+        let written = self.buffer.flush();
+        Box::pin(async move {
+            match (written, first) {
+                (Ok(()), _) | (Err(_), None) => Ok(()),
+                // Not the events' fault: go back before them and try again.
+                (Err(e), Some(first)) => Err(vec![(
+                    first,
+                    Box::new(Interrupted(e.to_string())) as HandlerError,
+                )]),
+            }
+        })
     }
 }
 
@@ -243,10 +275,11 @@ impl Runtime {
         let generation = active_generation(&db, name)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
-        let projection = factory(&ViewSet::new(db, name, generation))?;
+        let buffer = Arc::new(WriteBuffer::default());
+        let projection = factory(&ViewSet::buffered(db, name, generation, buffer.clone()))?;
         let entry = self.start_subscriber(
             &format!("{name}@{generation}"),
-            Box::new(ProjectionSubscriber(projection)),
+            Box::new(ProjectionSubscriber::new(projection, buffer)),
             options.clone(),
             SubscriberStatus::CatchingUp,
         )?;
@@ -304,10 +337,11 @@ impl Runtime {
             self.inner()
                 .store
                 .save_checkpoint(&format!("{projection}@{generation}"), Position(0))?;
-            let built = factory(&views)?;
+            let buffer = Arc::new(WriteBuffer::default());
+            let built = factory(&views.with_buffer(buffer.clone()))?;
             let entry = self.start_subscriber(
                 &format!("{projection}@{generation}"),
-                Box::new(ProjectionSubscriber(built)),
+                Box::new(ProjectionSubscriber::new(built, buffer)),
                 options,
                 SubscriberStatus::Rebuilding,
             )?;
@@ -437,7 +471,12 @@ impl Runtime {
             .open_tree(DEADLINES_TREE)
             .map_err(sled_io("opening deadlines"))?;
         // '#' is not allowed in projection names, so no projection's trees can share this prefix.
-        let views = ViewSet::new(db, &format!("#pm-{name}"), 0);
+        let views = ViewSet::buffered(
+            db,
+            &format!("#pm-{name}"),
+            0,
+            Arc::new(WriteBuffer::default()),
+        );
         let subscriber =
             ProcessSubscriber::new(name, manager, &views, deadlines.clone(), self.downgrade())?;
         let entry = self.start_subscriber(
@@ -621,7 +660,9 @@ impl Runtime {
             arbiter.spawn(async move {
                 let sleep = Box::pin(tokio::time::sleep(after));
                 let abandoned = Box::pin(tx.cancellation());
-                if let futures::future::Either::Left(..) = futures::future::select(sleep, abandoned).await {
+                if let futures::future::Either::Left(..) =
+                    futures::future::select(sleep, abandoned).await
+                {
                     let _ = tx.send(());
                 }
             });

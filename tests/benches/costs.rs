@@ -103,7 +103,9 @@ async fn rehydrate() {
     let mut raw = Histogram::<u64>::new(3).expect("histogram");
     for _ in 0..rounds {
         let t = Instant::now();
-        let events = runtime.read_stream(&stream, annals::Version(1), None, 20_000).expect("read");
+        let events = runtime
+            .read_stream(&stream, annals::Version(1), None, 20_000)
+            .expect("read");
         raw.record(micros(t.elapsed())).expect("record");
         assert_eq!(events.len(), 10_000);
     }

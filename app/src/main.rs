@@ -1,75 +1,56 @@
-//! The `annals` binary: the CLI of the Annals service.
-//!
-//! Today it has the administrative `verify` subcommand, which opens a store directory, runs
-//! recovery and the integrity check, and prints what it found; `serve` and `load` come with
-//! their issues. Arguments are parsed by hand until the service brings its configuration layer.
+//! The `annals` binary: the HTTP service (`serve`), its effective configuration (`config`), the
+//! administrative commands on a data directory (`verify`, `export`, `import`, `stats`) and the
+//! load-test harness (`load`). Each subcommand lives in the `annals_app` library; this file only
+//! parses the command line and turns results into exit codes (0 success, 1 failure found, 2 bad
+//! usage or configuration).
 
 use std::process::ExitCode;
 
-use annals::store::sled::{IntegrityCheck, SledOptions, SledStore};
-use annals::store::EventStore;
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "usage: annals verify --data-dir DIR [--full]
-  verify    open the store in DIR, recover it and check its integrity (structure of the whole
-            log; --full also decodes every record), then print the report
-  --version print the version";
+/// Annals: an actor-based aggregate runtime for event-sourced services.
+#[derive(Debug, Parser)]
+#[command(name = "annals", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service with an embedded store.
+    Serve(annals_app::server::ServeArgs),
+    /// Print the effective configuration (defaults < file < environment < flags), secrets
+    /// redacted.
+    Config(annals_app::server::ServeArgs),
+    /// Open a data directory, recover it and check its integrity.
+    Verify(annals_app::admin::VerifyArgs),
+    /// Write the global log of a data directory to stdout as JSON lines.
+    Export(annals_app::admin::ExportArgs),
+    /// Read JSON lines written by `export` into an empty data directory.
+    Import(annals_app::admin::ImportArgs),
+    /// Print counts, sizes and heads of a data directory.
+    Stats(annals_app::admin::StatsArgs),
+    /// Measure throughput and latency in-process or against a running server.
+    Load(annals_app::load::LoadArgs),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("annals: {message}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => annals_app::server::serve(&args),
+        Command::Config(args) => annals_app::server::print_config(&args),
+        Command::Verify(args) => annals_app::admin::verify(&args),
+        Command::Export(args) => annals_app::admin::export(&args),
+        Command::Import(args) => annals_app::admin::import(&args),
+        Command::Stats(args) => annals_app::admin::stats(&args),
+        Command::Load(args) => annals_app::load::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("annals: {error:#}");
+            ExitCode::from(annals_app::exit_code(&error))
         }
     }
-}
-
-fn run(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("--version") => {
-            println!("annals {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Some("verify") => verify(&args[1..]),
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
-        None => Err(format!("missing command\n{USAGE}")),
-    }
-}
-
-fn verify(args: &[String]) -> Result<(), String> {
-    let mut data_dir = None;
-    let mut check = IntegrityCheck::Structure;
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--data-dir" => {
-                data_dir = Some(rest.next().ok_or("--data-dir needs a directory")?.clone());
-            }
-            "--full" => check = IntegrityCheck::Full,
-            other => return Err(format!("verify: unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    let dir = data_dir.ok_or_else(|| format!("verify: --data-dir is required\n{USAGE}"))?;
-    if !std::path::Path::new(&dir).join("conf").is_file() {
-        // Opening would create an empty store; verifying must change nothing.
-        return Err(format!("verify: {dir:?} holds no Annals store"));
-    }
-    let store = SledStore::open(SledOptions::new(&dir).with_integrity_check(check))
-        .map_err(|e| format!("verify: {e}"))?;
-    let report = store.recovery_report().clone();
-    println!(
-        "store {dir}: ok ({check:?} check)\n  head position   {}\n  commits checked {}\n  events checked  {}\n  re-derived      {}\n  removed         {} unacknowledged segments\n  took            {:?}",
-        report.head_position,
-        report.records_checked,
-        report.events_checked,
-        report.records_reindexed,
-        report.records_removed,
-        report.duration,
-    );
-    store.shutdown().map_err(|e| format!("verify: {e}"))
 }

@@ -8,7 +8,7 @@
 //! read model equals the one computed by brute force from the log, and equals itself rebuilt
 //! from scratch by the runtime; the valuable-customers query matches a brute-force evaluation.
 //!
-//! `ANNALS_DOMAIN_E2E_ORDERS` sets the number of orders (customers: a tenth of it). Each phase's
+//! `ANNALS_E2E_ORDERS` sets the number of orders (customers: a tenth of it). Each phase's
 //! time is printed (`--nocapture` shows it).
 
 mod common;
@@ -22,7 +22,7 @@ use common::{check_read_models, check_settled, rebuild, run_workload, Harness, L
 
 /// Orders by default: the size.
 const ORDERS_DEFAULT: usize = 10_000;
-/// Fewest orders `ANNALS_DOMAIN_E2E_ORDERS` may ask for: the checks need every status to occur.
+/// Fewest orders `ANNALS_E2E_ORDERS` may ask for: the checks need every status to occur.
 const ORDERS_MIN: usize = 300;
 /// Customers per order.
 const ORDERS_PER_CUSTOMER: usize = 10;
@@ -34,14 +34,14 @@ const SETTLE_MAX: Duration = Duration::from_secs(180);
 const QUERY_INSTANTS: usize = 25;
 
 fn orders() -> usize {
-    match std::env::var("ANNALS_DOMAIN_E2E_ORDERS") {
+    match std::env::var("ANNALS_E2E_ORDERS") {
         Ok(orders) => {
             let orders: usize = orders
                 .parse()
-                .expect("ANNALS_DOMAIN_E2E_ORDERS is a number of orders");
+                .expect("ANNALS_E2E_ORDERS is a number of orders");
             assert!(
                 orders >= ORDERS_MIN,
-                "ANNALS_DOMAIN_E2E_ORDERS: at least {ORDERS_MIN}"
+                "ANNALS_E2E_ORDERS: at least {ORDERS_MIN}"
             );
             orders
         }

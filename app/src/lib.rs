@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 pub mod admin;
+pub mod http;
 pub mod load;
 pub mod server;
 

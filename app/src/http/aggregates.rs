@@ -1,0 +1,505 @@
+//! The aggregate routes: commands, current and temporal state, history.
+//!
+//! The routes are generic over the aggregate types the server registers: [`ApiAggregate`] is
+//! the object-safe face of one `A: Aggregate` (its commands parsed from JSON, its state and
+//! events rendered as JSON), and [`Aggregates`] maps route names (`customers`) to them. Adding
+//! an aggregate type to the service is one line in [`Aggregates::domain`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, HttpRequest, HttpResponse};
+use annals::{Aggregate, CommandId, ExecuteOptions, RecordedEvent, Runtime, StreamId, Version};
+use futures::future::LocalBoxFuture;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::json::{parse_rfc3339, typed_envelope};
+use super::metrics::Outcome;
+use super::problem::{Kind, Problem};
+use super::AppState;
+
+/// A command's reply, before it becomes a response.
+#[derive(Debug)]
+pub struct CommandReply {
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// The body.
+    pub body: Value,
+}
+
+/// One aggregate type as the API sees it.
+pub trait ApiAggregate: Send + Sync {
+    /// The route segment (`customers`).
+    fn route(&self) -> &'static str;
+    /// The aggregate type name in the store (`Customer`).
+    fn type_name(&self) -> &'static str;
+    /// The command type names the aggregate accepts, for metrics labels and the docs.
+    fn command_types(&self) -> &[&'static str];
+    /// The command type named by a JSON body's `type` member, if the aggregate knows it.
+    fn command_type(&self, body: &[u8]) -> Option<&'static str> {
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let tag: Tag<'_> = serde_json::from_slice(body).ok()?;
+        self.command_types()
+            .iter()
+            .copied()
+            .find(|t| *t == tag.kind)
+    }
+    /// Parses and executes a command. Business rejections are `Err` with [`Kind::Rejected`].
+    fn execute<'a>(
+        &'a self,
+        runtime: &'a Runtime,
+        id: &'a str,
+        body: &'a [u8],
+        options: ExecuteOptions,
+    ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>>;
+    /// The state of `id` at `version` (`None`: the head), as `(version, state)`.
+    fn state(
+        &self,
+        runtime: &Runtime,
+        id: &str,
+        at: StateAt,
+    ) -> Result<Option<(u64, Value)>, Problem>;
+    /// Renders a stored event of this type (upcast to the current schema: possibly several).
+    fn render(&self, event: &RecordedEvent) -> Result<Vec<Value>, Problem>;
+}
+
+/// Which state a query asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum StateAt {
+    /// The current state.
+    Head,
+    /// As of a version.
+    Version(Version),
+    /// As of an instant.
+    Instant(annals::Timestamp),
+}
+
+/// The [`ApiAggregate`] of `A`.
+#[derive(Debug)]
+pub struct Api<A> {
+    route: &'static str,
+    command_types: Vec<&'static str>,
+    _aggregate: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Api<A> {
+    /// `A` served under `/v1/{route}`; `command_types` are the variant names of its command
+    /// enum (the `type` tag of the JSON body).
+    pub fn new(route: &'static str, command_types: &[&'static str]) -> Api<A> {
+        Api {
+            route,
+            command_types: command_types.to_vec(),
+            _aggregate: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> ApiAggregate for Api<A> {
+    fn route(&self) -> &'static str {
+        self.route
+    }
+
+    fn type_name(&self) -> &'static str {
+        A::TYPE
+    }
+
+    fn command_types(&self) -> &[&'static str] {
+        &self.command_types
+    }
+
+    fn execute<'a>(
+        &'a self,
+        runtime: &'a Runtime,
+        id: &'a str,
+        body: &'a [u8],
+        options: ExecuteOptions,
+    ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>> {
+        Box::pin(async move {
+            let command: A::Command = serde_json::from_slice(body).map_err(|e| {
+                Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
+                    .with("command_types", self.command_types.clone())
+            })?;
+            match runtime.execute_with::<A>(id, command, options).await? {
+                Ok(executed) => {
+                    let events = executed
+                        .events
+                        .iter()
+                        .map(typed_envelope)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(CommandReply {
+                        version: executed.version.0,
+                        body: json!({
+                            "id": id,
+                            "version": executed.version.0,
+                            "position": executed.position.map(|p| p.0),
+                            "deduplicated": executed.deduplicated,
+                            "events": events,
+                        }),
+                    })
+                }
+                Err(rejection) => {
+                    let rendered = serde_json::to_value(&rejection).unwrap_or(Value::Null);
+                    Err(Problem::new(Kind::Rejected, rejection.to_string())
+                        .with("rejection", rendered))
+                }
+            }
+        })
+    }
+
+    fn state(
+        &self,
+        runtime: &Runtime,
+        id: &str,
+        at: StateAt,
+    ) -> Result<Option<(u64, Value)>, Problem> {
+        let state = match at {
+            StateAt::Head => runtime.state::<A>(id)?,
+            StateAt::Version(v) => runtime.state_at::<A>(id, Some(v))?,
+            StateAt::Instant(t) => runtime.state_as_of::<A>(id, t)?,
+        };
+        state
+            .map(|s| {
+                serde_json::to_value(&s.state)
+                    .map(|json| (s.version.0, json))
+                    .map_err(|e| Problem::internal(format!("cannot render state as JSON: {e}")))
+            })
+            .transpose()
+    }
+
+    fn render(&self, event: &RecordedEvent) -> Result<Vec<Value>, Problem> {
+        let events = event.upcast::<A>().map_err(|e| {
+            Problem::internal(format!(
+                "cannot decode the event at position {}: {e}",
+                event.position
+            ))
+        })?;
+        events.iter().map(typed_envelope).collect()
+    }
+}
+
+/// The aggregate types served, by route.
+#[derive(Default)]
+pub struct Aggregates {
+    by_route: BTreeMap<&'static str, Arc<dyn ApiAggregate>>,
+}
+
+impl std::fmt::Debug for Aggregates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_route.keys()).finish()
+    }
+}
+
+impl Aggregates {
+    /// The reference domain: `customers`, `orders`, and the benchmark's `accounts`.
+    pub fn domain() -> Aggregates {
+        use annals_domain::{bank, customer, order};
+        let mut all = Aggregates::default();
+        all.add(Api::<customer::Customer>::new(
+            "customers",
+            &["CreateCustomer", "ReserveCredit", "ReleaseCredit"],
+        ));
+        all.add(Api::<order::Order>::new(
+            "orders",
+            &[
+                "CreateOrder",
+                "ApproveOrder",
+                "RejectOrder",
+                "ShipOrder",
+                "CancelOrder",
+            ],
+        ));
+        all.add(Api::<bank::Account>::new(
+            "accounts",
+            &["Deposit", "Withdraw"],
+        ));
+        all
+    }
+
+    /// Serves `api` under `/v1/{api.route()}`.
+    pub fn add(&mut self, api: impl ApiAggregate + 'static) {
+        self.by_route.insert(api.route(), Arc::new(api));
+    }
+
+    /// The aggregate type served under `route`.
+    pub fn get(&self, route: &str) -> Result<&Arc<dyn ApiAggregate>, Problem> {
+        self.by_route.get(route).ok_or_else(|| {
+            Problem::not_found(format!(
+                "no aggregate type is served under /v1/{route}; known: {}",
+                self.by_route.keys().copied().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// The aggregate type stored as `type_name`.
+    pub fn by_type(&self, type_name: &str) -> Option<&Arc<dyn ApiAggregate>> {
+        self.by_route.values().find(|a| a.type_name() == type_name)
+    }
+
+    /// Every aggregate type served.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn ApiAggregate>> {
+        self.by_route.values()
+    }
+}
+
+/// The parsed `If-Match` header: an expected version.
+fn expected_version(headers: &HeaderMap) -> Result<Option<Version>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::bad_request(
+            "If-Match must be one entity tag holding a version, such as \"3\" (\"0\": the \
+             aggregate must not exist yet)",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let digits = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    digits
+        .parse::<u64>()
+        .map(|v| Some(Version(v)))
+        .map_err(|_| bad())
+}
+
+/// The parsed `Idempotency-Key` header: a command id.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<CommandId>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?;
+    CommandId::new(text)
+        .map(Some)
+        .map_err(|e| Problem::bad_request(format!("Idempotency-Key: {e}")))
+}
+
+/// A trace id header (`X-Correlation-Id`, `X-Causation-Id`), checked by the runtime.
+fn trace_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| Problem::bad_request(format!("{name} must be visible ASCII")))
+        })
+        .transpose()
+}
+
+/// Reads the body: JSON only, at most `server.body_bytes_max` bytes.
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, Problem> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(Problem::new(
+            Kind::UnsupportedMediaType,
+            "the command must be sent as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        Problem::new(
+            Kind::PayloadTooLarge,
+            format!("the body exceeds the limit of {limit} bytes"),
+        )
+        .with("limit", limit)
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// `POST /v1/{aggregate}/{id}/commands`.
+pub async fn post_command(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let started = Instant::now();
+    let (route, id) = path.into_inner();
+    let api = Arc::clone(state.aggregates.get(&route)?);
+    let result = execute(&state, &req, api.as_ref(), &id, payload).await;
+    let (command, outcome) = match &result {
+        Ok((command, _)) => (*command, Outcome::Ok),
+        Err((command, problem)) => (*command, outcome_of(problem.kind())),
+    };
+    state
+        .metrics
+        .command(api.type_name(), command, outcome, started.elapsed());
+    let (_, reply) = result.map_err(|(_, problem)| problem)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{}\"", reply.version)))
+        .json(reply.body))
+}
+
+type Executed = (&'static str, CommandReply);
+
+async fn execute(
+    state: &AppState,
+    req: &HttpRequest,
+    api: &dyn ApiAggregate,
+    id: &str,
+    payload: web::Payload,
+) -> Result<Executed, (&'static str, Problem)> {
+    let invalid = |p: Problem| ("invalid", p);
+    let runtime = state.runtime().map_err(invalid)?;
+    let server = &state.config.server;
+    let _in_flight = state.in_flight.enter().ok_or_else(|| {
+        invalid(Problem::unavailable(
+            format!(
+                "{} commands are in flight, the configured limit (server.in_flight_max)",
+                server.in_flight_max
+            ),
+            state.config.runtime.retry_after,
+        ))
+    })?;
+    let body = json_body(req, payload, server.body_bytes_max.get())
+        .await
+        .map_err(invalid)?;
+    let command = api.command_type(&body).unwrap_or("invalid");
+    let headers = req.headers();
+    let mut options = ExecuteOptions::default();
+    options.command_id = idempotency_key(headers).map_err(invalid)?;
+    options.expected_version = expected_version(headers).map_err(invalid)?;
+    options.correlation_id = trace_header(headers, "x-correlation-id")
+        .map_err(invalid)?
+        .map(Into::into);
+    options.causation_id = trace_header(headers, "x-causation-id")
+        .map_err(invalid)?
+        .map(Into::into);
+    // The id is checked here too so a bad one is a 400 whatever the body says.
+    StreamId::new(api.type_name(), id).map_err(|e| invalid(Problem::bad_request(e.to_string())))?;
+    let reply = api
+        .execute(runtime, id, &body, options)
+        .await
+        .map_err(|p| (command, p))?;
+    Ok((command, reply))
+}
+
+fn outcome_of(kind: Kind) -> Outcome {
+    match kind {
+        Kind::Rejected | Kind::IdempotencyKeyReused => Outcome::Rejected,
+        Kind::Conflict => Outcome::Conflict,
+        Kind::TooManyRequests | Kind::Unavailable => Outcome::Overloaded,
+        Kind::Internal | Kind::OutcomeUnknown => Outcome::Error,
+        _ => Outcome::Invalid,
+    }
+}
+
+/// Query of `GET /v1/{aggregate}/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateQuery {
+    /// The state as of this version.
+    version: Option<u64>,
+    /// The state as of this instant (RFC 3339).
+    as_of: Option<String>,
+}
+
+/// `GET /v1/{aggregate}/{id}`.
+pub async fn get_state(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<StateQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (route, id) = path.into_inner();
+    let api = state.aggregates.get(&route)?;
+    let runtime = state.runtime()?;
+    let at = match (query.version, &query.as_of) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "give either version or as_of, not both",
+            ))
+        }
+        (Some(0), None) => return Err(Problem::bad_request("version starts at 1")),
+        (Some(v), None) => StateAt::Version(Version(v)),
+        (None, Some(t)) => StateAt::Instant(parse_rfc3339("as_of", t)?),
+        (None, None) => StateAt::Head,
+    };
+    StreamId::new(api.type_name(), id.as_str()).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let (version, json) = api.state(runtime, &id, at)?.ok_or_else(|| {
+        Problem::not_found(format!(
+            "{} {id:?} has no events{}",
+            api.type_name(),
+            match at {
+                StateAt::Head => String::new(),
+                StateAt::Version(v) => format!(" (at version {v})"),
+                StateAt::Instant(_) => " at that time".into(),
+            }
+        ))
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(json!({"id": id, "version": version, "state": json})))
+}
+
+/// Query of `GET /v1/{aggregate}/{id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// The first version (default 1).
+    from: Option<u64>,
+    /// At most this many events (default `server.page_size_default`).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/{aggregate}/{id}/events`.
+pub async fn get_history(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (route, id) = path.into_inner();
+    let api = state.aggregates.get(&route)?;
+    let runtime = state.runtime()?;
+    let limit = state.page_size(query.limit)?;
+    let from = Version(query.from.unwrap_or(1).max(1));
+    let stream = StreamId::new(api.type_name(), id.as_str())
+        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    let stored = runtime.read_stream(&stream, from, None, limit)?;
+    let mut events = Vec::with_capacity(stored.len());
+    for event in &stored {
+        events.extend(api.render(event)?);
+    }
+    let next = (stored.len() == limit)
+        .then(|| stored.last().map(|e| e.version.0 + 1))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({"id": id, "events": events, "next_from": next})))
+}

@@ -1,0 +1,204 @@
+//! The global log: paged reads (`GET /v1/events`) and the live feed (`GET /v1/events/live`,
+//! Server-Sent Events).
+//!
+//! The live feed reads the log itself, page by page from the position after `Last-Event-ID`
+//! (or `?after=P`), and waits on the journal's head watch once it is caught up. Catching up
+//! and following are one loop, so a client that reconnects with the last id it saw gets every
+//! later event once, in order, whatever happened in between. Memory per feed is one page; a
+//! slow client holds the stream back (actix only polls it when the socket can take more), not
+//! the journal. Feeds are bounded by `server.sse_connections_max`, send a comment every
+//! `server.sse_keepalive_ms` so proxies keep them open, and end when the server stops.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use annals::{Position, RecordedEvent, Runtime};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::aggregates::Aggregates;
+use super::json::raw_envelope;
+use super::problem::Problem;
+use super::AppState;
+
+/// Events per page of the live feed.
+const LIVE_PAGE_EVENTS: usize = 256;
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Events after this position (default 0: from the start).
+    after: Option<u64>,
+    /// At most this many events (default `server.page_size_default`).
+    limit: Option<usize>,
+}
+
+/// Renders stored events: decoded and upcast for the aggregate types served, converted
+/// generically from CBOR for others.
+pub fn render(aggregates: &Aggregates, stored: &[RecordedEvent]) -> Result<Vec<Value>, Problem> {
+    let mut out = Vec::with_capacity(stored.len());
+    for event in stored {
+        match aggregates.by_type(event.stream.aggregate_type()) {
+            Some(api) => out.extend(api.render(event)?),
+            None => out.push(raw_envelope(event)?),
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /v1/events`.
+pub async fn global_log(
+    state: web::Data<AppState>,
+    query: web::Query<LogQuery>,
+) -> Result<HttpResponse, Problem> {
+    let runtime = state.runtime()?;
+    let limit = state.page_size(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let from = Position(after.checked_add(1).ok_or_else(|| {
+        Problem::bad_request("after is beyond any position").with("parameter", "after")
+    })?);
+    let stored = runtime.read_all(from, limit)?;
+    let events = render(&state.aggregates, &stored)?;
+    let next_after = stored.last().map_or(after, |e| e.position.0);
+    Ok(HttpResponse::Ok().json(json!({
+        "events": events,
+        "next_after": next_after,
+        "head": runtime.head_position().0,
+    })))
+}
+
+/// Query of `GET /v1/events/live`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    /// Events after this position (default: the head, i.e. only new events). `Last-Event-ID`
+    /// takes precedence.
+    after: Option<u64>,
+}
+
+/// `GET /v1/events/live`.
+pub async fn live(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<LiveQuery>,
+) -> Result<HttpResponse, Problem> {
+    let runtime = state.runtime()?.clone();
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| Problem::bad_request("Last-Event-ID must be a position (a number)"))
+        })
+        .transpose()?;
+    let after = last_event_id
+        .or(query.after)
+        .unwrap_or_else(|| runtime.head_position().0);
+    let server = &state.config.server;
+    let guard = state.live_feeds.enter_owned().ok_or_else(|| {
+        Problem::unavailable(
+            format!(
+                "{} live feeds are open, the configured limit (server.sse_connections_max)",
+                server.sse_connections_max
+            ),
+            Duration::from_secs(5),
+        )
+    })?;
+    let feed = Feed {
+        runtime: runtime.clone(),
+        state: state.clone().into_inner(),
+        next: Position(after.saturating_add(1)),
+        head: runtime.store().watch_head(),
+        stopping: state.stopping(),
+        keepalive: server.sse_keepalive,
+        started: false,
+        _guard: guard,
+    };
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let chunk = feed.next_chunk().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), feed))
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(stream))
+}
+
+struct Feed {
+    runtime: Runtime,
+    state: std::sync::Arc<AppState>,
+    next: Position,
+    head: annals::store::HeadWatch,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    keepalive: Duration,
+    started: bool,
+    _guard: super::OwnedGaugeGuard,
+}
+
+impl Feed {
+    /// The next bytes to send, or `None` to end the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.started {
+            self.started = true;
+            // Tells EventSource clients how soon to reconnect after the stream ends.
+            return Some(Bytes::from_static(b"retry: 1000\n\n"));
+        }
+        loop {
+            if *self.stopping.borrow() {
+                return None;
+            }
+            let page = match self.runtime.read_all(self.next, LIVE_PAGE_EVENTS) {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "live feed ends: the log cannot be read");
+                    return None;
+                }
+            };
+            if let Some(last) = page.last() {
+                self.next = last.position.next();
+                return match self.frame(&page) {
+                    Ok(bytes) => Some(bytes),
+                    Err(problem) => {
+                        tracing::warn!(%problem, "live feed ends: an event cannot be rendered");
+                        None
+                    }
+                };
+            }
+            // Caught up: wait for the head to move, a keep-alive, or the server to stop.
+            self.head.borrow_and_update();
+            if self.runtime.head_position() >= self.next {
+                continue;
+            }
+            tokio::select! {
+                changed = self.head.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.stopping.changed() => return None,
+                () = tokio::time::sleep(self.keepalive) => {
+                    return Some(Bytes::from_static(b": keep-alive\n\n"));
+                }
+            }
+        }
+    }
+
+    fn frame(&self, page: &[RecordedEvent]) -> Result<Bytes, Problem> {
+        let mut out = Vec::with_capacity(page.len() * 256);
+        for event in page {
+            for rendered in render(&self.state.aggregates, std::slice::from_ref(event))? {
+                out.extend_from_slice(format!("id: {}\ndata: ", event.position).as_bytes());
+                serde_json::to_writer(&mut out, &rendered)
+                    .map_err(|e| Problem::internal(e.to_string()))?;
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP API: shared state, the route table, and the handlers by area.
+//!
+//! | module | routes |
+//! |---|---|
+//! | [`aggregates`] | `POST /v1/{aggregate}/{id}/commands`, `GET /v1/{aggregate}/{id}`, `GET /v1/{aggregate}/{id}/events` |
+//! | [`log`] | `GET /v1/events` (the global log, paged), `GET /v1/events/live` (Server-Sent Events) |
+//! | [`read`] | `/v1/projections…` (status, rebuild, parked events) and `/v1/views/…` (read models) |
+//! | [`ops`] | `GET /livez`, `GET /readyz`, `GET /metrics` |
+//! | [`openapi`] | `GET /openapi.json`, `GET /docs` |
+//!
+//! The server binds before the store is open: while recovery runs, `/livez` answers and
+//! everything else answers 503 with `Retry-After`, so an orchestrator can tell "starting" from
+//! "dead". Every error is a [`problem::Problem`] (RFC 9457).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use annals::Runtime;
+use annals_config::Config;
+use parking_lot::Mutex;
+
+pub mod aggregates;
+pub mod json;
+pub mod log;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod ops;
+pub mod problem;
+pub mod read;
+
+use aggregates::Aggregates;
+use metrics::Metrics;
+use problem::{Kind, Problem};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The aggregate types served.
+    pub aggregates: Aggregates,
+    /// The service's metrics.
+    pub metrics: Metrics,
+    /// Commands in flight (bounded by `server.in_flight_max`).
+    pub in_flight: Gauge,
+    /// Open live feeds (bounded by `server.sse_connections_max`).
+    pub live_feeds: Arc<Gauge>,
+    runtime: OnceLock<Runtime>,
+    open_failure: Mutex<Option<String>>,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppState {
+    /// State for `config`, serving the reference domain; the runtime comes later.
+    pub fn new(config: Arc<Config>) -> AppState {
+        let in_flight = Gauge::new(config.server.in_flight_max.get());
+        let live_feeds = Arc::new(Gauge::new(config.server.sse_connections_max.get()));
+        AppState {
+            config,
+            aggregates: Aggregates::domain(),
+            metrics: Metrics::default(),
+            in_flight,
+            live_feeds,
+            runtime: OnceLock::new(),
+            open_failure: Mutex::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// The runtime, or 503 while the store is being opened (or could not be).
+    pub fn runtime(&self) -> Result<&Runtime, Problem> {
+        self.runtime
+            .get()
+            .ok_or_else(|| match &*self.open_failure.lock() {
+                Some(why) => Problem::unavailable(
+                    format!("the store could not be opened: {why}"),
+                    Duration::from_secs(5),
+                ),
+                None => Problem::unavailable(
+                    "the store is being opened and recovered",
+                    Duration::from_secs(1),
+                ),
+            })
+    }
+
+    /// The runtime, if open.
+    pub fn try_runtime(&self) -> Option<&Runtime> {
+        self.runtime.get()
+    }
+
+    /// Makes the runtime available to the handlers.
+    pub fn set_runtime(&self, runtime: Runtime) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Records why the store could not be opened (readiness reports it).
+    pub fn set_open_failure(&self, why: String) {
+        *self.open_failure.lock() = Some(why);
+    }
+
+    /// Why the store could not be opened, if it could not.
+    pub fn open_failure(&self) -> Option<String> {
+        self.open_failure.lock().clone()
+    }
+
+    /// Tells long-lived responses (live feeds) to end: the server is stopping.
+    pub fn begin_stopping(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A watch that turns `true` when the server starts stopping.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// The page size for a `limit` parameter: the default when absent, 400 above the maximum.
+    pub fn page_size(&self, limit: Option<usize>) -> Result<usize, Problem> {
+        let server = &self.config.server;
+        match limit {
+            None => Ok(server.page_size_default.get()),
+            Some(0) => {
+                Err(Problem::bad_request("limit must be at least 1").with("parameter", "limit"))
+            }
+            Some(n) if n > server.page_size_max.get() => Err(Problem::bad_request(format!(
+                "limit {n} exceeds the maximum page size of {} (server.page_size_max)",
+                server.page_size_max
+            ))
+            .with("parameter", "limit")),
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+/// A bounded count of things in progress.
+#[derive(Debug)]
+pub struct Gauge {
+    current: AtomicUsize,
+    max: usize,
+}
+
+/// One unit of a [`Gauge`], released on drop.
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Gauge {
+    fn new(max: usize) -> Gauge {
+        Gauge {
+            current: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes one unit, or `None` at the maximum.
+    pub fn enter(&self) -> Option<GaugeGuard<'_>> {
+        self.take().then_some(GaugeGuard(self))
+    }
+
+    /// Takes one unit for as long as the returned owner lives (for streams).
+    pub fn enter_owned(self: &Arc<Self>) -> Option<OwnedGaugeGuard> {
+        self.take().then(|| OwnedGaugeGuard(Arc::clone(self)))
+    }
+
+    /// Units in use.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An owned unit of a shared [`Gauge`].
+#[derive(Debug)]
+pub struct OwnedGaugeGuard(Arc<Gauge>);
+
+impl Drop for OwnedGaugeGuard {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Registers every route on `config`.
+pub fn routes(config: &mut web::ServiceConfig) {
+    let get = web::get;
+    let post = web::post;
+    config
+        .app_data(query_config())
+        .app_data(path_config())
+        .service(resource("/livez").route(get().to(ops::livez)))
+        .service(resource("/readyz").route(get().to(ops::readyz)))
+        .service(resource("/metrics").route(get().to(ops::metrics)))
+        .service(resource("/openapi.json").route(get().to(openapi::document)))
+        .service(resource("/docs").route(get().to(openapi::docs)))
+        // Fixed paths before the `{aggregate}` patterns they would also match.
+        .service(resource("/v1/events").route(get().to(log::global_log)))
+        .service(resource("/v1/events/live").route(get().to(log::live)))
+        .service(resource("/v1/projections").route(get().to(read::projections)))
+        .service(resource("/v1/projections/{name}/rebuild").route(post().to(read::rebuild)))
+        .service(resource("/v1/projections/{name}/parked").route(get().to(read::parked)))
+        .service(
+            resource("/v1/projections/{name}/parked/{position}/retry")
+                .route(post().to(read::retry_parked)),
+        )
+        .service(resource("/v1/views/customers/{id}").route(get().to(read::customer_summary)))
+        .service(resource("/v1/views/customers/{id}/orders").route(get().to(read::customer_orders)))
+        .service(resource("/v1/views/valuable-customers").route(get().to(read::valuable_customers)))
+        .service(
+            resource("/v1/{aggregate}/{id}/commands").route(post().to(aggregates::post_command)),
+        )
+        .service(resource("/v1/{aggregate}/{id}/events").route(get().to(aggregates::get_history)))
+        .service(resource("/v1/{aggregate}/{id}").route(get().to(aggregates::get_state)))
+        .default_service(web::to(not_found));
+}
+
+/// A resource whose other methods answer 405 as a problem.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error, _| {
+        Problem::bad_request(format!("invalid query string: {error}")).into()
+    })
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|error, _| Problem::bad_request(format!("invalid path: {error}")).into())
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, Problem> {
+    Err(Problem::new(
+        Kind::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}

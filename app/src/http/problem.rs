@@ -1,0 +1,367 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`), and the one place where the
+//! runtime's errors become HTTP statuses.
+//!
+//! Every error the API returns is a [`Problem`]: a `type` URI (a link into the `/docs` page),
+//! a `title` per type, a `detail` for this occurrence, the `status`, and extension members
+//! where a client can act on them (`current_version` of a conflict, `rejection` of a business
+//! refusal, `retry_after_seconds` of an overload). Statuses follow one rule: the client's
+//! mistakes are 4xx, never 5xx; limits are 429 (this client should slow down) or 503 (the
+//! server as a whole cannot take more), both with `Retry-After`.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use annals::store::StoreError;
+use annals::{ExecuteError, Overload, SubscribeError, WaitError};
+use serde_json::{Map, Value};
+
+/// The media type of problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The kinds of problem, each with its status, title and `type` URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The request is malformed: bad JSON, unknown command type, invalid field or parameter.
+    BadRequest,
+    /// No or a wrong bearer token.
+    Unauthorized,
+    /// No such route, aggregate type, aggregate, projection or parked event.
+    NotFound,
+    /// The method is not allowed on the route.
+    MethodNotAllowed,
+    /// The expected version (`If-Match`) does not match, or a rebuild is already running.
+    Conflict,
+    /// The body is larger than the configured limit.
+    PayloadTooLarge,
+    /// The body is not JSON.
+    UnsupportedMediaType,
+    /// The aggregate refused the command for a business reason.
+    Rejected,
+    /// The idempotency key was used before for a different command.
+    IdempotencyKeyReused,
+    /// This aggregate has too many commands queued: slow down.
+    TooManyRequests,
+    /// The service cannot take more right now (journal queue, in-flight limit, starting,
+    /// shutting down, a read-your-writes wait that ran out): retry later.
+    Unavailable,
+    /// The outcome of a command is unknown; retry with the same idempotency key.
+    OutcomeUnknown,
+    /// The store failed or an unexpected error happened: the server's fault.
+    Internal,
+}
+
+impl Kind {
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Rejected | Kind::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unavailable | Kind::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short, fixed summary of the kind.
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "Bad request",
+            Kind::Unauthorized => "Unauthorized",
+            Kind::NotFound => "Not found",
+            Kind::MethodNotAllowed => "Method not allowed",
+            Kind::Conflict => "Conflict",
+            Kind::PayloadTooLarge => "Payload too large",
+            Kind::UnsupportedMediaType => "Unsupported media type",
+            Kind::Rejected => "Command rejected",
+            Kind::IdempotencyKeyReused => "Idempotency key reused",
+            Kind::TooManyRequests => "Too many requests",
+            Kind::Unavailable => "Service unavailable",
+            Kind::OutcomeUnknown => "Outcome unknown",
+            Kind::Internal => "Internal server error",
+        }
+    }
+
+    /// The `type` URI: an anchor of the API reference the binary serves at `/docs`.
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "/docs#problem-bad-request",
+            Kind::Unauthorized => "/docs#problem-unauthorized",
+            Kind::NotFound => "/docs#problem-not-found",
+            Kind::MethodNotAllowed => "/docs#problem-method-not-allowed",
+            Kind::Conflict => "/docs#problem-conflict",
+            Kind::PayloadTooLarge => "/docs#problem-payload-too-large",
+            Kind::UnsupportedMediaType => "/docs#problem-unsupported-media-type",
+            Kind::Rejected => "/docs#problem-rejected",
+            Kind::IdempotencyKeyReused => "/docs#problem-idempotency-key-reused",
+            Kind::TooManyRequests => "/docs#problem-too-many-requests",
+            Kind::Unavailable => "/docs#problem-unavailable",
+            Kind::OutcomeUnknown => "/docs#problem-outcome-unknown",
+            Kind::Internal => "/docs#problem-internal",
+        }
+    }
+
+    /// Every kind, for the documentation.
+    pub const ALL: [Kind; 13] = [
+        Kind::BadRequest,
+        Kind::Unauthorized,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::Conflict,
+        Kind::PayloadTooLarge,
+        Kind::UnsupportedMediaType,
+        Kind::Rejected,
+        Kind::IdempotencyKeyReused,
+        Kind::TooManyRequests,
+        Kind::Unavailable,
+        Kind::OutcomeUnknown,
+        Kind::Internal,
+    ];
+}
+
+/// A problem detail, ready to be sent.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    kind: Kind,
+    detail: String,
+    retry_after: Option<Duration>,
+    extensions: Map<String, Value>,
+}
+
+impl Problem {
+    /// A problem of `kind` with a detail for this occurrence.
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+            extensions: Map::new(),
+        }
+    }
+
+    /// 400 with `detail`.
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(Kind::BadRequest, detail)
+    }
+
+    /// 404 with `detail`.
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(Kind::NotFound, detail)
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>, retry_after: Duration) -> Problem {
+        Problem::new(Kind::Unavailable, detail).retry_after(retry_after)
+    }
+
+    /// 500: logged here, since it is the server's fault and the client cannot fix it.
+    pub fn internal(detail: impl Into<String>) -> Problem {
+        let detail = detail.into();
+        tracing::error!(%detail, "internal error");
+        Problem::new(Kind::Internal, detail)
+    }
+
+    /// Adds a `Retry-After` header (whole seconds, at least 1) and `retry_after_seconds`.
+    #[must_use]
+    pub fn retry_after(mut self, after: Duration) -> Problem {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// Adds an extension member.
+    #[must_use]
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Problem {
+        self.extensions.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The detail.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    fn retry_after_seconds(&self) -> Option<u64> {
+        self.retry_after
+            .map(|after| after.as_secs() + u64::from(after.subsec_nanos() > 0))
+            .map(|secs| secs.max(1))
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), self.kind.type_uri().into());
+        body.insert("title".into(), self.kind.title().into());
+        body.insert("status".into(), self.kind.status().as_u16().into());
+        body.insert("detail".into(), self.detail.clone().into());
+        if let Some(seconds) = self.retry_after_seconds() {
+            body.insert("retry_after_seconds".into(), seconds.into());
+        }
+        for (name, value) in &self.extensions {
+            body.insert(name.clone(), value.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.title(), self.detail)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.kind.status());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if let Some(seconds) = self.retry_after_seconds() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if self.kind == Kind::Unauthorized {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"annals\""),
+            ));
+        }
+        response.body(self.body().to_string())
+    }
+}
+
+impl From<ExecuteError> for Problem {
+    fn from(error: ExecuteError) -> Problem {
+        let detail = error.to_string();
+        match error {
+            ExecuteError::Unregistered(_) => Problem::not_found(detail),
+            ExecuteError::InvalidId(_) => Problem::bad_request(detail),
+            ExecuteError::Overloaded {
+                what, retry_after, ..
+            } => {
+                // A full mailbox is one hot aggregate: that client slows down. A full journal
+                // queue is the whole service.
+                let kind = match what {
+                    Overload::Mailbox => Kind::TooManyRequests,
+                    _ => Kind::Unavailable,
+                };
+                Problem::new(kind, detail).retry_after(retry_after)
+            }
+            ExecuteError::Conflict {
+                expected, current, ..
+            } => Problem::new(Kind::Conflict, detail)
+                .with("expected_version", expected.0)
+                .with("current_version", current.0),
+            ExecuteError::CommandIdReused(_) => Problem::new(Kind::IdempotencyKeyReused, detail),
+            ExecuteError::CommandInProgress(_) => {
+                Problem::new(Kind::Conflict, detail).retry_after(Duration::from_millis(100))
+            }
+            ExecuteError::LimitExceeded { what, limit, .. } => {
+                let kind = match what {
+                    annals::Limit::CommandBytes => Kind::PayloadTooLarge,
+                    // Too many or too large events: this command cannot be executed as sent.
+                    _ => Kind::BadRequest,
+                };
+                Problem::new(kind, detail).with("limit", limit)
+            }
+            ExecuteError::OutcomeUnknown(_) => {
+                Problem::new(Kind::OutcomeUnknown, detail).retry_after(Duration::from_millis(100))
+            }
+            ExecuteError::ShuttingDown => Problem::unavailable(detail, Duration::from_secs(1)),
+            ExecuteError::Store(store) => Problem::from(store),
+            ExecuteError::Codec(_) => Problem::internal(detail),
+            _ => Problem::internal(detail),
+        }
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Problem {
+        let detail = error.to_string();
+        match error {
+            StoreError::Closed => Problem::unavailable(detail, Duration::from_secs(1)),
+            StoreError::Overloaded { .. } => Problem::unavailable(detail, Duration::from_secs(1)),
+            // A failed journal stays failed until an operator restarts it: readiness says so.
+            StoreError::Failed { .. } => Problem::unavailable(detail, Duration::from_secs(5)),
+            _ => Problem::internal(detail),
+        }
+    }
+}
+
+impl From<SubscribeError> for Problem {
+    fn from(error: SubscribeError) -> Problem {
+        let detail = error.to_string();
+        match error {
+            SubscribeError::Unknown(_) => Problem::not_found(detail),
+            SubscribeError::AlreadyRebuilding(_) => Problem::new(Kind::Conflict, detail),
+            SubscribeError::InvalidName(_) => Problem::bad_request(detail),
+            SubscribeError::Store(store) => Problem::from(store),
+            _ => Problem::internal(detail),
+        }
+    }
+}
+
+impl Problem {
+    /// A read-your-writes wait that did not reach its position. `retry_after` is suggested for
+    /// the timeout case.
+    pub fn from_wait(error: WaitError, retry_after: Duration) -> Problem {
+        let detail = error.to_string();
+        match error {
+            WaitError::Unknown(_) => Problem::not_found(detail),
+            WaitError::Timeout { reached, .. } => {
+                Problem::unavailable(detail, retry_after).with("reached_position", reached.0)
+            }
+            WaitError::NotRunning { reached, .. } => {
+                Problem::unavailable(detail, Duration::from_secs(5))
+                    .with("reached_position", reached.0)
+            }
+            _ => Problem::unavailable(detail, retry_after),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let p = Problem::unavailable("x", Duration::from_millis(100));
+        assert_eq!(p.retry_after_seconds(), Some(1));
+        let p = Problem::unavailable("x", Duration::from_millis(2_100));
+        assert_eq!(p.retry_after_seconds(), Some(3));
+        assert_eq!(p.body()["retry_after_seconds"], 3);
+    }
+
+    #[test]
+    fn body_has_the_rfc_9457_members() {
+        let p = Problem::bad_request("no").with("field", "amount");
+        let body = p.body();
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["title"], "Bad request");
+        assert_eq!(body["type"], "/docs#problem-bad-request");
+        assert_eq!(body["detail"], "no");
+        assert_eq!(body["field"], "amount");
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_type() {
+        let mut types: Vec<_> = Kind::ALL.iter().map(|k| k.type_uri()).collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), Kind::ALL.len());
+    }
+}

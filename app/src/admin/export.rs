@@ -1,0 +1,205 @@
+//! `annals export`: the global log as JSON lines on stdout (the format is in the
+//! [parent module](super)).
+//!
+//! The log is read a page at a time ([`super::PAGE_EVENTS`] events), so memory stays bounded
+//! whatever its size; the head is fixed when the store opens (the command holds the directory
+//! lock, so nothing else writes). A command's fingerprint is looked up once per commit that
+//! carries a command id. A reader that stops early (`annals export | head`) ends the export
+//! quietly with exit 0, as other Unix filters do.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use annals::codec::Value;
+use annals::store::sled::{IntegrityCheck, SledStore};
+use annals::store::{EventStore, StoredOutcome};
+use annals::{CommandId, RecordedEvent};
+use serde::Serialize;
+
+use super::json::{to_hex, Json};
+use super::ExportArgs;
+
+/// Bytes buffered before a write to stdout.
+const OUTPUT_BUFFER_BYTES: usize = 256 * 1024;
+
+/// One line of the export. Field order is the format's.
+#[derive(Serialize)]
+struct Line<'a> {
+    event_id: &'a uuid::Uuid,
+    aggregate: &'a str,
+    id: &'a str,
+    version: u64,
+    position: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    schema_version: u16,
+    recorded_at: String,
+    command_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_fingerprint: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    data: Json<'a>,
+}
+
+/// Why writing stopped.
+enum Stop {
+    /// The reader went away: not an error.
+    BrokenPipe,
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+fn output(e: io::Error) -> Stop {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Stop::BrokenPipe
+    } else {
+        Stop::Failed(anyhow::Error::new(e).context("cannot write to stdout"))
+    }
+}
+
+pub(super) fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data_dir.as_path();
+    super::require_store(dir)?;
+    let store = super::open_store(dir, IntegrityCheck::Structure)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
+    let written = write_log(&store, dir, &mut out).and_then(|n| {
+        out.flush().map_err(output)?;
+        Ok(n)
+    });
+    match written {
+        Ok(events) => {
+            super::close(&store, dir, Ok(()))?;
+            let recovery = super::verify::describe_recovery(store.recovery_report());
+            eprintln!(
+                "annals export: wrote {events} events ({}) from {}; recovery: {recovery}",
+                super::positions(events),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Stop::BrokenPipe) => {
+            super::close(&store, dir, Ok(()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Stop::Failed(e)) => super::close(&store, dir, Err(e)),
+    }
+}
+
+/// Writes every event of the log; returns how many.
+fn write_log(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64, Stop> {
+    let mut fingerprints = Fingerprints::default();
+    let mut failure = None;
+    let scanned = super::scan_log(store, dir, |event| {
+        let fingerprint = fingerprints.of(store, dir, event)?;
+        match write_line(out, event, fingerprint.as_deref()) {
+            Ok(()) => Ok(()),
+            Err(stop) => {
+                failure = Some(stop);
+                Err(anyhow::anyhow!("stopped writing"))
+            }
+        }
+    });
+    match (scanned, failure) {
+        (_, Some(stop)) => Err(stop),
+        (Ok(events), None) => Ok(events),
+        (Err(e), None) => Err(Stop::Failed(e)),
+    }
+}
+
+fn write_line(
+    out: &mut impl Write,
+    event: &RecordedEvent,
+    fingerprint: Option<&str>,
+) -> Result<(), Stop> {
+    let data: Value = annals::codec::decode_plain(&event.payload.0).map_err(|e| {
+        Stop::Failed(anyhow::anyhow!(
+            "cannot export the event at position {} ({} version {}): its payload is not CBOR: {e}",
+            event.position,
+            event.stream,
+            event.version
+        ))
+    })?;
+    let meta = &event.meta;
+    let line = Line {
+        event_id: &event.event_id,
+        aggregate: event.stream.aggregate_type(),
+        id: event.stream.aggregate_id(),
+        version: event.version.0,
+        position: event.position.0,
+        event_type: &event.event_type,
+        schema_version: event.schema_version,
+        recorded_at: super::time::format(meta.recorded_at),
+        command_id: meta.command_id.as_ref().map(CommandId::as_str),
+        command_fingerprint: fingerprint,
+        correlation_id: meta.correlation_id.as_deref(),
+        causation_id: meta.causation_id.as_deref(),
+        data: Json(&data),
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(|e| match e.io_error_kind() {
+        Some(kind) => output(io::Error::from(kind)),
+        None => Stop::Failed(anyhow::anyhow!(
+            "cannot export the event at position {}: {e}",
+            event.position
+        )),
+    })?;
+    out.write_all(b"\n").map_err(output)
+}
+
+/// The fingerprint of the command of the commit being written, looked up once per commit.
+#[derive(Default)]
+struct Fingerprints {
+    /// The last command id looked up and its fingerprint (hex), if its record names it.
+    last: Option<(CommandId, Option<String>)>,
+}
+
+impl Fingerprints {
+    fn of(
+        &mut self,
+        store: &SledStore,
+        dir: &Path,
+        event: &RecordedEvent,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(id) = &event.meta.command_id else {
+            return Ok(None);
+        };
+        if let Some((last, fingerprint)) = &self.last {
+            if last == id {
+                return Ok(fingerprint.clone());
+            }
+        }
+        let outcome = store
+            .command_outcome(id)
+            .map_err(|e| super::read_error(dir, e))?;
+        let fingerprint = match outcome {
+            Some(StoredOutcome::Committed {
+                fingerprint,
+                events,
+            }) if events.iter().any(|e| e.event_id == event.event_id) => {
+                Some(to_hex(&fingerprint.0))
+            }
+            // Recovery re-derives the record of every commit with a command id, so this is
+            // damage of the `commands` tree; the events themselves are intact.
+            _ => {
+                eprintln!(
+                    "annals export: warning: the command-id record {:?} does not name its commit \
+                     at position {}; exported without its fingerprint (a retry of that command \
+                     on the imported store will be refused as a different command)",
+                    id.as_str(),
+                    event.position
+                );
+                None
+            }
+        };
+        self.last = Some((id.clone(), fingerprint.clone()));
+        Ok(fingerprint)
+    }
+}

@@ -64,9 +64,7 @@ impl ServeArgs {
         }
         let mut sources = Sources::default();
         sources.file.clone_from(&self.config);
-        sources.env = std::env::vars()
-            .filter(|(k, _)| k.starts_with("ANNALS_"))
-            .collect();
+        sources.env = annals_config::environment();
         sources.flags = flags;
         Ok(sources)
     }

@@ -20,7 +20,9 @@
 //! Views belong to a *generation* of their projection. [`Runtime::rebuild`](crate::Runtime::rebuild)
 //! builds generation `g + 1` beside the live generation `g`, from position 0, while queries keep
 //! reading generation `g`; once the new one has caught up with the head, the runtime makes it the
-//! active generation (durably), stops the old subscriber and drops the old generation's trees.
+//! active generation (durably), stops the old subscriber and, after a grace period for queries
+//! still reading it ([`OLD_GENERATION_GRACE`](crate::subscribe::OLD_GENERATION_GRACE)), drops
+//! the old generation's trees.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -142,6 +144,34 @@ impl ViewSet {
         }
         Ok(())
     }
+}
+
+/// Drops the trees of every generation of `projection` below `generation`: what a swap left
+/// behind when the runtime stopped before its grace period ended.
+pub(crate) fn drop_generations_below(
+    db: &sled::Db,
+    projection: &str,
+    generation: u64,
+) -> Result<(), ViewError> {
+    let prefix = format!("view/{projection}/");
+    for name in db.tree_names() {
+        let Some(rest) = name.strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let old = rest
+            .split(|&b| b == b'/')
+            .next()
+            .and_then(|g| std::str::from_utf8(g).ok())
+            .and_then(|g| g.parse::<u64>().ok())
+            .is_some_and(|g| g < generation);
+        if old {
+            db.drop_tree(&name).map_err(|e| StoreError::Io {
+                op: "dropping an old view generation",
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A typed key-value table of a projection, each record carrying the position of the last

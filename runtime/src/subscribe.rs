@@ -31,6 +31,10 @@ pub const NAME_LEN_MAX: usize = 64;
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
+/// How long the trees of a projection's previous generation stay after a rebuild is swapped
+/// in, so that queries that resolved the old generation just before the swap can finish.
+pub const OLD_GENERATION_GRACE: Duration = Duration::from_secs(30);
+
 /// The tree holding each projection's active generation.
 const GENERATIONS_TREE: &str = "projection-generations";
 /// The tree holding scheduled deadlines.
@@ -273,6 +277,7 @@ impl Runtime {
         let db = self.db()?.clone();
         self.check_free(name)?;
         let generation = active_generation(&db, name)?;
+        crate::projection::drop_generations_below(&db, name, generation)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
         let buffer = Arc::new(WriteBuffer::default());
@@ -440,13 +445,17 @@ impl Runtime {
             old.addr.do_send(Stop);
             let old_views = ViewSet::new(db, name, generation - 1);
             let cleanup = async move {
-                // Drop the old trees once the old subscriber has finished its page.
+                // Drop the old trees once the old subscriber has finished its page, and
+                // queries that resolved the old generation just before the swap have had
+                // time to finish reading it. If the runtime stops first, registering the
+                // projection again drops them.
                 for _ in 0..1000 {
                     if !old.addr.connected() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                tokio::time::sleep(OLD_GENERATION_GRACE).await;
                 if let Err(e) = old_views.drop_all() {
                     tracing::warn!(error = %e, "cannot drop an old projection generation");
                 }

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The path of the `annals` binary of this build, building it first if it is missing.
+/// The path of the `annals` binary of this build.
 ///
-/// `cargo test --workspace` builds it beside the test executables (`target/<profile>/annals`);
-/// when only this package is tested, `cargo build -p annals-app` makes it (cargo has released
-/// its build lock by the time tests run).
+/// `cargo test --workspace` builds it beside the test executables (`target/<profile>/annals`).
+/// When it is missing, or older than a source file of the crates it is built from (a
+/// `cargo test -p annals-tests` after an edit), it is built with `cargo build -p annals-app`
+/// first, once per test process (cargo has released its build lock by the time tests run).
 pub fn annals_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     // target/<profile>/deps/<test> -> target/<profile>/annals
@@ -17,7 +18,17 @@ pub fn annals_binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("test executables live in target/<profile>/deps");
     let binary = profile_dir.join(format!("annals{}", std::env::consts::EXE_SUFFIX));
-    if !binary.is_file() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the tests package is in the workspace");
+        let sources = ["app", "runtime", "domain", "config"].map(|dir| root.join(dir));
+        let stale = built.is_none_or(|built| sources.iter().any(|dir| newer_than(dir, built)));
+        if !stale {
+            return;
+        }
         let release = profile_dir
             .file_name()
             .is_some_and(|name| name == "release");
@@ -28,8 +39,27 @@ pub fn annals_binary() -> PathBuf {
         }
         let status = build.status().expect("cargo runs");
         assert!(status.success(), "cargo build -p annals-app failed");
-    }
+    });
     binary
+}
+
+/// Whether a file under `dir` (sources and manifests; `target` skipped) changed after `time`.
+fn newer_than(dir: &std::path::Path, time: std::time::SystemTime) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            return path.file_name().is_none_or(|n| n != "target") && newer_than(&path, time);
+        }
+        let relevant = path.extension().is_some_and(|e| e == "rs" || e == "toml");
+        relevant
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified > time)
+    })
 }
 
 /// An `annals serve` child process listening on a free port of 127.0.0.1.

@@ -27,6 +27,9 @@ use super::AppState;
 pub struct CommandReply {
     /// The aggregate's version after the command.
     pub version: u64,
+    /// `true` when this is the stored outcome of an earlier request with the same
+    /// idempotency key (sent as the `Idempotent-Replayed: true` header; the body is the same).
+    pub replayed: bool,
     /// The body.
     pub body: Value,
 }
@@ -136,11 +139,11 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
                         .collect::<Result<Vec<_>, _>>()?;
                     Ok(CommandReply {
                         version: executed.version.0,
+                        replayed: executed.deduplicated,
                         body: json!({
                             "id": id,
                             "version": executed.version.0,
                             "position": executed.position.map(|p| p.0),
-                            "deduplicated": executed.deduplicated,
                             "events": events,
                         }),
                     })
@@ -333,7 +336,12 @@ async fn json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize).min(limit));
+    let mut body = bytes::BytesMut::with_capacity(
+        declared
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1024)
+            .min(limit),
+    );
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?;
@@ -364,9 +372,12 @@ pub async fn post_command(
         .metrics
         .command(api.type_name(), command, outcome, started.elapsed());
     let (_, reply) = result.map_err(|(_, problem)| problem)?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{}\"", reply.version)))
-        .json(reply.body))
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::ETAG, format!("\"{}\"", reply.version)));
+    if reply.replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    Ok(response.json(reply.body))
 }
 
 type Executed = (&'static str, CommandReply);
@@ -465,6 +476,15 @@ pub async fn get_state(
             }
         ))
     })?;
+    if let StateAt::Version(wanted) = at {
+        if version < wanted.0 {
+            return Err(Problem::not_found(format!(
+                "{} {id:?} is at version {version}: version {wanted} does not exist yet",
+                api.type_name()
+            ))
+            .with("current_version", version));
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{version}\"")))
         .json(json!({"id": id, "version": version, "state": json})))

@@ -39,7 +39,7 @@ pub fn parse_rfc3339(name: &str, text: &str) -> Result<Timestamp, Problem> {
 }
 
 /// An envelope as the API shows it. `data` is the payload's JSON.
-pub fn envelope<E>(event: &Envelope<E>, data: Value) -> Value {
+pub fn envelope<E>(event: &Envelope<E>, data: &Value) -> Value {
     json!({
         "event_id": event.event_id.to_string(),
         "aggregate": event.stream.aggregate_type(),
@@ -60,7 +60,7 @@ pub fn envelope<E>(event: &Envelope<E>, data: Value) -> Value {
 pub fn typed_envelope<E: Serialize>(event: &Envelope<E>) -> Result<Value, Problem> {
     let data = serde_json::to_value(&event.payload)
         .map_err(|e| Problem::internal(format!("cannot render event as JSON: {e}")))?;
-    Ok(envelope(event, data))
+    Ok(envelope(event, &data))
 }
 
 /// A still-encoded envelope, its payload converted generically from CBOR.
@@ -71,7 +71,7 @@ pub fn raw_envelope(event: &RecordedEvent) -> Result<Value, Problem> {
             event.position
         ))
     })?;
-    Ok(envelope(event, cbor_to_json(payload)))
+    Ok(envelope(event, &cbor_to_json(payload)))
 }
 
 /// Converts a CBOR value to JSON: byte strings become arrays of numbers, non-string map keys

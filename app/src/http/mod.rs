@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header;
+use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
 use annals::Runtime;
 use annals_config::Config;
 use parking_lot::Mutex;
@@ -163,7 +164,7 @@ impl Gauge {
 
     /// Takes one unit, or `None` at the maximum.
     pub fn enter(&self) -> Option<GaugeGuard<'_>> {
-        self.take().then_some(GaugeGuard(self))
+        self.take().then(|| GaugeGuard(self))
     }
 
     /// Takes one unit for as long as the returned owner lives (for streams).
@@ -195,40 +196,72 @@ impl Drop for OwnedGaugeGuard {
 
 /// Registers every route on `config`.
 pub fn routes(config: &mut web::ServiceConfig) {
-    let get = web::get;
+    // GET routes answer HEAD too (actix sends no body for HEAD).
+    let get = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
     let post = web::post;
     config
         .app_data(query_config())
         .app_data(path_config())
-        .service(resource("/livez").route(get().to(ops::livez)))
-        .service(resource("/readyz").route(get().to(ops::readyz)))
-        .service(resource("/metrics").route(get().to(ops::metrics)))
-        .service(resource("/openapi.json").route(get().to(openapi::document)))
-        .service(resource("/docs").route(get().to(openapi::docs)))
+        .service(resource("/livez", "GET, HEAD").route(get().to(ops::livez)))
+        .service(resource("/readyz", "GET, HEAD").route(get().to(ops::readyz)))
+        .service(resource("/metrics", "GET, HEAD").route(get().to(ops::metrics)))
+        .service(resource("/openapi.json", "GET, HEAD").route(get().to(openapi::document)))
+        .service(resource("/docs", "GET, HEAD").route(get().to(openapi::docs)))
         // Fixed paths before the `{aggregate}` patterns they would also match.
-        .service(resource("/v1/events").route(get().to(log::global_log)))
-        .service(resource("/v1/events/live").route(get().to(log::live)))
-        .service(resource("/v1/projections").route(get().to(read::projections)))
-        .service(resource("/v1/projections/{name}/rebuild").route(post().to(read::rebuild)))
-        .service(resource("/v1/projections/{name}/parked").route(get().to(read::parked)))
+        .service(resource("/v1/events", "GET, HEAD").route(get().to(log::global_log)))
+        .service(resource("/v1/events/live", "GET, HEAD").route(get().to(log::live)))
+        .service(resource("/v1/projections", "GET, HEAD").route(get().to(read::projections)))
+        .service(resource("/v1/projections/{name}/rebuild", "POST").route(post().to(read::rebuild)))
         .service(
-            resource("/v1/projections/{name}/parked/{position}/retry")
+            resource("/v1/projections/{name}/parked", "GET, HEAD").route(get().to(read::parked)),
+        )
+        .service(
+            resource("/v1/projections/{name}/parked/{position}/retry", "POST")
                 .route(post().to(read::retry_parked)),
         )
-        .service(resource("/v1/views/customers/{id}").route(get().to(read::customer_summary)))
-        .service(resource("/v1/views/customers/{id}/orders").route(get().to(read::customer_orders)))
-        .service(resource("/v1/views/valuable-customers").route(get().to(read::valuable_customers)))
         .service(
-            resource("/v1/{aggregate}/{id}/commands").route(post().to(aggregates::post_command)),
+            resource("/v1/views/customers/{id}", "GET, HEAD")
+                .route(get().to(read::customer_summary)),
         )
-        .service(resource("/v1/{aggregate}/{id}/events").route(get().to(aggregates::get_history)))
-        .service(resource("/v1/{aggregate}/{id}").route(get().to(aggregates::get_state)))
+        .service(
+            resource("/v1/views/customers/{id}/orders", "GET, HEAD")
+                .route(get().to(read::customer_orders)),
+        )
+        .service(
+            resource("/v1/views/valuable-customers", "GET, HEAD")
+                .route(get().to(read::valuable_customers)),
+        )
+        .service(
+            resource("/v1/{aggregate}/{id}/commands", "POST")
+                .route(post().to(aggregates::post_command)),
+        )
+        .service(
+            resource("/v1/{aggregate}/{id}/events", "GET, HEAD")
+                .route(get().to(aggregates::get_history)),
+        )
+        .service(
+            resource("/v1/{aggregate}/{id}", "GET, HEAD").route(get().to(aggregates::get_state)),
+        )
         .default_service(web::to(not_found));
 }
 
-/// A resource whose other methods answer 405 as a problem.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource whose other methods answer 405 as a problem, with `Allow: {allow}`.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        let problem = Problem::new(
+            Kind::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; allowed: {allow}",
+                req.method(),
+                req.path()
+            ),
+        );
+        let mut response = problem.error_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        response
+    }))
 }
 
 fn query_config() -> web::QueryConfig {
@@ -248,11 +281,4 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
         req.method(),
         req.path()
     )))
-}
-
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, Problem> {
-    Err(Problem::new(
-        Kind::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
 }

@@ -317,7 +317,7 @@ impl From<SubscribeError> for Problem {
 impl Problem {
     /// A read-your-writes wait that did not reach its position. `retry_after` is suggested for
     /// the timeout case.
-    pub fn from_wait(error: WaitError, retry_after: Duration) -> Problem {
+    pub fn from_wait(error: &WaitError, retry_after: Duration) -> Problem {
         let detail = error.to_string();
         match error {
             WaitError::Unknown(_) => Problem::not_found(detail),

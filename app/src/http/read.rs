@@ -149,7 +149,7 @@ async fn reach(
         .wait_for(projection, Position(wanted), state.config.server.wait_max)
         .await
         .map(|_| ())
-        .map_err(|e| Problem::from_wait(e, retry_after))
+        .map_err(|e| Problem::from_wait(&e, retry_after))
 }
 
 fn with_times(mut value: Value, fields: &[&str]) -> Value {

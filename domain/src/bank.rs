@@ -7,7 +7,7 @@ use annals::{Aggregate, AggregateOptions, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 /// A bank account's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Account {
     /// The balance, in minor units.
     pub balance: u64,
@@ -16,7 +16,7 @@ pub struct Account {
 }
 
 /// Commands of an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum AccountCommand {
     /// Adds money.
@@ -32,7 +32,7 @@ pub enum AccountCommand {
 }
 
 /// Events of an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum AccountEvent {
     /// Money was added.
@@ -57,7 +57,9 @@ impl DomainEvent for AccountEvent {
 }
 
 /// Why an account refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[serde(tag = "type")]
 pub enum AccountRejection {
     /// The balance does not cover the withdrawal.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Reservations are kept per order id in a `BTreeMap`, not a `HashMap`, so that the state (and
 /// its snapshot) is the same whatever order the entries were inserted in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Customer {
     /// Whether `CreateCustomer` has been accepted. A customer that does not exist refuses
     /// every other command.
@@ -46,7 +46,7 @@ impl Customer {
 }
 
 /// Commands of a customer. JSON: `{"type":"ReserveCredit","order_id":"o-1","amount":5000}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum CustomerCommand {
     /// Creates the customer.
@@ -76,7 +76,7 @@ pub enum CustomerCommand {
 }
 
 /// Events of a customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum CustomerEvent {
     /// The customer was created.
@@ -135,7 +135,9 @@ impl DomainEvent for CustomerEvent {
 }
 
 /// Why a customer refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[serde(tag = "type")]
 #[non_exhaustive]
 pub enum CustomerRejection {

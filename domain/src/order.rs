@@ -45,7 +45,19 @@ pub const ORDER_SNAPSHOT_SCHEMA_VERSION: u32 = 2;
 pub const DEFAULT_CURRENCY: &str = "EUR";
 
 /// Where an order is in its life. Serialized as the variant name (`"Pending"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum OrderStatus {
     /// Created; waiting for the credit check.
     Pending,
@@ -80,7 +92,7 @@ impl OrderStatus {
 
 /// An order's state. JSON:
 /// `{"status":"Pending","customer_id":"c-1","total":5000,"currency":"EUR",...}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Order {
     /// `None` until the order is created.
     pub status: Option<OrderStatus>,
@@ -97,7 +109,7 @@ pub struct Order {
 
 /// Commands of an order. JSON: `{"type":"CreateOrder","customer_id":"c-1","total":5000}`,
 /// optionally with `"currency":"USD"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum OrderCommand {
     /// Creates the order, pending its credit check.
@@ -127,7 +139,7 @@ pub enum OrderCommand {
 }
 
 /// Events of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum OrderEvent {
     /// The order was created, pending its credit check. Schema version
@@ -186,7 +198,9 @@ impl DomainEvent for OrderEvent {
 }
 
 /// Why an order refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[serde(tag = "type")]
 #[non_exhaustive]
 pub enum OrderRejection {

@@ -65,7 +65,9 @@ const VALUABLE_ORDERS: &str = "orders";
 const VALUABLE_BY_CREATION: &str = "by-creation";
 
 /// A customer's orders counted by status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct OrderCounts {
     /// Waiting for the credit check.
     pub pending: u64,
@@ -116,7 +118,7 @@ impl OrderCounts {
 }
 
 /// A customer as the read model shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CustomerSummary {
     /// The customer's id.
     pub customer_id: String,
@@ -127,6 +129,7 @@ pub struct CustomerSummary {
     /// The credit limit minus the open reservations, in minor units.
     pub available_credit: u64,
     /// When the customer was created (its `CustomerCreated` was recorded).
+    #[schemars(with = "u64")]
     pub created_at: Timestamp,
     /// The customer's orders by status.
     pub orders: OrderCounts,
@@ -135,7 +138,7 @@ pub struct CustomerSummary {
 }
 
 /// One order in its customer's order list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderListEntry {
     /// The order's id.
     pub order_id: String,
@@ -146,17 +149,19 @@ pub struct OrderListEntry {
     /// The order's current status.
     pub status: OrderStatus,
     /// When the order was created.
+    #[schemars(with = "u64")]
     pub created_at: Timestamp,
 }
 
 /// A customer found by [`recent_valuable_customers`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ValuableCustomer {
     /// The customer's id.
     pub customer_id: String,
     /// The customer's name.
     pub name: String,
     /// When the customer was created.
+    #[schemars(with = "u64")]
     pub created_at: Timestamp,
     /// The largest total of the customer's shipped orders, in minor units.
     pub max_shipped_total: u64,

@@ -126,7 +126,7 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
         options: ExecuteOptions,
     ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>> {
         Box::pin(async move {
-            let command: A::Command = serde_json::from_slice(body).map_err(|e| {
+            let command: A::Command = parse_command(body).map_err(|e| {
                 Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
                     .with("command_types", self.command_types.clone())
             })?;
@@ -522,4 +522,45 @@ pub async fn get_history(
         .then(|| stored.last().map(|e| e.version.0 + 1))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({"id": id, "events": events, "next_from": next})))
+}
+
+/// Parses a command. A number with a zero fraction (`5000.0`) is the integer it spells, as JSON
+/// Schema (and the API description) has it, though serde's integer types refuse it; the
+/// fallback costs nothing on the usual path.
+fn parse_command<C: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<C> {
+    serde_json::from_slice(body).or_else(|error| {
+        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+            return Err(error);
+        };
+        if !whole_floats_to_integers(&mut value) {
+            return Err(error);
+        }
+        serde_json::from_value(value)
+    })
+}
+
+/// Replaces every float with a zero fraction (within the integers a float spells exactly) by
+/// that integer; `true` if any was.
+fn whole_floats_to_integers(value: &mut Value) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() <= EXACT {
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                *value = Value::from(i);
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, v| whole_floats_to_integers(v) | any),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |any, v| whole_floats_to_integers(v) | any),
+        _ => false,
+    }
 }

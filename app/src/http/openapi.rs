@@ -1,0 +1,136 @@
+//! The API description: `GET /openapi.json` (OpenAPI 3.1) and `GET /docs` (the same document
+//! as one HTML page, served by the binary itself, nothing loaded from elsewhere).
+//!
+//! The document is generated from the code of the server that serves it, per request:
+//! - the aggregate routes from the registry the handlers use ([`AppState::aggregates`]), one
+//!   set of paths per registered type;
+//! - request bodies, events, states, rejections and read models from the domain's own serde
+//!   types, through `schemars` (`openapi/schemas.rs`);
+//! - problem details from [`Kind::ALL`](super::problem::Kind::ALL): one schema and one `/docs`
+//!   section per kind, so every problem's `type` URI resolves to an anchor of the page;
+//! - bounds from the configuration (page size, body size, waits), and authentication from
+//!   `auth.tokens`: with tokens, `/v1/...` and `/metrics` declare the bearer scheme and a 401;
+//!   without, nothing needs a token and the document says so.
+//!
+//! What the handlers read and answer (parameters, statuses, the shapes they build with
+//! `json!`) is listed by hand in `openapi/paths.rs` and `openapi/schemas.rs`, next to the name
+//! of each handler. Three things keep the two from drifting: a test (`tests/tests/openapi.rs`)
+//! compares the documented paths with the routes registered in `routes()`, requests every
+//! documented operation and checks the answers against the document; the schemathesis run in
+//! CI (`.ci/schemathesis`) does the same with generated requests; and the exhaustive matches on
+//! [`Kind`](super::problem::Kind) do not compile when a kind is added.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use super::aggregates::ApiAggregate;
+use super::AppState;
+
+mod html;
+mod kinds;
+mod paths;
+mod schemas;
+
+/// The OpenAPI version written.
+pub const OPENAPI_VERSION: &str = "3.1.0";
+
+/// The document for the server whose state is `state`.
+pub fn document_for(state: &AppState) -> Value {
+    let schemas = schemas::Schemas::domain();
+    // Rebuilds in progress (`name#rebuild`) are listed but cannot be addressed.
+    let projection_names: Vec<String> = state
+        .try_runtime()
+        .map(|runtime| {
+            runtime
+                .subscribers()
+                .into_iter()
+                .map(|s| s.name)
+                .filter(|name| !name.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default();
+    let apis: Vec<&dyn ApiAggregate> = state.aggregates.iter().map(AsRef::as_ref).collect();
+    let config = &state.config;
+    let paths = paths::Paths::new(&schemas, config, projection_names).build(&apis);
+    let auth = if config.auth.tokens.is_empty() {
+        "This server has no tokens configured (`auth.tokens` is empty): no route needs one."
+    } else {
+        "This server has tokens configured: `/v1/...` and `/metrics` need one."
+    };
+    let mut tags: Vec<Value> = apis
+        .iter()
+        .map(|api| {
+            json!({
+                "name": api.route(),
+                "description": format!(
+                    "The {} aggregate: commands ({}), state, history.",
+                    api.type_name(),
+                    api.command_types().join(", ")
+                ),
+            })
+        })
+        .collect();
+    tags.extend([
+        json!({"name": "log", "description": "The global log of committed events, paged and live."}),
+        json!({"name": "projections", "description": "Subscribers (projections and process \
+            managers): status and lag, rebuilds, parked events."}),
+        json!({"name": "views", "description": "Read models: queries the event log cannot \
+            answer, with read-your-writes through `min_position`."}),
+        json!({"name": "operations", "description": "Health and metrics."}),
+        json!({"name": "api description", "description": "This document, as JSON and as HTML."}),
+    ]);
+    json!({
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Annals",
+            "version": env!("CARGO_PKG_VERSION"),
+            "summary": "An event-sourced service: commands to aggregates, their state and \
+                history, the global log, live events, projections and read models.",
+            "description": format!(
+                "Commands go to aggregates (`POST /v1/{{aggregate}}/{{id}}/commands`); each \
+                 accepted command records events durably before its reply, which carries the \
+                 aggregate's new version (`ETag`) and the position of its last event in the \
+                 global log. Commands can be made idempotent (`Idempotency-Key`) and \
+                 conditional (`If-Match`). Projections turn the log into read models; a query \
+                 given a command's position (`min_position`) waits until it is reflected.\n\n\
+                 Errors are RFC 9457 problem details (`application/problem+json`); the `type` \
+                 of each links to its section of `/docs`. Limits answer 429 or 503 with \
+                 `Retry-After`. Every response has an `X-Request-Id` header (the client's, if \
+                 it sent a plain one of 1 to 64 characters). A method a route does not list is \
+                 a 405 with an `Allow` header, a path no route matches a 404, both as \
+                 problems. `HEAD` is answered wherever `GET` is.\n\n{auth}"
+            ),
+        },
+        "tags": tags,
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "responses": paths::problem_responses(),
+            "headers": paths::header_components(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": format!(
+                        "A token from the server's `auth.tokens`, sent as `Authorization: \
+                         Bearer TOKEN` to `/v1/...` and `/metrics` (the health endpoints and \
+                         the API description stay open). A missing or unknown token is a 401 \
+                         with `WWW-Authenticate`. {auth}"
+                    ),
+                },
+            },
+        },
+    })
+}
+
+/// `GET /openapi.json`.
+pub async fn document(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(document_for(&state))
+}
+
+/// `GET /docs`.
+pub async fn docs(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html::render(&document_for(&state)))
+}

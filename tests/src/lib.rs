@@ -106,15 +106,9 @@ impl ServeProcess {
                 kept.lock().expect("log lock").push(line);
             }
         });
-        let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "annals serve did not listen: {:?}",
-                    log.lock().expect("log lock")
-                );
-            }
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("annals serve did not listen: {:?}", log.lock().expect("log lock"));
         };
         let start = line.find("http://").expect("the line has the url");
         let url: String = line[start..]

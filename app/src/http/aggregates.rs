@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::json::{parse_rfc3339, typed_envelope};
+use super::json::{parse_rfc3339, typed_envelope, EnvelopeJson};
 use super::metrics::Outcome;
 use super::problem::{Kind, Problem};
 use super::AppState;
@@ -30,8 +30,8 @@ pub struct CommandReply {
     /// `true` when this is the stored outcome of an earlier request with the same
     /// idempotency key (sent as the `Idempotent-Replayed: true` header; the body is the same).
     pub replayed: bool,
-    /// The body.
-    pub body: Value,
+    /// The body (JSON).
+    pub body: bytes::Bytes,
 }
 
 /// One aggregate type as the API sees it.
@@ -132,20 +132,26 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
             })?;
             match runtime.execute_with::<A>(id, command, options).await? {
                 Ok(executed) => {
-                    let events = executed
-                        .events
-                        .iter()
-                        .map(typed_envelope)
-                        .collect::<Result<Vec<_>, _>>()?;
+                    #[derive(serde::Serialize)]
+                    struct Reply<'a, E> {
+                        id: &'a str,
+                        version: u64,
+                        position: Option<u64>,
+                        events: Vec<EnvelopeJson<'a, E>>,
+                    }
+                    let reply = Reply {
+                        id,
+                        version: executed.version.0,
+                        position: executed.position.map(|p| p.0),
+                        events: executed.events.iter().map(EnvelopeJson::new).collect(),
+                    };
+                    let body = serde_json::to_vec(&reply).map_err(|e| {
+                        Problem::internal(format!("cannot render the reply as JSON: {e}"))
+                    })?;
                     Ok(CommandReply {
                         version: executed.version.0,
                         replayed: executed.deduplicated,
-                        body: json!({
-                            "id": id,
-                            "version": executed.version.0,
-                            "position": executed.position.map(|p| p.0),
-                            "events": events,
-                        }),
+                        body: body.into(),
                     })
                 }
                 Err(rejection) => {
@@ -377,7 +383,7 @@ pub async fn post_command(
     if reply.replayed {
         response.insert_header(("idempotent-replayed", "true"));
     }
-    Ok(response.json(reply.body))
+    Ok(response.content_type("application/json").body(reply.body))
 }
 
 type Executed = (&'static str, CommandReply);

@@ -56,6 +56,49 @@ pub fn envelope<E>(event: &Envelope<E>, data: &Value) -> Value {
     })
 }
 
+/// An envelope as the API shows it, serialized straight to bytes without building a JSON tree
+/// first: the command path renders one per event of every reply. Same members as [`envelope`].
+#[derive(Debug, Serialize)]
+pub struct EnvelopeJson<'a, D> {
+    event_id: uuid::Uuid,
+    aggregate: &'a str,
+    id: &'a str,
+    version: u64,
+    position: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    schema_version: u16,
+    recorded_at: String,
+    command_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    data: &'a D,
+}
+
+impl<'a, E: Serialize> EnvelopeJson<'a, E> {
+    /// The envelope of `event`, its payload as `data`.
+    pub fn new(event: &'a Envelope<E>) -> EnvelopeJson<'a, E> {
+        EnvelopeJson {
+            event_id: event.event_id,
+            aggregate: event.stream.aggregate_type(),
+            id: event.stream.aggregate_id(),
+            version: event.version.0,
+            position: event.position.0,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            recorded_at: rfc3339(event.meta.recorded_at),
+            command_id: event
+                .meta
+                .command_id
+                .as_ref()
+                .map(annals::CommandId::as_str),
+            correlation_id: event.meta.correlation_id.as_deref(),
+            causation_id: event.meta.causation_id.as_deref(),
+            data: &event.payload,
+        }
+    }
+}
+
 /// A decoded envelope as the API shows it.
 pub fn typed_envelope<E: Serialize>(event: &Envelope<E>) -> Result<Value, Problem> {
     let data = serde_json::to_value(&event.payload)

@@ -207,7 +207,22 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(resource("/metrics", "GET, HEAD").route(get().to(ops::metrics)))
         .service(resource("/openapi.json", "GET, HEAD").route(get().to(openapi::document)))
         .service(resource("/docs", "GET, HEAD").route(get().to(openapi::docs)))
-        // Fixed paths before the `{aggregate}` patterns they would also match.
+        // The aggregate routes first (see `aggregate_path`).
+        .service(
+            resource("/v1/{aggregate}/{id}/commands", "POST")
+                .guard(guard::fn_guard(aggregate_path))
+                .route(post().to(aggregates::post_command)),
+        )
+        .service(
+            resource("/v1/{aggregate}/{id}/events", "GET, HEAD")
+                .guard(guard::fn_guard(aggregate_path))
+                .route(get().to(aggregates::get_history)),
+        )
+        .service(
+            resource("/v1/{aggregate}/{id}", "GET, HEAD")
+                .guard(guard::fn_guard(aggregate_path))
+                .route(get().to(aggregates::get_state)),
+        )
         .service(resource("/v1/events", "GET, HEAD").route(get().to(log::global_log)))
         .service(resource("/v1/events/live", "GET, HEAD").route(get().to(log::live)))
         .service(resource("/v1/projections", "GET, HEAD").route(get().to(read::projections)))
@@ -231,18 +246,22 @@ pub fn routes(config: &mut web::ServiceConfig) {
             resource("/v1/views/valuable-customers", "GET, HEAD")
                 .route(get().to(read::valuable_customers)),
         )
-        .service(
-            resource("/v1/{aggregate}/{id}/commands", "POST")
-                .route(post().to(aggregates::post_command)),
-        )
-        .service(
-            resource("/v1/{aggregate}/{id}/events", "GET, HEAD")
-                .route(get().to(aggregates::get_history)),
-        )
-        .service(
-            resource("/v1/{aggregate}/{id}", "GET, HEAD").route(get().to(aggregates::get_state)),
-        )
         .default_service(web::to(not_found));
+}
+
+/// The first path segments under `/v1/` that are not aggregate types.
+const RESERVED: [&str; 3] = ["events", "projections", "views"];
+
+/// Whether the request's first segment after `/v1/` may name an aggregate type: the aggregate
+/// routes are matched first (they carry nearly all the traffic), and the fixed routes whose
+/// paths they would also match are reached through this guard.
+fn aggregate_path(ctx: &guard::GuardContext<'_>) -> bool {
+    ctx.head()
+        .uri
+        .path()
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|segment| !RESERVED.contains(&segment))
 }
 
 /// A resource whose other methods answer 405 as a problem, with `Allow: {allow}`.

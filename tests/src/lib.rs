@@ -108,7 +108,10 @@ impl ServeProcess {
         });
         let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
             let _ = child.kill();
-            panic!("annals serve did not listen: {:?}", log.lock().expect("log lock"));
+            panic!(
+                "annals serve did not listen: {:?}",
+                log.lock().expect("log lock")
+            );
         };
         let start = line.find("http://").expect("the line has the url");
         let url: String = line[start..]

@@ -47,8 +47,9 @@ pub enum SubscribeError {
     /// The name is taken.
     #[error("a subscriber named {0:?} already exists")]
     AlreadyExists(String),
-    /// The name is empty, too long, or contains `@`, `#` or `/`.
-    #[error("invalid subscriber name {0:?}: 1 to {NAME_LEN_MAX} bytes, without '@', '#' or '/'")]
+    /// The name is empty, too long, contains `@`, `#` or `/`, or a character ids may not
+    /// have ([`is_id_char`](crate::types::is_id_char)).
+    #[error("invalid subscriber name {0:?}: 1 to {NAME_LEN_MAX} bytes of visible characters, without '@', '#' or '/'")]
     InvalidName(String),
     /// No such subscriber or projection.
     #[error("no subscriber or projection named {0:?}")]
@@ -177,7 +178,11 @@ impl Subscriber for ProjectionSubscriber {
 }
 
 fn check_name(name: &str) -> Result<(), SubscribeError> {
-    if name.is_empty() || name.len() > NAME_LEN_MAX || name.contains(['@', '#', '/']) {
+    if name.is_empty()
+        || name.len() > NAME_LEN_MAX
+        || name.contains(['@', '#', '/'])
+        || !name.chars().all(crate::types::is_id_char)
+    {
         return Err(SubscribeError::InvalidName(name.to_string()));
     }
     Ok(())

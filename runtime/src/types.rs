@@ -95,8 +95,25 @@ pub struct StreamId {
 }
 
 impl StreamId {
-    /// A stream id, checked: both parts non-empty and within their length limits.
+    /// A stream id, checked: both parts non-empty, within their length limits, and made of
+    /// visible characters only (see [`check_id`]).
     pub fn new(
+        aggregate_type: impl Into<Arc<str>>,
+        aggregate_id: impl Into<Arc<str>>,
+    ) -> Result<StreamId, InvalidId> {
+        let aggregate_type = aggregate_type.into();
+        let aggregate_id = aggregate_id.into();
+        check_id("aggregate type", &aggregate_type, AGGREGATE_TYPE_LEN_MAX)?;
+        check_id("aggregate id", &aggregate_id, AGGREGATE_ID_LEN_MAX)?;
+        Ok(StreamId {
+            aggregate_type,
+            aggregate_id,
+        })
+    }
+
+    /// A stream id read back from storage: only the lengths are checked, so that data written
+    /// by a build with looser id rules can still be read.
+    pub(crate) fn stored(
         aggregate_type: impl Into<Arc<str>>,
         aggregate_id: impl Into<Arc<str>>,
     ) -> Result<StreamId, InvalidId> {
@@ -140,8 +157,16 @@ impl fmt::Debug for StreamId {
 pub struct CommandId(Arc<str>);
 
 impl CommandId {
-    /// A command id, checked: non-empty, at most [`COMMAND_ID_LEN_MAX`] bytes.
+    /// A command id, checked: non-empty, at most [`COMMAND_ID_LEN_MAX`] bytes, visible
+    /// characters only (see [`check_id`]).
     pub fn new(id: impl Into<Arc<str>>) -> Result<CommandId, InvalidId> {
+        let id = id.into();
+        check_id("command id", &id, COMMAND_ID_LEN_MAX)?;
+        Ok(CommandId(id))
+    }
+
+    /// A command id read back from storage: only the length is checked.
+    pub(crate) fn stored(id: impl Into<Arc<str>>) -> Result<CommandId, InvalidId> {
         let id = id.into();
         check_len("command id", &id, COMMAND_ID_LEN_MAX)?;
         Ok(CommandId(id))
@@ -178,7 +203,7 @@ impl fmt::Debug for CommandId {
     }
 }
 
-/// An id that is empty or too long.
+/// An id that is empty, too long, or has a character ids may not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what}: {reason}")]
 pub struct InvalidId {
@@ -186,6 +211,34 @@ pub struct InvalidId {
     pub what: &'static str,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// Whether `c` may appear in an id: a visible ASCII character (`!` to `~`), or a non-ASCII
+/// letter or digit (`Müller`, `注文-1`).
+///
+/// Everything else is refused: control characters (CR and LF would forge log lines), spaces
+/// and other whitespace, invisible format characters (zero-width spaces, bidirectional
+/// overrides that make an id display as another), and U+FFFD, the replacement character a
+/// lossy decoder leaves where bytes were not UTF-8 (so `a%FFb` and `a%FEb` cannot name one
+/// aggregate).
+pub fn is_id_char(c: char) -> bool {
+    c.is_ascii_graphic() || (!c.is_ascii() && c.is_alphanumeric())
+}
+
+/// Checks an id: 1 to `max` bytes, every character one [`is_id_char`] accepts.
+pub fn check_id(what: &'static str, value: &str, max: usize) -> Result<(), InvalidId> {
+    check_len(what, value, max)?;
+    if let Some((at, c)) = value.char_indices().find(|&(_, c)| !is_id_char(c)) {
+        return Err(InvalidId {
+            what,
+            reason: format!(
+                "{} at byte {at} is not allowed: ids are visible characters (ASCII '!' to \
+                 '~', or letters and digits), without spaces or control characters",
+                c.escape_unicode()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), InvalidId> {
@@ -238,6 +291,31 @@ mod tests {
         assert!(StreamId::new("Order", "").is_err());
         assert!(StreamId::new("Order", "x".repeat(AGGREGATE_ID_LEN_MAX + 1)).is_err());
         assert!(StreamId::new("T".repeat(AGGREGATE_TYPE_LEN_MAX + 1), "x").is_err());
+    }
+
+    #[test]
+    fn ids_are_visible_characters() {
+        for good in ["o-1", "Müller", "注文-1", "a:b/c", "~!"] {
+            assert!(StreamId::new("Order", good).is_ok(), "{good:?}");
+            assert!(CommandId::new(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "a b",
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            "a\u{FFFD}b",
+            "a\u{200B}b",
+            "a\u{202E}b",
+            "a\u{A0}b",
+            "a\u{7F}b",
+        ] {
+            assert!(StreamId::new("Order", bad).is_err(), "{bad:?}");
+            assert!(StreamId::new(bad, "x").is_err(), "{bad:?}");
+            assert!(CommandId::new(bad).is_err(), "{bad:?}");
+            assert!(StreamId::stored("Order", bad).is_ok(), "stored {bad:?}");
+        }
     }
 
     #[test]

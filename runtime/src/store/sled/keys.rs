@@ -41,7 +41,7 @@ pub(crate) fn parse_stream_key(key: &[u8]) -> Result<StreamId, String> {
         .ok_or("stream key length mismatch")?;
     let ty = std::str::from_utf8(ty).map_err(|_| "stream key type is not UTF-8")?;
     let id = std::str::from_utf8(id).map_err(|_| "stream key id is not UTF-8")?;
-    StreamId::new(ty, id).map_err(|e| e.to_string())
+    StreamId::stored(ty, id).map_err(|e| e.to_string())
 }
 
 /// The stream key alone (prefix of its index and snapshot keys).
@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn stream_keys_are_prefix_free() {
         let a = stream_key(&StreamId::new("A", "x").expect("valid"));
-        let b = stream_key(&StreamId::new("A", "x\0\0").expect("valid"));
+        let b = stream_key(&StreamId::stored("A", "x\0\0").expect("valid"));
         assert!(
             !b.starts_with(&a),
             "a longer id must not extend a shorter stream's prefix"

@@ -387,6 +387,111 @@ impl SledStore {
         &self.inner.recovery
     }
 
+    /// The stored outcomes of commands that wrote no event — rejections and accepted commands
+    /// without events — in command-id order, from the first id after `after`, at most `limit`.
+    ///
+    /// The log cannot re-derive these (a committed command's outcome is its commit, found
+    /// through the log), so an export must carry them beside the events. Outcomes written but
+    /// not yet acknowledged are left out.
+    pub fn outcomes_without_events(
+        &self,
+        after: Option<&CommandId>,
+        limit: usize,
+    ) -> Result<Vec<(CommandId, StoredOutcome)>, StoreError> {
+        let commands = &self.inner.trees.commands;
+        let range = match after {
+            Some(id) => commands.range::<&[u8], _>((
+                std::ops::Bound::Excluded(id.as_str().as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => commands.iter(),
+        };
+        let mut out = Vec::new();
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, bytes) = item.map_err(io("reading command ids"))?;
+            let record = CommandRecord::decode(&bytes)?;
+            if matches!(record, CommandRecord::Committed { .. }) {
+                continue;
+            }
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| CommandId::stored(k).ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "command ids".into(),
+                    reason: format!("a key of {} bytes is not a command id", key.len()),
+                })?;
+            if self.inner.shared.pending_outcomes.lock().contains(&id) {
+                continue;
+            }
+            if let Some(outcome) = lookup_command(&self.inner.trees, &id, Some(self.visible()))? {
+                out.push((id, outcome));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores a rejection or no-event outcome read from an export (`annals import`), with
+    /// the version it was recorded at. Refused if the command id is already used. It is
+    /// written beside the journal, not through it: only for a store that nothing else writes
+    /// to, and durable once [`EventStore::shutdown`] (or a later append) has synced.
+    pub fn restore_outcome(
+        &self,
+        id: &CommandId,
+        outcome: &StoredOutcome,
+    ) -> Result<(), AppendError> {
+        let record = match outcome {
+            StoredOutcome::Committed { .. } => {
+                return Err(AppendError::Invalid {
+                    stream: StreamId::stored("-", id.as_str()).map_err(|e| {
+                        StoreError::Corrupt {
+                            what: "command id".into(),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                    reason: "a committed outcome is restored by importing its events",
+                })
+            }
+            StoredOutcome::Rejected {
+                stream,
+                fingerprint,
+                version,
+                rejection,
+            } => CommandRecord::Rejected {
+                aggregate_type: stream.aggregate_type().to_string(),
+                aggregate_id: stream.aggregate_id().to_string(),
+                fingerprint: fingerprint.0.to_vec(),
+                version: version.0,
+                rejection: rejection.clone(),
+            },
+            StoredOutcome::NoEvents {
+                stream,
+                fingerprint,
+                version,
+            } => CommandRecord::NoEvents {
+                aggregate_type: stream.aggregate_type().to_string(),
+                aggregate_id: stream.aggregate_id().to_string(),
+                fingerprint: fingerprint.0.to_vec(),
+                version: version.0,
+            },
+        };
+        if let Some(used) = lookup_command(&self.inner.trees, id, None)? {
+            return Err(AppendError::CommandIdUsed {
+                id: id.clone(),
+                same_command: used.fingerprint() == outcome.fingerprint(),
+            });
+        }
+        let bytes = record.encode().map_err(StoreError::from)?;
+        self.inner
+            .trees
+            .commands
+            .insert(id.as_str().as_bytes(), bytes)
+            .map_err(io("restoring a command outcome"))?;
+        Ok(())
+    }
+
     fn visible(&self) -> Position {
         Position(self.inner.shared.visible.load(Ordering::Acquire))
     }
@@ -1022,7 +1127,7 @@ pub(crate) fn lookup_command(
 }
 
 fn stream_of(ty: String, id: String) -> Result<StreamId, StoreError> {
-    StreamId::new(ty, id).map_err(|e| StoreError::Corrupt {
+    StreamId::stored(ty, id).map_err(|e| StoreError::Corrupt {
         what: "command record".into(),
         reason: e.to_string(),
     })

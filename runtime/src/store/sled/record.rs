@@ -159,10 +159,14 @@ impl CommitRecord {
         Ok(CommitMeta {
             recorded_at: Timestamp(self.recorded_at),
             command_id: match &self.command_id {
-                Some(c) => Some(CommandId::new(c.as_str()).map_err(|e| StoreError::Corrupt {
-                    what: "commit record".into(),
-                    reason: e.to_string(),
-                })?),
+                Some(c) => {
+                    Some(
+                        CommandId::stored(c.as_str()).map_err(|e| StoreError::Corrupt {
+                            what: "commit record".into(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
                 None => None,
             },
             correlation_id: self.correlation_id.as_deref().map(Arc::from),

@@ -428,7 +428,7 @@ impl Runtime {
             .insert(name.as_bytes(), &generation.to_be_bytes())
             .map_err(sled_io("writing a generation"))?;
         // The pointer must be durable before the old generation's trees go.
-        db.flush().map_err(sled_io("flushing a generation"))?;
+        self.inner().store.sync()?;
         *entry.shared.status.lock() = SubscriberStatus::Live;
         let registry = &self.inner().subscriptions;
         let old = {

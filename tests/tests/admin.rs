@@ -292,7 +292,10 @@ fn assert_exit(output: &Output, code: i32, needles: &[&str]) {
 fn raw_db(dir: &Path) -> sled::Db {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match sled::open(dir) {
+        match annals::store::sled::sled_config(dir)
+            .expect("the store's sled configuration")
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && Instant::now() < deadline =>

@@ -1692,7 +1692,10 @@ async fn three_commits(dir: &TempDir) {
 fn raw_log(dir: &TempDir) -> (sled::Db, sled::Tree) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let db = loop {
-        match sled::open(dir.path()) {
+        match annals::store::sled::sled_config(dir.path())
+            .expect("the store's sled configuration")
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && Instant::now() < deadline =>

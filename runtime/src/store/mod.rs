@@ -268,9 +268,38 @@ pub enum StoreError {
     /// The store has been shut down.
     #[error("the store is shut down")]
     Closed,
+    /// The log ends before what the journal recorded, durably, as acknowledged: acknowledged
+    /// data was lost (a damaged or lost tail of the database files). The store refuses to open
+    /// rather than roll back quietly; nothing was changed.
+    #[error(
+        "the store lost acknowledged data: its journal recorded batch {acknowledged_batch} \
+         (through position {acknowledged_position}) as durable, but the log ends at batch \
+         {found_batch} (position {found_position}){}; restore the data directory from a \
+         backup, or, to accept the loss and go on from what is left, remove the file \
+         'acknowledged' from it and open again",
+        lost_positions(*found_position, *acknowledged_position)
+    )]
+    AcknowledgedDataLost {
+        /// The last batch the journal recorded as durable.
+        acknowledged_batch: u64,
+        /// The last position the journal recorded as durable.
+        acknowledged_position: Position,
+        /// The last batch found in the log.
+        found_batch: u64,
+        /// The last position found in the log.
+        found_position: Position,
+    },
     /// A value could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] Arc<CodecError>),
+}
+
+fn lost_positions(found: Position, acknowledged: Position) -> String {
+    if acknowledged > found {
+        format!(": positions {} to {acknowledged} are missing", found.next())
+    } else {
+        String::new()
+    }
 }
 
 impl From<CodecError> for StoreError {
@@ -409,6 +438,11 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// Stops accepting appends, acknowledges (or refuses) everything queued, and makes
     /// everything durable. Idempotent.
     fn shutdown(&self) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable (an fsync of whatever holds it, not a flush
+    /// to the operating system), for writes beside the journal that must survive a power cut
+    /// on their own. Appends need no call: they are durable when acknowledged.
+    fn sync(&self) -> Result<(), StoreError>;
 
     /// A watch of [`EventStore::head_position`]: it changes after every acknowledged batch.
     /// Subscribers wait on it instead of polling.

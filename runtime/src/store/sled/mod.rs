@@ -48,6 +48,7 @@
 //! versions per stream), removes an unacknowledged tail cut by the crash, and re-derives the
 //! index entries after the last durable index watermark. See that module for the details.
 
+mod disk;
 mod keys;
 mod record;
 mod recovery;
@@ -250,6 +251,9 @@ pub(crate) struct Shared {
     batches: AtomicU64,
     fsyncs: AtomicU64,
     batch_appends_max: AtomicU64,
+    /// The database's files: every sync goes through here (see `disk.rs`).
+    disk: Mutex<disk::Disk>,
+    faults: Arc<Faults>,
 }
 
 impl Shared {
@@ -318,7 +322,8 @@ impl SledStore {
     /// half-done, checks integrity, and starts the journal threads.
     #[allow(clippy::needless_pass_by_value)] // options are a value the store is built from
     pub fn open(options: SledOptions) -> Result<SledStore, StoreError> {
-        let db = open_db(&options.path, options.cache_capacity_bytes)?;
+        let segment_size = sled_segment_size(&options.path)?;
+        let db = open_db(&options.path, options.cache_capacity_bytes, segment_size)?;
         let trees = Trees {
             log: db.open_tree("log").map_err(io("opening tree log"))?,
             heads: db.open_tree("heads").map_err(io("opening tree heads"))?,
@@ -336,7 +341,9 @@ impl SledStore {
             parked: db.open_tree("parked").map_err(io("opening tree parked"))?,
             db,
         };
-        let report = recovery::recover(&trees, options.integrity_check)?;
+        let mut disk = disk::Disk::open(&options.path)?;
+        let report =
+            recovery::recover(&trees, options.integrity_check, &mut disk, &options.faults)?;
         let shared = Arc::new(Shared {
             visible: AtomicU64::new(report.head_position.0),
             written: AtomicU64::new(report.head_position.0),
@@ -351,18 +358,21 @@ impl SledStore {
             batches: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             batch_appends_max: AtomicU64::new(0),
+            disk: Mutex::new(disk),
+            faults: options.faults.clone(),
         });
         let (jobs, threads) = writer::start(writer::Start {
             trees: trees.clone(),
             shared: shared.clone(),
             next_position: report.head_position.next(),
+            next_batch: report.batch + 1,
             durability: options.durability,
             batch_appends_max: options.batch_appends_max.get(),
             batch_bytes_max: options.batch_bytes_max.get(),
+            segment_bytes_max: segment_bytes_max(segment_size),
             heads_checkpoint_interval: options.heads_checkpoint_interval,
             queue_capacity: options.queue_capacity.get(),
             head_cache_capacity: options.head_cache_capacity,
-            faults: options.faults.clone(),
         })?;
         Ok(SledStore {
             inner: Arc::new(Inner {
@@ -555,10 +565,14 @@ impl SledStore {
 /// so a reopen in the same process may briefly find it held.
 const LOCK_WAIT: Duration = Duration::from_millis(1000);
 
-fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+fn open_db(
+    path: &Path,
+    cache_capacity_bytes: u64,
+    segment_size: usize,
+) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match try_open_db(path, cache_capacity_bytes) {
+        match try_open_db(path, cache_capacity_bytes, segment_size) {
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -567,10 +581,15 @@ fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreErro
     }
 }
 
-fn try_open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+fn try_open_db(
+    path: &Path,
+    cache_capacity_bytes: u64,
+    segment_size: usize,
+) -> Result<sled::Db, StoreError> {
     let result = sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity_bytes)
+        .segment_size(segment_size)
         .flush_every_ms(None)
         .open();
     result.map_err(|e| match &e {
@@ -588,6 +607,56 @@ fn try_open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, Store
             reason: e.to_string(),
         },
     })
+}
+
+/// sled's segment size for a new database: 2 MiB (sled's default is 512 KiB). sled writes a
+/// message larger than a quarter of its segment size to a blob file of its own, and a log
+/// tree node holds up to 17 segments of ours; the larger sled segment keeps the journal's own
+/// writes out of blob files with segments of a useful size (see [`segment_bytes_max`]). A
+/// database keeps the segment size it was created with (sled refuses another).
+pub(crate) const SLED_SEGMENT_SIZE_NEW: usize = 2 * 1024 * 1024;
+
+/// The sled configuration the store opens the database at `dir` with (its segment size, no
+/// background flusher), for tools and tests that must open it with plain sled — sled refuses
+/// a configuration that differs from the one the database was created with. Writes made
+/// through it are not synced as the store syncs them (see [`EventStore::sync`]).
+pub fn sled_config(dir: &Path) -> Result<sled::Config, StoreError> {
+    Ok(sled::Config::new()
+        .path(dir)
+        .segment_size(sled_segment_size(dir)?)
+        .flush_every_ms(None))
+}
+
+/// The segment size of the sled database at `dir`: the one its `conf` file names, or
+/// [`SLED_SEGMENT_SIZE_NEW`] for a new database.
+fn sled_segment_size(dir: &Path) -> Result<usize, StoreError> {
+    let conf = match std::fs::read(dir.join("conf")) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SLED_SEGMENT_SIZE_NEW),
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "reading the database configuration",
+                reason: e.to_string(),
+            })
+        }
+    };
+    // `conf` is `key: value` lines followed by a checksum; sled checks it when it opens.
+    let size = String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    Ok(size.unwrap_or(SLED_SEGMENT_SIZE_NEW))
+}
+
+/// The largest segment of commit records the writer puts in one insert, for a sled database
+/// with segments of `sled_segment_size` bytes: sled writes a message of more than a quarter of
+/// a segment to a blob file, and a leaf node of the log tree — written whole when sled
+/// consolidates or splits it — holds up to 17 of our segments, so 17 of them with their keys
+/// must stay below that quarter (a twentieth leaves room for the node's own encoding). A batch
+/// with more bytes is written as several segments; a single commit record larger than this is a
+/// segment of its own (and then a blob, which [`SledStore::sync`] syncs like everything else).
+pub(crate) fn segment_bytes_max(sled_segment_size: usize) -> usize {
+    (sled_segment_size / 4 / 20).max(1024)
 }
 
 /// A skip entry is written for every version that is a multiple of this: a reader starts its
@@ -954,6 +1023,17 @@ impl EventStore for SledStore {
         Ok(removed.is_some())
     }
 
+    /// Makes everything written to the database so far durable — the journal's batches and
+    /// whatever else was written beside them (read models, checkpoints, snapshots) — with a
+    /// real `fsync` of every file and directory that holds it (see `disk.rs`).
+    fn sync(&self) -> Result<(), StoreError> {
+        let shared = &self.inner.shared;
+        shared
+            .disk
+            .lock()
+            .sync(&self.inner.trees.db, &shared.faults)
+    }
+
     fn shutdown(&self) -> Result<(), StoreError> {
         let shared = &self.inner.shared;
         let _ = shared.state.compare_exchange(
@@ -976,12 +1056,8 @@ impl EventStore for SledStore {
         if shared.is_failed() {
             return Err(shared.failed_error());
         }
-        self.inner
-            .trees
-            .db
-            .flush()
-            .map_err(io("flushing on shutdown"))?;
-        Ok(())
+        // What was written beside the journal (read models, checkpoints, snapshots) too.
+        self.sync()
     }
 }
 

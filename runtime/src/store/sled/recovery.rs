@@ -31,11 +31,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::disk::Disk;
 use super::keys;
 use super::record::{corrupt_at, CommandRecord, CommitRecord, HeadEntry};
 use super::segment::{Locator, RecordHeader, Segment};
-use super::writer::WATERMARK_KEY;
-use super::{io, locate, Trees, SKIP_EVERY, SKIP_STEP};
+use super::writer::{BATCH_KEY, WATERMARK_KEY};
+use super::{io, locate, Faults, Trees, SKIP_EVERY, SKIP_STEP};
 use crate::store::StoreError;
 use crate::types::{Position, Version};
 
@@ -71,6 +72,8 @@ pub struct RecoveryReport {
     pub records_reindexed: u64,
     /// Unacknowledged segments removed because an earlier segment in flight was lost.
     pub records_removed: u64,
+    /// The number of the last batch the journal wrote (batches are numbered from 1).
+    pub batch: u64,
     /// How long recovery took.
     pub duration: Duration,
 }
@@ -82,8 +85,15 @@ struct Scanned {
     at_watermark: Option<HeadEntry>,
 }
 
-/// Checks and repairs the store; see the [module docs](self).
-pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryReport, StoreError> {
+/// Checks and repairs the store; see the [module docs](self). Nothing is written before the
+/// log has been found complete: a structural error, or a log that ends before what the
+/// acknowledgement record of `disk` says was acknowledged, changes nothing.
+pub(crate) fn recover(
+    trees: &Trees,
+    check: IntegrityCheck,
+    disk: &mut Disk,
+    faults: &Faults,
+) -> Result<RecoveryReport, StoreError> {
     let started = Instant::now();
     check_layout(trees)?;
     let watermark = match trees
@@ -182,6 +192,24 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
     if check != IntegrityCheck::Tail {
         check_heads(trees, &streams)?;
     }
+    let head = Position(expected.0 - 1);
+    report.batch = match trees
+        .meta
+        .get(BATCH_KEY)
+        .map_err(io("reading the batch number"))?
+    {
+        Some(bytes) => keys::read_u64(&bytes, "batch number")?,
+        None => 0,
+    };
+    let acknowledged = disk.acknowledged();
+    if acknowledged.position > head || acknowledged.batch > report.batch {
+        return Err(StoreError::AcknowledgedDataLost {
+            acknowledged_batch: acknowledged.batch,
+            acknowledged_position: acknowledged.position,
+            found_batch: report.batch,
+            found_position: head,
+        });
+    }
     if let Some(hole) = hole_at {
         report.records_removed = remove_from(trees, hole)?;
         tracing::warn!(
@@ -189,7 +217,7 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
             "removed unacknowledged log segments written after a segment the crash lost"
         );
     }
-    report.head_position = Position(expected.0 - 1);
+    report.head_position = head;
     let mut changed = report.records_removed > 0;
     for (is_command, key, value) in derived {
         let tree = if is_command {
@@ -210,12 +238,12 @@ pub(crate) fn recover(trees: &Trees, check: IntegrityCheck) -> Result<RecoveryRe
         }
     }
     if changed || report.head_position != watermark {
-        trees.db.flush().map_err(io("flushing recovery"))?;
+        disk.sync(&trees.db, faults)?;
         trees
             .meta
             .insert(WATERMARK_KEY, &report.head_position.0.to_be_bytes())
             .map_err(io("writing the watermark"))?;
-        trees.db.flush().map_err(io("flushing recovery"))?;
+        disk.sync(&trees.db, faults)?;
     }
     report.duration = started.elapsed();
     tracing::info!(?report, "store recovered");

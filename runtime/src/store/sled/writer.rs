@@ -1,7 +1,7 @@
-//! The journal's two threads: the **writer** (checks, positions, one segment insert per
-//! batch) and the **flusher** (derived entries, one fsync per batch, acknowledgements, and the
-//! lazy checkpoint of stream heads). See the [parent module](super) for the design and its
-//! measurements.
+//! The journal's two threads: the **writer** (checks, positions, the batch's segments — one
+//! insert each, usually one per batch) and the **flusher** (derived entries, one sync per batch
+//! with its acknowledgement record, acknowledgements, and the lazy checkpoint of stream heads).
+//! See the [parent module](super) for the design and its measurements.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use lru::LruCache;
 
+use super::disk::Acknowledged;
 use super::keys;
 use super::record::{CommandRecord, CommitRecord, HeadEntry};
 use super::segment::{Locator, RecordHeader, SegmentBuilder};
 use super::{
-    head_at_or_below, io, lookup_command, lookup_head, validate_kind, Durability, Faults, Shared,
-    Trees, SKIP_EVERY, SKIP_STEP,
+    head_at_or_below, io, lookup_command, lookup_head, validate_kind, Durability, Shared, Trees,
+    SKIP_EVERY, SKIP_STEP,
 };
 use crate::store::{
     AppendError, AppendKind, AppendReply, AppendRequest, CommandKey, CommitReceipt, Fingerprint,
@@ -29,6 +30,10 @@ use crate::types::{CommandId, Position, StreamId, Version};
 /// The meta key of the watermark: every derived entry (heads, skips, command ids) of the log
 /// at or below this position is durable.
 pub(crate) const WATERMARK_KEY: &[u8] = b"derived_through";
+/// The meta key of the number of the last batch written: inserted with every batch, so that a
+/// batch the acknowledgement record names can be told present or lost (see `disk.rs`) even when
+/// it holds no event (only rejection outcomes).
+pub(crate) const BATCH_KEY: &[u8] = b"batch";
 
 /// A message to the writer.
 pub(crate) enum Job {
@@ -118,13 +123,14 @@ pub(crate) struct Start {
     pub(crate) trees: Trees,
     pub(crate) shared: Arc<Shared>,
     pub(crate) next_position: Position,
+    pub(crate) next_batch: u64,
     pub(crate) durability: Durability,
     pub(crate) batch_appends_max: usize,
     pub(crate) batch_bytes_max: usize,
+    pub(crate) segment_bytes_max: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) head_cache_capacity: NonZeroUsize,
     pub(crate) heads_checkpoint_interval: Duration,
-    pub(crate) faults: Arc<Faults>,
 }
 
 /// Starts the writer and the flusher; returns the job queue and both threads.
@@ -141,15 +147,15 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
         recent_commands: LruCache::new(s.head_cache_capacity),
         batch_appends_max: s.batch_appends_max,
         batch_bytes_max: s.batch_bytes_max,
-        faults: s.faults.clone(),
+        segment_bytes_max: s.segment_bytes_max,
     };
     let flusher = Flusher {
         trees: s.trees,
         shared: s.shared,
         durability: s.durability,
-        faults: s.faults,
         checkpoint_interval: s.heads_checkpoint_interval,
         dirty_max: s.head_cache_capacity.get(),
+        next_batch: s.next_batch,
         durable_end: Position(s.next_position.0 - 1),
         unflushed_end: None,
         heads_pending: None,
@@ -163,13 +169,32 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
     };
     let w = std::thread::Builder::new()
         .name("annals-writer".into())
-        .spawn(move || writer.run(&jobs_rx, &stage_tx))
+        .spawn(move || {
+            let _watch = PanicWatch(writer.shared.clone(), "writer");
+            writer.run(&jobs_rx, &stage_tx);
+        })
         .map_err(spawn_err)?;
     let f = std::thread::Builder::new()
         .name("annals-flusher".into())
-        .spawn(move || flusher.run(&stage_rx))
+        .spawn(move || {
+            let _watch = PanicWatch(flusher.shared.clone(), "flusher");
+            flusher.run(&stage_rx);
+        })
         .map_err(spawn_err)?;
     Ok((jobs_tx, vec![w, f]))
+}
+
+/// Fails the journal if its thread unwinds: a panicked writer or flusher acknowledges nothing
+/// more, so the store must say so (health, refused appends) instead of looking ready.
+struct PanicWatch(Arc<Shared>, &'static str);
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail(format!("the journal's {} thread panicked", self.1));
+        }
+    }
 }
 
 struct Writer {
@@ -183,15 +208,42 @@ struct Writer {
     recent_commands: LruCache<CommandId, Fingerprint>,
     batch_appends_max: usize,
     batch_bytes_max: usize,
-    faults: Arc<Faults>,
+    /// Most bytes of commit records in one segment (one sled insert): see
+    /// [`segment_bytes_max`](super::segment_bytes_max).
+    segment_bytes_max: usize,
 }
 
-/// One batch being assembled.
+/// One batch being assembled: its segments (first position, records), in position order.
 struct Batch {
-    first: Position,
-    segment: SegmentBuilder,
+    segments: Vec<(Position, SegmentBuilder)>,
+    bytes: usize,
     heads: Vec<(Vec<u8>, HeadEntry)>,
     stage: Stage,
+}
+
+impl Batch {
+    /// The segment a record of `len` bytes at `position` goes into: the last one, or a new one
+    /// starting at `position` if the last is full.
+    fn segment_for(
+        &mut self,
+        position: Position,
+        len: usize,
+        segment_bytes_max: usize,
+    ) -> (Position, &mut SegmentBuilder) {
+        let full = self
+            .segments
+            .last()
+            .is_none_or(|(_, s)| !s.is_empty() && s.data_len() + len > segment_bytes_max);
+        if full {
+            self.segments.push((position, SegmentBuilder::default()));
+        }
+        self.bytes += len;
+        let (first, segment) = self
+            .segments
+            .last_mut()
+            .expect("a segment was just pushed if there was none");
+        (*first, segment)
+    }
 }
 
 impl Writer {
@@ -205,8 +257,8 @@ impl Writer {
             };
             let Some(first) = first else { break };
             let mut batch = Batch {
-                first: self.next,
-                segment: SegmentBuilder::default(),
+                segments: Vec::new(),
+                bytes: 0,
                 heads: Vec::new(),
                 stage: Stage {
                     derived: Vec::new(),
@@ -226,42 +278,22 @@ impl Writer {
                         self.write(*prepared, reply, &mut batch);
                     }
                 }
-                if taken < self.batch_appends_max && batch.segment.data_len() < self.batch_bytes_max
-                {
+                if taken < self.batch_appends_max && batch.bytes < self.batch_bytes_max {
                     job = jobs.try_recv().ok();
                 }
             }
             let Batch {
-                first,
-                segment,
+                segments,
                 heads,
                 mut stage,
+                ..
             } = batch;
-            if !segment.is_empty() && !self.shared.is_failed() {
-                let inserted = if self.faults.take_insert() {
-                    Err(StoreError::Io {
-                        op: "writing the log",
-                        reason: "injected fault".into(),
-                    })
-                } else {
-                    self.trees
-                        .log
-                        .insert(keys::position_key(first), segment.finish())
-                        .map(|_| ())
-                        .map_err(io("writing the log"))
-                };
-                match inserted {
-                    Ok(()) => {
-                        self.shared
-                            .written
-                            .store(self.next.0 - 1, Ordering::Release);
-                        let mut recent = self.shared.recent_segments.lock();
-                        if recent.len() >= super::RECENT_SEGMENTS_MAX {
-                            recent.pop_front();
-                        }
-                        recent.push_back(first);
-                    }
-                    Err(e) => self.shared.fail(e.to_string()),
+            for (first, segment) in segments {
+                if self.shared.is_failed() {
+                    break;
+                }
+                if let Err(e) = self.insert_segment(first, segment) {
+                    self.shared.fail(e.to_string());
                 }
             }
             if self.shared.is_failed() {
@@ -270,9 +302,16 @@ impl Writer {
                 }
                 continue;
             }
+            // Order matters: the segments first (a head in the table must name a commit that
+            // readers can find), then the heads, and only then `written`. The flusher reads
+            // `written` before its fsync and its checkpoint then claims, through the watermark,
+            // every head of the log up to there: it must find all of them in the table.
             if !heads.is_empty() {
                 self.shared.dirty_heads.lock().extend(heads);
             }
+            self.shared
+                .written
+                .store(self.next.0 - 1, Ordering::Release);
             if stage.replies.is_empty() {
                 continue;
             }
@@ -281,6 +320,30 @@ impl Writer {
                 break;
             }
         }
+    }
+
+    /// Inserts one segment of the batch and makes it findable by tail reads.
+    fn insert_segment(
+        &mut self,
+        first: Position,
+        segment: SegmentBuilder,
+    ) -> Result<(), StoreError> {
+        if self.shared.faults.take_insert() {
+            return Err(StoreError::Io {
+                op: "writing the log",
+                reason: "injected fault".into(),
+            });
+        }
+        self.trees
+            .log
+            .insert(keys::position_key(first), segment.finish())
+            .map_err(io("writing the log"))?;
+        let mut recent = self.shared.recent_segments.lock();
+        if recent.len() >= super::RECENT_SEGMENTS_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(first);
+        Ok(())
     }
 
     fn write(&mut self, p: Prepared, reply: AppendReply, batch: &mut Batch) {
@@ -293,10 +356,12 @@ impl Writer {
             Ok(Err(refusal)) => {
                 let _ = reply.send(Err(refusal));
             }
+            // A damaged stream head or command record, or a read that failed, concerns this
+            // append only: it is refused with the error, and the journal goes on. Only a failed
+            // write or fsync fails the journal (the outcome of what it covered is unknown).
             Err(e) => {
-                self.shared
-                    .fail(format!("reading the journal's own state failed: {e}"));
-                let _ = reply.send(Err(self.shared.failed_error().into()));
+                tracing::warn!(stream = %p.stream, error = %e, "refusing an append: reading the journal's state for it failed");
+                let _ = reply.send(Err(e.into()));
             }
         }
     }
@@ -344,8 +409,10 @@ impl Writer {
         let receipt = match p.body {
             Body::Commit { mut bytes, count } => {
                 let position = self.next;
+                let (first, segment) =
+                    batch.segment_for(position, bytes.len(), self.segment_bytes_max);
                 let at = Locator {
-                    segment: batch.first,
+                    segment: first,
                     commit: position,
                 };
                 let header = RecordHeader {
@@ -355,8 +422,8 @@ impl Writer {
                 };
                 header.write_into(&mut bytes);
                 // Relative positions fit in u32: a batch holds far fewer than 2^32 events.
-                let relative = u32::try_from(position.0 - batch.first.0).unwrap_or(u32::MAX);
-                batch.segment.push(relative, &bytes);
+                let relative = u32::try_from(position.0 - first.0).unwrap_or(u32::MAX);
+                segment.push(relative, &bytes);
                 let last = header.last_version();
                 let first_skip = header.first_version.0.div_ceil(SKIP_EVERY) * SKIP_EVERY;
                 for skip in (first_skip..=last.0).step_by(SKIP_STEP) {
@@ -427,9 +494,10 @@ struct Flusher {
     trees: Trees,
     shared: Arc<Shared>,
     durability: Durability,
-    faults: Arc<Faults>,
     checkpoint_interval: Duration,
     dirty_max: usize,
+    /// The number the next batch gets ([`BATCH_KEY`]).
+    next_batch: u64,
     /// Everything at or below this position is durable.
     durable_end: Position,
     /// Relaxed mode: acknowledged but not yet fsynced through here.
@@ -535,8 +603,14 @@ impl Flusher {
         }
     }
 
-    /// Inserts the batch's derived entries, and the watermark that the last fsync made due.
+    /// Inserts the batch's derived entries and its number, and the watermark that the last
+    /// fsync made due.
     fn insert_derived(&mut self, stage: &Stage) -> Result<(), StoreError> {
+        self.trees
+            .meta
+            .insert(BATCH_KEY, &self.next_batch.to_be_bytes())
+            .map_err(io("writing the batch number"))?;
+        self.next_batch += 1;
         for (tree, key, value) in &stage.derived {
             let tree = match tree {
                 Derived::Command => &self.trees.commands,
@@ -556,16 +630,21 @@ impl Flusher {
         Ok(())
     }
 
+    /// Makes everything written so far durable (`disk.rs`), then records that durably in the
+    /// acknowledgement record, before anything it covers is acknowledged.
     fn fsync(&mut self) -> Result<(), StoreError> {
-        if self.faults.take_fsync() {
-            return Err(StoreError::Io {
-                op: "fsync",
-                reason: "injected fault".into(),
-            });
-        }
-        // Everything acknowledged or inserted so far; read before the flush, which covers it.
+        // Everything inserted so far; read before the sync, which covers it.
         let covered = Position(self.shared.written.load(Ordering::Acquire));
-        self.trees.db.flush().map_err(io("fsync"))?;
+        let covered_batch = self.next_batch - 1;
+        {
+            let mut disk = self.shared.disk.lock();
+            disk.sync(&self.trees.db, &self.shared.faults)?;
+            let recorded = disk.acknowledged();
+            disk.record(Acknowledged {
+                batch: covered_batch.max(recorded.batch),
+                position: covered.max(recorded.position),
+            })?;
+        }
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.last_fsync = Instant::now();
         self.durable_end = self.durable_end.max(covered);

@@ -117,6 +117,10 @@ pub(crate) fn load<A: Aggregate>(
     if let Some(snapshot) = store.load_snapshot(stream, target)? {
         if snapshot.schema_version != snapshot_schema_version {
             tracing::debug!(%stream, found = snapshot.schema_version, "ignoring a snapshot of another schema version");
+        } else if recorded_at(store, stream, snapshot.version)? > snapshot.taken_at {
+            // Taken of an event that is no longer in the log: a crash in relaxed mode lost the
+            // stream's tail after the snapshot was taken, and the version was written again.
+            tracing::warn!(%stream, version = %snapshot.version, "ignoring a snapshot taken before its version was last written (the log lost a tail it had seen)");
         } else {
             match codec::decode_plain::<A>(&snapshot.state) {
                 Ok(state) => {
@@ -559,7 +563,9 @@ impl<A: Aggregate> AggregateActor<A> {
         let snapshot = Snapshot {
             version: self.version,
             schema_version: options.snapshot_schema_version,
-            taken_at: Timestamp::now(),
+            // Never before its event was recorded, whatever the clock did: a snapshot taken
+            // earlier than the event at its version is one of a lost tail (see `load`).
+            taken_at: Timestamp::now().max(self.last_recorded_at),
             state,
         };
         match self

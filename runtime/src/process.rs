@@ -15,7 +15,14 @@
 //! # Deadlines
 //! An [`Action::schedule`] is stored in the `deadlines` tree with its derived command id and
 //! sent once due, by a timer on the runtime's arbiter; a deadline survives restarts and fires
-//! after one (late, if it fell due while the service was down).
+//! after one (late, if it fell due while the service was down). Each tick sends at most
+//! [`DEADLINES_PER_TICK`] due deadlines, oldest first, so a backlog (after downtime) is worked
+//! off in bounded steps. A deadline whose command fails for a reason that may pass (a full
+//! queue, a store error) is put back with a pause that doubles with each attempt, up to
+//! [`DEADLINE_RETRY_PAUSE_MAX`]; one that cannot ever be sent (a record that does not decode, an
+//! aggregate type that is not registered, an id or command the runtime refuses) is moved to
+//! the `deadlines-failed` tree, kept for inspection, and the others go on. A business
+//! rejection is an outcome, not a failure: the deadline is done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,7 +137,23 @@ pub(crate) struct Outgoing {
     pub(crate) causation_id: String,
     pub(crate) correlation_id: Option<String>,
     pub(crate) action: Action,
+    /// Failed attempts to send it (deadlines only; see the module docs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) attempts: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most due deadlines sent per tick of the deadline timer.
+pub const DEADLINES_PER_TICK: usize = 256;
+/// The first pause before a deadline whose command failed is tried again; it doubles.
+pub const DEADLINE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest pause between attempts of a failing deadline.
+pub const DEADLINE_RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// The tree where deadlines that can never be sent are kept.
+pub(crate) const DEADLINES_FAILED_TREE: &str = "deadlines-failed";
 
 /// The subscriber that runs a process manager.
 pub(crate) struct ProcessSubscriber<P: ProcessManager> {
@@ -193,6 +216,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 causation_id: event.event_id.to_string(),
                 correlation_id: Some(correlation_of(event, &instance_id)),
                 action,
+                attempts: 0,
             }));
             let next = Instance { state, outbox };
             reacted = Some(next.clone());
@@ -366,37 +390,80 @@ pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
     key
 }
 
-/// Sends every deadline that is due; returns how many were sent.
+/// Sends the deadlines that are due, at most [`DEADLINES_PER_TICK`], oldest first; returns how
+/// many were sent. See the [module docs](self) for what happens to one that fails.
 pub(crate) async fn fire_due(
     deadlines: &sled::Tree,
+    failed: &sled::Tree,
     runtime: &crate::Runtime,
 ) -> Result<usize, HandlerError> {
     let now = Timestamp::now();
+    let io = |op: &'static str| {
+        move |e: sled::Error| StoreError::Io {
+            op,
+            reason: e.to_string(),
+        }
+    };
     let due: Vec<(sled::IVec, sled::IVec)> = deadlines
         .range(..deadline_key(Timestamp(now.0.saturating_add(1)), ""))
+        .take(DEADLINES_PER_TICK)
         .collect::<Result<_, _>>()
-        .map_err(|e| StoreError::Io {
-            op: "reading deadlines",
-            reason: e.to_string(),
-        })?;
+        .map_err(io("reading deadlines"))?;
     let mut sent = 0;
     for (key, bytes) in due {
-        let outgoing: Outgoing = codec::decode_versioned(1, "deadline", &bytes)?;
+        let mut outgoing: Outgoing = match codec::decode_versioned(1, "deadline", &bytes) {
+            Ok(outgoing) => outgoing,
+            Err(e) => {
+                tracing::error!(key = ?key, error = %e, "a deadline record does not decode; moved to deadlines-failed");
+                failed
+                    .insert(&key, bytes)
+                    .map_err(io("keeping a failed deadline"))?;
+                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+                continue;
+            }
+        };
         match runtime.dispatch(&outgoing).await {
             Ok(()) => {
-                deadlines.remove(key).map_err(|e| StoreError::Io {
-                    op: "removing a deadline",
-                    reason: e.to_string(),
-                })?;
+                deadlines.remove(&key).map_err(io("removing a deadline"))?;
                 sent += 1;
             }
-            // Left in place: the next tick tries again (the command id makes that safe).
+            Err(e) if deadline_error_passes(&e) => {
+                outgoing.attempts = outgoing.attempts.saturating_add(1);
+                let pause = DEADLINE_RETRY_PAUSE
+                    .saturating_mul(1u32 << outgoing.attempts.min(16))
+                    .min(DEADLINE_RETRY_PAUSE_MAX);
+                let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+                let retry_at = Timestamp(Timestamp::now().0.saturating_add(micros));
+                tracing::warn!(command_id = %outgoing.command_id, error = %e, attempts = outgoing.attempts, ?pause, "a due deadline could not be sent; trying again later");
+                let bytes = codec::encode_versioned(1, "deadline", &outgoing)?;
+                deadlines
+                    .insert(deadline_key(retry_at, &outgoing.command_id), bytes)
+                    .map_err(io("rescheduling a deadline"))?;
+                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+            }
             Err(e) => {
-                tracing::warn!(command_id = %outgoing.command_id, error = %e, "a due deadline could not be sent");
+                tracing::error!(command_id = %outgoing.command_id, error = %e, "a deadline's command can never be sent; moved to deadlines-failed");
+                failed
+                    .insert(&key, bytes)
+                    .map_err(io("keeping a failed deadline"))?;
+                deadlines.remove(&key).map_err(io("removing a deadline"))?;
             }
         }
     }
     Ok(sent)
+}
+
+/// Whether a deadline whose command failed with `error` may succeed later.
+fn deadline_error_passes(error: &ExecuteError) -> bool {
+    match error {
+        ExecuteError::Store(e) => crate::subscription::is_transient(e),
+        ExecuteError::Unregistered(_)
+        | ExecuteError::InvalidId(_)
+        | ExecuteError::LimitExceeded { .. }
+        | ExecuteError::Codec(_)
+        | ExecuteError::CommandIdReused(_) => false,
+        _ => true,
+    }
 }
 
 impl Outgoing {

@@ -140,30 +140,59 @@ struct ProjectionEntry {
 struct ProjectionSubscriber {
     projection: Box<dyn Projection>,
     buffer: Arc<WriteBuffer>,
-    /// The first event handled since the buffer was last written.
-    first_unwritten: Option<Position>,
+    /// The first and the last event handled since the buffer was last written.
+    unwritten: Option<(Position, Position)>,
+    store: Arc<dyn crate::store::EventStore>,
+    /// Where the position of the last event whose view writes were written is kept.
+    written_key: String,
+}
+
+/// The key beside a subscriber's checkpoint that keeps the last position a projection wrote
+/// view records for (records of a page are written before its checkpoint is saved). `/` is
+/// not allowed in names, so it cannot be another subscriber's checkpoint.
+fn written_key(storage_name: &str) -> String {
+    format!("{storage_name}/written")
 }
 
 impl ProjectionSubscriber {
-    fn new(projection: Box<dyn Projection>, buffer: Arc<WriteBuffer>) -> ProjectionSubscriber {
+    fn new(
+        projection: Box<dyn Projection>,
+        buffer: Arc<WriteBuffer>,
+        store: Arc<dyn crate::store::EventStore>,
+        storage_name: &str,
+    ) -> ProjectionSubscriber {
         ProjectionSubscriber {
             projection,
             buffer,
-            first_unwritten: None,
+            unwritten: None,
+            store,
+            written_key: written_key(storage_name),
         }
     }
 }
 
 impl Subscriber for ProjectionSubscriber {
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
-        self.first_unwritten.get_or_insert(event.position);
+        let first = self.unwritten.map_or(event.position, |(first, _)| first);
+        self.unwritten = Some((first, event.position));
         let result = self.projection.handle(event);
         Box::pin(async move { result })
     }
 
     fn flush(&mut self) -> FlushFuture<'_> {
-        let first = self.first_unwritten.take();
-        let written = self.buffer.flush();
+        let unwritten = self.unwritten.take();
+        let first = unwritten.map(|(first, _)| first);
+        // The high-water mark goes first: if the log later loses a tail that these records
+        // have seen (a crash in relaxed mode), the next start sees the projection ahead of the
+        // log and rebuilds it (see `Runtime::project`).
+        let written = match unwritten {
+            Some((_, last)) => self
+                .store
+                .save_checkpoint(&self.written_key, last)
+                .map_err(ViewError::from)
+                .and_then(|()| self.buffer.flush()),
+            None => self.buffer.flush(),
+        };
         Box::pin(async move {
             match (written, first) {
                 (Ok(()), _) | (Err(_), None) => Ok(()),
@@ -220,7 +249,16 @@ impl Runtime {
         status: SubscriberStatus,
     ) -> Result<Entry, SubscribeError> {
         let inner = self.inner();
-        let checkpoint = inner.store.load_checkpoint(storage_name)?;
+        let mut checkpoint = inner.store.load_checkpoint(storage_name)?;
+        let head = inner.store.head_position();
+        if checkpoint > head {
+            // The log lost a tail this subscriber had seen (a crash in relaxed mode): go on
+            // from the head, so that the events given the lost positions are not skipped.
+            // (Projections rebuild instead; see `rebuild_if_ahead`.)
+            tracing::warn!(subscriber = storage_name, %checkpoint, %head, "the checkpoint is beyond the log's head (the log lost a tail in a crash); going on from the head");
+            checkpoint = head;
+            inner.store.save_checkpoint(storage_name, checkpoint)?;
+        }
         let shared = Arc::new(SubscriberShared::new(
             Arc::from(storage_name),
             checkpoint,
@@ -285,11 +323,18 @@ impl Runtime {
         crate::projection::drop_generations_below(&db, name, generation)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
+        let storage = format!("{name}@{generation}");
+        self.rebuild_if_ahead(name, &storage, &ViewSet::new(db.clone(), name, generation))?;
         let buffer = Arc::new(WriteBuffer::default());
         let projection = factory(&ViewSet::buffered(db, name, generation, buffer.clone()))?;
         let entry = self.start_subscriber(
-            &format!("{name}@{generation}"),
-            Box::new(ProjectionSubscriber::new(projection, buffer)),
+            &storage,
+            Box::new(ProjectionSubscriber::new(
+                projection,
+                buffer,
+                self.inner().store.clone(),
+                &storage,
+            )),
             options.clone(),
             SubscriberStatus::CatchingUp,
         )?;
@@ -303,6 +348,34 @@ impl Runtime {
                 rebuilding: false,
             },
         );
+        Ok(())
+    }
+
+    /// A projection whose checkpoint or written records are beyond the log's head has seen
+    /// events the log no longer has: a crash in relaxed mode lost the acknowledged tail (see
+    /// [`Durability::Relaxed`](crate::store::sled::Durability::Relaxed)), and positions after
+    /// the head will be given to other events. Its records cannot be taken back one by one, so
+    /// its views are dropped and it starts again from the beginning of the log.
+    fn rebuild_if_ahead(
+        &self,
+        name: &str,
+        storage: &str,
+        views: &ViewSet,
+    ) -> Result<(), SubscribeError> {
+        let store = &self.inner().store;
+        let head = store.head_position();
+        let checkpoint = store.load_checkpoint(storage)?;
+        let written = store.load_checkpoint(&written_key(storage))?;
+        if checkpoint.max(written) <= head {
+            return Ok(());
+        }
+        tracing::warn!(
+            projection = name, %checkpoint, %written, %head,
+            "the projection has seen events beyond the log's head (the log lost a tail in a crash); rebuilding it from the start"
+        );
+        views.drop_all()?;
+        store.save_checkpoint(&written_key(storage), Position(0))?;
+        store.save_checkpoint(storage, Position(0))?;
         Ok(())
     }
 
@@ -347,11 +420,20 @@ impl Runtime {
             self.inner()
                 .store
                 .save_checkpoint(&format!("{projection}@{generation}"), Position(0))?;
+            let storage = format!("{projection}@{generation}");
+            self.inner()
+                .store
+                .save_checkpoint(&written_key(&storage), Position(0))?;
             let buffer = Arc::new(WriteBuffer::default());
             let built = factory(&views.with_buffer(buffer.clone()))?;
             let entry = self.start_subscriber(
-                &format!("{projection}@{generation}"),
-                Box::new(ProjectionSubscriber::new(built, buffer)),
+                &storage,
+                Box::new(ProjectionSubscriber::new(
+                    built,
+                    buffer,
+                    self.inner().store.clone(),
+                    &storage,
+                )),
                 options,
                 SubscriberStatus::Rebuilding,
             )?;
@@ -484,6 +566,9 @@ impl Runtime {
         let deadlines = db
             .open_tree(DEADLINES_TREE)
             .map_err(sled_io("opening deadlines"))?;
+        let failed = db
+            .open_tree(process::DEADLINES_FAILED_TREE)
+            .map_err(sled_io("opening failed deadlines"))?;
         // '#' is not allowed in projection names, so no projection's trees can share this prefix.
         let views = ViewSet::buffered(
             db,
@@ -500,11 +585,11 @@ impl Runtime {
             SubscriberStatus::CatchingUp,
         )?;
         self.insert_entry(name, entry)?;
-        self.start_deadline_timer(deadlines);
+        self.start_deadline_timer(deadlines, failed);
         Ok(())
     }
 
-    fn start_deadline_timer(&self, deadlines: sled::Tree) {
+    fn start_deadline_timer(&self, deadlines: sled::Tree, failed: sled::Tree) {
         if self
             .inner()
             .subscriptions
@@ -522,7 +607,7 @@ impl Runtime {
                     let Some(runtime) = weak.upgrade() else {
                         return;
                     };
-                    if let Err(e) = process::fire_due(&deadlines, &runtime).await {
+                    if let Err(e) = process::fire_due(&deadlines, &failed, &runtime).await {
                         tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
                     }
                 }

@@ -136,8 +136,29 @@ pub enum SubscriberStatus {
     Rebuilding,
     /// Stopped on request.
     Stopped,
-    /// Stopped after an event kept failing (policy [`FailurePolicy::Stop`]) or a store error.
+    /// Waiting to try again after a store error that may pass (a failed read, a full queue):
+    /// the reason. It resumes by itself from its checkpoint, with growing pauses (up to
+    /// [`STALL_PAUSE_MAX`]).
+    Retrying(String),
+    /// Stopped after an event kept failing (policy [`FailurePolicy::Stop`]) or a store error
+    /// that will not pass by itself (damaged data). Restarting the runtime, or rebuilding a
+    /// projection, starts it again.
     Failed(String),
+}
+
+/// The longest pause of a subscriber between attempts after a store error.
+pub const STALL_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// Whether a store error may pass by itself (so the subscriber waits and tries again) rather
+/// than mean damaged data (so it stops and reports failure).
+pub(crate) fn is_transient(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Io { .. }
+            | StoreError::Overloaded { .. }
+            | StoreError::Failed { .. }
+            | StoreError::Closed
+    )
 }
 
 /// A subscriber's progress, for lag monitoring.
@@ -184,7 +205,9 @@ impl SubscriberShared {
         let keep = *current == SubscriberStatus::Rebuilding
             && matches!(
                 status,
-                SubscriberStatus::Live | SubscriberStatus::CatchingUp
+                SubscriberStatus::Live
+                    | SubscriberStatus::CatchingUp
+                    | SubscriberStatus::Retrying(_)
             );
         if !keep {
             *current = status;
@@ -225,6 +248,9 @@ struct Worker {
     shared: Arc<SubscriberShared>,
     options: SubscriberOptions,
     checkpoint: Position,
+    /// Store errors in a row (0 once a page goes through): the pause before the next attempt
+    /// doubles with each.
+    stalls: u32,
 }
 
 enum Pumped {
@@ -254,6 +280,7 @@ impl Worker {
         let page = self.options.page_events.get();
         let events = match self.store.read_all(self.checkpoint.next(), page) {
             Ok(events) => events,
+            Err(e) if is_transient(&e) => return self.stall(&format!("cannot read the log: {e}")),
             Err(e) => return self.fail(&format!("cannot read the log: {e}")),
         };
         for event in &events {
@@ -283,8 +310,18 @@ impl Worker {
                             parked_at: Timestamp::now(),
                         };
                         if let Err(e) = self.store.park(&self.shared.name, &parked) {
-                            return self
-                                .fail(&format!("cannot park event {}: {e}", event.position));
+                            // Not parked, so not passed either: settle what came before it and
+                            // come back to it from the checkpoint.
+                            if let Some(pumped) = self.settle().await {
+                                return pumped;
+                            }
+                            self.save();
+                            let reason = format!("cannot park event {}: {e}", event.position);
+                            return if is_transient(&e) {
+                                self.stall(&reason)
+                            } else {
+                                self.fail(&reason)
+                            };
                         }
                     }
                     FailurePolicy::Stop => {
@@ -305,12 +342,29 @@ impl Worker {
             return pumped;
         }
         self.save();
+        self.stalls = 0;
         if self.checkpoint >= head {
             self.shared.set_status(SubscriberStatus::Live);
         } else {
             self.shared.set_status(SubscriberStatus::CatchingUp);
         }
         Pumped::More
+    }
+
+    /// A store error that may pass: report it, and pump again from the checkpoint after a
+    /// pause that doubles with each error in a row, up to [`STALL_PAUSE_MAX`].
+    fn stall(&mut self, reason: &str) -> Pumped {
+        self.stalls = self.stalls.saturating_add(1);
+        let pause = self
+            .options
+            .backoff
+            .max(Duration::from_millis(10))
+            .saturating_mul(1u32 << self.stalls.min(16))
+            .min(STALL_PAUSE_MAX);
+        tracing::warn!(subscriber = %self.shared.name, reason, attempts = self.stalls, ?pause, "subscriber waiting after a store error");
+        self.shared
+            .set_status(SubscriberStatus::Retrying(reason.to_string()));
+        Pumped::Interrupted(pause)
     }
 
     /// Completes the deferred effects of the events handled so far ([`Subscriber::flush`]);
@@ -482,6 +536,7 @@ impl SubscriberActor {
                 shared,
                 options,
                 checkpoint,
+                stalls: 0,
             }),
             head,
             pump_pending: false,

@@ -23,6 +23,7 @@ fn status_json(info: &SubscriberInfo) -> Value {
         SubscriberStatus::Live => ("live", None),
         SubscriberStatus::Rebuilding => ("rebuilding", None),
         SubscriberStatus::Stopped => ("stopped", None),
+        SubscriberStatus::Retrying(why) => ("retrying", Some(why.as_str())),
         SubscriberStatus::Failed(why) => ("failed", Some(why.as_str())),
     };
     json!({

@@ -169,7 +169,8 @@ pub struct Snapshot {
     pub version: Version,
     /// The schema version of the encoded state.
     pub schema_version: u32,
-    /// When it was taken.
+    /// When it was taken: never before the event at its version was recorded. A snapshot
+    /// whose event was recorded later is of a tail the log lost (relaxed mode) and is ignored.
     pub taken_at: Timestamp,
     /// The encoded state.
     pub state: Vec<u8>,

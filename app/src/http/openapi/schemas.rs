@@ -460,8 +460,10 @@ impl Schemas {
                     "lag_seconds": {"type": "number", "minimum": 0,
                         "description": "Seconds since the oldest event it has not processed was \
                             recorded (0 at the head)."},
-                    "status": {"enum": ["catching_up", "live", "rebuilding", "stopped", "failed"]},
-                    "reason": nullable("Why it failed (status `failed`)."),
+                    "status": {"enum": ["catching_up", "live", "rebuilding", "stopped", "retrying",
+                        "failed"]},
+                    "reason": nullable("Why it failed (status `failed`), or the store error it \
+                        waits to retry after (status `retrying`: it resumes by itself)."),
                 },
                 "required": ["name", "checkpoint", "head", "lag_events", "lag_seconds", "status", "reason"],
             }),

@@ -177,6 +177,7 @@ impl Config {
         sled.batch_appends_max = store.batch_appends_max;
         sled.queue_capacity = store.queue_capacity;
         sled.cache_capacity_bytes = store.cache_capacity_bytes;
+        sled.disk_free_bytes_min = store.disk_free_bytes_min;
 
         let runtime = &self.runtime;
         let mut options = RuntimeOptions::with_store(sled);
@@ -284,8 +285,8 @@ pub struct StoreConfig {
     pub queue_capacity: NonZeroUsize,
     /// sled's page cache (`cache_capacity_bytes`).
     pub cache_capacity_bytes: u64,
-    /// Free disk space below which the service reports itself unready (`disk_free_bytes_min`;
-    /// 0 disables the check).
+    /// Free disk space below which the service reports itself unready and refuses commands
+    /// with 507 until space is freed (`disk_free_bytes_min`; 0 disables the check).
     pub disk_free_bytes_min: u64,
 }
 

@@ -56,6 +56,13 @@ pub(crate) struct Payload<A: Aggregate> {
     pub(crate) command: A::Command,
     pub(crate) options: ExecuteOptions,
     pub(crate) reply: oneshot::Sender<Reply<A>>,
+    /// When the command entered the mailbox: its queue time is measured from here (or from
+    /// the end of the aggregate's rehydration, if later).
+    pub(crate) enqueued: Instant,
+    /// Whether a command that waited too long is refused ([`Overload::QueueTime`]); the
+    /// runtime's own commands (process managers, deadlines) are not, since their senders are
+    /// bounded already and a refusal only makes them send again.
+    pub(crate) sheddable: bool,
 }
 
 /// The actor's answer to an [`Execute`].
@@ -209,6 +216,8 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     /// `Err` if rehydration failed: every queued command gets the error, then the actor stops.
     ready: Result<(), ExecuteError>,
     last_active: Instant,
+    /// When rehydration finished: commands queued before wait for it, not for a queue.
+    ready_since: Instant,
     /// When the stream's last event was recorded.
     last_recorded_at: Timestamp,
     /// The previous instance of this aggregate, if it is still stopping: rehydration waits for
@@ -232,6 +241,7 @@ impl<A: Aggregate> AggregateActor<A> {
             snapshot_version: Version(0),
             ready: Ok(()),
             last_active: Instant::now(),
+            ready_since: Instant::now(),
             last_recorded_at: Timestamp(0),
             predecessor,
         }
@@ -457,6 +467,11 @@ impl<A: Aggregate> AggregateActor<A> {
                     retry_after: self.host.shared.limits.retry_after,
                 })
             }
+            // Refused before anything was written: this aggregate's state is still right.
+            Err(
+                AppendError::Unchecked { error, .. }
+                | AppendError::Store(error @ StoreError::DiskFull { .. }),
+            ) => Err(ExecuteError::Store(error)),
             Err(AppendError::Store(e)) => {
                 // Not known whether the events were persisted: stop, rebuild on next use.
                 let e = ExecuteError::Store(e);
@@ -622,6 +637,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         };
         ctx.wait(load.into_actor(self).map(|loaded, act, _ctx| match loaded {
             Ok(l) => {
+                act.ready_since = Instant::now();
                 act.state = l.state;
                 act.version = l.version;
                 act.snapshot_version = l.snapshot_version;
@@ -665,6 +681,21 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         self.last_active = Instant::now();
+        let limits = &self.host.shared.limits;
+        let queued = self
+            .last_active
+            .saturating_duration_since(payload.enqueued.max(self.ready_since));
+        if payload.sheddable && queued > limits.queue_time_max {
+            Self::reply(
+                payload.reply,
+                Err(ExecuteError::Overloaded {
+                    stream: self.stream.clone(),
+                    what: Overload::QueueTime,
+                    retry_after: limits.retry_after,
+                }),
+            );
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
         if let Err(e) = &self.ready {
             // Rehydration failed: answer every queued command, then stop so the next command
             // tries again from the store.

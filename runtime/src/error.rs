@@ -40,6 +40,23 @@ pub enum Overload {
     Mailbox,
     /// The journal's queue is full.
     Journal,
+    /// The command waited longer than
+    /// [`RuntimeOptions::queue_time_max`](crate::RuntimeOptions::queue_time_max) before its
+    /// aggregate could start it: the runtime is taking more than it can serve, and sheds load
+    /// early rather than let every command wait longer.
+    QueueTime,
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overload::Mailbox => "too many commands are queued for this aggregate",
+            Overload::Journal => "the journal's queue is full",
+            Overload::QueueTime => {
+                "commands wait longer than the queue-time budget: the runtime is overloaded"
+            }
+        })
+    }
 }
 
 /// Why a command was not executed (or why its outcome is unknown).
@@ -52,8 +69,9 @@ pub enum ExecuteError {
     /// The aggregate id, command id or a trace id is invalid.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
-    /// A queue is full. Nothing was executed; retry after `retry_after`.
-    #[error("cannot execute on {stream}: the {what:?} queue is full; retry after {retry_after:?}")]
+    /// A queue is full, or commands wait too long. Nothing was executed; retry after
+    /// `retry_after`.
+    #[error("cannot execute on {stream}: {what}; nothing was executed, retry later")]
     Overloaded {
         /// The aggregate addressed.
         stream: StreamId,

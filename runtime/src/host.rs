@@ -40,6 +40,7 @@ pub(crate) struct Limits {
     pub(crate) event_bytes_max: usize,
     pub(crate) mailbox_capacity: usize,
     pub(crate) retry_after: Duration,
+    pub(crate) queue_time_max: Duration,
 }
 
 /// Counters shared by the runtime and its actors.

@@ -474,6 +474,7 @@ impl Outgoing {
         let mut options = ExecuteOptions::default()
             .with_command_id(CommandId::new(command_id)?)
             .with_causation_id(self.causation_id.as_str());
+        options.internal = true;
         if let Some(correlation) = &self.correlation_id {
             options = options.with_correlation_id(correlation.as_str());
         }

@@ -66,6 +66,8 @@ pub struct ExecuteOptions {
     pub correlation_id: Option<Arc<str>>,
     /// Causation id recorded with the events.
     pub causation_id: Option<Arc<str>>,
+    /// Sent by the runtime itself (a process manager or a deadline): never shed for queue time.
+    pub(crate) internal: bool,
 }
 
 impl ExecuteOptions {
@@ -123,6 +125,12 @@ pub struct RuntimeOptions {
     pub command_bytes_max: NonZeroUsize,
     /// The pause suggested to callers refused as overloaded.
     pub retry_after: Duration,
+    /// The longest a command may wait in its aggregate's mailbox (after the aggregate is
+    /// rehydrated) before it starts; a command that waited longer is refused with
+    /// [`Overload::QueueTime`] without being executed. Under a sustained overload this sheds
+    /// the excess early, so the commands that are served keep a bounded latency instead of
+    /// every command waiting longer. Commands of process managers and deadlines are exempt.
+    pub queue_time_max: Duration,
     /// How long [`Runtime::shutdown`] waits for commands in flight.
     pub drain_timeout: Duration,
 }
@@ -139,6 +147,9 @@ pub const EVENTS_PER_COMMAND_MAX_DEFAULT: usize = 100;
 pub const EVENT_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Default bytes per command: 64 KiB.
 pub const COMMAND_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default queue-time budget: above the wait a burst of commands to one aggregate causes
+/// (a full mailbox of 16 commands, each a group commit), well below a client's timeout.
+pub const QUEUE_TIME_MAX_DEFAULT: Duration = Duration::from_millis(200);
 
 impl RuntimeOptions {
     /// Defaults for a store at `path`.
@@ -160,6 +171,7 @@ impl RuntimeOptions {
             event_bytes_max: nz(EVENT_BYTES_MAX_DEFAULT),
             command_bytes_max: nz(COMMAND_BYTES_MAX_DEFAULT),
             retry_after: Duration::from_millis(100),
+            queue_time_max: QUEUE_TIME_MAX_DEFAULT,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -410,6 +422,7 @@ impl Runtime {
                 event_bytes_max: o.event_bytes_max.get(),
                 mailbox_capacity: o.mailbox_capacity.get(),
                 retry_after: o.retry_after,
+                queue_time_max: o.queue_time_max,
             },
             self.inner.rehydrations.clone(),
             self.inner.counters.clone(),
@@ -498,8 +511,10 @@ impl Runtime {
             let message = Execute {
                 payload: Some(Payload {
                     command,
+                    sheddable: !options.internal,
                     options,
                     reply: tx,
+                    enqueued: std::time::Instant::now(),
                 }),
             };
             if let Err(e) = route.addr.try_send(message) {

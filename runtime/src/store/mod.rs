@@ -222,6 +222,16 @@ pub enum AppendError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The journal could not read what it checks this append against (the stream's head, or
+    /// the record of its command id): a damaged record or a failed read. Nothing was written,
+    /// and the journal goes on with other appends.
+    #[error("cannot check the append to {stream}: {error}; nothing was written")]
+    Unchecked {
+        /// The stream.
+        stream: StreamId,
+        /// Why the check could not be made.
+        error: StoreError,
+    },
     /// The store failed; see [`StoreError`].
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -269,6 +279,19 @@ pub enum StoreError {
     /// The store has been shut down.
     #[error("the store is shut down")]
     Closed,
+    /// The disk holding the store has less free space than the configured minimum: appends
+    /// are refused (nothing was written) until space is freed, so that the journal never runs
+    /// into a full disk in the middle of a batch. The store stays healthy; retry later.
+    #[error(
+        "the disk holding the store has {free_bytes} bytes free, below the minimum of \
+         {min_bytes}: nothing was written; retry once space is freed"
+    )]
+    DiskFull {
+        /// Free bytes when last measured.
+        free_bytes: u64,
+        /// The configured minimum.
+        min_bytes: u64,
+    },
     /// The log ends before what the journal recorded, durably, as acknowledged: acknowledged
     /// data was lost (a damaged or lost tail of the database files). The store refuses to open
     /// rather than roll back quietly; nothing was changed.

@@ -113,6 +113,12 @@ pub struct SledOptions {
     pub cache_capacity_bytes: u64,
     /// How much of the log to check on open.
     pub integrity_check: IntegrityCheck,
+    /// Free bytes the disk holding the store must keep: below it, appends are refused with
+    /// [`StoreError::DiskFull`] (the store stays healthy and takes appends again once space is
+    /// freed), so the journal does not run into a full disk mid-batch — which would fail it,
+    /// and leave it failed until it is opened again. Measured at most every
+    /// [`DISK_CHECK_INTERVAL`]. 0 turns the check off.
+    pub disk_free_bytes_min: u64,
     /// Fault injection for tests: makes the next insert or fsync fail.
     pub faults: Arc<Faults>,
 }
@@ -129,6 +135,12 @@ pub const QUEUE_CAPACITY_DEFAULT: usize = 16_384;
 pub const HEAD_CACHE_CAPACITY_DEFAULT: usize = 65_536;
 /// Default sled cache: 256 MiB.
 pub const CACHE_CAPACITY_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default free space to keep: room for sled to finish the segments it has started and for the
+/// read side to keep writing while appends are refused.
+pub const DISK_FREE_BYTES_MIN_DEFAULT: u64 = 16 * 1024 * 1024;
+/// How often free disk space is measured (at most): a `statvfs`, made by the caller of
+/// [`EventStore::append`] when the last measure is older than this.
+pub const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SledOptions {
     /// Defaults for a database at `path`: durable, structural integrity check.
@@ -143,6 +155,7 @@ impl SledOptions {
             head_cache_capacity: nonzero(HEAD_CACHE_CAPACITY_DEFAULT),
             cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
             integrity_check: IntegrityCheck::Structure,
+            disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
             faults: Arc::new(Faults::default()),
         }
     }
@@ -179,6 +192,13 @@ impl SledOptions {
     #[must_use]
     pub fn with_integrity_check(mut self, check: IntegrityCheck) -> Self {
         self.integrity_check = check;
+        self
+    }
+
+    /// Sets the free disk space to keep (0: no check).
+    #[must_use]
+    pub fn with_disk_free_bytes_min(mut self, bytes: u64) -> Self {
+        self.disk_free_bytes_min = bytes;
         self
     }
 
@@ -254,6 +274,66 @@ pub(crate) struct Shared {
     /// The database's files: every sync goes through here (see `disk.rs`).
     disk: Mutex<disk::Disk>,
     faults: Arc<Faults>,
+    space: DiskSpace,
+}
+
+/// The free space of the disk holding the store, measured at most every
+/// [`DISK_CHECK_INTERVAL`] by whoever appends (see [`SledOptions::disk_free_bytes_min`]).
+#[derive(Debug)]
+struct DiskSpace {
+    path: PathBuf,
+    min_bytes: u64,
+    epoch: std::time::Instant,
+    /// Microseconds after `epoch` of the last measure.
+    measured_at: AtomicU64,
+    free_bytes: AtomicU64,
+}
+
+impl DiskSpace {
+    fn new(path: &Path, min_bytes: u64) -> DiskSpace {
+        let space = DiskSpace {
+            path: path.to_path_buf(),
+            min_bytes,
+            epoch: std::time::Instant::now(),
+            measured_at: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(u64::MAX),
+        };
+        space.measure();
+        space
+    }
+
+    fn measure(&self) {
+        // A failed measure keeps the last one: the journal's own writes will tell if the disk
+        // really is gone.
+        if let Ok(stats) = rustix::fs::statvfs(&self.path) {
+            let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+            self.free_bytes.store(free, Ordering::Relaxed);
+        }
+    }
+
+    /// The refusal of an append if the disk is below its minimum.
+    fn refusal(&self) -> Option<StoreError> {
+        if self.min_bytes == 0 {
+            return None;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let last = self.measured_at.load(Ordering::Relaxed);
+        let interval = u64::try_from(DISK_CHECK_INTERVAL.as_micros()).unwrap_or(u64::MAX);
+        let due = now.saturating_sub(last) >= interval;
+        if due
+            && self
+                .measured_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.measure();
+        }
+        let free_bytes = self.free_bytes.load(Ordering::Relaxed);
+        (free_bytes < self.min_bytes).then_some(StoreError::DiskFull {
+            free_bytes,
+            min_bytes: self.min_bytes,
+        })
+    }
 }
 
 impl Shared {
@@ -360,6 +440,7 @@ impl SledStore {
             batch_appends_max: AtomicU64::new(0),
             disk: Mutex::new(disk),
             faults: options.faults.clone(),
+            space: DiskSpace::new(&options.path, options.disk_free_bytes_min),
         });
         let (jobs, threads) = writer::start(writer::Start {
             trees: trees.clone(),
@@ -754,6 +835,9 @@ impl EventStore for SledStore {
             STATE_FAILED => return AppendTicket::ready(Err(shared.failed_error().into())),
             STATE_CLOSED => return AppendTicket::ready(Err(StoreError::Closed.into())),
             _ => {}
+        }
+        if let Some(refusal) = shared.space.refusal() {
+            return AppendTicket::ready(Err(refusal.into()));
         }
         let prepared = match writer::Prepared::new(request) {
             Ok(p) => p,

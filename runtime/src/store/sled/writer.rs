@@ -361,7 +361,10 @@ impl Writer {
             // write or fsync fails the journal (the outcome of what it covered is unknown).
             Err(e) => {
                 tracing::warn!(stream = %p.stream, error = %e, "refusing an append: reading the journal's state for it failed");
-                let _ = reply.send(Err(e.into()));
+                let _ = reply.send(Err(AppendError::Unchecked {
+                    stream: p.stream,
+                    error: e,
+                }));
             }
         }
     }

@@ -220,9 +220,34 @@ fn nonzero(n: usize) -> NonZeroUsize {
 pub struct Faults {
     fail_next_insert: AtomicBool,
     fail_next_fsync: AtomicBool,
+    panic_next_batch: AtomicBool,
+    failing_reads: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {
+    /// The journal's writer thread panics at its next batch (a bug, as far as the store can
+    /// tell): the store must report itself failed.
+    pub fn panic_next_batch(&self) {
+        self.panic_next_batch.store(true, Ordering::SeqCst);
+    }
+
+    /// The next `n` reads of the global log (`read_all`) fail with an I/O error, as a disk
+    /// with a passing problem would.
+    pub fn fail_next_reads(&self, n: u32) {
+        self.failing_reads.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_panic(&self) -> bool {
+        self.panic_next_batch.load(Ordering::Relaxed)
+            && self.panic_next_batch.swap(false, Ordering::SeqCst)
+    }
+
+    pub(crate) fn take_read(&self) -> bool {
+        self.failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// The next log insert fails.
     pub fn fail_next_insert(&self) {
         self.fail_next_insert.store(true, Ordering::SeqCst);
@@ -918,6 +943,12 @@ impl EventStore for SledStore {
     }
 
     fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if self.inner.shared.faults.take_read() {
+            return Err(StoreError::Io {
+                op: "reading the log",
+                reason: "injected fault".into(),
+            });
+        }
         let from = from.max(Position(1));
         let visible = self.visible();
         let mut out = Vec::new();

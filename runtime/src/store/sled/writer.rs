@@ -256,6 +256,10 @@ impl Writer {
                 jobs.recv().ok()
             };
             let Some(first) = first else { break };
+            assert!(
+                !self.shared.faults.take_panic(),
+                "injected panic in the journal's writer (Faults::panic_next_batch)"
+            );
             let mut batch = Batch {
                 segments: Vec::new(),
                 bytes: 0,

@@ -1,0 +1,3 @@
+//! Unit tests of the durability rules, without a mount.
+
+use super::*;

@@ -1,0 +1,1 @@
+//! sled 0.34 on cutfs.

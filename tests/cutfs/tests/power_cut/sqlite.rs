@@ -100,9 +100,8 @@ fn run(journal: &str, sync: &str) -> Vec<Cycle> {
             .expect("the writer starts");
         assert_eq!(ready, "ready");
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
-        // The power cut: nothing syncs after the freeze; then the writer dies mid-flight.
-        fs.freeze().expect("freeze");
-        writer.kill().expect("kill the writer");
+        // The power cut: the writer stops mid-flight, nothing syncs after that instant.
+        fs.freeze_and_kill(writer.id()).expect("freeze and kill");
         writer.wait().expect("reap the writer");
         reader.join().expect("reader thread");
         let acknowledged: BTreeSet<u64> = lines

@@ -92,7 +92,7 @@ fn renames_and_unlinks_are_undone_without_a_directory_fsync() {
     let (after, _) = strict(&m);
     assert_eq!(contents(&after, &["new"]), None);
     assert!(
-        m.inodes.get(&f).is_none(),
+        !m.inodes.contains_key(&f),
         "the inode is freed once nothing names it"
     );
 }

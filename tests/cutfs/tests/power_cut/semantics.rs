@@ -203,7 +203,7 @@ fn two_cuts_in_a_row_and_a_remount_without_a_cut() {
 #[test]
 fn capacity_gives_enospc_and_statfs_counts_it() {
     const CAPACITY: u64 = 1 << 20;
-    let bench = Bench::with(Options {
+    let bench = Bench::with(&Options {
         capacity_bytes: Some(CAPACITY),
         ..Options::default()
     });

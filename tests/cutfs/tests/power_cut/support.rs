@@ -24,14 +24,14 @@ pub(crate) struct Bench {
 
 impl Bench {
     pub(crate) fn new() -> Bench {
-        Bench::with(Options::default())
+        Bench::with(&Options::default())
     }
 
-    pub(crate) fn with(options: Options) -> Bench {
+    pub(crate) fn with(options: &Options) -> Bench {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options = Options {
             binary: Some(env!("CARGO_BIN_EXE_cutfs").into()),
-            ..options
+            ..options.clone()
         };
         Bench { dir, options }
     }

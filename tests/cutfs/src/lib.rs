@@ -60,35 +60,61 @@
 //!
 //! # Using it from a test
 //!
-//! The filesystem runs in its own process, the `cutfs` binary of this package, which
-//! [`cutfs_binary`] finds beside the test executable (building it if it is missing or older
-//! than this crate's sources). Mounting needs root (it calls `mount(2)` directly; without root
-//! fuser falls back to `fusermount3`, from Debian's `fuse3` package).
+//! The filesystem runs in its own process, the `cutfs` binary of this package, so that the
+//! program under test can be killed while the filesystem lives on, and no test thread waits on
+//! its own mount. [`cutfs_binary`] finds it from a test of any package: `$ANNALS_CUTFS_BIN` if
+//! set, else `target/<profile>/cutfs` beside the test executable (which `cargo test
+//! --workspace` builds), built with `cargo build -p annals-cutfs --bin cutfs` when missing or
+//! older than this crate's sources (as after `cargo test -p annals-tests`). This package's own
+//! tests pass `env!("CARGO_BIN_EXE_cutfs")` in [`Options::binary`]. Mounting needs root (it
+//! calls `mount(2)` itself; without root fuser falls back to `fusermount3` from Debian's
+//! `fuse3` package) and `/dev/fuse`.
 //!
 //! ```no_run
 //! use annals_cutfs::{CutFs, Options};
-//! use std::io::Write as _;
+//! use std::process::Command;
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let dir = std::env::temp_dir().join("cutfs-doc");
 //! let (mountpoint, image) = (dir.join("mnt"), dir.join("image"));
 //! let fs = CutFs::mount(&mountpoint, &image, &Options::default())?;
-//! let mut file = std::fs::File::create(mountpoint.join("log"))?;
-//! file.write_all(b"acknowledged")?;
-//! file.sync_all()?; // the data is durable, the name "log" is not (the root was not synced)
-//! // ... kill the program under test at a random moment, then:
+//! let mut server = Command::new("my-server").arg(fs.mountpoint()).spawn()?;
+//! // ... send it work, note what it acknowledged; at a random moment:
+//! fs.freeze_and_kill(server.id())?; // stop it, freeze the disk, kill it
+//! server.wait()?;
 //! let report = fs.cut()?; // everything not synced is gone; the image holds the rest
 //! println!("cut: {report}");
-//! let fs = CutFs::mount(&mountpoint, &image, &Options::default())?;
-//! assert!(!fs.mountpoint().join("log").exists());
+//! let fs = CutFs::mount(&mountpoint, &image, &Options::default())?; // after the reboot
+//! // ... restart the server on fs.mountpoint() and check every acknowledged write is there.
+//! # drop(fs);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! [`CutFs::freeze`] makes every later operation fail with EIO without unmounting: freeze, then
-//! kill the program under test, then cut, so that nothing can be synced after the chosen
-//! instant. Dropping a [`CutFs`] unmounts without saving, and never leaves a dead mount behind;
-//! [`CutFs::mount`] also removes a stale mount left at the mount point by a crashed run.
+//! Use [`CutFs::freeze_and_kill`] rather than [`CutFs::freeze`] then a kill: between those
+//! two, the program runs on against a disk that fails with EIO, and a program that ignores one
+//! error may acknowledge work that is not durable, which a real power cut never lets it do
+//! (SQLite does, see below). [`CutFs::freeze`] alone is for testing how a program handles a
+//! failing disk. Dropping a [`CutFs`] unmounts without saving and never leaves a dead mount
+//! behind; [`CutFs::mount`] also removes a stale mount left at the mount point by a crashed
+//! run (detached lazily: a later stat would otherwise fail with ENOTCONN).
+//!
+//! # What the tests of this crate found
+//!
+//! - SQLite 3.40 keeps every committed row with `journal_mode=WAL` + `synchronous=FULL` and
+//!   with `journal_mode=DELETE` + `synchronous=EXTRA`, in strict and torn mode. With DELETE +
+//!   `FULL` it loses the last committed transaction at some cuts, as its documentation warns:
+//!   the unlink of the journal (the commit point) is not followed by a directory fsync. With
+//!   `synchronous=OFF` every acknowledged row is lost.
+//! - SQLite's commit with `synchronous=EXTRA` skips the directory fsync when the directory
+//!   cannot be opened, so after [`CutFs::freeze`] (EIO) it can still report success; hence
+//!   [`CutFs::freeze_and_kill`].
+//! - sled 0.34.7 runs here (flock, pwrite, `set_len`, recovery). Its `flush()` alone loses
+//!   every acknowledged write at a cut: it is `pwrite` + `sync_file_range`; sled's fsyncs come
+//!   from its periodic flusher thread (every 500 ms by default; off in the test), segment
+//!   truncation and snapshots. An fsync of its files and directories after the flush keeps
+//!   them. sled's source never fsyncs a directory (a snapshot is renamed into place without
+//!   one), so the caller must sync the directories or a new database is lost whole.
 
 mod binary;
 mod daemon;

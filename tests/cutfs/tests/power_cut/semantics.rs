@@ -315,3 +315,12 @@ fn a_stale_mount_is_removed_before_mounting() {
         .next()
         .is_none());
 }
+
+/// What a test of another package (which has no `CARGO_BIN_EXE_cutfs`) uses to find the binary.
+#[test]
+fn cutfs_binary_is_found_beside_the_test_executable() {
+    assert_eq!(
+        annals_cutfs::cutfs_binary(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_cutfs"))
+    );
+}

@@ -132,6 +132,8 @@ const ENV_SEED: &str = "ANNALS_CRASH_SEED";
 const ENV_CYCLES: &str = "ANNALS_CRASH_CYCLES";
 const ENV_RELAXED_CYCLES: &str = "ANNALS_CRASH_RELAXED_CYCLES";
 const ENV_SUBSCRIBER_CYCLES: &str = "ANNALS_CRASH_PM_CYCLES";
+const ENV_POWER_CYCLES: &str = "ANNALS_POWER_CUT_CYCLES";
+const ENV_TORN_CYCLES: &str = "ANNALS_POWER_CUT_TORN_CYCLES";
 const ENV_KILL_MS: &str = "ANNALS_CRASH_KILL_MS";
 
 /// The name libtest gives the child test, for `--exact`.
@@ -145,6 +147,18 @@ const RELAXED_CYCLES_DEFAULT: usize = 3;
 /// Subscriber cycles by default: about 0.8 s each in a debug build on 2 cores (measured), as each
 /// also waits for the restarted subscribers to finish their work.
 const SUBSCRIBER_CYCLES_DEFAULT: usize = 5;
+/// Power-cut cycles by default (each also cuts and remounts the filesystem twice).
+const POWER_CYCLES_DEFAULT: usize = 5;
+/// Torn power-cut cycles by default.
+const TORN_CYCLES_DEFAULT: usize = 3;
+/// The chance that a page written since its file's last fsync still reaches the disk at a torn
+/// cut: writeback in arbitrary order, cut short.
+const TORN_PAGE_CHANCE: f64 = 0.5;
+/// The projection of big records the child runs in the power-cut modes.
+const LEDGER: &str = "ledger";
+/// Bytes of one ledger record: a sled leaf holding a few of them is larger than a quarter of
+/// sled's segment, so sled writes it to a blob file of its own, which must be synced too.
+const LEDGER_RECORD_BYTES: usize = 160 * 1024;
 /// Refuse absurd cycle counts rather than run for days.
 const CYCLES_MAX: usize = 100_000;
 
@@ -295,6 +309,68 @@ fn process_manager_interrupted_mid_page_loses_no_step_across_kill_9() {
     );
 }
 
+/// The durable cycles with the database on `cutfs`, a filesystem that forgets whatever was not
+/// synced: the parent freezes the filesystem and kills the child at the same instant (a power
+/// cut), keeps only what was fsynced, remounts that, and checks every acknowledgement. This is
+/// the test a kill -9 cannot be: the page cache survives a process crash, not a power cut.
+#[test]
+fn durable_journal_keeps_every_acknowledged_command_across_power_cuts() {
+    let cycles = env_cycles(ENV_POWER_CYCLES, POWER_CYCLES_DEFAULT);
+    let s = run_cycles(Mode::PowerCut(Cut::Strict), cycles);
+    print_power_summary(Mode::PowerCut(Cut::Strict), &s);
+    assert!(
+        s.committed > 0 && s.power.pages_dropped > 0,
+        "no acknowledged commit, or nothing unsynced to drop, in {cycles} cycles: the test \
+         checked nothing"
+    );
+}
+
+/// The same with torn cuts: each page written since its file's last fsync survives or not, at
+/// random — writeback in arbitrary order, stopped by the cut.
+#[test]
+fn durable_journal_keeps_every_acknowledged_command_across_torn_power_cuts() {
+    let cycles = env_cycles(ENV_TORN_CYCLES, TORN_CYCLES_DEFAULT);
+    let s = run_cycles(Mode::PowerCut(Cut::Torn), cycles);
+    print_power_summary(Mode::PowerCut(Cut::Torn), &s);
+    assert!(
+        s.committed > 0,
+        "the child acknowledged no commit in {cycles} cycles: no progress"
+    );
+}
+
+fn print_power_summary(mode: Mode, s: &Summary) {
+    let p = &s.power;
+    println!(
+        "crash ({}): {} cycles in {:.1?} (child {:.1?}, checks {:.1?}); {} acks checked ({} \
+         committed, {} rejected; {} ack checks over all cycles), all present; {} events in the \
+         log; {} cuts dropped {} unsynced pages, {} files and {} directory entries (and \
+         restored {}); {} database trees read in full after the last cut; the child had opened \
+         the runtime in {} of {} cycles; recovery removed {} records and re-derived {} commits; \
+         seed {}",
+        mode.name(),
+        s.cycles,
+        s.elapsed,
+        s.child_time,
+        s.check_time,
+        s.committed + s.rejected,
+        s.committed,
+        s.rejected,
+        s.ack_checks,
+        s.events,
+        p.cuts,
+        p.pages_dropped,
+        p.files_lost,
+        p.entries_dropped,
+        p.entries_restored,
+        p.trees_read,
+        s.cycles_opened,
+        s.cycles,
+        s.records_removed,
+        s.records_reindexed,
+        s.seed,
+    );
+}
+
 fn print_subscribers_summary(mode: Mode, s: &Summary) {
     let f = &s.subscribers;
     println!(
@@ -350,6 +426,15 @@ fn run_child(
     runtime
         .register::<Account>()
         .expect("child: register Account");
+    if let Mode::PowerCut(_) = mode {
+        runtime
+            .project(LEDGER, SubscriberOptions::default(), |views| {
+                Ok(Ledger {
+                    records: views.view("records")?,
+                })
+            })
+            .expect("child: register the ledger");
+    }
     let acks = OpenOptions::new()
         .create(true)
         .append(true)
@@ -761,6 +846,27 @@ const SUBSCRIBERS_DELAY_MS_MAX: u64 = 150;
 
 /// Registers the projection and the process managers, in the child and in the parent alike.
 /// Returns the totals record as the projection found it, before it handled any event.
+/// The power-cut modes' projection: for every event of an account whose id ends in `7`, a
+/// record of [`LEDGER_RECORD_BYTES`] (sled writes leaves of such records to blob files).
+struct Ledger {
+    records: View<String>,
+}
+
+impl Projection for Ledger {
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let account = event.stream.aggregate_id();
+        if !account.ends_with('7') {
+            return Ok(());
+        }
+        let mut record = format!("{account}@{} ", event.position);
+        let fill = char::from(b'a' + u8::try_from(event.position.0 % 26).unwrap_or(0));
+        record.extend(std::iter::repeat_n(fill, LEDGER_RECORD_BYTES));
+        self.records
+            .update(account.as_bytes(), event.position, |_| Some(record))?;
+        Ok(())
+    }
+}
+
 fn register_subscribers(
     runtime: &Runtime,
     reactions: Reactions,
@@ -795,6 +901,18 @@ enum Mode {
     /// Durable, with the projection and process managers of [`register_subscribers`] running
     /// in the child and, after every kill, in the parent.
     Subscribers(Reactions),
+    /// Durable, on `cutfs`: every kill is a power cut (see
+    /// [`durable_journal_keeps_every_acknowledged_command_across_power_cuts`]).
+    PowerCut(Cut),
+}
+
+/// What a power cut keeps of what was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Nothing.
+    Strict,
+    /// Each page, size change and directory change at random ([`TORN_PAGE_CHANCE`]).
+    Torn,
 }
 
 impl Mode {
@@ -804,6 +922,8 @@ impl Mode {
             Mode::Relaxed => "relaxed",
             Mode::Subscribers(Reactions::Plain) => "subscribers",
             Mode::Subscribers(Reactions::Interrupting) => "subscribers-interrupting",
+            Mode::PowerCut(Cut::Strict) => "power-cut",
+            Mode::PowerCut(Cut::Torn) => "power-cut-torn",
         }
     }
 
@@ -813,6 +933,8 @@ impl Mode {
             Mode::Relaxed,
             Mode::Subscribers(Reactions::Plain),
             Mode::Subscribers(Reactions::Interrupting),
+            Mode::PowerCut(Cut::Strict),
+            Mode::PowerCut(Cut::Torn),
         ]
         .into_iter()
         .find(|m| m.name() == name)
@@ -820,7 +942,7 @@ impl Mode {
 
     fn durability(self) -> Durability {
         match self {
-            Mode::Durable | Mode::Subscribers(_) => Durability::Durable,
+            Mode::Durable | Mode::Subscribers(_) | Mode::PowerCut(_) => Durability::Durable,
             Mode::Relaxed => Durability::Relaxed {
                 flush_interval: RELAXED_FLUSH_INTERVAL,
             },
@@ -856,6 +978,20 @@ struct Summary {
     check_time: Duration,
     /// Subscribers mode only.
     subscribers: SubscriberFigures,
+    /// Power-cut modes only.
+    power: PowerFigures,
+}
+
+/// What the power cuts did.
+#[derive(Debug, Default)]
+struct PowerFigures {
+    cuts: u64,
+    pages_dropped: u64,
+    files_lost: u64,
+    entries_dropped: u64,
+    entries_restored: u64,
+    /// Trees of the database read in full after the last cut.
+    trees_read: usize,
 }
 
 fn run_cycles(mode: Mode, cycles: usize) -> Summary {
@@ -867,10 +1003,28 @@ fn run_cycles(mode: Mode, cycles: usize) -> Summary {
         .prefix(&format!("annals-crash-{}-", mode.name()))
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("create the test directory");
-    let db = root.path().join("db");
     let mut summary = Summary {
         seed,
         ..Summary::default()
+    };
+    // In the power-cut modes the database lives on cutfs, mounted under the test directory and
+    // kept between mounts in an image file beside it; dropped (unmounted) before the directory.
+    let mnt = root.path().join("mnt");
+    let image = root.path().join("cutfs.image");
+    let cut_options = |cycle: usize| annals_cutfs::Options {
+        torn: matches!(mode, Mode::PowerCut(Cut::Torn)).then_some(TORN_PAGE_CHANCE),
+        torn_seed: Some(seed ^ u64::try_from(cycle).unwrap_or(0)),
+        ..annals_cutfs::Options::default()
+    };
+    let mount = |cycle: usize| {
+        annals_cutfs::CutFs::mount(&mnt, &image, &cut_options(cycle))
+            .unwrap_or_else(|e| panic!("cannot mount cutfs at {}: {e}", mnt.display()))
+    };
+    let mut fs = matches!(mode, Mode::PowerCut(_)).then(|| mount(0));
+    let db = if fs.is_some() {
+        mnt.join("db")
+    } else {
+        root.path().join("db")
     };
     // Acknowledgements known to be in the store: checked again after every later kill.
     let mut kept: Vec<Ack> = Vec::new();
@@ -892,7 +1046,22 @@ fn run_cycles(mode: Mode, cycles: usize) -> Summary {
             acks: &root.path().join(format!("acks-{cycle}.log")),
             stderr: &root.path().join(format!("child-{cycle}.stderr")),
         };
-        let run = run_and_kill_child(&paths, mode, cycle, rng.next_u64(), kill);
+        let mut run = run_and_kill_child(&paths, mode, cycle, rng.next_u64(), kill, fs.as_ref());
+        if let Some(cutfs) = fs.take() {
+            // The power is cut: only what was synced is there after the "reboot".
+            match cutfs.cut() {
+                Ok(report) => {
+                    let p = &mut summary.power;
+                    p.cuts += 1;
+                    p.pages_dropped += report.pages_dropped;
+                    p.files_lost += report.files_lost;
+                    p.entries_dropped += report.entries_dropped;
+                    p.entries_restored += report.entries_restored;
+                }
+                Err(e) => run = Err(format!("cutting the power failed: {e}")),
+            }
+            fs = Some(mount(cycle + 1));
+        }
         summary.child_time += child_started.elapsed();
         if let Ok(Some(measured)) = run {
             startup = measured;
@@ -911,7 +1080,7 @@ fn run_cycles(mode: Mode, cycles: usize) -> Summary {
                 Mode::Subscribers(reactions) => {
                     check_subscribers_cycle(&db, reactions, &mut kept, file.acks, &mut summary)
                 }
-                Mode::Durable | Mode::Relaxed => {
+                Mode::Durable | Mode::Relaxed | Mode::PowerCut(_) => {
                     check_cycle(&db, mode, &mut kept, file.acks, &mut summary)
                 }
             }
@@ -960,6 +1129,7 @@ fn run_and_kill_child(
     cycle: usize,
     seed: u64,
     kill: Kill,
+    cutfs: Option<&annals_cutfs::CutFs>,
 ) -> Result<Option<Duration>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     let stderr =
@@ -1029,10 +1199,14 @@ fn run_and_kill_child(
             waited
         }
     };
-    // Kill in every case: a child that outlives its test would hold the database lock.
-    let killed = child
-        .kill()
-        .map_err(|e| format!("cannot kill the child: {e}"));
+    // Kill in every case: a child that outlives its test would hold the database lock. On cutfs
+    // the filesystem freezes at the same instant (the child stopped first, so no write or
+    // fsync of it completes after the cut).
+    let killed = match cutfs {
+        Some(fs) => fs.freeze_and_kill(child.id()),
+        None => child.kill(),
+    }
+    .map_err(|e| format!("cannot kill the child: {e}"));
     child
         .wait()
         .map_err(|e| format!("cannot wait for the child: {e}"))?;
@@ -1201,11 +1375,40 @@ fn check_cycle(
     summary: &mut Summary,
 ) -> Result<(), String> {
     let store = reopen_store(db, summary)?;
-    let (problems, _) = check_store(&store, mode, kept, new, summary);
+    let (mut problems, _) = check_store(&store, mode, kept, new, summary);
+    if let Mode::PowerCut(_) = mode {
+        summary.power.trees_read = read_every_tree(&store, &mut problems);
+    }
     let shutdown = store.shutdown();
     drop(store);
     problems.into_result()?;
     shutdown.map_err(|e| format!("shutting the parent's store down failed: {e}"))
+}
+
+/// Reads every tree of the database in full — views, snapshots, checkpoints, whatever sled
+/// keeps — so that a page whose blob file a cut damaged is found; returns how many trees.
+fn read_every_tree(store: &SledStore, problems: &mut Problems) -> usize {
+    let db = store.database();
+    let names = db.tree_names();
+    for name in &names {
+        let tree = match db.open_tree(name) {
+            Ok(tree) => tree,
+            Err(e) => {
+                problems.add(format!(
+                    "cannot open tree {:?}: {e}",
+                    String::from_utf8_lossy(name)
+                ));
+                continue;
+            }
+        };
+        if let Some(Err(e)) = tree.iter().find(Result::is_err) {
+            problems.add(format!(
+                "tree {:?} does not read: {e}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+    names.len()
 }
 
 /// Opens the store after a kill (recovery and the integrity check), counting what recovery did.

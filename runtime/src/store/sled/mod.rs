@@ -428,7 +428,7 @@ impl SledStore {
     #[allow(clippy::needless_pass_by_value)] // options are a value the store is built from
     pub fn open(options: SledOptions) -> Result<SledStore, StoreError> {
         let segment_size = sled_segment_size(&options.path)?;
-        let db = open_db(&options.path, options.cache_capacity_bytes, segment_size)?;
+        let db = open_db(&options, segment_size)?;
         let trees = Trees {
             log: db.open_tree("log").map_err(io("opening tree log"))?,
             heads: db.open_tree("heads").map_err(io("opening tree heads"))?,
@@ -671,14 +671,10 @@ impl SledStore {
 /// so a reopen in the same process may briefly find it held.
 const LOCK_WAIT: Duration = Duration::from_millis(1000);
 
-fn open_db(
-    path: &Path,
-    cache_capacity_bytes: u64,
-    segment_size: usize,
-) -> Result<sled::Db, StoreError> {
+fn open_db(options: &SledOptions, segment_size: usize) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match try_open_db(path, cache_capacity_bytes, segment_size) {
+        match try_open_db(options, segment_size) {
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -687,14 +683,11 @@ fn open_db(
     }
 }
 
-fn try_open_db(
-    path: &Path,
-    cache_capacity_bytes: u64,
-    segment_size: usize,
-) -> Result<sled::Db, StoreError> {
+fn try_open_db(options: &SledOptions, segment_size: usize) -> Result<sled::Db, StoreError> {
+    let path = options.path.as_path();
     let result = sled::Config::new()
         .path(path)
-        .cache_capacity(cache_capacity_bytes)
+        .cache_capacity(options.cache_capacity_bytes)
         .segment_size(segment_size)
         .flush_every_ms(None)
         .open();

@@ -15,9 +15,10 @@ pub struct Account {
     pub movements: u64,
 }
 
-/// Commands of an account.
+/// Commands of an account. JSON: `{"type":"Deposit","amount":100}`. A field the command does
+/// not have is an error (`deny_unknown_fields`), not silently dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 pub enum AccountCommand {
     /// Adds money.
     Deposit {
@@ -226,6 +227,33 @@ mod tests {
             .when(AccountCommand::Deposit { amount: 1 })
             .then_expect_rejection(AccountRejection::Overflow)
             .then_expect_deterministic();
+    }
+
+    #[test]
+    fn commands_refuse_unknown_fields_and_accept_their_own() {
+        use crate::test_support::{assert_json_decodes, assert_unknown_field_refused};
+        assert_json_decodes(
+            r#"{"type":"Deposit","amount":100}"#,
+            &AccountCommand::Deposit { amount: 100 },
+        );
+        assert_json_decodes(
+            r#"{"type":"Withdraw","amount":100}"#,
+            &AccountCommand::Withdraw { amount: 100 },
+        );
+        assert_unknown_field_refused::<AccountCommand>(
+            r#"{"type":"Deposit","amount":100,"currency":"EUR"}"#,
+            "currency",
+        );
+        assert_unknown_field_refused::<AccountCommand>(
+            r#"{"type":"Withdraw","amout":100}"#,
+            "amout",
+        );
+        for command in [
+            AccountCommand::Deposit { amount: 1 },
+            AccountCommand::Withdraw { amount: u64::MAX },
+        ] {
+            crate::test_support::assert_cbor_round_trip(&command);
+        }
     }
 
     #[test]

@@ -8,6 +8,31 @@
 //! used, and nothing in this domain pays it back).
 //!
 //! Money is an integer number of minor units (`u64`), never a float.
+//!
+//! # Who may send what, and what the customer can check
+//! `CreateCustomer` is a client's command. `ReserveCredit` and `ReleaseCredit` are the
+//! order-credit saga's ([`PROCESS_ONLY_COMMANDS`]): the HTTP API refuses them from clients, and
+//! the saga sends them only in reaction to events in the log. The customer itself sees only its
+//! own stream, so it refuses what that stream shows to be wrong and no more:
+//!
+//! - `ReserveCredit` — refused for an unknown customer or an amount of zero; a second one for an
+//!   order that holds a reservation records nothing when the amount is the same (a redelivery)
+//!   and is refused ([`CustomerRejection::ReservedWithAnotherAmount`]) when it is not, since an
+//!   order's total never changes. The customer **cannot** tell whether the order exists, is
+//!   pending, is this customer's, or has that total (the order is another aggregate), nor
+//!   whether an order whose reservation was released is asked for again (it forgets released
+//!   orders, or its state would grow without bound). The saga asks once per order, with the
+//!   total and customer of the order's own `OrderCreated`.
+//! - `ReleaseCredit` — refused for an unknown customer, and for an order that holds no
+//!   reservation ([`CustomerRejection::NoReservation`]): never reserved, or released already.
+//!   The customer **cannot** tell whether the order was cancelled or rejected, or is still
+//!   approved or shipped (whose credit must stay held): that is the order's state. The saga
+//!   releases only after it has seen the order's `OrderCancelled` or `OrderRejected` in the log.
+//!
+//! What is left — a reservation for an order that does not exist, a release for an order that
+//! is still approved — can only come from a sender that is neither a client nor the saga, which
+//! is why the API restriction and the saga together cover it; the order's side refuses an
+//! approval whose reservation does not match it (see [`crate::order`]).
 
 use std::collections::BTreeMap;
 
@@ -43,11 +68,36 @@ impl Customer {
     pub fn available_credit(&self) -> u64 {
         self.credit_limit.saturating_sub(self.reserved())
     }
+
+    /// The event that decides a new reservation of `amount` for `order_id`: reserved if the
+    /// available credit covers it, otherwise the refusal the saga must see.
+    fn reserve(&self, order_id: &str, amount: u64) -> CustomerEvent {
+        let available = self.available_credit();
+        if amount <= available {
+            CustomerEvent::CreditReserved {
+                order_id: order_id.to_string(),
+                amount,
+            }
+        } else {
+            CustomerEvent::CreditLimitExceeded {
+                order_id: order_id.to_string(),
+                amount,
+                available,
+            }
+        }
+    }
 }
 
+/// The commands only the order-credit saga may send (their JSON `type`): the HTTP API refuses
+/// them from clients. See the [module docs](self) for what the customer checks itself.
+pub const PROCESS_ONLY_COMMANDS: &[&str] = &["ReserveCredit", "ReleaseCredit"];
+
 /// Commands of a customer. JSON: `{"type":"ReserveCredit","order_id":"o-1","amount":5000}`.
+///
+/// A field the command does not have is an error (`deny_unknown_fields`): a typo must not be
+/// silently dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 pub enum CustomerCommand {
     /// Creates the customer.
     CreateCustomer {
@@ -58,24 +108,45 @@ pub enum CustomerCommand {
     },
     /// Reserves credit for an order, or records that the limit does not allow it.
     ///
-    /// Idempotent per order: while the order holds a reservation, asking again records
-    /// nothing. An order whose reservation was refused or released is decided afresh (the
-    /// saga asks once per order, and its command id makes a redelivery return the first
-    /// outcome); remembering every order ever decided would grow the state without bound.
+    /// Idempotent per order: while the order holds a reservation, asking again for the same
+    /// amount records nothing (another amount is refused). An order whose reservation was
+    /// refused or released is decided afresh (the saga asks once per order, and its command id
+    /// makes a redelivery return the first outcome); remembering every order ever decided
+    /// would grow the state without bound. Sent by the saga only ([`PROCESS_ONLY_COMMANDS`]).
     ReserveCredit {
         /// The order the credit is for; at most one open reservation per order.
         order_id: String,
         /// In minor units, more than zero.
         amount: u64,
     },
-    /// Releases the credit reserved for an order (nothing happens if there is none).
+    /// Releases the credit reserved for an order; refused if the order holds none. Sent by the
+    /// saga only ([`PROCESS_ONLY_COMMANDS`]), once the order is cancelled or rejected.
     ReleaseCredit {
         /// The order whose reservation is released.
         order_id: String,
     },
 }
 
+impl CustomerCommand {
+    /// The command's type name: its JSON `type` tag (`"ReserveCredit"`).
+    pub fn command_type(&self) -> &'static str {
+        match self {
+            CustomerCommand::CreateCustomer { .. } => "CreateCustomer",
+            CustomerCommand::ReserveCredit { .. } => "ReserveCredit",
+            CustomerCommand::ReleaseCredit { .. } => "ReleaseCredit",
+        }
+    }
+
+    /// Whether only the saga may send this command ([`PROCESS_ONLY_COMMANDS`]).
+    pub fn is_process_only(&self) -> bool {
+        PROCESS_ONLY_COMMANDS.contains(&self.command_type())
+    }
+}
+
 /// Events of a customer.
+///
+/// Unlike commands, events accept fields they do not know: an event stored by an older build
+/// may carry a field that was removed since, and a stored event must always be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum CustomerEvent {
@@ -153,6 +224,30 @@ pub enum CustomerRejection {
     /// `ReserveCredit` for zero: an order always has a positive total.
     #[error("cannot reserve credit: the amount must be more than zero")]
     ZeroAmount,
+    /// `ReserveCredit` for an order that already holds a reservation of another amount: an
+    /// order's total never changes, so one of the two is not this order's.
+    #[error(
+        "cannot reserve {amount} for order {order_id}: it already holds a reservation of \
+         {reserved}, and an order's total never changes"
+    )]
+    ReservedWithAnotherAmount {
+        /// The order.
+        order_id: String,
+        /// The amount it holds, in minor units.
+        reserved: u64,
+        /// The amount asked for, in minor units.
+        amount: u64,
+    },
+    /// `ReleaseCredit` for an order that holds no reservation: it never had one, or it was
+    /// released already.
+    #[error(
+        "cannot release credit for order {order_id}: the customer holds no reservation for it \
+         (never reserved, or released already)"
+    )]
+    NoReservation {
+        /// The order.
+        order_id: String,
+    },
 }
 
 impl Aggregate for Customer {
@@ -177,38 +272,28 @@ impl Aggregate for Customer {
             }
             _ if !self.created => Err(CustomerRejection::UnknownCustomer),
             CustomerCommand::ReserveCredit { amount: 0, .. } => Err(CustomerRejection::ZeroAmount),
-            // Idempotent per order: the order already holds credit, so asking again changes
-            // nothing (whatever the amount; an order's total never changes).
-            CustomerCommand::ReserveCredit { order_id, .. }
-                if self.reservations.contains_key(order_id) =>
-            {
-                Ok(vec![])
-            }
+            // Idempotent per order: the order already holds this credit, so asking again
+            // changes nothing; another amount cannot be this order's (its total is fixed).
             CustomerCommand::ReserveCredit { order_id, amount } => {
-                let available = self.available_credit();
-                let event = if *amount <= available {
-                    CustomerEvent::CreditReserved {
+                match self.reservations.get(order_id) {
+                    Some(reserved) if reserved == amount => Ok(vec![]),
+                    Some(&reserved) => Err(CustomerRejection::ReservedWithAnotherAmount {
                         order_id: order_id.clone(),
+                        reserved,
                         amount: *amount,
-                    }
-                } else {
-                    CustomerEvent::CreditLimitExceeded {
-                        order_id: order_id.clone(),
-                        amount: *amount,
-                        available,
-                    }
-                };
-                Ok(vec![event])
+                    }),
+                    None => Ok(vec![self.reserve(order_id, *amount)]),
+                }
             }
-            CustomerCommand::ReleaseCredit { order_id } => {
-                Ok(match self.reservations.get(order_id) {
-                    Some(&amount) => vec![CustomerEvent::CreditReleased {
-                        order_id: order_id.clone(),
-                        amount,
-                    }],
-                    None => vec![],
-                })
-            }
+            CustomerCommand::ReleaseCredit { order_id } => match self.reservations.get(order_id) {
+                Some(&amount) => Ok(vec![CustomerEvent::CreditReleased {
+                    order_id: order_id.clone(),
+                    amount,
+                }]),
+                None => Err(CustomerRejection::NoReservation {
+                    order_id: order_id.clone(),
+                }),
+            },
         }
     }
 
@@ -340,6 +425,99 @@ mod tests {
             }]);
     }
 
+    /// One command of every variant (the `match` stops compiling when a variant is added).
+    fn every_command() -> Vec<CustomerCommand> {
+        let all = vec![
+            CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 150_000,
+            },
+            reserve("o-1", 5_000),
+            release("o-1"),
+        ];
+        for command in &all {
+            match command {
+                CustomerCommand::CreateCustomer { .. }
+                | CustomerCommand::ReserveCredit { .. }
+                | CustomerCommand::ReleaseCredit { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn process_only_commands_name_real_command_variants() {
+        let commands = every_command();
+        for command in &commands {
+            assert_eq!(
+                crate::test_support::tag(&crate::test_support::to_value(command)),
+                command.command_type(),
+                "the command type is the JSON tag"
+            );
+        }
+        for name in PROCESS_ONLY_COMMANDS {
+            assert!(
+                commands.iter().any(|c| c.command_type() == *name),
+                "{name} is no command of a customer"
+            );
+        }
+        let process_only: Vec<&str> = commands
+            .iter()
+            .filter(|c| c.is_process_only())
+            .map(CustomerCommand::command_type)
+            .collect();
+        assert_eq!(process_only, ["ReserveCredit", "ReleaseCredit"]);
+    }
+
+    #[test]
+    fn commands_refuse_unknown_fields_and_accept_their_own() {
+        use crate::test_support::{assert_json_decodes, assert_unknown_field_refused};
+        assert_json_decodes(
+            r#"{"type":"CreateCustomer","name":"Ada","credit_limit":100}"#,
+            &CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 100,
+            },
+        );
+        assert_unknown_field_refused::<CustomerCommand>(
+            r#"{"type":"CreateCustomer","name":"Ada","credit_limit":100,"credit_limt":5}"#,
+            "credit_limt",
+        );
+        assert_json_decodes(
+            r#"{"type":"ReserveCredit","order_id":"o-1","amount":5}"#,
+            &reserve("o-1", 5),
+        );
+        assert_unknown_field_refused::<CustomerCommand>(
+            r#"{"type":"ReserveCredit","order_id":"o-1","amount":5,"ammount":6}"#,
+            "ammount",
+        );
+        assert_json_decodes(
+            r#"{"type":"ReleaseCredit","order_id":"o-1"}"#,
+            &release("o-1"),
+        );
+        assert_unknown_field_refused::<CustomerCommand>(
+            r#"{"type":"ReleaseCredit","order_id":"o-1","amount":5}"#,
+            "amount",
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_the_outbox_encoding() {
+        for command in every_command() {
+            crate::test_support::assert_cbor_round_trip(&command);
+        }
+    }
+
+    /// Events stay lenient: a field an older build wrote and this one dropped is ignored.
+    #[test]
+    fn events_ignore_fields_they_do_not_know() {
+        let stored: CustomerEvent = serde_json::from_str(
+            r#"{"type":"CreditReserved","order_id":"o-1","amount":5,"note":"gone"}"#,
+        )
+        .expect("an event with an extra field decodes");
+        assert_eq!(stored, reserved("o-1", 5));
+    }
+
     #[test]
     fn reserve_credit_is_idempotent_per_order() {
         AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-1", 4_000)])
@@ -410,11 +588,17 @@ mod tests {
     }
 
     #[test]
-    fn release_without_a_reservation_records_nothing() {
-        AggregateTest::<Customer>::given(vec![created(10_000)])
+    fn release_without_a_reservation_is_refused() {
+        AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-2", 1_000)])
             .when(release("o-1"))
-            .then_expect_no_events();
-        // Released already: a second release changes nothing.
+            .then_expect_rejection(CustomerRejection::NoReservation {
+                order_id: "o-1".into(),
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn releasing_twice_is_refused_the_second_time() {
         AggregateTest::<Customer>::given(vec![
             created(10_000),
             reserved("o-1", 4_000),
@@ -424,7 +608,21 @@ mod tests {
             },
         ])
         .when(release("o-1"))
-        .then_expect_no_events();
+        .then_expect_rejection(CustomerRejection::NoReservation {
+            order_id: "o-1".into(),
+        });
+    }
+
+    #[test]
+    fn reserving_another_amount_for_an_order_that_holds_credit_is_refused() {
+        AggregateTest::<Customer>::given(vec![created(10_000), reserved("o-1", 4_000)])
+            .when(reserve("o-1", 4_001))
+            .then_expect_rejection(CustomerRejection::ReservedWithAnotherAmount {
+                order_id: "o-1".into(),
+                reserved: 4_000,
+                amount: 4_001,
+            })
+            .then_expect_deterministic();
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!
 //! Money is an integer number of minor units (`u64`), never a float. Commands and events are
 //! serialized with a `"type"` tag and snake_case fields, the names the HTTP API exposes.
+//! Commands refuse fields they do not have (a typo is an error, not a default); events accept
+//! them (an event stored by an older build must always be read).
+//!
+//! Some commands belong to the saga alone: [`customer::PROCESS_ONLY_COMMANDS`] and
+//! [`order::PROCESS_ONLY_COMMANDS`] list them for the HTTP layer, which refuses them from
+//! clients; each aggregate's module docs say what it checks of them itself.
 //!
 //! [`register`] wires the customer-and-order domain into a [`Runtime`] in one call:
 //!
@@ -60,6 +66,7 @@ pub mod order;
 pub mod saga;
 pub mod views;
 
+mod strict;
 #[cfg(test)]
 mod test_support;
 

@@ -11,9 +11,39 @@
 //!          CancelOrder
 //! ```
 //!
-//! `ApproveOrder` and `RejectOrder` are normally sent by the saga, which approves an order once
-//! its customer has reserved the credit for it. Money is an integer number of minor units of
-//! the order's currency (an ISO 4217 code such as `"EUR"`).
+//! Money is an integer number of minor units of the order's currency (an ISO 4217 code such as
+//! `"EUR"`).
+//!
+//! # Who may send what, and what the order can check
+//! `CreateOrder`, `ShipOrder` and `CancelOrder` are a client's commands. `ApproveOrder` and
+//! `RejectOrder` are the order-credit saga's ([`PROCESS_ONLY_COMMANDS`]): the HTTP API refuses
+//! them from clients, and the saga sends them only in reaction to events in the log. The order
+//! sees only its own stream, so it refuses what that stream shows to be wrong:
+//!
+//! - `ApproveOrder` carries the evidence it is based on, a [`CreditReservation`] (the customer
+//!   and the amount of the `CreditReserved` event the saga reacted to, and that event's version
+//!   in the customer's stream). It is refused unless the order is Pending
+//!   ([`OrderRejection::NotPending`]), the evidence is there
+//!   ([`OrderRejection::NoCreditReservation`]), names the order's own customer
+//!   ([`OrderRejection::ReservationOfAnotherCustomer`]) and reserves exactly its total
+//!   ([`OrderRejection::ReservationAmountMismatch`]). So no sender, the saga included, approves
+//!   an order on a reservation made for another customer or another amount, or on none. The
+//!   order **cannot** tell whether the reservation really happened: it cannot read the
+//!   customer's stream. That is why only the saga, which builds the evidence from the event
+//!   itself, may send the command; the envelope of `OrderApproved` names that event as its
+//!   causation id.
+//! - `RejectOrder` is refused unless the order is Pending. Its reason is free text the order
+//!   cannot verify (credit limit exceeded, unknown customer, timed out). A rejection never
+//!   moves credit in the customer's favour: the saga releases whatever the order held.
+//!
+//! # Approvals stored before they carried evidence
+//! A process manager stores the commands it is about to send (its outbox) and its deadlines as
+//! encoded commands, and a store written by an older build may still hold an `ApproveOrder`
+//! without a reservation. It decodes (the field is optional for that reason) and is refused
+//! with [`OrderRejection::NoCreditReservation`], like any approval without evidence; the order
+//! stays Pending until the saga's deadline rejects it, and the saga then releases the credit it
+//! saw reserved. The order is rejected instead of approved, but no credit is lost or given.
+//! `tests/corpus/commands/` keeps those old encodings.
 //!
 //! # Schema history
 //! - [`OrderEvent::OrderCreated`] version 1 had no currency: every order was in euros.
@@ -107,10 +137,32 @@ pub struct Order {
     pub rejection_reason: Option<String>,
 }
 
+/// The commands only the order-credit saga may send (their JSON `type`): the HTTP API refuses
+/// them from clients. See the [module docs](self) for what the order checks itself.
+pub const PROCESS_ONLY_COMMANDS: &[&str] = &["ApproveOrder", "RejectOrder"];
+
+/// The evidence an [`OrderCommand::ApproveOrder`] carries: the credit reservation the approval
+/// is based on, as the saga read it from the customer's `CreditReserved` event. JSON:
+/// `{"customer_id":"c-1","amount":5000,"customer_version":2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditReservation {
+    /// The customer who reserved the credit: must be the order's.
+    pub customer_id: String,
+    /// The amount reserved, in minor units: must be the order's total.
+    pub amount: u64,
+    /// The version of the `CreditReserved` event in the customer's stream, naming which
+    /// reservation it is for whoever traces an approval. The order cannot check it.
+    pub customer_version: u64,
+}
+
 /// Commands of an order. JSON: `{"type":"CreateOrder","customer_id":"c-1","total":5000}`,
 /// optionally with `"currency":"USD"`.
+///
+/// A field the command does not have is an error (`deny_unknown_fields`; the variants without
+/// fields refuse any too): a typo such as `"curency"` must not be silently dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 pub enum OrderCommand {
     /// Creates the order, pending its credit check.
     CreateOrder {
@@ -125,20 +177,50 @@ pub enum OrderCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         currency: Option<String>,
     },
-    /// Approves a pending order.
-    ApproveOrder,
-    /// Rejects a pending order.
+    /// Approves a pending order on the evidence of its credit reservation. Sent by the saga
+    /// only ([`PROCESS_ONLY_COMMANDS`]).
+    ApproveOrder {
+        /// The reservation the approval is based on. Absent only in approvals stored by builds
+        /// before approvals carried one, which are refused
+        /// ([`OrderRejection::NoCreditReservation`]; see the [module docs](self)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reservation: Option<CreditReservation>,
+    },
+    /// Rejects a pending order. Sent by the saga only ([`PROCESS_ONLY_COMMANDS`]).
     RejectOrder {
         /// Why, for people reading the order.
         reason: String,
     },
     /// Ships an approved order.
+    #[serde(deserialize_with = "crate::strict::no_fields")]
     ShipOrder,
     /// Cancels a pending or approved order.
+    #[serde(deserialize_with = "crate::strict::no_fields")]
     CancelOrder,
 }
 
+impl OrderCommand {
+    /// The command's type name: its JSON `type` tag (`"ApproveOrder"`).
+    pub fn command_type(&self) -> &'static str {
+        match self {
+            OrderCommand::CreateOrder { .. } => "CreateOrder",
+            OrderCommand::ApproveOrder { .. } => "ApproveOrder",
+            OrderCommand::RejectOrder { .. } => "RejectOrder",
+            OrderCommand::ShipOrder => "ShipOrder",
+            OrderCommand::CancelOrder => "CancelOrder",
+        }
+    }
+
+    /// Whether only the saga may send this command ([`PROCESS_ONLY_COMMANDS`]).
+    pub fn is_process_only(&self) -> bool {
+        PROCESS_ONLY_COMMANDS.contains(&self.command_type())
+    }
+}
+
 /// Events of an order.
+///
+/// Unlike commands, events accept fields they do not know: an event stored by an older build
+/// may carry a field that was removed since, and a stored event must always be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 pub enum OrderEvent {
@@ -233,6 +315,35 @@ pub enum OrderRejection {
         /// The order's status.
         status: OrderStatus,
     },
+    /// `ApproveOrder` without the evidence of a credit reservation (as stored by builds before
+    /// approvals carried one).
+    #[error(
+        "cannot approve the order: the command names no credit reservation, and an order is \
+         approved only on one"
+    )]
+    NoCreditReservation,
+    /// `ApproveOrder` on a reservation by a customer other than the order's.
+    #[error(
+        "cannot approve the order: the credit was reserved by customer {reserved_by}, but the \
+         order is customer {customer_id}'s"
+    )]
+    ReservationOfAnotherCustomer {
+        /// The order's customer.
+        customer_id: String,
+        /// The customer the reservation names.
+        reserved_by: String,
+    },
+    /// `ApproveOrder` on a reservation of an amount other than the order's total.
+    #[error(
+        "cannot approve the order: the credit reserved ({reserved}) is not the order's total \
+         ({total})"
+    )]
+    ReservationAmountMismatch {
+        /// The order's total, in minor units.
+        total: u64,
+        /// The amount the reservation names, in minor units.
+        reserved: u64,
+    },
     /// `ShipOrder` when the order is not approved.
     #[error("cannot ship the order: it is {status:?}, not Approved")]
     NotApproved {
@@ -266,13 +377,15 @@ impl Aggregate for Order {
         };
         let event = match (command, status) {
             (OrderCommand::CreateOrder { .. }, _) => return Err(OrderRejection::AlreadyExists),
-            (OrderCommand::ApproveOrder, OrderStatus::Pending) => OrderEvent::OrderApproved,
+            (OrderCommand::ApproveOrder { reservation }, OrderStatus::Pending) => {
+                self.approve(reservation.as_ref())?
+            }
             (OrderCommand::RejectOrder { reason }, OrderStatus::Pending) => {
                 OrderEvent::OrderRejected {
                     reason: reason.clone(),
                 }
             }
-            (OrderCommand::ApproveOrder | OrderCommand::RejectOrder { .. }, status) => {
+            (OrderCommand::ApproveOrder { .. } | OrderCommand::RejectOrder { .. }, status) => {
                 return Err(OrderRejection::NotPending { status })
             }
             (OrderCommand::ShipOrder, OrderStatus::Approved) => OrderEvent::OrderShipped,
@@ -336,6 +449,32 @@ impl Aggregate for Order {
     }
 }
 
+impl Order {
+    /// Decides `ApproveOrder` for a pending order: only on the evidence of a reservation of
+    /// exactly its total by its own customer.
+    fn approve(
+        &self,
+        reservation: Option<&CreditReservation>,
+    ) -> Result<OrderEvent, OrderRejection> {
+        let Some(reservation) = reservation else {
+            return Err(OrderRejection::NoCreditReservation);
+        };
+        if reservation.customer_id != self.customer_id {
+            return Err(OrderRejection::ReservationOfAnotherCustomer {
+                customer_id: self.customer_id.clone(),
+                reserved_by: reservation.customer_id.clone(),
+            });
+        }
+        if reservation.amount != self.total {
+            return Err(OrderRejection::ReservationAmountMismatch {
+                total: self.total,
+                reserved: reservation.amount,
+            });
+        }
+        Ok(OrderEvent::OrderApproved)
+    }
+}
+
 /// Decides `CreateOrder` for an order that does not exist yet.
 fn create(
     customer_id: &str,
@@ -389,6 +528,24 @@ mod tests {
             total,
             currency: currency.map(str::to_string),
         }
+    }
+
+    /// The evidence of a reservation by `customer_id` of `amount`.
+    fn reservation(customer_id: &str, amount: u64) -> CreditReservation {
+        CreditReservation {
+            customer_id: customer_id.into(),
+            amount,
+            customer_version: 2,
+        }
+    }
+
+    /// `ApproveOrder` on the reservation of the order of [`created`]: c-1, 5,000.
+    fn approve() -> OrderCommand {
+        approve_on(Some(reservation("c-1", 5_000)))
+    }
+
+    fn approve_on(reservation: Option<CreditReservation>) -> OrderCommand {
+        OrderCommand::ApproveOrder { reservation }
     }
 
     fn rejected(reason: &str) -> OrderEvent {
@@ -490,7 +647,7 @@ mod tests {
     #[test]
     fn commands_for_an_unknown_order_are_rejected() {
         for command in [
-            OrderCommand::ApproveOrder,
+            approve(),
             OrderCommand::RejectOrder { reason: "x".into() },
             OrderCommand::ShipOrder,
             OrderCommand::CancelOrder,
@@ -502,12 +659,61 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_order_can_be_approved() {
+    fn a_pending_order_is_approved_on_a_reservation_of_its_total_by_its_customer() {
         AggregateTest::<Order>::given(history(OrderStatus::Pending))
-            .when(OrderCommand::ApproveOrder)
+            .when(approve())
             .then_expect_events(vec![OrderEvent::OrderApproved])
             .then_expect_state(|o| assert_eq!(o.status, Some(OrderStatus::Approved)))
             .then_expect_deterministic();
+    }
+
+    /// The black-box finding: an `ApproveOrder` without evidence (a client racing the saga, or
+    /// an approval stored by an older build) approves nothing.
+    #[test]
+    fn an_approval_without_a_reservation_is_refused() {
+        AggregateTest::<Order>::given(history(OrderStatus::Pending))
+            .when(approve_on(None))
+            .then_expect_rejection(OrderRejection::NoCreditReservation)
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn an_approval_on_a_reservation_by_another_customer_is_refused() {
+        AggregateTest::<Order>::given(history(OrderStatus::Pending))
+            .when(approve_on(Some(reservation("c-2", 5_000))))
+            .then_expect_rejection(OrderRejection::ReservationOfAnotherCustomer {
+                customer_id: "c-1".into(),
+                reserved_by: "c-2".into(),
+            })
+            .then_expect_deterministic();
+    }
+
+    #[test]
+    fn an_approval_on_a_reservation_of_another_amount_is_refused() {
+        for reserved in [0, 4_999, 5_001, u64::MAX] {
+            AggregateTest::<Order>::given(history(OrderStatus::Pending))
+                .when(approve_on(Some(reservation("c-1", reserved))))
+                .then_expect_rejection(OrderRejection::ReservationAmountMismatch {
+                    total: 5_000,
+                    reserved,
+                });
+        }
+    }
+
+    /// Whatever the evidence, an order that is no longer pending says so first.
+    #[test]
+    fn an_approval_of_an_order_no_longer_pending_is_refused_whatever_its_evidence() {
+        for command in [
+            approve(),
+            approve_on(None),
+            approve_on(Some(reservation("c-9", 1))),
+        ] {
+            AggregateTest::<Order>::given(history(OrderStatus::Approved))
+                .when(command)
+                .then_expect_rejection(OrderRejection::NotPending {
+                    status: OrderStatus::Approved,
+                });
+        }
     }
 
     #[test]
@@ -532,7 +738,7 @@ mod tests {
             .filter(|s| *s != OrderStatus::Pending)
         {
             AggregateTest::<Order>::given(history(status))
-                .when(OrderCommand::ApproveOrder)
+                .when(approve())
                 .then_expect_rejection(OrderRejection::NotPending { status });
             AggregateTest::<Order>::given(history(status))
                 .when(OrderCommand::RejectOrder {
@@ -582,7 +788,7 @@ mod tests {
     fn final_statuses_accept_no_transition() {
         for status in OrderStatus::ALL.into_iter().filter(|s| s.is_final()) {
             for command in [
-                OrderCommand::ApproveOrder,
+                approve(),
                 OrderCommand::RejectOrder { reason: "x".into() },
                 OrderCommand::ShipOrder,
                 OrderCommand::CancelOrder,
@@ -593,6 +799,126 @@ mod tests {
                 assert!(result.is_err(), "{status:?}: {result:?}");
             }
         }
+    }
+
+    /// One command of every variant (the `match` stops compiling when a variant is added).
+    fn every_command() -> Vec<OrderCommand> {
+        let all = vec![
+            create("c-1", 5_000, Some("USD")),
+            create("c-1", 5_000, None),
+            approve(),
+            approve_on(None),
+            OrderCommand::RejectOrder {
+                reason: "credit limit exceeded".into(),
+            },
+            OrderCommand::ShipOrder,
+            OrderCommand::CancelOrder,
+        ];
+        for command in &all {
+            match command {
+                OrderCommand::CreateOrder { .. }
+                | OrderCommand::ApproveOrder { .. }
+                | OrderCommand::RejectOrder { .. }
+                | OrderCommand::ShipOrder
+                | OrderCommand::CancelOrder => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn process_only_commands_name_real_command_variants() {
+        let commands = every_command();
+        for command in &commands {
+            assert_eq!(
+                crate::test_support::tag(&to_value(command)),
+                command.command_type(),
+                "the command type is the JSON tag"
+            );
+        }
+        for name in PROCESS_ONLY_COMMANDS {
+            assert!(
+                commands.iter().any(|c| c.command_type() == *name),
+                "{name} is no command of an order"
+            );
+        }
+        let mut process_only: Vec<&str> = commands
+            .iter()
+            .filter(|c| c.is_process_only())
+            .map(OrderCommand::command_type)
+            .collect();
+        process_only.dedup();
+        assert_eq!(process_only, ["ApproveOrder", "RejectOrder"]);
+    }
+
+    /// The black-box finding: `"curency"` used to be dropped, creating an order in euros.
+    #[test]
+    fn commands_refuse_unknown_fields_and_accept_their_own() {
+        use crate::test_support::{assert_json_decodes, assert_unknown_field_refused};
+        assert_json_decodes(
+            r#"{"type":"CreateOrder","customer_id":"c-1","total":5000,"currency":"USD"}"#,
+            &create("c-1", 5_000, Some("USD")),
+        );
+        assert_json_decodes(
+            r#"{"type":"CreateOrder","customer_id":"c-1","total":5000}"#,
+            &create("c-1", 5_000, None),
+        );
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"CreateOrder","customer_id":"c-1","total":5000,"curency":"USD"}"#,
+            "curency",
+        );
+        assert_json_decodes(
+            r#"{"type":"ApproveOrder","reservation":{"customer_id":"c-1","amount":5000,"customer_version":2}}"#,
+            &approve(),
+        );
+        assert_json_decodes(r#"{"type":"ApproveOrder"}"#, &approve_on(None));
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"ApproveOrder","reservaton":{"customer_id":"c-1","amount":5000,"customer_version":2}}"#,
+            "reservaton",
+        );
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"ApproveOrder","reservation":{"customer_id":"c-1","amount":5000,"customer_version":2,"event":"x"}}"#,
+            "event",
+        );
+        assert_json_decodes(
+            r#"{"type":"RejectOrder","reason":"no"}"#,
+            &OrderCommand::RejectOrder {
+                reason: "no".into(),
+            },
+        );
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"RejectOrder","reason":"no","reasons":["no"]}"#,
+            "reasons",
+        );
+        assert_json_decodes(r#"{"type":"ShipOrder"}"#, &OrderCommand::ShipOrder);
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"ShipOrder","carrier":"post"}"#,
+            "carrier",
+        );
+        assert_json_decodes(r#"{"type":"CancelOrder"}"#, &OrderCommand::CancelOrder);
+        assert_unknown_field_refused::<OrderCommand>(
+            r#"{"type":"CancelOrder","reason":"changed my mind"}"#,
+            "reason",
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_the_outbox_encoding() {
+        for command in every_command() {
+            crate::test_support::assert_cbor_round_trip(&command);
+        }
+    }
+
+    /// Events stay lenient: a field an older build wrote and this one dropped is ignored.
+    #[test]
+    fn events_ignore_fields_they_do_not_know() {
+        let stored: OrderEvent =
+            serde_json::from_str(r#"{"type":"OrderShipped","carrier":"post"}"#).expect("decodes");
+        assert_eq!(stored, OrderEvent::OrderShipped);
+        let stored: OrderEvent =
+            serde_json::from_str(r#"{"type":"OrderRejected","reason":"no","code":7}"#)
+                .expect("decodes");
+        assert_eq!(stored, rejected("no"));
     }
 
     /// The payload of an `OrderCreated` as version 1 wrote it.
@@ -709,9 +1035,21 @@ mod tests {
             ],
         );
         assert_shape(
-            &OrderCommand::ApproveOrder,
-            &[("type", text("ApproveOrder"))],
+            &approve(),
+            &[
+                ("type", text("ApproveOrder")),
+                (
+                    "reservation",
+                    ciborium::Value::Map(vec![
+                        (text("customer_id"), text("c-1")),
+                        (text("amount"), 5_000.into()),
+                        (text("customer_version"), 2.into()),
+                    ]),
+                ),
+            ],
         );
+        // Without evidence, the shape approvals had before they carried one.
+        assert_shape(&approve_on(None), &[("type", text("ApproveOrder"))]);
         assert_shape(
             &OrderCommand::RejectOrder {
                 reason: "why".into(),

@@ -2,7 +2,7 @@
 //! without a transaction across the two aggregates.
 //!
 //! ```text
-//! OrderCreated ──▶ ReserveCredit (customer) ─┬─ CreditReserved ──────▶ ApproveOrder
+//! OrderCreated ──▶ ReserveCredit (customer) ─┬─ CreditReserved ──────▶ ApproveOrder (+ evidence)
 //!     │                  │                   └─ CreditLimitExceeded ─▶ RejectOrder
 //!     │                  └─ rejected: unknown customer ──────────────▶ RejectOrder
 //!     └─ deadline: still pending after `decision_timeout` ────────────▶ RejectOrder
@@ -19,6 +19,18 @@
 //! The reaction logic is a pure function, [`OrderCreditSaga::step`], from decoded events to
 //! typed [`SagaStep`]s; [`ProcessManager::react`] only decodes and encodes around it.
 //!
+//! # The saga's commands are its own
+//! `ReserveCredit`, `ReleaseCredit`, `ApproveOrder` and `RejectOrder` are sent by the saga alone
+//! ([`customer::PROCESS_ONLY_COMMANDS`](crate::customer::PROCESS_ONLY_COMMANDS),
+//! [`order::PROCESS_ONLY_COMMANDS`](crate::order::PROCESS_ONLY_COMMANDS); the HTTP API refuses
+//! them from clients). The aggregates check what their own streams show (see their module
+//! docs); the saga covers the rest by acting only on events of the log: it approves an order
+//! only on its customer's `CreditReserved` for it, passing that event's customer, amount and
+//! version as the approval's evidence ([`CreditReservation`]), which the order checks against
+//! its own customer and total; it releases credit only once it has seen the reservation and
+//! then the order's cancellation or rejection. An approval the order refuses (its evidence does
+//! not match) leaves the order pending: the deadline rejects it, and the credit is released.
+//!
 //! # Why the deadline is scheduled first
 //! The runtime sends a reaction's actions in order and stops at the first that fails
 //! technically (the event is retried, then parked). The deadline is stored locally and cannot
@@ -33,11 +45,11 @@
 use std::time::Duration;
 
 use annals::codec::CodecError;
-use annals::{Action, Aggregate, HandlerError, ProcessManager, RecordedEvent, Timestamp};
+use annals::{Action, Aggregate, HandlerError, ProcessManager, RecordedEvent, Timestamp, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::customer::{Customer, CustomerCommand, CustomerEvent};
-use crate::order::{Order, OrderCommand, OrderEvent, OrderStatus};
+use crate::order::{CreditReservation, Order, OrderCommand, OrderEvent, OrderStatus};
 
 /// The name the saga is registered under (its checkpoint, state and command ids use it).
 pub const ORDER_CREDIT_SAGA: &str = "order-credit";
@@ -93,6 +105,8 @@ pub enum SagaEvent {
     Customer {
         /// The customer whose stream recorded it.
         customer_id: String,
+        /// Its version in the customer's stream (an approval names the reservation by it).
+        version: Version,
         /// The event.
         event: CustomerEvent,
     },
@@ -109,8 +123,11 @@ pub enum SagaStep {
         /// The order's total.
         amount: u64,
     },
-    /// `ApproveOrder`.
-    ApproveOrder,
+    /// `ApproveOrder` on the evidence of the customer's reservation.
+    ApproveOrder {
+        /// The reservation, as the `CreditReserved` event recorded it.
+        reservation: CreditReservation,
+    },
     /// `RejectOrder`, now.
     RejectOrder {
         /// Why.
@@ -149,9 +166,12 @@ impl SagaStep {
                     Action::command::<Order>(order_id, &reject(REASON_UNKNOWN_CUSTOMER))?;
                 Ok(Action::command::<Customer>(customer_id, &reserve)?.or_else(fallback))
             }
-            SagaStep::ApproveOrder => {
-                Action::command::<Order>(order_id, &OrderCommand::ApproveOrder)
-            }
+            SagaStep::ApproveOrder { reservation } => Action::command::<Order>(
+                order_id,
+                &OrderCommand::ApproveOrder {
+                    reservation: Some(reservation),
+                },
+            ),
             SagaStep::RejectOrder { reason } => Action::command::<Order>(order_id, &reject(reason)),
             SagaStep::RejectOrderAt { at, reason } => {
                 Action::schedule::<Order>(at, order_id, &reject(reason))
@@ -177,14 +197,18 @@ impl OrderCreditSaga {
     ) -> Vec<SagaStep> {
         match event {
             SagaEvent::Order(event) => self.on_order(state, event, recorded_at),
-            SagaEvent::Customer { customer_id, event } => {
+            SagaEvent::Customer {
+                customer_id,
+                version,
+                event,
+            } => {
                 // Not a reservation this saga asked for: made by hand for an order it does not
                 // know (yet), or on another customer. Approving or releasing on its account
                 // would act on the wrong order or the wrong customer.
                 if state.customer_id.as_deref() != Some(customer_id.as_str()) {
                     return Vec::new();
                 }
-                on_credit(state, customer_id, event)
+                on_credit(state, customer_id, *version, event)
             }
         }
     }
@@ -235,18 +259,27 @@ impl OrderCreditSaga {
     }
 }
 
-/// Reacts to a credit event of the order's own customer.
+/// Reacts to a credit event of the order's own customer, at `version` of its stream.
 fn on_credit(
     state: &mut OrderCreditState,
     customer_id: &str,
+    version: Version,
     event: &CustomerEvent,
 ) -> Vec<SagaStep> {
     match event {
         CustomerEvent::CustomerCreated { .. } => Vec::new(),
-        CustomerEvent::CreditReserved { .. } => {
+        CustomerEvent::CreditReserved { amount, .. } => {
             state.credit_reserved = true;
             match state.status {
-                Some(OrderStatus::Pending) => vec![SagaStep::ApproveOrder],
+                // The evidence is the event's, not the saga's memory of the order: the order
+                // checks it against its own customer and total.
+                Some(OrderStatus::Pending) => vec![SagaStep::ApproveOrder {
+                    reservation: CreditReservation {
+                        customer_id: customer_id.to_string(),
+                        amount: *amount,
+                        customer_version: version.0,
+                    },
+                }],
                 // Rejected by the deadline or cancelled while the credit was being reserved.
                 Some(OrderStatus::Rejected | OrderStatus::Cancelled) => {
                     vec![SagaStep::ReleaseCredit {
@@ -301,6 +334,7 @@ fn decode(event: &RecordedEvent) -> Result<Option<(String, Vec<SagaEvent>)>, Cod
                 .filter(|e| e.order_id() == Some(order_id.as_str()))
                 .map(|credit| SagaEvent::Customer {
                     customer_id: customer_id.to_string(),
+                    version: event.version,
                     event: credit,
                 })
                 .collect();
@@ -365,10 +399,25 @@ mod tests {
         })
     }
 
+    /// The customer's stream version of the credit events of these tests.
+    const CUSTOMER_VERSION: Version = Version(4);
+
     fn credit(customer_id: &str, event: CustomerEvent) -> SagaEvent {
         SagaEvent::Customer {
             customer_id: customer_id.into(),
+            version: CUSTOMER_VERSION,
             event,
+        }
+    }
+
+    /// The approval the saga sends on [`reserved`].
+    fn approve() -> SagaStep {
+        SagaStep::ApproveOrder {
+            reservation: CreditReservation {
+                customer_id: "c-1".into(),
+                amount: 500,
+                customer_version: CUSTOMER_VERSION.0,
+            },
         }
     }
 
@@ -459,10 +508,34 @@ mod tests {
     }
 
     #[test]
-    fn credit_reserved_approves_a_pending_order() {
+    fn credit_reserved_approves_a_pending_order_on_the_evidence_of_the_event() {
         let (steps, state) = run(&[created(500), reserved()]);
-        assert_eq!(steps, vec![SagaStep::ApproveOrder]);
+        assert_eq!(steps, vec![approve()]);
         assert!(state.credit_reserved);
+    }
+
+    /// The evidence is what the customer recorded, not what the saga remembers of the order:
+    /// a reservation of another amount goes to the order as such, and the order refuses it.
+    #[test]
+    fn the_evidence_carries_the_amount_the_customer_reserved() {
+        let odd = credit(
+            "c-1",
+            CustomerEvent::CreditReserved {
+                order_id: "o-1".into(),
+                amount: 499,
+            },
+        );
+        let (steps, _) = run(&[created(500), odd]);
+        assert_eq!(
+            steps,
+            vec![SagaStep::ApproveOrder {
+                reservation: CreditReservation {
+                    customer_id: "c-1".into(),
+                    amount: 499,
+                    customer_version: CUSTOMER_VERSION.0,
+                },
+            }]
+        );
     }
 
     #[test]
@@ -591,7 +664,7 @@ mod tests {
         Envelope {
             event_id: uuid::Uuid::from_u128(7),
             stream: StreamId::new(aggregate_type, id).expect("a valid stream id"),
-            version: Version(1),
+            version: CUSTOMER_VERSION,
             position: Position(1),
             event_type: Arc::from(event.event_type()),
             schema_version: event.schema_version(),
@@ -747,9 +820,16 @@ mod tests {
             },
         );
         let actions = saga.react(&mut state, &reserved).expect("reacts");
+        let approve = OrderCommand::ApproveOrder {
+            reservation: Some(CreditReservation {
+                customer_id: "c-1".into(),
+                amount: 500,
+                customer_version: CUSTOMER_VERSION.0,
+            }),
+        };
         assert_eq!(
             actions,
-            vec![Action::command::<Order>("o-1", &OrderCommand::ApproveOrder).expect("encodes")]
+            vec![Action::command::<Order>("o-1", &approve).expect("encodes")]
         );
         let cancelled = recorded(Order::TYPE, "o-1", &OrderEvent::OrderCancelled);
         let actions = saga.react(&mut state, &cancelled).expect("reacts");

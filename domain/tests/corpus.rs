@@ -12,7 +12,11 @@
 //! - the corpus has every event type at every version from 1 to the current one;
 //! - the files appended through the store's raw API are read back by every read path (history,
 //!   state), and an order created before currencies existed goes through the saga;
-//! - an event from a newer build is a typed error, not a misread.
+//! - an event from a newer build is a typed error, not a misread;
+//! - the commands process managers store (outboxes, deadlines) as older builds encoded them
+//!   (`tests/corpus/commands/`) decode, re-encode to the same bytes, and an approval stored
+//!   before approvals carried a credit reservation is refused, the order then rejected by its
+//!   deadline and its credit released.
 //!
 //! `generate_corpus` (ignored) is the generator; `tests/corpus/README.md` says when and how to
 //! run it.
@@ -23,16 +27,22 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use annals::codec::{self, CodecError};
 use annals::envelope::EncodedPayload;
+use annals::testkit::AggregateTest;
 use annals::{
-    Aggregate, CommitMeta, DomainEvent, Envelope, Position, RecordedEvent, Runtime, StreamId,
-    Timestamp, Version,
+    Action, Aggregate, CommitMeta, DomainEvent, Envelope, HandlerError, Position, ProcessManager,
+    RecordedEvent, Runtime, StreamId, SubscriberOptions, Timestamp, Version,
 };
 use annals_domain::customer::{Customer, CustomerCommand, CustomerEvent};
-use annals_domain::order::{Order, OrderCommand, OrderEvent, OrderStatus};
+use annals_domain::order::{Order, OrderCommand, OrderEvent, OrderRejection, OrderStatus};
+use annals_domain::saga::{self, OrderCreditSaga, OrderCreditState};
 use annals_domain::{views, DomainOptions};
-use common::{append_raw, corpus_bytes, corpus_dir, execute, pending, Harness, LogModel};
+use common::{
+    append_raw, corpus_bytes, corpus_dir, execute, pending, Harness, LogModel, POLL, SETTLE_MAX,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -472,6 +482,223 @@ fn an_event_of_a_newer_schema_version_is_a_typed_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stored commands
+// ---------------------------------------------------------------------------------------------
+
+/// `tests/corpus/commands/manifest.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandManifest {
+    /// What the corpus is, for people who open the file.
+    #[allow(dead_code, reason = "read by people, not by the tests")]
+    about: Vec<String>,
+    /// One entry per file, in file name order.
+    commands: Vec<CommandEntry>,
+}
+
+/// One stored command.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandEntry {
+    /// The file, relative to `tests/corpus/commands`.
+    file: String,
+    /// The aggregate type the command is for.
+    aggregate: String,
+    /// Its JSON `type`.
+    command_type: String,
+    /// The build that wrote it.
+    #[allow(dead_code, reason = "read by people, not by the tests")]
+    written_by: String,
+    /// The current command it decodes to, as JSON.
+    expected: serde_json::Value,
+}
+
+fn command_manifest() -> CommandManifest {
+    let path = corpus_dir().join("commands").join(MANIFEST);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The bytes of stored command `file`.
+fn stored_command(file: &str) -> Vec<u8> {
+    corpus_bytes(&format!("commands/{file}"))
+}
+
+/// Checks that `entry` decodes, as the runtime decodes an outbox's or a deadline's command, to
+/// its expected command, and re-encodes to the stored bytes.
+fn check_stored_command<C>(entry: &CommandEntry, command_type: impl Fn(&C) -> &'static str)
+where
+    C: serde::de::DeserializeOwned + Serialize + PartialEq + std::fmt::Debug,
+{
+    let bytes = stored_command(&entry.file);
+    let decoded: C = codec::decode_plain(&bytes)
+        .unwrap_or_else(|e| panic!("{}: does not decode: {e}", entry.file));
+    let expected: C = serde_json::from_value(entry.expected.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{}: the expected command is no current command: {e}",
+            entry.file
+        )
+    });
+    assert_eq!(decoded, expected, "{}", entry.file);
+    assert_eq!(command_type(&decoded), entry.command_type, "{}", entry.file);
+    assert_eq!(
+        codec::encode_plain("command", &decoded).expect("encodes"),
+        bytes,
+        "{}: re-encoded differently, so its command id's fingerprint would change and a \
+         redelivery be refused as another command",
+        entry.file
+    );
+}
+
+#[test]
+fn commands_stored_by_older_builds_decode_and_re_encode_to_the_same_bytes() {
+    let manifest = command_manifest();
+    for entry in &manifest.commands {
+        match entry.aggregate.as_str() {
+            Customer::TYPE => check_stored_command(entry, CustomerCommand::command_type),
+            Order::TYPE => check_stored_command(entry, OrderCommand::command_type),
+            other => panic!("{}: unknown aggregate type {other}", entry.file),
+        }
+    }
+    // Every command the saga sends is in the corpus.
+    let stored: BTreeSet<&str> = manifest
+        .commands
+        .iter()
+        .map(|e| e.command_type.as_str())
+        .collect();
+    let sent: BTreeSet<&str> = annals_domain::customer::PROCESS_ONLY_COMMANDS
+        .iter()
+        .chain(annals_domain::order::PROCESS_ONLY_COMMANDS)
+        .copied()
+        .collect();
+    assert_eq!(stored, sent);
+}
+
+/// An `ApproveOrder` stored before approvals carried a reservation decodes without one, and a
+/// pending order refuses it with a typed rejection.
+#[test]
+fn an_approval_stored_before_approvals_carried_evidence_is_refused() {
+    let old: OrderCommand =
+        codec::decode_plain(&stored_command("Order/ApproveOrder.v1.cbor")).expect("decodes");
+    assert_eq!(old, OrderCommand::ApproveOrder { reservation: None });
+    let created = OrderEvent::OrderCreated {
+        customer_id: "c-1".into(),
+        total: 5_000,
+        currency: "EUR".into(),
+    };
+    AggregateTest::<Order>::given(vec![created])
+        .when(old)
+        .then_expect_rejection(OrderRejection::NoCreditReservation);
+}
+
+/// The saga as the previous build left its work in a store: the approvals in its outbox and
+/// the rejections in its deadlines are the bytes that build wrote.
+struct PreviousBuildSaga {
+    saga: OrderCreditSaga,
+    approve: Vec<u8>,
+    reject_timed_out: Vec<u8>,
+}
+
+impl ProcessManager for PreviousBuildSaga {
+    type State = OrderCreditState;
+
+    fn instance(&self, event: &RecordedEvent) -> Option<String> {
+        self.saga.instance(event)
+    }
+
+    fn react(
+        &self,
+        state: &mut OrderCreditState,
+        event: &RecordedEvent,
+    ) -> Result<Vec<Action>, HandlerError> {
+        let mut actions = self.saga.react(state, event)?;
+        for action in &mut actions {
+            if action.aggregate_type != Order::TYPE {
+                continue;
+            }
+            match codec::decode_plain::<OrderCommand>(&action.command)? {
+                OrderCommand::ApproveOrder { .. } => action.command.clone_from(&self.approve),
+                OrderCommand::RejectOrder { reason }
+                    if action.at.is_some() && reason == saga::REASON_TIMED_OUT =>
+                {
+                    action.command.clone_from(&self.reject_timed_out);
+                }
+                _ => {}
+            }
+        }
+        Ok(actions)
+    }
+}
+
+/// After an upgrade, the saga sends the old `ApproveOrder` its outbox holds: it decodes, the
+/// order refuses it, nothing is parked, and the old deadline rejects the order; the saga then
+/// releases the credit it saw reserved. The order is rejected, never approved without
+/// evidence, and no credit stays held.
+#[test]
+fn an_approval_left_in_an_outbox_by_the_previous_build_ends_in_a_rejection_and_a_release() {
+    let harness = Harness::empty();
+    let runtime = &harness.runtime;
+    runtime.register::<Customer>().expect("registers");
+    runtime.register::<Order>().expect("registers");
+    let previous = PreviousBuildSaga {
+        saga: OrderCreditSaga {
+            decision_timeout: Duration::from_millis(300),
+        },
+        approve: stored_command("Order/ApproveOrder.v1.cbor"),
+        reject_timed_out: stored_command("Order/RejectOrder.v1.cbor"),
+    };
+    runtime
+        .process_manager(
+            saga::ORDER_CREDIT_SAGA,
+            previous,
+            SubscriberOptions::default(),
+        )
+        .expect("registers");
+    let create = CustomerCommand::CreateCustomer {
+        name: "Ada".into(),
+        credit_limit: 10_000,
+    };
+    execute::<Customer>(runtime, "c-1", create);
+    let order = OrderCommand::CreateOrder {
+        customer_id: "c-1".into(),
+        total: 4_000,
+        currency: None,
+    };
+    execute::<Order>(runtime, "o-1", order);
+
+    let started = Instant::now();
+    while harness.order("o-1").status == Some(OrderStatus::Pending) {
+        assert!(started.elapsed() < SETTLE_MAX, "the deadline never fired");
+        std::thread::sleep(POLL);
+    }
+    harness.settle();
+    let order = harness.order("o-1");
+    assert_eq!(order.status, Some(OrderStatus::Rejected));
+    assert_eq!(
+        order.rejection_reason.as_deref(),
+        Some(saga::REASON_TIMED_OUT)
+    );
+    let credit_events: Vec<String> = harness
+        .log()
+        .iter()
+        .filter(|e| e.stream.aggregate_type() == Customer::TYPE)
+        .map(|e| e.event_type.to_string())
+        .collect();
+    assert_eq!(
+        credit_events,
+        ["CustomerCreated", "CreditReserved", "CreditReleased"]
+    );
+    assert!(harness.customer("c-1").reservations.is_empty());
+    assert_eq!(
+        runtime.parked(saga::ORDER_CREDIT_SAGA).expect("reads"),
+        vec![],
+        "a refused command is an outcome, not a failure"
+    );
+    harness.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
 // The generator
 // ---------------------------------------------------------------------------------------------
 
@@ -575,7 +802,11 @@ fn sample_history(runtime: &Runtime) {
     }));
     order("o-1", create(4_000, "CHF"));
     customer(reserve("o-1", 4_000));
-    order("o-1", json!({"type": "ApproveOrder"}));
+    // c-ada's reservation for o-1 is the second event of its stream.
+    order(
+        "o-1",
+        json!({"type": "ApproveOrder", "reservation": {"customer_id": "c-ada", "amount": 4_000, "customer_version": 2}}),
+    );
     order("o-1", json!({"type": "ShipOrder"}));
     order("o-2", create(6_000_000_000, "EUR"));
     customer(reserve("o-2", 6_000_000_000));

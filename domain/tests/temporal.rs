@@ -20,7 +20,7 @@ use annals_domain::customer::{Customer, CustomerCommand};
 use annals_domain::order::{
     Order, OrderCommand, OrderRejection, OrderStatus, ORDER_SNAPSHOT_SCHEMA_VERSION,
 };
-use common::{append_raw, corpus_bytes, execute, pending, Harness, POLL};
+use common::{append_raw, approve, corpus_bytes, execute, pending, Harness, POLL};
 use futures::executor::block_on;
 use serde::Serialize;
 
@@ -87,7 +87,7 @@ fn ship_an_order(runtime: &Runtime, id: &str) {
         currency: Some("USD".into()),
     };
     execute::<Order>(runtime, id, create);
-    execute::<Order>(runtime, id, OrderCommand::ApproveOrder);
+    execute::<Order>(runtime, id, approve("c-1", 4_200));
     execute::<Order>(runtime, id, OrderCommand::ShipOrder);
 }
 
@@ -354,8 +354,8 @@ fn state_at_and_as_of_equal_the_fold_of_the_events_with_snapshots_present() {
         currency: Some("SEK".into()),
     };
     let lives: [&[OrderCommand]; 4] = [
-        &[OrderCommand::ApproveOrder, OrderCommand::ShipOrder],
-        &[OrderCommand::ApproveOrder, OrderCommand::CancelOrder],
+        &[approve("c-1", 100), OrderCommand::ShipOrder],
+        &[approve("c-1", 100), OrderCommand::CancelOrder],
         &[OrderCommand::RejectOrder {
             reason: "no".into(),
         }],
@@ -380,7 +380,8 @@ fn state_at_and_as_of_equal_the_fold_of_the_events_with_snapshots_present() {
         vec![old],
         Timestamp::now(),
     );
-    execute::<Order>(runtime, "o-old", OrderCommand::ApproveOrder);
+    // The corpus's version 1 order: customer c-ada, 4,000.
+    execute::<Order>(runtime, "o-old", approve("c-ada", 4_000));
     execute::<Order>(runtime, "o-old", OrderCommand::ShipOrder);
     assert_eq!(state::<Order>(runtime, "o-old").state.currency, "EUR");
 

@@ -5,9 +5,11 @@
 //! The data directory is filled once per test binary by a real [`Runtime`] with the reference
 //! domain registered: customers, orders through the saga (approved, rejected for the credit
 //! limit and for an unknown customer, shipped, cancelled after approval so the saga releases
-//! its credit), commands with command ids, a correlation id, a rejected command with a command
-//! id. Each test works on its own copy of that directory (sled's lock allows one process per
-//! directory). The damage tests overwrite records with plain sled, as `runtime.rs` does.
+//! its credit), commands with command ids, a correlation id, and commands with command ids
+//! that committed no event: refused ones (one whose retry would succeed later) and one accepted
+//! without events. Each test works on its own copy of that directory (sled's lock allows one
+//! process per directory). The damage tests overwrite records with plain sled, as `runtime.rs`
+//! does.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use annals::{CommandId, ExecuteError, ExecuteOptions, Position, Runtime, RuntimeOptions, Version};
 use annals_domain::customer::{Customer, CustomerCommand, CustomerRejection};
-use annals_domain::order::{Order, OrderCommand, OrderStatus};
+use annals_domain::order::{Order, OrderCommand, OrderRejection, OrderStatus};
 use annals_domain::views::{self, CustomerSummary};
 use annals_domain::{register, saga, DomainOptions};
 use futures::executor::block_on;
@@ -37,6 +39,13 @@ const SUBSCRIBERS: [&str; 3] = [
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// The command id of c-1's creation, retried after an import.
 const CREATE_C1: &str = "create-c-1";
+/// The command id of a second creation of c-1, refused (`AlreadyExists`).
+const CREATE_C1_AGAIN: &str = "again";
+/// The command id of a cancellation of o-6 sent before o-6 existed, refused (`UnknownOrder`):
+/// once o-6 exists, running it again would succeed.
+const CANCEL_O6: &str = "cancel-o-6";
+/// The command id of a reservation c-1 already held, accepted without events.
+const RESERVE_O1_AGAIN: &str = "reserve-o-1-again";
 
 /// What the domain looks like: every aggregate's version and state, and the summaries view.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,16 +144,24 @@ fn populate(dir: &Path) -> (World, Position) {
     customer(&runtime, "c-2", ExecuteOptions::default(), "Grace", 300);
     let traced = with_id("create-c-3").with_correlation_id("import-test");
     customer(&runtime, "c-3", traced, "Émile ✓ \"quoted\"", 0);
-    // A rejection with a command id: recorded, but not in the log, so not exported.
+    // Rejections with a command id: recorded, but not in the log (the export's outcome lines).
     let again = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 1,
     };
-    let rejected = block_on(runtime.execute_with::<Customer>("c-1", again, with_id("again")))
-        .expect("no technical failure");
+    let rejected =
+        block_on(runtime.execute_with::<Customer>("c-1", again, with_id(CREATE_C1_AGAIN)))
+            .expect("no technical failure");
     assert_eq!(
         rejected.expect_err("c-1 exists"),
         CustomerRejection::AlreadyExists
+    );
+    let early = OrderCommand::CancelOrder;
+    let rejected = block_on(runtime.execute_with::<Order>("o-6", early, with_id(CANCEL_O6)))
+        .expect("no technical failure");
+    assert_eq!(
+        rejected.expect_err("o-6 does not exist"),
+        OrderRejection::UnknownOrder
     );
 
     order(&runtime, "o-1", create_order("c-1", 5_000, None));
@@ -156,6 +173,16 @@ fn populate(dir: &Path) -> (World, Position) {
     order(&runtime, "o-3", OrderCommand::ShipOrder);
     order(&runtime, "o-4", OrderCommand::CancelOrder);
     settle(&runtime);
+    // Accepted without events: c-1 holds o-1's credit already.
+    let held = CustomerCommand::ReserveCredit {
+        order_id: "o-1".into(),
+        amount: 5_000,
+    };
+    let accepted =
+        block_on(runtime.execute_with::<Customer>("c-1", held, with_id(RESERVE_O1_AGAIN)))
+            .expect("no technical failure")
+            .expect("accepted");
+    assert!(accepted.events.is_empty(), "{accepted:?}");
 
     let world = world(&runtime);
     let status = |i: usize| world.orders[i].1.status;
@@ -353,6 +380,29 @@ fn lines(export: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// Whether an export line is a command outcome (else an event).
+fn is_outcome(line: &[u8]) -> bool {
+    let value: serde_json::Value = serde_json::from_slice(line).expect("each line is JSON");
+    value.get("kind").is_some_and(|kind| kind == "outcome")
+}
+
+/// The event lines of an export.
+fn event_lines(export: &[u8]) -> Vec<&[u8]> {
+    lines(export)
+        .into_iter()
+        .filter(|l| !is_outcome(l))
+        .collect()
+}
+
+/// The command outcome lines of an export, parsed.
+fn outcome_lines(export: &[u8]) -> Vec<serde_json::Value> {
+    lines(export)
+        .into_iter()
+        .filter(|l| is_outcome(l))
+        .map(|l| serde_json::from_slice(l).expect("JSON"))
+        .collect()
+}
+
 fn join(lines: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for line in lines {
@@ -469,7 +519,7 @@ fn verify_names_the_damaged_log_segment_and_leaves_it_as_it_was() {
 fn verify_full_decodes_every_payload() {
     let dir = copy_of_fixture();
     let export = &fixture().export;
-    let lines = lines(export);
+    let lines = event_lines(export);
     let segments = raw_log(dir.path());
     // The last bytes of a segment are the last event's payload (the last field of the last
     // record): pick a segment whose last event's data ends with a text that ends in a letter,
@@ -513,8 +563,14 @@ fn verify_full_decodes_every_payload() {
 #[test]
 fn export_writes_one_envelope_per_line_in_position_order() {
     let fixture = fixture();
-    let lines = lines(&fixture.export);
+    let lines = event_lines(&fixture.export);
     assert_eq!(lines.len() as u64, fixture.world.head.0);
+    let all = self::lines(&fixture.export);
+    assert_eq!(
+        &all[..lines.len()],
+        &lines[..],
+        "the events come first, the command outcomes after them"
+    );
     let fields = [
         "event_id",
         "aggregate",
@@ -620,13 +676,190 @@ fn export_import_export_is_byte_identical_and_the_domain_sees_the_same_states() 
     block_on(runtime.shutdown()).expect("shuts down");
 }
 
+/// The outcome lines: after the events, in command-id order, one per command with a command id
+/// that committed no event, the rejection as JSON.
+#[test]
+fn export_writes_the_outcomes_of_refused_and_eventless_commands_after_the_events() {
+    let outcomes = outcome_lines(&fixture().export);
+    let ids: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["command_id"].as_str().expect("a command id"))
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in command-id order, each once");
+    let find = |id: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["command_id"] == id)
+            .unwrap_or_else(|| panic!("{id} has an outcome line: {outcomes:#?}"))
+    };
+    let fields = [
+        "kind",
+        "command_id",
+        "aggregate",
+        "id",
+        "version",
+        "command_fingerprint",
+        "outcome",
+    ];
+    for outcome in &outcomes {
+        let object = outcome.as_object().expect("an object");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        let rejected = outcome["outcome"] == "rejected";
+        let mut expected = fields.to_vec();
+        if rejected {
+            expected.push("rejection");
+        }
+        keys.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{outcome}");
+        assert_eq!(
+            outcome["command_fingerprint"].as_str().map(str::len),
+            Some(32)
+        );
+    }
+    let again = find(CREATE_C1_AGAIN);
+    assert_eq!(
+        (&again["aggregate"], &again["id"], &again["version"]),
+        (&"Customer".into(), &"c-1".into(), &1.into())
+    );
+    assert_eq!(again["outcome"], "rejected");
+    assert_eq!(
+        again["rejection"],
+        serde_json::json!({"type": "AlreadyExists"})
+    );
+    let early = find(CANCEL_O6);
+    assert_eq!(
+        (&early["aggregate"], &early["id"]),
+        (&"Order".into(), &"o-6".into())
+    );
+    assert_eq!(early["version"], 0, "o-6 did not exist");
+    assert_eq!(
+        early["rejection"],
+        serde_json::json!({"type": "UnknownOrder"})
+    );
+    let held = find(RESERVE_O1_AGAIN);
+    assert_eq!(held["outcome"], "no_events");
+    assert_eq!(
+        (&held["aggregate"], &held["id"]),
+        (&"Customer".into(), &"c-1".into())
+    );
+    // The saga's reservation for o-5, refused (no such customer), is an outcome too.
+    assert!(
+        outcomes.iter().any(|o| o["aggregate"] == "Customer"
+            && o["id"] == "nobody"
+            && o["rejection"] == serde_json::json!({"type": "UnknownCustomer"})),
+        "{outcomes:#?}"
+    );
+}
+
+/// The black-box finding: after export and import, a retried idempotent command that had been
+/// refused ran again — and succeeded. Now its stored rejection answers the retry; the same id
+/// on another aggregate is still another command; a command accepted without events is
+/// answered as before.
+#[test]
+fn after_an_import_a_refused_idempotent_command_is_refused_again_not_executed() {
+    let fixture = fixture();
+    let parent = tempfile::tempdir().expect("a temporary directory");
+    let imported = parent.path().join("imported");
+    let output = annals(
+        &["import", "--data-dir", path(&imported)],
+        Some(&fixture.export),
+    );
+    assert_success(&output);
+    let outcomes = outcome_lines(&fixture.export).len();
+    assert!(
+        stdout(&output).contains(&format!("and {outcomes} command outcomes")),
+        "{}",
+        stdout(&output)
+    );
+
+    let runtime = open_runtime(&imported);
+    settle(&runtime);
+    // o-6 exists now, so cancelling it would succeed: the retry must get the stored refusal.
+    order(&runtime, "o-6", create_order("c-2", 100, None));
+    let retried = block_on(runtime.execute_with::<Order>(
+        "o-6",
+        OrderCommand::CancelOrder,
+        with_id(CANCEL_O6),
+    ))
+    .expect("no technical failure");
+    assert_eq!(
+        retried.expect_err("refused as before"),
+        OrderRejection::UnknownOrder
+    );
+    assert_ne!(
+        runtime
+            .state::<Order>("o-6")
+            .expect("reads")
+            .expect("exists")
+            .state
+            .status,
+        Some(OrderStatus::Cancelled),
+        "the retry was not executed"
+    );
+    let again = CustomerCommand::CreateCustomer {
+        name: "Ada".into(),
+        credit_limit: 1,
+    };
+    let retried =
+        block_on(runtime.execute_with::<Customer>("c-1", again.clone(), with_id(CREATE_C1_AGAIN)))
+            .expect("no technical failure");
+    assert_eq!(
+        retried.expect_err("refused as before"),
+        CustomerRejection::AlreadyExists
+    );
+    // One namespace for all aggregates: the same id on another customer is another command.
+    let elsewhere =
+        block_on(runtime.execute_with::<Customer>("c-9", again, with_id(CREATE_C1_AGAIN)));
+    assert!(
+        matches!(&elsewhere, Err(ExecuteError::CommandIdReused(id)) if id.as_str() == CREATE_C1_AGAIN),
+        "{elsewhere:?}"
+    );
+    assert!(runtime.state::<Customer>("c-9").expect("reads").is_none());
+    let held = CustomerCommand::ReserveCredit {
+        order_id: "o-1".into(),
+        amount: 5_000,
+    };
+    let retried =
+        block_on(runtime.execute_with::<Customer>("c-1", held, with_id(RESERVE_O1_AGAIN)))
+            .expect("no technical failure")
+            .expect("accepted as before");
+    assert!(
+        retried.deduplicated && retried.events.is_empty(),
+        "{retried:?}"
+    );
+    block_on(runtime.shutdown()).expect("shuts down");
+}
+
+/// An export written before outcome lines existed (events only) imports as it did, and
+/// exports back to itself.
+#[test]
+fn an_export_without_outcome_lines_imports_as_before() {
+    let events = join(&event_lines(&fixture().export));
+    let parent = tempfile::tempdir().expect("a temporary directory");
+    let imported = parent.path().join("imported");
+    let output = annals(&["import", "--data-dir", path(&imported)], Some(&events));
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("and 0 command outcomes"),
+        "{}",
+        stdout(&output)
+    );
+    let output = annals(&["export", "--data-dir", path(&imported)], None);
+    assert_success(&output);
+    assert!(output.stdout == events, "the events, and no outcome");
+}
+
 /// Input without fingerprints (not written by `annals export`) imports, but a retry of an
 /// imported command can no longer be told from a different command with the same id: it is
 /// refused instead of answered with the original outcome.
 #[test]
 fn without_fingerprints_a_retried_command_is_refused_not_repeated() {
     let fixture = fixture();
-    let stripped: Vec<String> = lines(&fixture.export)
+    let stripped: Vec<String> = event_lines(&fixture.export)
         .iter()
         .map(|line| {
             let mut event: serde_json::Value = serde_json::from_slice(line).expect("JSON");
@@ -714,6 +947,8 @@ fn assert_import_stops(input: &[u8], line: usize, needles: &[&str]) {
     let exported = annals(&["export", "--data-dir", path(&target)], None);
     assert_success(&exported);
     let imported = lines(&exported.stdout).len();
+    let events = event_lines(&exported.stdout).len();
+    let outcomes = imported - events;
     assert!(
         imported < line,
         "line {line} and what follows it are not imported"
@@ -722,9 +957,10 @@ fn assert_import_stops(input: &[u8], line: usize, needles: &[&str]) {
         assert!(err.contains("nothing was imported"), "{err}");
     } else {
         assert!(
-            err.contains(&format!("imported {imported} events"))
-                && err.contains(&format!("positions 1 to {imported}")),
-            "the error reports the {imported} events imported: {err}"
+            err.contains(&format!("imported {events} events"))
+                && err.contains(&format!("positions 1 to {events}"))
+                && err.contains(&format!("and {outcomes} command outcomes")),
+            "the error reports the {events} events and {outcomes} outcomes imported: {err}"
         );
     }
     assert_eq!(
@@ -791,6 +1027,61 @@ fn import_stops_at_a_bad_line_names_it_and_keeps_the_commits_before_it() {
     assert_import_stops(&with(i, &bad_data), i + 1, &["unknown marker"]);
 }
 
+#[test]
+fn import_stops_at_a_bad_outcome_line_and_keeps_what_came_before_it() {
+    let export = &fixture().export;
+    let all = lines(export);
+    let events = event_lines(export).len();
+    assert!(all.len() >= events + 3, "the fixture has several outcomes");
+    let text = |i: usize| String::from_utf8(all[i].to_vec()).expect("UTF-8");
+    let with = |i: usize, line: &str| {
+        let mut changed: Vec<&[u8]> = all.clone();
+        changed[i] = line.as_bytes();
+        join(&changed)
+    };
+    let (first, second) = (events, events + 1);
+
+    // An event after the outcomes.
+    let mut late = all.clone();
+    late.push(all[events - 1]);
+    assert_import_stops(
+        &join(&late),
+        all.len() + 1,
+        &["an event after command outcome lines"],
+    );
+    // Outcomes out of command-id order (or one twice).
+    let mut swapped = all.clone();
+    swapped.swap(first, second);
+    assert_import_stops(
+        &join(&swapped),
+        second + 1,
+        &["outcome lines are in command-id order"],
+    );
+    let mut twice = all.clone();
+    twice.insert(second, all[first]);
+    assert_import_stops(&join(&twice), second + 1, &["each id once"]);
+    // An outcome recorded at a version its stream never reached.
+    let outcome: serde_json::Value = serde_json::from_slice(all[first]).expect("JSON");
+    let version = format!("\"version\":{}", outcome["version"]);
+    let beyond = text(first).replacen(&version, "\"version\":99", 1);
+    assert_import_stops(
+        &with(first, &beyond),
+        first + 1,
+        &["was recorded at version 99: an outcome follows the events of its stream"],
+    );
+    // A command id an imported commit uses.
+    let id = format!("\"command_id\":{}", outcome["command_id"]);
+    let reused = text(first).replacen(&id, &format!("\"command_id\":\"{CREATE_C1}\""), 1);
+    assert_import_stops(
+        &with(first, &reused),
+        first + 1,
+        &["is used by an imported commit"],
+    );
+    // A line of a kind the format does not have.
+    let unknown = text(first).replacen("\"kind\":\"outcome\"", "\"kind\":\"snapshot\"", 1);
+    assert_import_stops(&with(first, &unknown), first + 1, &["unknown line kind"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // stats
 // ---------------------------------------------------------------------------------------------
@@ -799,7 +1090,7 @@ fn import_stops_at_a_bad_line_names_it_and_keeps_the_commits_before_it() {
 fn stats_counts_events_streams_snapshots_and_subscribers() {
     let fixture = fixture();
     let dir = copy_of_fixture();
-    let events: Vec<serde_json::Value> = lines(&fixture.export)
+    let events: Vec<serde_json::Value> = event_lines(&fixture.export)
         .iter()
         .map(|l| serde_json::from_slice(l).expect("JSON"))
         .collect();

@@ -1,11 +1,12 @@
-//! `annals export`: the global log as JSON lines on stdout (the format is in the
-//! [parent module](super)).
+//! `annals export`: the global log as JSON lines on stdout, then the stored outcomes of the
+//! commands that committed no event (the format is in the [parent module](super)).
 //!
-//! The log is read a page at a time ([`super::PAGE_EVENTS`] events), so memory stays bounded
-//! whatever its size; the head is fixed when the store opens (the command holds the directory
-//! lock, so nothing else writes). A command's fingerprint is looked up once per commit that
-//! carries a command id. A reader that stops early (`annals export | head`) ends the export
-//! quietly with exit 0, as other Unix filters do.
+//! The log is read a page at a time ([`super::PAGE_EVENTS`] events), and the outcomes a page
+//! at a time too ([`PAGE_OUTCOMES`]), so memory stays bounded whatever the store's size; the
+//! head is fixed when the store opens (the command holds the directory lock, so nothing else
+//! writes). A command's fingerprint is looked up once per commit that carries a command id. A
+//! reader that stops early (`annals export | head`) ends the export quietly with exit 0, as
+//! other Unix filters do.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -22,6 +23,8 @@ use super::ExportArgs;
 
 /// Bytes buffered before a write to stdout.
 const OUTPUT_BUFFER_BYTES: usize = 256 * 1024;
+/// Command outcomes read from the store per page.
+const PAGE_OUTCOMES: usize = 1024;
 
 /// One line of the export. Field order is the format's.
 #[derive(Serialize)]
@@ -71,16 +74,18 @@ pub(super) fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_store(dir, IntegrityCheck::Structure)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
-    let written = write_log(&store, dir, &mut out).and_then(|n| {
+    let written = write_log(&store, dir, &mut out).and_then(|events| {
+        let outcomes = write_outcomes(&store, dir, &mut out)?;
         out.flush().map_err(output)?;
-        Ok(n)
+        Ok((events, outcomes))
     });
     match written {
-        Ok(events) => {
+        Ok((events, outcomes)) => {
             super::close(&store, dir, Ok(()))?;
             let recovery = super::verify::describe_recovery(store.recovery_report());
             eprintln!(
-                "annals export: wrote {events} events ({}) from {}; recovery: {recovery}",
+                "annals export: wrote {events} events ({}) and {outcomes} command outcomes \
+                 without events from {}; recovery: {recovery}",
                 super::positions(events),
                 dir.display()
             );
@@ -112,6 +117,34 @@ fn write_log(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64,
         (_, Some(stop)) => Err(stop),
         (Ok(events), None) => Ok(events),
         (Err(e), None) => Err(Stop::Failed(e)),
+    }
+}
+
+/// Writes the stored outcome of every command that carried a command id and committed no event
+/// (refused, or accepted without events), in command-id order; returns how many.
+fn write_outcomes(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64, Stop> {
+    let mut after: Option<CommandId> = None;
+    let mut written = 0u64;
+    loop {
+        let page = store
+            .outcomes_without_events(after.as_ref(), PAGE_OUTCOMES)
+            .map_err(|e| Stop::Failed(super::read_error(dir, e)))?;
+        let last_page = page.len() < PAGE_OUTCOMES;
+        for (id, stored) in &page {
+            super::outcome::write(&mut *out, id, stored).map_err(|e| match e.io_error_kind() {
+                Some(kind) => output(io::Error::from(kind)),
+                None => Stop::Failed(anyhow::anyhow!(
+                    "cannot export the outcome of command id {:?}: {e}",
+                    id.as_str()
+                )),
+            })?;
+            out.write_all(b"\n").map_err(output)?;
+            written += 1;
+        }
+        match page.into_iter().next_back() {
+            Some((id, _)) if !last_page => after = Some(id),
+            _ => return Ok(written),
+        }
     }
 }
 

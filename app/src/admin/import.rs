@@ -1,6 +1,14 @@
 //! `annals import`: the JSON lines of `annals export` from stdin into an empty data directory
 //! (the format, and what it does not carry, are in the [parent module](super)).
 //!
+//! Event lines come first and are appended as commits (below); the command outcome lines that
+//! follow them (`"kind":"outcome"`, see `outcome.rs`) are restored once every commit is
+//! acknowledged, one record each, beside the journal (the import holds the directory, so
+//! nothing else writes). An outcome line must be in command-id order (so each id appears once,
+//! checked without remembering them), name a stream version the imported events reached, and
+//! use a command id no imported commit uses. An export without outcome lines (written before
+//! they existed) imports as it did.
+//!
 //! # How
 //! Each line is parsed and checked on its own (fields, ids, `recorded_at`, the payload turned
 //! back into CBOR), then against what came before: its position must be the next one, and a
@@ -35,12 +43,14 @@ use annals::codec::Value;
 use annals::envelope::{EncodedPayload, TRACE_ID_LEN_MAX};
 use annals::store::sled::{IntegrityCheck, SledStore};
 use annals::store::{
-    AppendKind, AppendRequest, AppendTicket, CommandKey, EventStore, Fingerprint, PendingEvent,
+    AppendError, AppendKind, AppendRequest, AppendTicket, CommandKey, EventStore, Fingerprint,
+    PendingEvent,
 };
 use annals::{CommandId, CommitMeta, Position, StreamId, Timestamp, Version};
 use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 
+use super::outcome::{self, Restored};
 use super::ImportArgs;
 
 /// Longest input line, in bytes. Far above an event at the runtime's default limits (64 KiB of
@@ -251,7 +261,9 @@ struct Done {
     events: u64,
     commits: u64,
     last_position: Position,
-    /// The last input line of the last commit acknowledged.
+    /// Command outcomes restored.
+    outcomes: u64,
+    /// The last input line of the last commit acknowledged or outcome restored.
     through_line: u64,
 }
 
@@ -267,6 +279,8 @@ enum Failure {
     },
     /// The store failed outside an append.
     Read(String),
+    /// The store refused to restore the command outcome of this line.
+    Restore { line: u64, reason: String },
 }
 
 struct Importer<'a> {
@@ -281,6 +295,9 @@ struct Importer<'a> {
     /// The command ids of the appends in flight.
     ids_in_flight: HashSet<CommandId>,
     seq: u64,
+    /// The command id of the last outcome line restored; `Some` once the outcome lines have
+    /// begun (no event line may follow).
+    last_outcome: Option<CommandId>,
     done: Done,
 }
 
@@ -295,6 +312,7 @@ impl<'a> Importer<'a> {
             tails: HashMap::new(),
             ids_in_flight: HashSet::new(),
             seq: 0,
+            last_outcome: None,
             done: Done::default(),
         }
     }
@@ -319,6 +337,22 @@ impl<'a> Importer<'a> {
                 }
                 Read::Line if buf.iter().all(u8::is_ascii_whitespace) => continue,
                 Read::Line => {}
+            }
+            let bad = |reason: String| Failure::Input {
+                line: line_no,
+                reason,
+            };
+            if outcome::is_outcome(&buf).map_err(bad)? {
+                let restored = outcome::parse(&buf).map_err(bad)?;
+                self.restore(line_no, restored)?;
+                continue;
+            }
+            if self.last_outcome.is_some() {
+                return Err(bad(
+                    "an event after command outcome lines: the events come first, in position \
+                     order, then the outcomes"
+                        .into(),
+                ));
             }
             let event = parse(line_no, &buf)?;
             self.add(event)?;
@@ -426,6 +460,56 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
+    /// Restores the command outcome of input line `line`, once every commit before it is
+    /// acknowledged (the first outcome line waits for them).
+    fn restore(&mut self, line: u64, restored: Restored) -> Result<(), Failure> {
+        let bad = |reason: String| Failure::Input { line, reason };
+        match &self.last_outcome {
+            Some(last) if restored.id.as_str() <= last.as_str() => {
+                return Err(bad(format!(
+                    "command id {:?} comes after {:?}: outcome lines are in command-id order, \
+                     each id once",
+                    restored.id.as_str(),
+                    last.as_str()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                if let Some(commit) = self.commit.take() {
+                    self.submit(commit)?;
+                }
+                self.settle_all()?;
+            }
+        }
+        let (head, _) = self.head_of(&restored.stream)?;
+        if restored.version > head {
+            return Err(bad(format!(
+                "{} is at version {head}, but the outcome of command id {:?} was recorded at \
+                 version {}: an outcome follows the events of its stream",
+                restored.stream,
+                restored.id.as_str(),
+                restored.version
+            )));
+        }
+        self.store
+            .restore_outcome(&restored.id, &restored.outcome)
+            .map_err(|e| match e {
+                AppendError::CommandIdUsed { id, .. } => bad(format!(
+                    "command id {:?} is used by an imported commit: a command id names one \
+                     command",
+                    id.as_str()
+                )),
+                e => Failure::Restore {
+                    line,
+                    reason: e.to_string(),
+                },
+            })?;
+        self.last_outcome = Some(restored.id);
+        self.done.outcomes += 1;
+        self.done.through_line = line;
+        Ok(())
+    }
+
     /// The stream's version and the time of its last event.
     fn head_of(&self, stream: &StreamId) -> Result<(Version, Option<Timestamp>), Failure> {
         if let Some(tail) = self.tails.get(stream) {
@@ -519,6 +603,7 @@ impl<'a> Importer<'a> {
             events: self.done.events + append.events,
             commits: self.done.commits + 1,
             last_position: append.first_position.advance(append.events - 1),
+            outcomes: self.done.outcomes,
             through_line: append.last_line,
         };
         if self
@@ -627,10 +712,12 @@ pub(super) fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let outcome = match result {
         Ok(()) => {
             println!(
-                "annals import: imported {} events in {} ({}) into {}",
+                "annals import: imported {} events in {} ({}) and {} command outcomes without \
+                 events into {}",
                 done.events,
                 commits(done.commits),
                 super::positions(done.last_position.0),
+                done.outcomes,
                 dir.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -651,16 +738,21 @@ fn explain(dir: &Path, failure: &Failure, done: Done, stray: usize) -> anyhow::E
             reason,
         } => format!("cannot import the commit of lines {first_line} to {last_line}: {reason}"),
         Failure::Read(reason) => format!("cannot read the store being imported into: {reason}"),
+        Failure::Restore { line, reason } => {
+            format!("cannot restore the command outcome of line {line}: {reason}")
+        }
     };
-    let imported = if done.events == 0 {
+    let imported = if done.events == 0 && done.outcomes == 0 {
         format!("nothing was imported: {shown} holds an empty store, which can be imported into")
     } else {
         format!(
-            "imported {} events in {} (positions 1 to {}, input lines 1 to {}) into {shown}; \
-             nothing after line {}. Fix the input, remove {shown} and import again",
+            "imported {} events in {} (positions 1 to {}) and {} command outcomes (input lines \
+             1 to {}) into {shown}; nothing after line {}. Fix the input, remove {shown} and \
+             import again",
             done.events,
             commits(done.commits),
             done.last_position,
+            done.outcomes,
             done.through_line,
             done.through_line
         )

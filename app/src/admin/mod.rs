@@ -16,8 +16,13 @@
 //! except `import` ever creates a store: a directory without one is refused (exit 2).
 //!
 //! # The export format (JSON lines)
-//! `annals export` writes the global log in position order, one event per line, each a JSON
-//! object with these fields in this order:
+//! `annals export` writes two kinds of lines: first the global log in position order, one
+//! event per line, then the stored outcomes of the commands that carried a command id and
+//! committed no event, one per line, in command-id order.
+//!
+//! ## Event lines
+//! Each is a JSON object with these fields in this order (no `kind`: the shape of every line
+//! before outcome lines existed, so older exports import unchanged):
 //!
 //! | field | value |
 //! |---|---|
@@ -37,20 +42,46 @@
 //! manager redelivering its steps after the import — with "command id already used" instead
 //! of the original outcome.
 //!
+//! ## Outcome lines
+//! A command with a command id (HTTP `Idempotency-Key`, or a process manager's derived id) that
+//! its aggregate refused, or accepted without producing an event, leaves a record that is not
+//! in the log; a retry with the same id returns that outcome instead of running again. Its line
+//! is a JSON object with these fields in this order:
+//!
+//! | field | value |
+//! |---|---|
+//! | `kind` | `"outcome"` |
+//! | `command_id` | the command id |
+//! | `aggregate`, `id` | the aggregate the command was sent to (an id is one command across all aggregates: the fingerprint covers the aggregate) |
+//! | `version` | the aggregate's version when the outcome was recorded |
+//! | `command_fingerprint` | the command's fingerprint (32 hex digits) |
+//! | `outcome` | `"rejected"` or `"no_events"` |
+//! | `rejection` | only when rejected: the aggregate's rejection, CBOR converted to JSON as `data` is (`{"type":"AlreadyExists"}`) |
+//! | `rejection_cbor` | instead of `rejection` when converting the stored bytes to JSON and back would not give them exactly (not CBOR, or CBOR this build encodes differently): the bytes in hex |
+//!
+//! For example (one line):
+//!
+//! ```text
+//! {"kind":"outcome","command_id":"again","aggregate":"Customer","id":"c-1","version":1,
+//!  "command_fingerprint":"5f0c…","outcome":"rejected","rejection":{"type":"AlreadyExists"}}
+//! ```
+//!
+//! The import restores each outcome byte for byte, so a retry of a refused command is refused
+//! again after an import, and the same id on another aggregate is still a different command.
+//!
 //! # What an export does not carry
 //! - **snapshots** — caches; aggregates rehydrate from the events and snapshots are taken again;
 //! - **read models, process-manager state and outboxes, deadlines, subscriber checkpoints and
 //!   parked events** — subscribers start from position 0 on the imported store and rebuild
 //!   them; process managers redeliver their steps, whose derived command ids return the stored
-//!   outcome of every step that committed events;
-//! - **command-id records of commands that committed no event** — rejected commands and
-//!   accepted commands that produced nothing. Those records are not in the log: a retry of such
-//!   a command after an import is decided again, against the current state;
+//!   outcome of every step, committed or not;
 //! - **commit boundaries**, as such: the import rebuilds them (see below).
 //!
 //! # Import
 //! `annals import` reads those lines from stdin into an empty (or new) data directory and keeps
-//! every field: event ids, versions, positions, times, command and trace ids. Consecutive lines
+//! every field: event ids, versions, positions, times, command and trace ids, command outcomes.
+//! Outcome lines follow every event line, in command-id order; each must name a version its
+//! stream reached and a command id no imported commit uses. Consecutive lines
 //! of one stream with the same `recorded_at`, command id, fingerprint and trace ids and
 //! contiguous versions form one commit, appended atomically (one
 //! [`AppendRequest`](annals::store::AppendRequest)). Two commits that share all of that (no
@@ -67,6 +98,7 @@
 mod export;
 mod import;
 mod json;
+mod outcome;
 mod stats;
 mod time;
 mod verify;
@@ -114,25 +146,32 @@ Exit status: 0 no damage found; 1 damage found (the message names the record); 2
 store in the directory, or the store is in use.";
 
 const EXPORT_HELP: &str = "\
-One JSON object per line, in position order: event_id, aggregate, id, version, position, type,
-schema_version, recorded_at (RFC 3339, UTC, microseconds), command_id, command_fingerprint (only
-with a command id), correlation_id, causation_id, data (the payload as JSON; CBOR values JSON
-lacks are objects with one $-key: $bytes, $int, $float, $tag, $map). A summary goes to stderr.
+One JSON object per line. First the events, in position order: event_id, aggregate, id,
+version, position, type, schema_version, recorded_at (RFC 3339, UTC, microseconds), command_id,
+command_fingerprint (only with a command id), correlation_id, causation_id, data (the payload as
+JSON; CBOR values JSON lacks are objects with one $-key: $bytes, $int, $float, $tag, $map).
+
+Then, in command-id order, the stored outcome of every command with a command id that committed
+no event (refused, or accepted without events): kind (\"outcome\"), command_id, aggregate, id,
+version, command_fingerprint, outcome (\"rejected\" or \"no_events\"), and for a rejection
+either rejection (as JSON) or rejection_cbor (the stored bytes in hex, when JSON would not give
+them back exactly). A summary goes to stderr.
 
 Not exported: snapshots, read models, process-manager state, subscriber checkpoints and parked
-events (rebuilt from the log after an import), and the command-id records of commands that
-committed no event (rejected ones, or ones that produced nothing).";
+events (rebuilt from the log after an import).";
 
 const IMPORT_HELP: &str = "\
 The target must not exist, be empty, or hold an Annals store without any record. Every field is
-kept (event ids, versions, positions, times, command and trace ids). Consecutive lines of one
-stream with the same recorded_at, command and trace ids become one atomic commit.
+kept (event ids, versions, positions, times, command and trace ids, command outcomes).
+Consecutive lines of one stream with the same recorded_at, command and trace ids become one
+atomic commit.
 
 Each line is checked (JSON, fields, positions contiguous from 1, versions contiguous per stream,
-times not going back within a stream, command ids used once); the first bad line stops the
-import with its line number, and the commits before it stay imported (the message says up to
-which position). Snapshots, read models and checkpoints are rebuilt when the service starts;
-command-id records of rejected commands were not exported.
+times not going back within a stream, command ids used once, outcome lines after the events in
+command-id order); the first bad line stops the import with its line number, and what came
+before it stays imported (the message says up to which position and line). Command outcomes
+(refused commands, or commands without events) are restored, so their retries are answered as
+before. Snapshots, read models and checkpoints are rebuilt when the service starts.
 
 Exit status: 0 imported; 1 a bad line or a failed write; 2 bad usage or a non-empty target.";
 

@@ -100,14 +100,8 @@ impl Command {
         match self {
             Command::Account(AccountCommand::Deposit { .. }) => "Deposit",
             Command::Account(AccountCommand::Withdraw { .. }) => "Withdraw",
-            Command::Customer(CustomerCommand::CreateCustomer { .. }) => "CreateCustomer",
-            Command::Customer(CustomerCommand::ReserveCredit { .. }) => "ReserveCredit",
-            Command::Customer(CustomerCommand::ReleaseCredit { .. }) => "ReleaseCredit",
-            Command::Order(OrderCommand::CreateOrder { .. }) => "CreateOrder",
-            Command::Order(OrderCommand::ApproveOrder) => "ApproveOrder",
-            Command::Order(OrderCommand::RejectOrder { .. }) => "RejectOrder",
-            Command::Order(OrderCommand::ShipOrder) => "ShipOrder",
-            Command::Order(OrderCommand::CancelOrder) => "CancelOrder",
+            Command::Customer(c) => c.command_type(),
+            Command::Order(c) => c.command_type(),
         }
     }
 

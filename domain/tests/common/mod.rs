@@ -18,7 +18,9 @@ use annals::{
     StreamId, Timestamp, Version,
 };
 use annals_domain::customer::{Customer, CustomerCommand, CustomerEvent};
-use annals_domain::order::{Order, OrderCommand, OrderEvent, OrderRejection, OrderStatus};
+use annals_domain::order::{
+    CreditReservation, Order, OrderCommand, OrderEvent, OrderRejection, OrderStatus,
+};
 use annals_domain::saga;
 use annals_domain::views::{
     self, CustomerSummaries, CustomerSummary, OrderCounts, OrderListEntry, ValuableCustomer,
@@ -155,6 +157,18 @@ where
         .expect("no technical failure")
         .unwrap_or_else(|rejection| panic!("{} {id}: rejected: {rejection:?}", A::TYPE))
         .events
+}
+
+/// `ApproveOrder` on the evidence of a reservation of `amount` by `customer_id`, as the saga
+/// sends it (for tests that decide orders by hand, without the saga).
+pub(crate) fn approve(customer_id: &str, amount: u64) -> OrderCommand {
+    OrderCommand::ApproveOrder {
+        reservation: Some(CreditReservation {
+            customer_id: customer_id.to_string(),
+            amount,
+            customer_version: 2,
+        }),
+    }
 }
 
 /// Sends `commands` to orders, `CONCURRENCY` at a time; returns each outcome.

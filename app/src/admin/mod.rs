@@ -356,6 +356,10 @@ fn subscriber_names(store: &SledStore, dir: &Path) -> anyhow::Result<Vec<String>
     for key in tree.iter().keys() {
         let key = key?;
         match std::str::from_utf8(&key) {
+            // `{projection}@{generation}/written` keeps the last position a projection wrote
+            // records for, beside its checkpoint; it names no subscriber ('/' is not allowed in
+            // names).
+            Ok(name) if name.contains('/') => {}
             Ok(name) => names.push(name.to_string()),
             Err(_) => {
                 return Err(damaged(

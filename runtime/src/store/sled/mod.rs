@@ -400,9 +400,46 @@ pub(crate) struct Trees {
 }
 
 pub(crate) fn io(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
-    move |e| StoreError::Io {
-        op,
-        reason: e.to_string(),
+    move |e| match e {
+        sled::Error::Corruption { .. } => StoreError::Corrupt {
+            what: "the database files".into(),
+            reason: describe(&e),
+        },
+        _ => StoreError::Io {
+            op,
+            reason: describe(&e),
+        },
+    }
+}
+
+/// sled's error in words: its own text for corruption is `Read corrupted data at file offset
+/// Some(Inline(4242)) backtrace ()`.
+pub(crate) fn describe(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Corruption {
+            at: Some(sled::DiskPtr::Inline(offset)),
+            ..
+        } => format!(
+            "the record at byte {offset} of the database file 'db' fails its checksum: the file \
+             is damaged there; restore the data directory from a backup"
+        ),
+        sled::Error::Corruption {
+            at: Some(sled::DiskPtr::Blob(offset, blob)),
+            ..
+        } => format!(
+            "the blob file 'blobs/{blob}' (named by the record at byte {offset} of 'db') fails \
+             its checksum: it is damaged or was cut short; restore the data directory from a \
+             backup"
+        ),
+        sled::Error::Corruption { at: None, .. } => {
+            "the database files are damaged (the storage engine found data that fails its \
+             checks); restore the data directory from a backup"
+                .into()
+        }
+        sled::Error::Io(e) => format!("I/O error: {e}"),
+        sled::Error::Unsupported(why) => why.clone(),
+        sled::Error::ReportableBug(why) => format!("internal error of the storage engine: {why}"),
+        other => other.to_string(),
     }
 }
 
@@ -698,12 +735,12 @@ fn try_open_db(options: &SledOptions, segment_size: usize) -> Result<sled::Db, S
             }
         }
         sled::Error::Corruption { .. } => StoreError::Corrupt {
-            what: format!("sled database at {}", path.display()),
-            reason: e.to_string(),
+            what: format!("the database at {}", path.display()),
+            reason: describe(&e),
         },
         _ => StoreError::Io {
             op: "opening the database",
-            reason: e.to_string(),
+            reason: describe(&e),
         },
     })
 }

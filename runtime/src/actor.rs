@@ -67,8 +67,9 @@ pub(crate) struct Payload<A: Aggregate> {
 
 /// The actor's answer to an [`Execute`].
 pub(crate) enum Reply<A: Aggregate> {
-    /// The command ran (or was refused before running) with this result.
-    Done(ExecuteResult<A>),
+    /// The command ran (or was refused before running) with this result; `true` if the result
+    /// is the stored outcome of an earlier execution with the same command id.
+    Done(ExecuteResult<A>, bool),
     /// The actor stopped before starting the command: route it again.
     NotStarted(A::Command, ExecuteOptions),
 }
@@ -254,7 +255,12 @@ impl<A: Aggregate> AggregateActor<A> {
     }
 
     fn reply(reply: oneshot::Sender<Reply<A>>, result: ExecuteResult<A>) {
-        let _ = reply.send(Reply::Done(result));
+        let _ = reply.send(Reply::Done(result, false));
+    }
+
+    /// Replies with the stored outcome of an earlier execution.
+    fn reply_replayed(reply: oneshot::Sender<Reply<A>>, result: ExecuteResult<A>) {
+        let _ = reply.send(Reply::Done(result, true));
     }
 
     /// Runs one command; the future resolves when it has been replied to.
@@ -275,6 +281,10 @@ impl<A: Aggregate> AggregateActor<A> {
         match step {
             Step::Done(result) => {
                 Self::reply(reply, result);
+                Box::pin(fut::ready(()))
+            }
+            Step::Replayed(result) => {
+                Self::reply_replayed(reply, result);
                 Box::pin(fut::ready(()))
             }
             Step::Append(request, pending) => {
@@ -312,7 +322,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 if outcome.fingerprint() != key.fingerprint {
                     return Err(ExecuteError::CommandIdReused(key.id.clone()));
                 }
-                return Ok(Step::Done(self.replay_outcome(outcome)));
+                return Ok(Step::Replayed(self.replay_outcome(outcome)));
             }
         }
         if let Some(expected) = options.expected_version {
@@ -456,7 +466,10 @@ impl<A: Aggregate> AggregateActor<A> {
                 id,
                 same_command: true,
             }) => match self.host.shared.store.command_outcome(&id) {
-                Ok(Some(outcome)) => self.replay_outcome(outcome),
+                Ok(Some(outcome)) => {
+                    Self::reply_replayed(reply, self.replay_outcome(outcome));
+                    return Box::pin(fut::ready(()));
+                }
                 Ok(None) => Err(ExecuteError::CommandInProgress(id)),
                 Err(e) => Err(e.into()),
             },
@@ -597,6 +610,8 @@ impl<A: Aggregate> AggregateActor<A> {
 
 enum Step<A: Aggregate> {
     Done(ExecuteResult<A>),
+    /// The stored outcome of an earlier execution with the same command id.
+    Replayed(ExecuteResult<A>),
     Append(AppendRequest, Pending<A>),
 }
 

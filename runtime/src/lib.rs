@@ -146,7 +146,8 @@ pub use error::{ExecuteError, Limit, Overload, RuntimeError};
 pub use process::{Action, ProcessManager};
 pub use projection::{Projection, View, ViewError, ViewSet};
 pub use runtime::{
-    AggregateState, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions, RuntimeStats,
+    AggregateState, Answered, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions,
+    RuntimeStats,
 };
 pub use subscribe::{SubscribeError, WaitError};
 pub use subscription::{

@@ -25,6 +25,17 @@ use crate::types::{CommandId, Position, StreamId, Version};
 pub type ExecuteResult<A> =
     Result<Result<Executed<<A as Aggregate>::Event>, <A as Aggregate>::Rejection>, ExecuteError>;
 
+/// A command's result, and whether it is the stored outcome of an earlier execution with the
+/// same command id (then nothing ran now): see [`Runtime::execute_answered`].
+#[derive(Debug)]
+pub struct Answered<A: Aggregate> {
+    /// The committed events, or the business rejection.
+    pub result: Result<Executed<A::Event>, A::Rejection>,
+    /// `true` if this is the stored outcome of an earlier execution (a retry), rejection
+    /// included; for committed events also in [`Executed::deduplicated`].
+    pub replayed: bool,
+}
+
 /// A command that was executed (or whose earlier execution was found by its command id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executed<E> {
@@ -479,6 +490,20 @@ impl Runtime {
         command: A::Command,
         options: ExecuteOptions,
     ) -> ExecuteResult<A> {
+        self.execute_answered::<A>(id, command, options)
+            .await
+            .map(|answered| answered.result)
+    }
+
+    /// [`Runtime::execute_with`], saying also whether the result is the stored outcome of an
+    /// earlier execution with the same command id — for a rejection too, which carries no
+    /// flag of its own (an HTTP API marks such a reply as replayed).
+    pub async fn execute_answered<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<Answered<A>, ExecuteError> {
         let _guard = self.enter()?;
         let host = self.host::<A>()?;
         for (what, id) in [
@@ -530,7 +555,9 @@ impl Runtime {
                 continue;
             }
             match rx.await {
-                Ok(Reply::Done(result)) => return result,
+                Ok(Reply::Done(result, replayed)) => {
+                    return result.map(|result| Answered { result, replayed })
+                }
                 Ok(Reply::NotStarted(c, o)) => {
                     host.forget(id, &route.slot);
                     (command, options) = (c, o);

@@ -702,6 +702,46 @@ fn kind<E, R>(r: Result<Result<E, R>, ExecuteError>) -> ExecuteResultKind {
     }
 }
 
+/// A retry of a rejected command is answered with the stored rejection and says it was
+/// replayed (nothing ran now), as a retry of a committed command does — before and after a
+/// restart; the first answer does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_rejection_says_it_was_replayed() {
+    let dir = temp_dir();
+    for restart in 0..2 {
+        let rt = open(options(&dir));
+        if restart == 0 {
+            deposit(&rt, "r-1", 10).await;
+        }
+        for attempt in 0..2 {
+            let answered = rt
+                .execute_answered::<Account>(
+                    "r-1",
+                    AccountCommand::Withdraw { amount: 50 },
+                    command_id("too-much"),
+                )
+                .await
+                .expect("no technical failure");
+            assert!(
+                matches!(
+                    answered.result,
+                    Err(AccountRejection::InsufficientFunds {
+                        balance: 10,
+                        requested: 50
+                    })
+                ),
+                "{answered:?}"
+            );
+            assert_eq!(
+                answered.replayed,
+                restart > 0 || attempt > 0,
+                "restart {restart}, attempt {attempt}"
+            );
+        }
+        close(rt).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_ids_deduplicate_across_restarts() {
     let dir = temp_dir();

@@ -84,9 +84,13 @@
 //!
 //! # Guarantees
 //! - **Durability.** In the default [`Durability::Durable`](store::sled::Durability) mode an
-//!   acknowledged command's events were fsynced before the reply. A crash loses nothing
-//!   acknowledged, duplicates nothing and leaves no version gap (checked by a kill -9 crash test).
-//!   The explicit `Relaxed` mode acknowledges before the fsync; see [`store::sled`] for exactly
+//!   acknowledged command's events were fsynced before the reply — a real `fdatasync`/`fsync`
+//!   of every file and directory that holds them, not sled's `flush` alone. A crash of the
+//!   process or a power cut loses nothing acknowledged, duplicates nothing and leaves no version
+//!   gap (checked by kill -9 crash tests, and by power-cut tests on a filesystem that forgets
+//!   whatever was not synced). A store whose files lost acknowledged data (a damaged or lost
+//!   tail) refuses to open, naming what is missing, instead of rolling back quietly. The
+//!   explicit `Relaxed` mode acknowledges before the fsync; see [`store::sled`] for exactly
 //!   what a crash can lose in that mode.
 //! - **Atomicity.** All events of one command are committed together or not at all.
 //! - **Order.** Per aggregate, commands run one at a time (the actor handles a command in an
@@ -101,7 +105,11 @@
 //! - **Bounded resources.** Every queue and cache has a limit ([`RuntimeOptions`],
 //!   [`store::sled::SledOptions`]); at a limit a command gets a typed error
 //!   ([`ExecuteError::Overloaded`] with a retry-after hint, [`ExecuteError::LimitExceeded`])
-//!   or, for live actors, the least recently used one is evicted.
+//!   or, for live actors, the least recently used one is evicted. A command that waited longer
+//!   than [`RuntimeOptions::queue_time_max`] for its aggregate is refused unexecuted (load is
+//!   shed early under overload), and appends are refused with
+//!   [`StoreError::DiskFull`](store::StoreError::DiskFull) while the disk is below its
+//!   configured minimum — the store stays healthy and takes appends again once space is freed.
 //! - **Failure.** A failed write or fsync acknowledges nothing of its batch and puts the store
 //!   in a failed state ([`store::StoreHealth::Failed`]) that refuses every later write; it is
 //!   never retried and then acknowledged. Restarting recovers.

@@ -2,51 +2,62 @@
 //!
 //! # Write path
 //! [`SledStore::append`] encodes the commit record on the caller's thread and queues it on a
-//! bounded channel (full: [`StoreError::Overloaded`]). Two threads form a pipeline:
+//! bounded channel (full: [`StoreError::Overloaded`]; disk below its minimum:
+//! [`StoreError::DiskFull`]). Two threads form a pipeline:
 //!
 //! 1. the **writer** takes every queued append (up to `batch_appends_max` appends or
 //!    `batch_bytes_max` bytes), checks each expected version against the stream head and each
 //!    command id against the ids already used, assigns gap-free positions, links each commit to
-//!    its stream's previous commit, and writes the whole batch as **one** sled `insert` of one
-//!    segment (see `segment.rs`) — the batch is the unit of atomicity;
+//!    its stream's previous commit, and writes the batch as **segments** of commit records
+//!    (see `segment.rs`), usually one, one sled `insert` each: a segment is kept below the size
+//!    at which sled would write it to a blob file (`segment_bytes_max`);
 //! 2. the **flusher** inserts the few derived entries of that batch (command ids; a skip entry
-//!    every 64 versions of a stream), then calls `Db::flush` — the fsync — **once for the
-//!    whole batch**, and only then publishes the new head position and acknowledges every
-//!    append of the batch. While it fsyncs, the writer already builds the next batch, so
+//!    every 64 versions of a stream; the batch's number), then **syncs once for the whole
+//!    batch** — a real `fdatasync`/`fsync` of every file and directory sled wrote to, not
+//!    sled's `flush` alone (see `disk.rs`) — records the batch as durable in the
+//!    acknowledgement record, and only then publishes the new head position and acknowledges
+//!    every append of the batch. While it syncs, the writer already builds the next batch, so
 //!    batches grow with load (group commit).
 //!
-//! Why one insert per batch: on this machine a sled `insert` costs about 5 µs of CPU whatever
-//! its size, while a fsync costs about 120 µs. With one insert per commit and one per index
-//! entry, the two inserts alone cap durable throughput near 60k commits/s on two cores
+//! Why so few inserts per batch: on this machine a sled `insert` costs about 5 µs of CPU
+//! whatever its size, while a sync costs hundreds of µs. With one insert per commit and one per
+//! index entry, the two inserts alone cap durable throughput near 60k commits/s on two cores
 //! (measured with plain inserts and a shared flush); sled's `Batch` and multi-tree transactions
 //! are worse (a process-wide lock and a log write each: about 11k/s). So nothing is written per
-//! commit except the commit's bytes inside the segment: a stream is read by walking the `prev`
+//! commit except the commit's bytes inside a segment: a stream is read by walking the `prev`
 //! chain back from its head, stream heads live in memory and are checkpointed to the `heads`
 //! tree every `heads_checkpoint_interval` (one insert per *changed stream*, not per commit), and
 //! recovery re-derives everything after the last durable checkpoint from the log.
 //!
 //! # Durability modes
-//! - [`Durability::Durable`] (default): nothing is acknowledged before the fsync that covers it.
-//!   A crash loses nothing acknowledged.
+//! - [`Durability::Durable`] (default): nothing is acknowledged before the sync that covers it.
+//!   A crash of the process or of the machine (a power cut) loses nothing acknowledged.
 //! - [`Durability::Relaxed`]: appends are acknowledged once written to sled's in-memory log,
-//!   and the flusher fsyncs every `flush_interval`. **A crash (of the process or the machine)
+//!   and the flusher syncs every `flush_interval`. **A crash (of the process or the machine)
 //!   can lose the acknowledged appends of the last `flush_interval`** — always a whole suffix of
 //!   the log, never a commit in part, never a version gap — and command-id records with them.
-//!   Snapshots taken in that window are ignored on recovery because they are ahead of the log.
+//!   What the read side built from the lost events is not trusted afterwards: a snapshot taken
+//!   of a lost version is ignored, a projection that saw lost events is rebuilt, and other
+//!   subscribers go on from the new head (see `Runtime::project`).
 //!
 //! sled's own background flusher is switched off (`flush_every_ms(None)`): the journal decides
-//! when data is durable, and counts every fsync.
+//! when data is durable, and counts every sync.
 //!
 //! # Failure
-//! A failed insert or fsync acknowledges nothing of its batch or any later one, switches the
+//! A failed insert or sync acknowledges nothing of its batch or any later one, switches the
 //! store to a failed state ([`StoreHealth::Failed`]) in which every append is refused with
 //! [`StoreError::Failed`], and is never retried: after a failed fsync the kernel may have dropped
-//! the dirty pages, so a retry that succeeds proves nothing. Restarting recovers.
+//! the dirty pages, so a retry that succeeds proves nothing. A journal thread that panics fails
+//! the store the same way. Opening the store again recovers. A read that fails while the writer
+//! checks an append (a damaged stream head or command record) refuses that append only
+//! ([`AppendError::Unchecked`]).
 //!
 //! # Recovery and integrity
-//! On open, recovery (`recovery.rs`) checks the log (contiguous positions, decodable records, contiguous
-//! versions per stream), removes an unacknowledged tail cut by the crash, and re-derives the
-//! index entries after the last durable index watermark. See that module for the details.
+//! On open, recovery (`recovery.rs`) checks the log (contiguous positions, decodable records,
+//! contiguous versions per stream), refuses a log that ends before what the acknowledgement
+//! record says was acknowledged ([`StoreError::AcknowledgedDataLost`]), removes an
+//! unacknowledged tail cut by the crash, and re-derives the index entries after the last
+//! durable index watermark. See that module for the details.
 
 mod disk;
 mod keys;

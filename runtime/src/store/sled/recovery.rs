@@ -1,9 +1,10 @@
 //! Recovery and integrity checking when the sled store is opened.
 //!
 //! # What a crash can leave behind
-//! The writer inserts one segment per batch, in position order; the flusher inserts the
-//! derived entries of a batch (command ids, skips), fsyncs, and only then acknowledges. An
-//! fsync makes every earlier insert durable. So after a crash:
+//! The writer inserts a batch's segments in position order; the flusher inserts the derived
+//! entries of a batch (command ids, skips, the batch number), syncs (`disk.rs`), records the
+//! batch in the acknowledgement record, and only then acknowledges. A sync makes every earlier
+//! insert durable. So after a crash — of the process, or of the machine:
 //! - every acknowledged commit is in the log, with its command-id and skip entries;
 //! - segments of the batches in flight may be present or absent, each one whole;
 //! - if a segment in flight is missing while a later one is present (a "hole"), every segment
@@ -17,6 +18,14 @@
 //!
 //! The **watermark** (`meta/derived_through`) is written only after the fsync that made the
 //! derived entries up to it durable, so recovery only re-derives the log after it.
+//!
+//! # Lost acknowledged data
+//! A log can also end *before* what was acknowledged: sled's own recovery stops at the first
+//! message that fails its checksum, so a damaged byte in the middle of its file, or a disk that
+//! lost writes it had confirmed, would quietly drop every later batch. Before it changes
+//! anything, recovery compares the log's last position and the last batch number found in sled
+//! with the acknowledgement record (`disk.rs`), and refuses to open a store that lost what the
+//! record says was acknowledged ([`StoreError::AcknowledgedDataLost`], naming the positions).
 //!
 //! # The integrity check
 //! [`IntegrityCheck::Structure`] (the default) reads the whole log: positions contiguous from

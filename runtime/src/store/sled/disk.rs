@@ -46,7 +46,7 @@
 //! middle of a write leaves the previous record intact; the file never changes size after it is
 //! created, so its `fdatasync` commits no metadata.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -85,8 +85,9 @@ pub(crate) struct Disk {
     /// The next slot of the acknowledgement record to write (0 or 1).
     ack_slot: u64,
     acknowledged: Acknowledged,
-    /// Blob files known to be synced, with their directory entries.
-    synced_blobs: HashSet<OsString>,
+    /// Blob files known to be synced (with their directory entries), and their length when
+    /// they were: sled writes a blob once, from the front, so one that grew since is synced again.
+    synced_blobs: HashMap<OsString, u64>,
     /// The entries of the data directory when it was last synced.
     synced_entries: Vec<OsString>,
 }
@@ -135,13 +136,11 @@ impl Disk {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent).map_err(io_err("syncing the data directory's parent"))?;
         }
-        let synced_blobs = list(&blobs)
-            .map_err(io_err("listing blobs"))?
-            .into_iter()
-            .collect::<HashSet<_>>();
         // Blobs that were there before this open may never have been synced: sync them now.
-        for name in &synced_blobs {
-            sync_blob(&blobs.join(name)).map_err(io_err("syncing a blob"))?;
+        let mut synced_blobs = HashMap::new();
+        for name in list(&blobs).map_err(io_err("listing blobs"))? {
+            let len = sync_blob(&blobs.join(&name)).map_err(io_err("syncing a blob"))?;
+            synced_blobs.insert(name, len);
         }
         let synced_entries = list(dir).map_err(io_err("listing the data directory"))?;
         Ok(Disk {
@@ -187,24 +186,40 @@ impl Disk {
         Ok(())
     }
 
+    /// Syncs the blob files that are new, or grew, since the last sync. A blob can be listed
+    /// while sled is still writing it (for an insert made after the flush began); it is synced
+    /// again once it has grown, which it has by the time a flushed message names it.
     fn sync_blobs(&mut self) -> io::Result<()> {
         let blobs = self.dir.join("blobs");
         let names = list(&blobs)?;
-        let mut changed = names.len() != self.synced_blobs.len();
-        for name in &names {
-            if !self.synced_blobs.contains(name) {
-                changed = true;
-                match sync_blob(&blobs.join(name)) {
-                    // Removed by sled's garbage collection since the listing: nothing to keep.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    other => other?,
+        let mut entries_changed = names.len() != self.synced_blobs.len();
+        let mut synced = HashMap::with_capacity(names.len());
+        for name in names {
+            let path = blobs.join(&name);
+            let known = self.synced_blobs.get(&name).copied();
+            let len = match std::fs::metadata(&path) {
+                Ok(meta) => meta.len(),
+                // Removed by sled's garbage collection since the listing: nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if known == Some(len) {
+                synced.insert(name, len);
+                continue;
+            }
+            entries_changed |= known.is_none();
+            match sync_blob(&path) {
+                Ok(len) => {
+                    synced.insert(name, len);
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
-        if changed {
+        if entries_changed {
             sync_dir(&blobs)?;
-            self.synced_blobs = names.into_iter().collect();
         }
+        self.synced_blobs = synced;
         Ok(())
     }
 
@@ -234,8 +249,12 @@ fn sync_file(path: &Path) -> io::Result<()> {
     }
 }
 
-fn sync_blob(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_data()
+/// `fdatasync`s a blob file; returns its length as of before the sync (all of which is durable).
+fn sync_blob(path: &Path) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.sync_data()?;
+    Ok(len)
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {

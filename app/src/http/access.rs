@@ -7,7 +7,7 @@
 //! request to it — so percent-encoded (`/%761/events`), doubled-slash or dot-segment
 //! spellings of a path are judged by what they reach, not by how they look — and covers the
 //! resource's routes and its 405 answer alike. Deny by default: a path that matches no route
-//! answers 404 only to a valid token ([`super::not_found`] asks for [`Access::Token`]), so
+//! answers 404 only to a valid token (`not_found` asks for [`Access::Token`]), so
 //! without a token the route table cannot be probed. Only `/livez`, `/readyz`,
 //! `/openapi.json` and `/docs` are [`Access::Open`] (a unit test pins that list).
 //!

@@ -401,7 +401,7 @@ fn post() -> actix_web::Route {
     web::post()
 }
 
-/// Every route, in matching order: the aggregate routes first (see [`aggregate_path`]). This
+/// Every route, in matching order: the aggregate routes first (see `aggregate_path`). This
 /// table is the only place routes are registered ([`routes`]), so every route has an
 /// [`Access`]; the API description is checked against it (`tests/tests/openapi.rs`), and the
 /// access tests walk it (`tests/tests/http_hostile.rs`).

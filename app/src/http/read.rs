@@ -96,20 +96,15 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Pro
 }
 
 /// Runs `start` (which may start a rebuild) if fewer than `server.rebuilds_max` rebuilds are
-/// running; 503 otherwise, or while another start is being decided.
+/// running; 503 otherwise. Starts are taken one at a time, so that counting and starting are
+/// one step; a request waiting for its turn is bounded by `server.request_deadline_ms`.
 async fn bounded_rebuild<T>(
     state: &AppState,
     start: impl std::future::Future<Output = Result<T, Problem>>,
 ) -> Result<T, Problem> {
     let runtime = state.runtime()?;
     let max = state.config.server.rebuilds_max.get();
-    let Ok(_starting) = state.rebuild_start.try_lock() else {
-        return Err(Problem::overloaded(
-            Kind::Unavailable,
-            "another rebuild or parked retry is being started",
-            Duration::from_secs(1),
-        ));
-    };
+    let _starting = state.rebuild_start.lock().await;
     let running = runtime
         .subscribers()
         .iter()

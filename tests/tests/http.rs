@@ -845,6 +845,25 @@ async fn every_client_error_is_a_problem_document() {
         "precondition-failed",
     );
     cases.push(case.header("If-Match", "W/\"1\""));
+    let case = Case::new(
+        Method::POST,
+        path,
+        reserve_one.clone(),
+        412,
+        "precondition-failed",
+    );
+    cases.push(case.header("If-Match", ""));
+    // A request that is bad otherwise is a 400 before its precondition is judged.
+    let case = Case::new(
+        Method::POST,
+        path,
+        json_value(&json!({"type": "ReserveCredit"})),
+        400,
+        "bad-request",
+    );
+    cases.push(case.header("If-Match", "W/\"1\""));
+    let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
+    cases.push(case.header("X-Correlation-Id", "").header("If-Match", ""));
     let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
     cases.push(case.header("Idempotency-Key", "k".repeat(200)));
     let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");

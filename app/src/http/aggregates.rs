@@ -72,6 +72,8 @@ pub trait ApiAggregate: Send + Sync {
             .copied()
             .find(|t| *t == tag.kind)
     }
+    /// Whether `body` is a command of the aggregate (400 otherwise), without executing it.
+    fn validate(&self, body: &[u8]) -> Result<(), Problem>;
     /// Parses and executes a command. Business rejections are `Err` with [`Kind::Rejected`].
     fn execute<'a>(
         &'a self,
@@ -129,6 +131,15 @@ impl<A: Aggregate> Api<A> {
     }
 }
 
+impl<A: Aggregate> Api<A> {
+    fn parse(&self, body: &[u8]) -> Result<A::Command, Problem> {
+        parse_command(body).map_err(|e| {
+            Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
+                .with("command_types", self.command_types.clone())
+        })
+    }
+}
+
 impl<A: Aggregate> ApiAggregate for Api<A> {
     fn route(&self) -> &'static str {
         self.route
@@ -146,6 +157,10 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
         &self.process_only
     }
 
+    fn validate(&self, body: &[u8]) -> Result<(), Problem> {
+        self.parse(body).map(|_| ())
+    }
+
     fn execute<'a>(
         &'a self,
         runtime: &'a Runtime,
@@ -154,10 +169,7 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
         options: ExecuteOptions,
     ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>> {
         Box::pin(async move {
-            let command: A::Command = parse_command(body).map_err(|e| {
-                Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
-                    .with("command_types", self.command_types.clone())
-            })?;
+            let command = self.parse(body)?;
             match runtime.execute_with::<A>(id, command, options).await? {
                 Ok(executed) => {
                     #[derive(serde::Serialize)]
@@ -296,7 +308,8 @@ impl Aggregates {
 ///
 /// One strong entity tag holding a version in canonical decimal (`"3"`; `"0"`: the aggregate
 /// must not exist yet). A weak tag (`W/"3"`) never matches for `If-Match` (RFC 9110, 13.1.1):
-/// 412. `*` ("any current representation") is valid HTTP but not supported: the runtime can
+/// 412, as is an empty field (a list of no tags, which nothing matches). `*` ("any current
+/// representation") is valid HTTP but not supported: the runtime can
 /// only check an exact version, and a check outside it would race; 400, saying to send the
 /// version. Anything else (a bare `3`, `"03"`, `"+3"`, several tags, several headers) is 400.
 fn expected_version(headers: &HeaderMap) -> Result<Option<Version>, Problem> {
@@ -317,6 +330,14 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<Version>, Problem> {
         .to_str()
         .map_err(|_| bad("this one is not visible ASCII"))?
         .trim();
+    if text.is_empty() {
+        // An empty list of entity tags (valid syntax): none of them matches.
+        return Err(Problem::new(
+            Kind::PreconditionFailed,
+            "If-Match is empty: a list of no entity tags, which no version matches (RFC 9110, \
+             13.1.1); send the version from ETag, or no If-Match",
+        ));
+    }
     if text == "*" {
         return Err(bad(
             "If-Match: * (any version) is not supported: send the version the command expects",
@@ -363,14 +384,24 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<CommandId>, Problem> {
         .map_err(|e| Problem::bad_request(format!("Idempotency-Key: {e}")))
 }
 
-/// A trace id header (`X-Correlation-Id`, `X-Causation-Id`), checked by the runtime.
+/// A trace id header (`X-Correlation-Id`, `X-Causation-Id`): 1 to `TRACE_ID_LEN_MAX` bytes
+/// of visible ASCII (spaces and tabs inside), as the runtime and the document have it. Checked
+/// here, before the precondition, so that a bad one is a 400 whatever `If-Match` says.
 fn trace_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
+    let max = annals::envelope::TRACE_ID_LEN_MAX;
     headers
         .get(name)
         .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| Problem::bad_request(format!("{name} must be visible ASCII")))
+            let text = v
+                .to_str()
+                .map_err(|_| Problem::bad_request(format!("{name} must be visible ASCII")))?;
+            if text.is_empty() || text.len() > max {
+                return Err(Problem::bad_request(format!(
+                    "{name} is {} bytes: it must be 1 to {max}",
+                    text.len()
+                )));
+            }
+            Ok(text.to_owned())
         })
         .transpose()
 }
@@ -518,7 +549,6 @@ async fn execute(
     let headers = req.headers();
     let mut options = ExecuteOptions::default();
     options.command_id = idempotency_key(headers).map_err(fail)?;
-    options.expected_version = expected_version(headers).map_err(fail)?;
     options.correlation_id = trace_header(headers, "x-correlation-id")
         .map_err(fail)?
         .map(Into::into);
@@ -527,6 +557,16 @@ async fn execute(
         .map(Into::into);
     // The id is checked here too so a bad one is a 400 whatever the body says.
     StreamId::new(api.type_name(), id).map_err(|e| fail(Problem::bad_request(e.to_string())))?;
+    // The precondition last: a request that is otherwise bad is a 400, not a 412
+    // (RFC 9110, 13.2.1). A body that is no command is found when it is parsed, so on the
+    // (rare) way to a 412 it is parsed first.
+    options.expected_version = match expected_version(headers) {
+        Err(p) if p.kind() == Kind::PreconditionFailed => {
+            api.validate(&body).map_err(fail)?;
+            return Err(fail(p));
+        }
+        other => other.map_err(fail)?,
+    };
     let _in_flight = state.in_flight.enter().ok_or_else(|| {
         fail(Problem::overloaded(
             Kind::Unavailable,

@@ -55,7 +55,7 @@ pub enum Kind {
     RequestTimeout,
     /// The expected version (`If-Match`) does not match, or a rebuild is already running.
     Conflict,
-    /// `If-Match` holds a weak entity tag, which never matches (RFC 9110, 13.1.1).
+    /// `If-Match` holds a weak entity tag or no tag, which never matches (RFC 9110, 13.1.1).
     PreconditionFailed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,

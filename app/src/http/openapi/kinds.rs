@@ -174,9 +174,9 @@ pub(super) fn describe(kind: Kind) -> &'static str {
              layer itself, without a body.)"
         }
         Kind::PreconditionFailed => {
-            "`If-Match` holds a weak entity tag (`W/\"3\"`). A weak tag never matches for \
-             `If-Match` (RFC 9110, 13.1.1); send the strong `ETag` (`\"3\"`) instead. Nothing \
-             was executed."
+            "`If-Match` holds a weak entity tag (`W/\"3\"`), or is empty (a list of no tags). \
+             Neither ever matches for `If-Match` (RFC 9110, 13.1.1); send the strong `ETag` \
+             (`\"3\"`) instead. Nothing was executed."
         }
         Kind::NotFound => {
             "No such route, aggregate type, aggregate (no events, or none at the version or \

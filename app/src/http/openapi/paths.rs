@@ -438,8 +438,8 @@ impl<'a> Paths<'a> {
                         "description": "Execute only if the aggregate is at this version: one \
                             strong entity tag in canonical decimal (`\"3\"`, as in `ETag`; \
                             `\"0\"`: it must not exist yet), else 409 with the current version. \
-                            A weak tag (`W/\"3\"`) never matches for `If-Match` (RFC 9110, \
-                            13.1.1): 412. `*` is not supported (400: send the version), nor are \
+                            A weak tag (`W/\"3\"`) or an empty field never matches for \
+                            `If-Match` (RFC 9110, 13.1.1): 412. `*` is not supported (400: send the version), nor are \
                             a bare `3`, leading zeros, a sign or several tags (400).",
                         "schema": {"type": "string",
                             "pattern": "^\"(0|[1-9][0-9]{0,18})\"$",

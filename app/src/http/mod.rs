@@ -241,11 +241,6 @@ impl Gauge {
         self.take().then(|| GaugeGuard(self))
     }
 
-    /// Takes one unit for as long as the returned owner lives (for streams).
-    pub fn enter_owned(self: &Arc<Self>) -> Option<OwnedGaugeGuard> {
-        self.take().then(|| OwnedGaugeGuard(Arc::clone(self)))
-    }
-
     /// Units in use.
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Acquire)
@@ -253,16 +248,6 @@ impl Gauge {
 }
 
 impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// An owned unit of a shared [`Gauge`].
-#[derive(Debug)]
-pub struct OwnedGaugeGuard(Arc<Gauge>);
-
-impl Drop for OwnedGaugeGuard {
     fn drop(&mut self) {
         self.0.current.fetch_sub(1, Ordering::AcqRel);
     }

@@ -115,7 +115,9 @@ pub fn document_for(state: &AppState) -> Value {
                  `Content-Length` and `Transfer-Encoding`, control bytes in a header, a space \
                  in the path) is a 400; a request head larger than 128 KiB (a huge path) or \
                  with more than 96 headers is a 431; a head not received within \
-                 `server.request_timeout_ms` is a 408. None of these is ever a 5xx.\n\n{auth}",
+                 `server.request_timeout_ms` is a 408. None of these is ever a 5xx. A client \
+                 that closes its side of the connection (a half-close) is taken to be gone: the \
+                 connection is shut down without an answer.\n\n{auth}",
                 deadline = config.server.request_deadline.as_millis(),
             ),
         },

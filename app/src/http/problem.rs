@@ -398,10 +398,17 @@ impl Problem {
             WaitError::Timeout { reached, .. } => {
                 Problem::unavailable(detail, retry_after).with("reached_position", reached.0)
             }
-            WaitError::NotRunning { reached, .. } => {
-                Problem::unavailable(detail, Duration::from_secs(5))
-                    .with("reached_position", reached.0)
-            }
+            // Its status may carry a failure's reason (an engine's error, a path): only the
+            // log says it.
+            WaitError::NotRunning { name, reached, .. } => Problem::overloaded(
+                Kind::Unavailable,
+                format!(
+                    "{name} is stopped or failed at position {reached} and will not get further \
+                     until an operator acts (GET /v1/projections, /readyz)"
+                ),
+                Duration::from_secs(5),
+            )
+            .with("reached_position", reached.0),
             _ => Problem::unavailable(detail, retry_after),
         }
     }

@@ -213,6 +213,11 @@ impl Server {
         .workers(server_config.workers.get())
         .max_connections(server_config.connections_max.get())
         .client_request_timeout(server_config.request_timeout)
+        // A client that closes its side of the connection is gone: the dispatcher shuts the
+        // connection down at once, dropping a streaming response (a live feed frees its slot
+        // now, not at its next keep-alive write). A client that half-closes and still waits
+        // for its answer does not get one.
+        .h1_allow_half_closed(false)
         .shutdown_timeout(server_config.shutdown_timeout.as_secs().max(1))
         .disable_signals()
         .bind(server_config.addr)

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, ErrorKind, Problem};
 use crate::raw::Raw;
-use crate::secret::{Secret, REDACTED};
+use crate::secret::REDACTED;
 use crate::source::Origin;
+use crate::token::{self, Token};
 use crate::{Config, DurabilityMode, IntegrityCheck, LogFormat};
 
 /// The sections, in the order the file and [`Config::render`] list them.
@@ -96,6 +97,12 @@ pub(crate) static KEYS: &[Key] = &[
     key!(server.connections_max => server.connections_max = count(CONNECTIONS_MAX, "connections")),
     key!(server.request_timeout_ms => server.request_timeout = millis(1, HOUR_MS)),
     key!(server.in_flight_max => server.in_flight_max = count(10_000_000, "commands")),
+    key!(server.body_read_timeout_ms => server.body_read_timeout = millis(1, HOUR_MS)),
+    key!(server.request_deadline_ms => server.request_deadline = millis(1, HOUR_MS)),
+    key!(server.sse_connections_per_client_max =>
+        server.sse_connections_per_client_max = count(CONNECTIONS_MAX, "connections")),
+    key!(server.rebuilds_max => server.rebuilds_max = count(1024, "rebuilds")),
+    key!(server.reads_in_flight_max => server.reads_in_flight_max = count(100_000, "reads")),
 
     key!(store.data_dir => store.data_dir = data_dir()),
     key!(store.durability => store.durability = choice(&[
@@ -212,7 +219,24 @@ pub(crate) fn check_relations(config: &Config) -> Result<(), ConfigError> {
             ("server.connections_max", server.connections_max.get()),
         ));
     }
+    // A read-your-writes wait longer than the request deadline would always be cut short.
+    if server.wait_max >= server.request_deadline {
+        return Err(conflict(
+            config,
+            ("server.wait_max_ms", millis_of(server.wait_max)),
+            "is not less than",
+            (
+                "server.request_deadline_ms",
+                millis_of(server.request_deadline),
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// A duration in whole milliseconds, saturated, for messages.
+fn millis_of(duration: Duration) -> usize {
+    usize::try_from(duration.as_millis()).unwrap_or(usize::MAX)
 }
 
 /// Two values that contradict each other. The error's key is the first one, unless only the
@@ -394,8 +418,9 @@ fn data_dir(raw: &Raw) -> Result<PathBuf, Problem> {
     Ok(PathBuf::from(path))
 }
 
-/// Bearer tokens. Never echoes one: an error says which token (by number) and what is wrong.
-fn tokens(raw: &Raw) -> Result<Vec<Secret>, Problem> {
+/// Bearer tokens, each `TOKEN` or `TOKEN:SCOPE+SCOPE` (see `token.rs`). Never echoes one: an
+/// error says which token (by number) and what is wrong.
+fn tokens(raw: &Raw) -> Result<Vec<Token>, Problem> {
     let tokens = strings(raw)?;
     if tokens.len() > TOKENS_MAX {
         return Err(Problem::out_of_range(format!(
@@ -404,15 +429,21 @@ fn tokens(raw: &Raw) -> Result<Vec<Secret>, Problem> {
         )));
     }
     let total = tokens.len();
+    let numbered = |i: usize, mut problem: Problem| {
+        problem.message = format!("token {} of {total} {}", i + 1, problem.message);
+        problem
+    };
     tokens
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, token)| {
-            check_token(&token).map_err(|mut problem| {
-                problem.message = format!("token {} of {total} {}", i + 1, problem.message);
-                problem
-            })?;
-            Ok(Secret::new(token))
+        .map(|(i, written)| {
+            let (secret, scopes) =
+                token::split(written).map_err(|message| numbered(i, Problem::invalid(message)))?;
+            check_token(secret).map_err(|problem| numbered(i, problem))?;
+            Ok(match scopes {
+                Some(scopes) => Token::scoped(secret, scopes),
+                None => Token::new(secret),
+            })
         })
         .collect()
 }
@@ -545,7 +576,7 @@ mod tests {
             " abcdefghijklmnop== , QRSTUVWXYZ012345~+/ ,".to_owned(),
         ))
         .expect("two good tokens");
-        let exposed: Vec<&str> = ok.iter().map(Secret::expose).collect();
+        let exposed: Vec<&str> = ok.iter().map(|t| t.secret().expose()).collect();
         assert_eq!(exposed, ["abcdefghijklmnop==", "QRSTUVWXYZ012345~+/"]);
         assert!(tokens(&Raw::Text("================".to_owned())).is_err());
     }

@@ -60,6 +60,7 @@
 //! | `render` | [`Config::render`]: the effective configuration as TOML |
 //! | `error` | [`ConfigError`], [`ErrorKind`] |
 //! | `secret` | [`Secret`]: a string that never prints |
+//! | `token` | [`Token`], [`Scope`], [`Scopes`]: bearer tokens and what each may do |
 
 mod error;
 mod keys;
@@ -67,6 +68,7 @@ mod raw;
 mod render;
 mod secret;
 mod source;
+mod token;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,6 +86,7 @@ pub use annals::store::sled::IntegrityCheck;
 pub use crate::error::{ConfigError, ErrorKind};
 pub use crate::secret::Secret;
 pub use crate::source::{environment, Flag, Origin, Sources};
+pub use crate::token::{Scope, Scopes, Token};
 
 /// The documented default file, `config/annals.toml`: every key with its default, its unit and
 /// what it does. It loads to exactly [`Config::default()`] (tested).
@@ -244,6 +247,23 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most HTTP commands in flight at once (`in_flight_max`); beyond it, 503.
     pub in_flight_max: NonZeroUsize,
+    /// Longest time to receive a command's body once its head is in
+    /// (`body_read_timeout_ms`); beyond it, 408 and the connection is closed.
+    #[serde(rename = "body_read_timeout_ms", serialize_with = "millis")]
+    pub body_read_timeout: Duration,
+    /// Longest time to handle a request once it is received (`request_deadline_ms`); beyond
+    /// it, 503 with `Retry-After` (for a command: its outcome is unknown).
+    #[serde(rename = "request_deadline_ms", serialize_with = "millis")]
+    pub request_deadline: Duration,
+    /// Most live feeds of one client address at once (`sse_connections_per_client_max`);
+    /// beyond it, 429.
+    pub sse_connections_per_client_max: NonZeroUsize,
+    /// Most projection rebuilds running at once (`rebuilds_max`), including those a parked
+    /// retry starts; beyond it, 503.
+    pub rebuilds_max: NonZeroUsize,
+    /// Most store reads running at once on the blocking pool (`reads_in_flight_max`); beyond
+    /// it, 503.
+    pub reads_in_flight_max: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -261,6 +281,11 @@ impl Default for ServerConfig {
             connections_max: nonzero(25_000),
             request_timeout: Duration::from_millis(5000),
             in_flight_max: nonzero(10_000),
+            body_read_timeout: Duration::from_millis(10_000),
+            request_deadline: Duration::from_millis(30_000),
+            sse_connections_per_client_max: nonzero(16),
+            rebuilds_max: nonzero(2),
+            reads_in_flight_max: nonzero(64),
         }
     }
 }
@@ -391,11 +416,12 @@ impl Default for DomainConfig {
     }
 }
 
-/// `[auth]`: bearer-token authentication of the API (health endpoints stay open).
+/// `[auth]`: bearer-token authentication of the API (health endpoints and the API description
+/// stay open).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AuthConfig {
-    /// The accepted tokens (`tokens`); none means no authentication.
-    pub tokens: Vec<Secret>,
+    /// The accepted tokens and their scopes (`tokens`); none means no authentication.
+    pub tokens: Vec<Token>,
 }
 
 impl AuthConfig {
@@ -404,12 +430,26 @@ impl AuthConfig {
         !self.tokens.is_empty()
     }
 
-    /// Whether `presented` is one of the tokens. Compares with every token, each in time
-    /// independent of where the bytes differ, so the answer's timing does not reveal a token.
+    /// The scopes of `presented`, if it is one of the tokens. Compares with every token, each
+    /// in time independent of where the bytes differ, so the answer's timing does not reveal a
+    /// token (nor which one matched).
+    pub fn scopes_of(&self, presented: &str) -> Option<Scopes> {
+        let (found, scopes) =
+            self.tokens
+                .iter()
+                .fold((false, Scopes::NONE), |(found, scopes), token| {
+                    let matched = token.secret().matches(presented);
+                    (
+                        found | matched,
+                        scopes.union(token.scopes().masked(matched)),
+                    )
+                });
+        found.then_some(scopes)
+    }
+
+    /// Whether `presented` is one of the tokens (whatever its scopes).
     pub fn accepts(&self, presented: &str) -> bool {
-        self.tokens
-            .iter()
-            .fold(false, |found, token| token.matches(presented) | found)
+        self.scopes_of(presented).is_some()
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use annals::store::sled::{self as sled, Durability};
 use annals_config::{
-    Config, ConfigError, DurabilityMode, ErrorKind, Flag, IntegrityCheck, LogFormat, Origin,
-    Secret, Sources,
+    Config, ConfigError, DurabilityMode, ErrorKind, Flag, IntegrityCheck, LogFormat, Origin, Scope,
+    Scopes, Sources, Token,
 };
 
 const TOKEN_A: &str = "tok-AAAAAAAAAAAAAAAAAAAA";
@@ -129,6 +129,11 @@ fn defaults_are_the_documented_values() {
     assert_eq!(server.connections_max.get(), 25_000);
     assert_eq!(server.request_timeout, Duration::from_millis(5000));
     assert_eq!(server.in_flight_max.get(), 10_000);
+    assert_eq!(server.body_read_timeout, Duration::from_millis(10_000));
+    assert_eq!(server.request_deadline, Duration::from_millis(30_000));
+    assert_eq!(server.sse_connections_per_client_max.get(), 16);
+    assert_eq!(server.rebuilds_max.get(), 2);
+    assert_eq!(server.reads_in_flight_max.get(), 64);
 
     let store = &config.store;
     assert_eq!(store.data_dir, PathBuf::from("./data"));
@@ -207,7 +212,7 @@ fn the_default_file_lists_every_key_of_the_struct_and_no_other() {
         "config/annals.toml and Config have drifted"
     );
     assert_eq!(from_render, from_struct, "render and Config have drifted");
-    assert_eq!(from_struct.len(), 33);
+    assert_eq!(from_struct.len(), 38);
 }
 
 #[test]
@@ -227,7 +232,7 @@ fn the_default_file_documents_every_key_with_a_comment() {
             i + 1
         );
     }
-    assert_eq!(keys, 33);
+    assert_eq!(keys, 38);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +363,11 @@ const BOUNDS: &[(&str, u64, u64)] = &[
     ("server.connections_max", 1, 1_000_000),
     ("server.request_timeout_ms", 1, 3_600_000),
     ("server.in_flight_max", 1, 10_000_000),
+    ("server.body_read_timeout_ms", 1, 3_600_000),
+    ("server.request_deadline_ms", 1, 3_600_000),
+    ("server.sse_connections_per_client_max", 1, 1_000_000),
+    ("server.rebuilds_max", 1, 1024),
+    ("server.reads_in_flight_max", 1, 100_000),
     ("store.relaxed_flush_interval_ms", 1, 60_000),
     ("store.batch_appends_max", 1, 1_000_000),
     ("store.queue_capacity", 1, 10_000_000),
@@ -382,6 +392,8 @@ fn roomy() -> Vec<Flag> {
         set("server.page_size_max", "100000"),
         set("server.sse_connections_max", "1"),
         set("server.connections_max", "1000000"),
+        set("server.wait_max_ms", "0"),
+        set("server.request_deadline_ms", "3600000"),
     ]
 }
 
@@ -480,7 +492,7 @@ fn every_other_key_can_be_set() {
     assert_eq!(config.store.integrity_check, IntegrityCheck::Full);
     assert_eq!(
         config.auth.tokens,
-        [Secret::new(TOKEN_A), Secret::new(TOKEN_B)]
+        [Token::new(TOKEN_A), Token::new(TOKEN_B)]
     );
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(
@@ -495,7 +507,7 @@ fn every_other_key_can_be_set() {
     );
 
     let f = file(&format!("[auth]\ntokens = [\"{TOKEN_A}\"]\n"));
-    assert_eq!(load(&from_file(&f)).auth.tokens, [Secret::new(TOKEN_A)]);
+    assert_eq!(load(&from_file(&f)).auth.tokens, [Token::new(TOKEN_A)]);
     assert!(load(&env(&[("ANNALS_AUTH_TOKENS", "")]))
         .auth
         .tokens
@@ -524,6 +536,84 @@ fn auth_accepts_exactly_its_tokens() {
     assert!(config.auth.accepts(TOKEN_B));
     assert!(!config.auth.accepts("tok-CCCCCCCCCCCCCCCCCCCC"));
     assert!(!config.auth.accepts(""));
+}
+
+/// A token written `TOKEN:SCOPE+SCOPE` has those scopes, one without scopes has all three, the
+/// same from the file, the environment and `--set`; `annals config` shows the scopes, never
+/// the token.
+#[test]
+fn tokens_carry_scopes_from_every_source() {
+    let read = Scopes::of(&[Scope::Read]);
+    let read_commands = Scopes::of(&[Scope::Read, Scope::Commands]);
+    let expected = [
+        Token::scoped(TOKEN_A, read),
+        Token::scoped(TOKEN_B, read_commands),
+        Token::new("tok-CCCCCCCCCCCCCCCCCCCC"),
+    ];
+    let written = [
+        format!("{TOKEN_A}:read"),
+        format!("{TOKEN_B}:read+commands"),
+        "tok-CCCCCCCCCCCCCCCCCCCC".to_owned(),
+    ];
+    let f = file(&format!("[auth]\ntokens = {written:?}\n"));
+    let from_env = env(&[("ANNALS_AUTH_TOKENS", &written.join(","))]);
+    let from_flag = flags(&[("auth.tokens", &written.join(", "))]);
+    for sources in [from_file(&f), from_env, from_flag] {
+        let config = load(&sources);
+        assert_eq!(config.auth.tokens, expected, "{sources:?}");
+        assert_eq!(config.auth.scopes_of(TOKEN_A), Some(read));
+        assert_eq!(config.auth.scopes_of(TOKEN_B), Some(read_commands));
+        assert_eq!(
+            config.auth.scopes_of("tok-CCCCCCCCCCCCCCCCCCCC"),
+            Some(Scopes::ALL),
+            "a token without scopes has them all"
+        );
+        assert_eq!(config.auth.scopes_of("tok-DDDDDDDDDDDDDDDDDDDD"), None);
+        let text = config.render();
+        assert!(
+            text.contains(
+                "tokens = [\"<redacted>:read\", \"<redacted>:read+commands\", \"<redacted>\"]"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN_A) && !text.contains(TOKEN_B), "{text}");
+    }
+    let admin = load(&flags(&[("auth.tokens", &format!("{TOKEN_A}:admin"))]));
+    assert_eq!(
+        admin.auth.scopes_of(TOKEN_A),
+        Some(Scopes::of(&[Scope::Admin]))
+    );
+
+    // An unknown or missing scope is refused without echoing what was written.
+    for bad in [
+        format!("{TOKEN_A}:write"),
+        format!("{TOKEN_A}:"),
+        format!("{TOKEN_A}:read+"),
+    ] {
+        let error = load_err(&env(&[("ANNALS_AUTH_TOKENS", &bad)]));
+        assert_eq!(error.kind(), ErrorKind::InvalidValue, "{error}");
+        assert_eq!(error.key(), Some("auth.tokens"));
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "auth.tokens: token 1 of 1 has a scope that is not one of read, commands, admin"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains(TOKEN_A), "{message}");
+        assert!(
+            message.ends_with("(from environment variable ANNALS_AUTH_TOKENS)"),
+            "{message}"
+        );
+    }
+    // The token part is checked as before.
+    let error = load_err(&flags(&[("auth.tokens", "short:read")]));
+    assert!(
+        error
+            .to_string()
+            .starts_with("auth.tokens: token 1 of 1 is 5 characters long"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1000,6 +1090,17 @@ fn values_that_contradict_each_other() {
         ("server.page_size_max", "100"),
         ("server.connections_max", "256"),
     ]));
+
+    // A read-your-writes wait must end before the request's deadline.
+    let error = load_err(&flags(&[("server.request_deadline_ms", "5000")]));
+    assert_eq!(
+        error.to_string(),
+        "server.wait_max_ms = 5000 (from built-in default) is not less than \
+         server.request_deadline_ms = 5000 (from flag --set)"
+    );
+    assert_eq!(error.kind(), ErrorKind::Conflict);
+    assert_eq!(error.key(), Some("server.request_deadline_ms"));
+    load(&flags(&[("server.request_deadline_ms", "5001")]));
 }
 
 #[test]

@@ -30,13 +30,13 @@ use std::process::{Command, Output, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use annals_config::Secret;
+use annals_config::Token;
 use annals_tests::{annals_binary, ServeProcess};
 use awc::http::Method;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use http_support::{nz, Api, Body, Deadline, Next, Reply, TestServer};
+use http_support::{nz, Api, Body, Deadline, Next, Reply, TestServer, ADMIN_TOKEN};
 
 /// The members of every envelope the API shows.
 const ENVELOPE_FIELDS: [&str; 12] = [
@@ -58,6 +58,8 @@ fn create_customer(name: &str, credit_limit: u64) -> Value {
     json!({"type": "CreateCustomer", "name": name, "credit_limit": credit_limit})
 }
 
+/// `ReserveCredit`: a process-only command (the saga's), so the client needs the `admin` scope
+/// ([`TestServer::start_admin`]).
 fn reserve(order_id: &str, amount: u64) -> Value {
     json!({"type": "ReserveCredit", "order_id": order_id, "amount": amount})
 }
@@ -313,7 +315,7 @@ async fn customers_orders_and_the_saga_through_http() {
         found,
         json!({"customers": [{
             "customer_id": "c-1", "name": "Ada", "created_at": created_at, "max_shipped_total": 5000
-        }]})
+        }], "next_after": null})
     );
     let found = api
         .get(&valuable("2000-01-01T00:00:00+02:00", 5001))
@@ -321,13 +323,13 @@ async fn customers_orders_and_the_saga_through_http() {
         .ok();
     assert_eq!(
         found,
-        json!({"customers": []}),
+        json!({"customers": [], "next_after": null}),
         "no shipped order of 5001 or more"
     );
     let found = api.get(&valuable(created_at, 1)).await.ok();
     assert_eq!(
         found,
-        json!({"customers": []}),
+        json!({"customers": [], "next_after": null}),
         "created_after is exclusive"
     );
 
@@ -421,7 +423,7 @@ async fn customers_orders_and_the_saga_through_http() {
 /// `after`/`limit`/`next_after` up to `head`.
 #[actix_rt::test]
 async fn history_and_global_log_are_paged_with_full_envelopes() {
-    let server = TestServer::start(|_| {}).await;
+    let server = TestServer::start_admin(|_| {}).await;
     let api = &server.api;
     let mut replied = Vec::new();
     let created = api
@@ -558,7 +560,7 @@ async fn saga_events_carry_correlation_and_causation() {
 /// stored rejection is replayed too.
 #[actix_rt::test]
 async fn idempotency_key_replays_the_first_outcome() {
-    let server = TestServer::start(|_| {}).await;
+    let server = TestServer::start_admin(|_| {}).await;
     let api = &server.api;
     let key = [("Idempotency-Key", "create-c-1")];
     let create = create_customer("Ada", 150_000);
@@ -643,7 +645,7 @@ async fn idempotency_key_replays_the_first_outcome() {
 /// current version, a match executes and the `ETag` moves on.
 #[actix_rt::test]
 async fn if_match_guards_the_version_and_etags_follow() {
-    let server = TestServer::start(|_| {}).await;
+    let server = TestServer::start_admin(|_| {}).await;
     let api = &server.api;
     let create = create_customer("Ada", 150_000);
     let reply = api
@@ -690,7 +692,7 @@ async fn if_match_guards_the_version_and_etags_follow() {
         .problem_of(409, "conflict");
     assert_eq!(ahead["current_version"], 2, "{ahead}");
 
-    // The ETag of a read is the If-Match of the next write (weak form accepted).
+    // The ETag of a read is the If-Match of the next write; a weak tag never matches (412).
     let read = api.get("/v1/customers/c-1").await;
     let etag = read.header("etag").expect("a read has an ETag").to_owned();
     assert_eq!(etag, "\"2\"");
@@ -703,12 +705,27 @@ async fn if_match_guards_the_version_and_etags_follow() {
         )
         .await;
     assert_eq!(reply.header("etag"), Some("\"3\""));
-    let reply = api
+    let weak = api
         .command_with(
             "customers",
             "c-1",
             &reserve("o-3", 10),
             &[("If-Match", "W/\"3\"")],
+        )
+        .await
+        .problem_of(412, "precondition-failed");
+    assert!(
+        weak["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("weak") && d.contains("never match")),
+        "{weak}"
+    );
+    let reply = api
+        .command_with(
+            "customers",
+            "c-1",
+            &reserve("o-3", 10),
+            &[("If-Match", "\"3\"")],
         )
         .await;
     assert_eq!(reply.header("etag"), Some("\"4\""));
@@ -762,10 +779,10 @@ impl Case {
     }
 }
 
-/// Every 400, 404, 405, 409, 415 and 422 the API documents, each a problem document.
+/// Every 400, 404, 405, 409, 412, 415 and 422 the API documents, each a problem document.
 #[actix_rt::test]
 async fn every_client_error_is_a_problem_document() {
-    let server = TestServer::start(|c| {
+    let server = TestServer::start_admin(|c| {
         c.server.page_size_max = nz(50);
         c.server.page_size_default = nz(20);
     })
@@ -802,10 +819,51 @@ async fn every_client_error_is_a_problem_document() {
     // 400: a header or the aggregate id.
     let reserve_one = json_value(&reserve("o", 1));
     let path = "/v1/customers/c-1/commands";
-    for if_match in ["\"one\"", "\"1\", \"2\"", "-1", "\"\""] {
+    for if_match in [
+        "\"one\"",
+        "\"1\", \"2\"",
+        "-1",
+        "\"\"",
+        "0",
+        "1",
+        "\"+0\"",
+        "\"01\"",
+        "\"-1\"",
+        "*",
+        "W/1",
+        "W/\"1\", \"2\"",
+        "\"18446744073709551616\"",
+    ] {
         let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
         cases.push(case.header("If-Match", if_match));
     }
+    let case = Case::new(
+        Method::POST,
+        path,
+        reserve_one.clone(),
+        412,
+        "precondition-failed",
+    );
+    cases.push(case.header("If-Match", "W/\"1\""));
+    let case = Case::new(
+        Method::POST,
+        path,
+        reserve_one.clone(),
+        412,
+        "precondition-failed",
+    );
+    cases.push(case.header("If-Match", ""));
+    // A request that is bad otherwise is a 400 before its precondition is judged.
+    let case = Case::new(
+        Method::POST,
+        path,
+        json_value(&json!({"type": "ReserveCredit"})),
+        400,
+        "bad-request",
+    );
+    cases.push(case.header("If-Match", "W/\"1\""));
+    let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
+    cases.push(case.header("X-Correlation-Id", "").header("If-Match", ""));
     let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
     cases.push(case.header("Idempotency-Key", "k".repeat(200)));
     let case = Case::new(Method::POST, path, reserve_one.clone(), 400, "bad-request");
@@ -1068,7 +1126,7 @@ async fn bodies_over_the_limit_are_413() {
 async fn bearer_tokens_guard_the_api_but_not_health() {
     let token = "test-token-0123456789abcdef";
     let server = TestServer::start(|c| {
-        c.auth.tokens = vec![Secret::new("another-token-0123456789"), Secret::new(token)];
+        c.auth.tokens = vec![Token::new("another-token-0123456789"), Token::new(token)];
     })
     .await;
     let anonymous = &server.api;
@@ -1141,7 +1199,7 @@ async fn bearer_tokens_guard_the_api_but_not_health() {
 /// `Retry-After`; every 200 is in the history exactly once, and nothing else is.
 #[actix_rt::test]
 async fn a_full_mailbox_answers_429_and_loses_nothing() {
-    let server = TestServer::start(|c| c.runtime.mailbox_capacity = nz(1)).await;
+    let server = TestServer::start_admin(|c| c.runtime.mailbox_capacity = nz(1)).await;
     let api = &server.api;
     api.create_customer("c-hot", "Hot", 1_000_000_000).await;
     let mut acknowledged: Vec<Value> = Vec::new();
@@ -1360,7 +1418,7 @@ async fn runtime_limits_answer_with_their_status() {
     server.api.create_customer("c-1", "Ada", 1).await;
     server.stop().await;
 
-    let server = TestServer::start(|c| c.runtime.live_actors_max = nz(2)).await;
+    let server = TestServer::start_admin(|c| c.runtime.live_actors_max = nz(2)).await;
     let api = &server.api;
     for round in 0..2 {
         for i in 0..10 {
@@ -1722,7 +1780,7 @@ async fn projections_report_lag_and_rebuild_without_downtime() {
 /// `/livez`, `/readyz`, `/metrics` after commands of each outcome, and request ids.
 #[actix_rt::test]
 async fn health_metrics_and_request_ids() {
-    let server = TestServer::start(|_| {}).await;
+    let server = TestServer::start_admin(|_| {}).await;
     let api = &server.api;
     assert_eq!(api.get("/livez").await.ok(), json!({"status": "live"}));
     let ready = api.get("/readyz").await.ok();
@@ -1957,8 +2015,10 @@ async fn sigterm_with_commands_in_flight_keeps_every_acknowledged_command() {
     /// Requests sent this long after SIGTERM must not be executed any more.
     const STOP_GRACE: Duration = Duration::from_secs(1);
     let dir = tempfile::tempdir().expect("a data directory");
-    let process = ServeProcess::start(dir.path(), &[], &[]);
-    let api = Api::new(&process.url);
+    // ReserveCredit is process-only: the clients have a token with the admin scope.
+    let tokens = [("ANNALS_AUTH_TOKENS", ADMIN_TOKEN)];
+    let process = ServeProcess::start(dir.path(), &[], &tokens);
+    let api = Api::new(&process.url).with_token(ADMIN_TOKEN);
     api.ready().await;
     for c in 0..CUSTOMERS {
         api.create_customer(&format!("c-{c}"), "Ada", 1_000_000_000)
@@ -2067,8 +2127,10 @@ async fn sigterm_with_commands_in_flight_keeps_every_acknowledged_command() {
         .map(|(key, _)| key.as_str())
         .collect();
 
-    let process = ServeProcess::start(dir.path(), &[], &[]);
-    let api = Api::new(&process.url);
+    // ReserveCredit is process-only: the clients have a token with the admin scope.
+    let tokens = [("ANNALS_AUTH_TOKENS", ADMIN_TOKEN)];
+    let process = ServeProcess::start(dir.path(), &[], &tokens);
+    let api = Api::new(&process.url).with_token(ADMIN_TOKEN);
     api.ready().await;
     let mut stored: BTreeMap<String, Value> = BTreeMap::new();
     for c in 0..CUSTOMERS {

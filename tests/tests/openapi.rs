@@ -3,9 +3,9 @@
 //!
 //! - The document is structurally valid OpenAPI 3.1: every `$ref` resolves, path templates and
 //!   path parameters agree, operation ids are unique, security requirements and tags exist.
-//! - It describes the server's routes, both ways: every route registered in `routes()`
-//!   (`app/src/http/mod.rs`, read as text, for every served aggregate type) is documented with
-//!   its method; every documented operation reaches a handler (not the router's 404 or 405) and
+//! - It describes the server's routes, both ways: every route of the route table
+//!   (`annals_app::http::ROUTES`, for every served aggregate type) is documented with its
+//!   method; every documented operation reaches a handler (not the router's 404 or 405) and
 //!   answers one of the statuses documented for it.
 //! - What the server answers matches it: a scenario over every area (commands, rejections,
 //!   conflicts, state, history, the log, the live feed, projections, views, health) checks each
@@ -14,16 +14,18 @@
 //!   requests, is the schemathesis run of `.ci/schemathesis`).
 //! - `/docs` is one self-contained HTML page (no scripts, no external URLs), with the anchors
 //!   that problem `type` URIs point to and a section per operation.
-//! - With `auth.tokens`, `/v1/...` and `/metrics` declare the bearer scheme and a 401; the rest
-//!   is open.
+//! - With `auth.tokens`, every route but health and the description declares the bearer scheme
+//!   with the scope its access level in `ROUTES` needs, a 401 and a 403; the rest is open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use annals_app::http::access::Access;
 use annals_app::http::aggregates::Aggregates;
 use annals_app::http::problem::Kind;
+use annals_app::http::ROUTES;
 use annals_app::server::Server;
-use annals_config::{Config, Secret};
+use annals_config::{Config, Token};
 use awc::http::Method;
 use serde_json::{json, Value};
 
@@ -45,7 +47,7 @@ impl TestServer {
         config.store.data_dir = dir.path().into();
         config.server.workers = std::num::NonZeroUsize::new(2).expect("2 > 0");
         config.runtime.arbiters = std::num::NonZeroUsize::new(2).expect("2 > 0");
-        config.auth.tokens = tokens.iter().map(|t| Secret::new(*t)).collect();
+        config.auth.tokens = tokens.iter().map(|t| Token::new(*t)).collect();
         let server = Server::start_ready(config)
             .await
             .unwrap_or_else(|e| panic!("the server starts: {e:#}"));
@@ -351,44 +353,26 @@ fn structural_errors(doc: &Value) -> Vec<String> {
 
 // ----- the routes the server registers -----
 
-/// The routes of `routes()` in `app/src/http/mod.rs`: (pattern, method), read from the source,
-/// with `{aggregate}` patterns expanded for every served aggregate type.
+/// The routes of the route table (`ROUTES`): (pattern, method, access), with `{aggregate}`
+/// patterns expanded for every served aggregate type.
 fn registered_routes() -> BTreeSet<(String, String)> {
-    let source = include_str!("../../app/src/http/mod.rs");
-    let start = source
-        .find("pub fn routes(")
-        .expect("mod.rs has `pub fn routes(`");
-    let end = source[start..]
-        .find("\n}\n")
-        .map_or(source.len(), |end| start + end);
-    let body = &source[start..end];
-    let mut routes = BTreeSet::new();
-    for piece in body.split("resource(\"").skip(1) {
-        let Some((pattern, rest)) = piece.split_once('"') else {
-            continue;
-        };
-        let mut methods = Vec::new();
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if rest.contains(&format!("{method}().to(")) {
-                methods.push(method);
+    routes_with_access()
+        .into_iter()
+        .map(|(pattern, method, _)| (pattern, method))
+        .collect()
+}
+
+fn routes_with_access() -> Vec<(String, String, Access)> {
+    let mut routes = Vec::new();
+    for route in ROUTES {
+        let method = route.method.openapi().to_owned();
+        if route.pattern.contains("{aggregate}") {
+            for api in Aggregates::domain().iter() {
+                let pattern = route.pattern.replace("{aggregate}", api.route());
+                routes.push((pattern, method.clone(), route.access));
             }
-        }
-        assert!(
-            !methods.is_empty(),
-            "mod.rs: no `.route(METHOD().to(...))` found for resource {pattern:?}; this test \
-             reads the route table as text and must learn its new shape"
-        );
-        for method in methods {
-            if pattern.contains("{aggregate}") {
-                for api in Aggregates::domain().iter() {
-                    routes.insert((
-                        pattern.replace("{aggregate}", api.route()),
-                        method.to_owned(),
-                    ));
-                }
-            } else {
-                routes.insert((pattern.to_owned(), method.to_owned()));
-            }
+        } else {
+            routes.push((route.pattern.to_owned(), method, route.access));
         }
     }
     routes
@@ -699,7 +683,7 @@ async fn every_route_is_documented_and_every_operation_is_routed() {
     let routes = registered_routes();
     assert!(
         routes.len() >= 20 && routes.contains(&("/openapi.json".to_owned(), "get".to_owned())),
-        "the route table was not read from mod.rs: {routes:?}"
+        "the route table is not complete: {routes:?}"
     );
     for (pattern, method) in &routes {
         assert!(
@@ -714,7 +698,7 @@ async fn every_route_is_documented_and_every_operation_is_routed() {
             routes
                 .iter()
                 .any(|(pattern, m)| m == method && matches(pattern, path)),
-            "documented {} {path} is not a route of mod.rs",
+            "documented {} {path} is not a route of ROUTES",
             method.to_uppercase()
         );
     }
@@ -769,10 +753,26 @@ async fn responses_match_the_document() {
     check.push((
         post(
             "/v1/customers/c-1/commands",
-            json!({"type": "ReleaseCredit", "order_id": "o-9"}),
+            json!({"type": "CreateCustomer", "name": "Ada", "credit_limit": 1}),
         )
         .header("If-Match", "\"7\""),
         409,
+    ));
+    // A process-only command (sent by the saga) is refused on the public API.
+    check.push((
+        post(
+            "/v1/customers/c-1/commands",
+            json!({"type": "ReleaseCredit", "order_id": "o-9"}),
+        ),
+        403,
+    ));
+    check.push((
+        post(
+            "/v1/customers/c-1/commands",
+            json!({"type": "CreateCustomer", "name": "Ada", "credit_limit": 1}),
+        )
+        .header("If-Match", "W/\"1\""),
+        412,
     ));
     check.push((
         post("/v1/customers/c-1/commands", json!({"type": "Nope"})),
@@ -949,10 +949,36 @@ async fn the_docs_page_is_self_contained_with_every_problem_anchor() {
     server.stop().await;
 }
 
+/// With tokens, every operation declares what its route's access level in `ROUTES` needs: the
+/// bearer scheme with the route's scope, a 401 and a 403; open routes declare nothing. The
+/// answers to a request without a token, with a token lacking the scope and with one having
+/// it are the documented ones.
 #[actix_rt::test]
-async fn with_tokens_v1_and_metrics_declare_bearer_auth() {
-    let token = "a-token-of-the-right-length-0123456789";
-    let server = TestServer::start(&[token]).await;
+async fn with_tokens_every_route_declares_its_scope() {
+    let admin = "a-token-of-the-right-length-0123456789";
+    let reader = "a-reading-token-of-the-right-length-01";
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    let mut config = Config::default();
+    config.server.addr = "127.0.0.1:0".parse().expect("a socket address");
+    config.store.data_dir = dir.path().into();
+    config.server.workers = std::num::NonZeroUsize::new(2).expect("2 > 0");
+    config.runtime.arbiters = std::num::NonZeroUsize::new(2).expect("2 > 0");
+    config.auth.tokens = vec![
+        Token::new(admin),
+        Token::scoped(
+            reader,
+            annals_config::Scopes::of(&[annals_config::Scope::Read]),
+        ),
+    ];
+    let server = TestServer {
+        server: Server::start_ready(config)
+            .await
+            .unwrap_or_else(|e| panic!("the server starts: {e:#}")),
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+        _dir: dir,
+    };
     // The description stays open.
     let doc = server.document().await;
     assert_eq!(server.get("/docs").await.status, 200);
@@ -960,32 +986,59 @@ async fn with_tokens_v1_and_metrics_declare_bearer_auth() {
         doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
+    let routes = routes_with_access();
     for (path, method, op) in operations(&doc) {
-        let secured = path.starts_with("/v1/") || path == "/metrics";
+        let (_, _, access) = routes
+            .iter()
+            .find(|(pattern, m, _)| *m == method && matches(pattern, &path))
+            .unwrap_or_else(|| panic!("{method} {path} is not a route"));
         let security = op["security"].as_array().cloned().unwrap_or_default();
-        if secured {
-            assert_eq!(security, vec![json!({"bearerAuth": []})], "{method} {path}");
-            assert!(
-                op["responses"].get("401").is_some(),
-                "{method} {path} has no 401"
-            );
-        } else {
-            assert!(security.is_empty(), "{method} {path} needs no token");
-            assert!(
-                op["responses"].get("401").is_none(),
-                "{method} {path} never answers 401"
-            );
+        match access {
+            Access::Open => {
+                assert!(security.is_empty(), "{method} {path} needs no token");
+                assert!(
+                    op["responses"].get("401").is_none(),
+                    "{method} {path} never answers 401"
+                );
+            }
+            access => {
+                let scopes: Vec<&str> = access.scope().map(|s| s.name()).into_iter().collect();
+                assert_eq!(
+                    security,
+                    vec![json!({ "bearerAuth": scopes })],
+                    "{method} {path}"
+                );
+                for status in ["401", "403"] {
+                    assert!(
+                        op["responses"].get(status).is_some(),
+                        "{method} {path} has no {status}"
+                    );
+                }
+            }
         }
     }
     let ops = operations(&doc);
-    for path in ["/v1/events", "/metrics", "/v1/customers/c-1"] {
+    for (path, with_reader) in [
+        ("/v1/events", 200),
+        ("/metrics", 403),
+        ("/v1/customers/c-1", 404),
+    ] {
         let request = Request::new(Method::GET, path);
         let reply = server.send(&request).await;
         assert_eq!(reply.status, 401, "{path}");
         check_reply(&doc, &ops, &request, &reply);
-        let request = request.header("Authorization", &format!("Bearer {token}"));
+        let request =
+            Request::new(Method::GET, path).header("Authorization", &format!("Bearer {reader}"));
         let reply = server.send(&request).await;
-        assert_ne!(reply.status, 401, "{path} with the token");
+        assert_eq!(reply.status, with_reader, "{path} with a read token");
+        check_reply(&doc, &ops, &request, &reply);
+        let request =
+            Request::new(Method::GET, path).header("Authorization", &format!("Bearer {admin}"));
+        let reply = server.send(&request).await;
+        assert!(
+            reply.status == 200 || reply.status == 404,
+            "{path} with every scope"
+        );
         check_reply(&doc, &ops, &request, &reply);
     }
     server.stop().await;

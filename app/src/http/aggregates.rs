@@ -3,11 +3,23 @@
 //! The routes are generic over the aggregate types the server registers: [`ApiAggregate`] is
 //! the object-safe face of one `A: Aggregate` (its commands parsed from JSON, its state and
 //! events rendered as JSON), and [`Aggregates`] maps route names (`customers`) to them. Adding
-//! an aggregate type to the service is one line in [`Aggregates::domain`].
+//! an aggregate type to the service is one line in [`Aggregates::domain`], which also says
+//! which of its commands are *process-only*: sent by a process manager (the `order-credit`
+//! saga), refused on the public API with 403 unless the token has the `admin` scope.
+//!
+//! A command goes through, in order: the store must be open (503); its body is read — JSON
+//! only (415), at most `server.body_bytes_max` (413), within `server.body_read_timeout_ms`
+//! (408, connection closed) — *before* it takes one of the `server.in_flight_max` slots, so
+//! clients that trickle bodies hold no slot; a process-only command needs `admin` (403); the
+//! headers and the id are checked (400, 412); then it takes a slot (503 when none is free) and
+//! is executed within `server.request_deadline_ms` — past it the outcome is unknown (503: retry
+//! with the same `Idempotency-Key`).
+//!
+//! Reads of state and history run on the blocking pool ([`AppState::read`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,6 +29,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::Grant;
 use super::json::{parse_rfc3339, typed_envelope, EnvelopeJson};
 use super::metrics::Outcome;
 use super::problem::{Kind, Problem};
@@ -42,6 +55,10 @@ pub trait ApiAggregate: Send + Sync {
     fn type_name(&self) -> &'static str;
     /// The command type names the aggregate accepts, for metrics labels and the docs.
     fn command_types(&self) -> &[&'static str];
+    /// The command types only a process manager may send (a subset of
+    /// [`command_types`](ApiAggregate::command_types)): refused with 403 on the public API
+    /// unless the token has the `admin` scope.
+    fn process_only_commands(&self) -> &[&'static str];
     /// The command type named by a JSON body's `type` member, if the aggregate knows it.
     fn command_type(&self, body: &[u8]) -> Option<&'static str> {
         #[derive(Deserialize)]
@@ -55,6 +72,8 @@ pub trait ApiAggregate: Send + Sync {
             .copied()
             .find(|t| *t == tag.kind)
     }
+    /// Whether `body` is a command of the aggregate (400 otherwise), without executing it.
+    fn validate(&self, body: &[u8]) -> Result<(), Problem>;
     /// Parses and executes a command. Business rejections are `Err` with [`Kind::Rejected`].
     fn execute<'a>(
         &'a self,
@@ -90,18 +109,34 @@ pub enum StateAt {
 pub struct Api<A> {
     route: &'static str,
     command_types: Vec<&'static str>,
+    process_only: Vec<&'static str>,
     _aggregate: std::marker::PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate> Api<A> {
-    /// `A` served under `/v1/{route}`; `command_types` are the variant names of its command
-    /// enum (the `type` tag of the JSON body).
-    pub fn new(route: &'static str, command_types: &[&'static str]) -> Api<A> {
+    /// `A` served under `/v1/{route}`. `public` and `process_only` are the variant names of its
+    /// command enum (the `type` tag of the JSON body): those anyone with the `commands` scope
+    /// may send, and those only a process manager sends (public only with the `admin` scope).
+    pub fn new(
+        route: &'static str,
+        public: &[&'static str],
+        process_only: &[&'static str],
+    ) -> Api<A> {
         Api {
             route,
-            command_types: command_types.to_vec(),
+            command_types: public.iter().chain(process_only).copied().collect(),
+            process_only: process_only.to_vec(),
             _aggregate: std::marker::PhantomData,
         }
+    }
+}
+
+impl<A: Aggregate> Api<A> {
+    fn parse(&self, body: &[u8]) -> Result<A::Command, Problem> {
+        parse_command(body).map_err(|e| {
+            Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
+                .with("command_types", self.command_types.clone())
+        })
     }
 }
 
@@ -118,6 +153,14 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
         &self.command_types
     }
 
+    fn process_only_commands(&self) -> &[&'static str] {
+        &self.process_only
+    }
+
+    fn validate(&self, body: &[u8]) -> Result<(), Problem> {
+        self.parse(body).map(|_| ())
+    }
+
     fn execute<'a>(
         &'a self,
         runtime: &'a Runtime,
@@ -126,10 +169,7 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
         options: ExecuteOptions,
     ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>> {
         Box::pin(async move {
-            let command: A::Command = parse_command(body).map_err(|e| {
-                Problem::bad_request(format!("invalid {} command: {e}", A::TYPE))
-                    .with("command_types", self.command_types.clone())
-            })?;
+            let command = self.parse(body)?;
             match runtime.execute_with::<A>(id, command, options).await? {
                 Ok(executed) => {
                     #[derive(serde::Serialize)]
@@ -208,26 +248,32 @@ impl std::fmt::Debug for Aggregates {
 
 impl Aggregates {
     /// The reference domain: `customers`, `orders`, and the benchmark's `accounts`.
+    ///
+    /// The `order-credit` saga alone reserves and releases credit and approves or rejects
+    /// orders: a client that could send those would ship an order its customer's credit does
+    /// not cover (approve a fresh order before the saga has reserved anything, or release the
+    /// credit of an approved one).
     pub fn domain() -> Aggregates {
         use annals_domain::{bank, customer, order};
+        // The domain is to export these as `customer::PROCESS_ONLY_COMMANDS` and
+        // `order::PROCESS_ONLY_COMMANDS`; until then they are spelt here.
+        const CUSTOMER_PROCESS_ONLY: &[&str] = &["ReserveCredit", "ReleaseCredit"];
+        const ORDER_PROCESS_ONLY: &[&str] = &["ApproveOrder", "RejectOrder"];
         let mut all = Aggregates::default();
         all.add(Api::<customer::Customer>::new(
             "customers",
-            &["CreateCustomer", "ReserveCredit", "ReleaseCredit"],
+            &["CreateCustomer"],
+            CUSTOMER_PROCESS_ONLY,
         ));
         all.add(Api::<order::Order>::new(
             "orders",
-            &[
-                "CreateOrder",
-                "ApproveOrder",
-                "RejectOrder",
-                "ShipOrder",
-                "CancelOrder",
-            ],
+            &["CreateOrder", "ShipOrder", "CancelOrder"],
+            ORDER_PROCESS_ONLY,
         ));
         all.add(Api::<bank::Account>::new(
             "accounts",
             &["Deposit", "Withdraw"],
+            &[],
         ));
         all
     }
@@ -259,26 +305,70 @@ impl Aggregates {
 }
 
 /// The parsed `If-Match` header: an expected version.
+///
+/// One strong entity tag holding a version in canonical decimal (`"3"`; `"0"`: the aggregate
+/// must not exist yet). A weak tag (`W/"3"`) never matches for `If-Match` (RFC 9110, 13.1.1):
+/// 412, as is an empty field (a list of no tags, which nothing matches). `*` ("any current
+/// representation") is valid HTTP but not supported: the runtime can
+/// only check an exact version, and a check outside it would race; 400, saying to send the
+/// version. Anything else (a bare `3`, `"03"`, `"+3"`, several tags, several headers) is 400.
 fn expected_version(headers: &HeaderMap) -> Result<Option<Version>, Problem> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
+    let mut values = headers.get_all(header::IF_MATCH);
+    let Some(value) = values.next() else {
         return Ok(None);
     };
-    let bad = || {
-        Problem::bad_request(
-            "If-Match must be one entity tag holding a version, such as \"3\" (\"0\": the \
-             aggregate must not exist yet)",
-        )
+    let bad = |why: &str| {
+        Problem::bad_request(format!(
+            "If-Match must be one entity tag holding a version, such as \"3\" as in ETag \
+             (\"0\": the aggregate must not exist yet); {why}"
+        ))
     };
-    let text = value.to_str().map_err(|_| bad())?.trim();
-    let text = text.strip_prefix("W/").unwrap_or(text);
-    let digits = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
-    digits
-        .parse::<u64>()
-        .map(|v| Some(Version(v)))
-        .map_err(|_| bad())
+    if values.next().is_some() {
+        return Err(bad("this request has several If-Match headers"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| bad("this one is not visible ASCII"))?
+        .trim();
+    if text.is_empty() {
+        // An empty list of entity tags (valid syntax): none of them matches.
+        return Err(Problem::new(
+            Kind::PreconditionFailed,
+            "If-Match is empty: a list of no entity tags, which no version matches (RFC 9110, \
+             13.1.1); send the version from ETag, or no If-Match",
+        ));
+    }
+    if text == "*" {
+        return Err(bad(
+            "If-Match: * (any version) is not supported: send the version the command expects",
+        ));
+    }
+    let quoted = |t: &str| {
+        t.len() >= 2 && t.starts_with('"') && t.ends_with('"') && !t[1..t.len() - 1].contains('"')
+    };
+    if let Some(weak) = text.strip_prefix("W/") {
+        if quoted(weak) {
+            return Err(Problem::new(
+                Kind::PreconditionFailed,
+                format!(
+                    "If-Match holds the weak entity tag W/{weak}, and weak tags never match for \
+                     If-Match (RFC 9110, 13.1.1): send the strong tag {weak}"
+                ),
+            ));
+        }
+        return Err(bad("this one is not an entity tag"));
+    }
+    if !quoted(text) {
+        return Err(bad("this one is not one quoted entity tag"));
+    }
+    let digits = &text[1..text.len() - 1];
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    match digits.parse::<u64>() {
+        Ok(version) if canonical => Ok(Some(Version(version))),
+        _ => Err(bad("this one is not a version in canonical decimal")),
+    }
 }
 
 /// The parsed `Idempotency-Key` header: a command id.
@@ -294,34 +384,48 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<CommandId>, Problem> {
         .map_err(|e| Problem::bad_request(format!("Idempotency-Key: {e}")))
 }
 
-/// A trace id header (`X-Correlation-Id`, `X-Causation-Id`), checked by the runtime.
+/// A trace id header (`X-Correlation-Id`, `X-Causation-Id`): 1 to `TRACE_ID_LEN_MAX` bytes
+/// of visible ASCII (spaces and tabs inside), as the runtime and the document have it. Checked
+/// here, before the precondition, so that a bad one is a 400 whatever `If-Match` says.
 fn trace_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
+    let max = annals::envelope::TRACE_ID_LEN_MAX;
     headers
         .get(name)
         .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| Problem::bad_request(format!("{name} must be visible ASCII")))
+            let text = v
+                .to_str()
+                .map_err(|_| Problem::bad_request(format!("{name} must be visible ASCII")))?;
+            if text.is_empty() || text.len() > max {
+                return Err(Problem::bad_request(format!(
+                    "{name} is {} bytes: it must be 1 to {max}",
+                    text.len()
+                )));
+            }
+            Ok(text.to_owned())
         })
         .transpose()
 }
 
-/// Reads the body: JSON only, at most `server.body_bytes_max` bytes.
-async fn json_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<bytes::Bytes, Problem> {
-    let is_json = req
-        .headers()
+/// Whether the request's `Content-Type` is JSON (`application/json` or `application/*+json`).
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())
         .is_some_and(|m| {
             m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        });
-    if !is_json {
+        })
+}
+
+/// Reads the body: JSON only, at most `limit` bytes, all of it within `deadline`.
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    deadline: Duration,
+) -> Result<bytes::Bytes, Problem> {
+    if !is_json(req) {
         return Err(Problem::new(
             Kind::UnsupportedMediaType,
             "the command must be sent as Content-Type: application/json",
@@ -342,21 +446,35 @@ async fn json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut body = bytes::BytesMut::with_capacity(
-        declared
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(1024)
-            .min(limit),
-    );
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        let mut body = bytes::BytesMut::with_capacity(
+            declared
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(1024)
+                .min(limit),
+        );
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| Problem::bad_request(format!("cannot read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Problem::new(
+                Kind::RequestTimeout,
+                format!(
+                    "the body did not arrive within {} ms (server.body_read_timeout_ms); nothing \
+                     was executed and the connection is closed",
+                    deadline.as_millis()
+                ),
+            ))
+        })
 }
 
 /// `POST /v1/{aggregate}/{id}/commands`.
@@ -388,6 +506,19 @@ pub async fn post_command(
 
 type Executed = (&'static str, CommandReply);
 
+/// 403: `command` is sent by a process manager only.
+fn process_only(command: &str) -> Problem {
+    Problem::new(
+        Kind::Forbidden,
+        format!(
+            "{command} is sent by the order-credit saga (a process manager), not by clients: it \
+             needs a token with the `admin` scope"
+        ),
+    )
+    .with("scope", "admin")
+    .with("command_type", command)
+}
+
 async fn execute(
     state: &AppState,
     req: &HttpRequest,
@@ -398,8 +529,47 @@ async fn execute(
     let invalid = |p: Problem| ("invalid", p);
     let runtime = state.runtime().map_err(invalid)?;
     let server = &state.config.server;
+    // The body first, bounded in size and time, so that a client that trickles it holds no
+    // in-flight slot.
+    let body = json_body(
+        req,
+        payload,
+        server.body_bytes_max.get(),
+        server.body_read_timeout,
+    )
+    .await
+    .map_err(invalid)?;
+    let command = api.command_type(&body).unwrap_or("invalid");
+    let fail = |p: Problem| (command, p);
+    if api.process_only_commands().contains(&command)
+        && !Grant::of(req).has(annals_config::Scope::Admin)
+    {
+        return Err(fail(process_only(command)));
+    }
+    let headers = req.headers();
+    let mut options = ExecuteOptions::default();
+    options.command_id = idempotency_key(headers).map_err(fail)?;
+    options.correlation_id = trace_header(headers, "x-correlation-id")
+        .map_err(fail)?
+        .map(Into::into);
+    options.causation_id = trace_header(headers, "x-causation-id")
+        .map_err(fail)?
+        .map(Into::into);
+    // The id is checked here too so a bad one is a 400 whatever the body says.
+    StreamId::new(api.type_name(), id).map_err(|e| fail(Problem::bad_request(e.to_string())))?;
+    // The precondition last: a request that is otherwise bad is a 400, not a 412
+    // (RFC 9110, 13.2.1). A body that is no command is found when it is parsed, so on the
+    // (rare) way to a 412 it is parsed first.
+    options.expected_version = match expected_version(headers) {
+        Err(p) if p.kind() == Kind::PreconditionFailed => {
+            api.validate(&body).map_err(fail)?;
+            return Err(fail(p));
+        }
+        other => other.map_err(fail)?,
+    };
     let _in_flight = state.in_flight.enter().ok_or_else(|| {
-        invalid(Problem::unavailable(
+        fail(Problem::overloaded(
+            Kind::Unavailable,
             format!(
                 "{} commands are in flight, the configured limit (server.in_flight_max)",
                 server.in_flight_max
@@ -407,33 +577,29 @@ async fn execute(
             state.config.runtime.retry_after,
         ))
     })?;
-    let body = json_body(req, payload, server.body_bytes_max.get())
+    let deadline = server.request_deadline;
+    let reply = tokio::time::timeout(deadline, api.execute(runtime, id, &body, options))
         .await
-        .map_err(invalid)?;
-    let command = api.command_type(&body).unwrap_or("invalid");
-    let headers = req.headers();
-    let mut options = ExecuteOptions::default();
-    options.command_id = idempotency_key(headers).map_err(invalid)?;
-    options.expected_version = expected_version(headers).map_err(invalid)?;
-    options.correlation_id = trace_header(headers, "x-correlation-id")
-        .map_err(invalid)?
-        .map(Into::into);
-    options.causation_id = trace_header(headers, "x-causation-id")
-        .map_err(invalid)?
-        .map(Into::into);
-    // The id is checked here too so a bad one is a 400 whatever the body says.
-    StreamId::new(api.type_name(), id).map_err(|e| invalid(Problem::bad_request(e.to_string())))?;
-    let reply = api
-        .execute(runtime, id, &body, options)
-        .await
-        .map_err(|p| (command, p))?;
+        .unwrap_or_else(|_| {
+            Err(Problem::new(
+                Kind::OutcomeUnknown,
+                format!(
+                    "the command was not answered within {} ms (server.request_deadline_ms): it \
+                     may or may not have been recorded; retry with the same Idempotency-Key to \
+                     learn its outcome",
+                    deadline.as_millis()
+                ),
+            )
+            .retry_after(Duration::from_secs(1)))
+        })
+        .map_err(fail)?;
     Ok((command, reply))
 }
 
 fn outcome_of(kind: Kind) -> Outcome {
     match kind {
         Kind::Rejected | Kind::IdempotencyKeyReused => Outcome::Rejected,
-        Kind::Conflict => Outcome::Conflict,
+        Kind::Conflict | Kind::PreconditionFailed => Outcome::Conflict,
         Kind::TooManyRequests | Kind::Unavailable => Outcome::Overloaded,
         Kind::Internal | Kind::OutcomeUnknown => Outcome::Error,
         _ => Outcome::Invalid,
@@ -457,8 +623,8 @@ pub async fn get_state(
     query: web::Query<StateQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (route, id) = path.into_inner();
-    let api = state.aggregates.get(&route)?;
-    let runtime = state.runtime()?;
+    let api = Arc::clone(state.aggregates.get(&route)?);
+    let runtime = state.runtime()?.clone();
     let at = match (query.version, &query.as_of) {
         (Some(_), Some(_)) => {
             return Err(Problem::bad_request(
@@ -471,29 +637,38 @@ pub async fn get_state(
         (None, None) => StateAt::Head,
     };
     StreamId::new(api.type_name(), id.as_str()).map_err(|e| Problem::bad_request(e.to_string()))?;
-    let (version, json) = api.state(runtime, &id, at)?.ok_or_else(|| {
-        Problem::not_found(format!(
-            "{} {id:?} has no events{}",
-            api.type_name(),
-            match at {
-                StateAt::Head => String::new(),
-                StateAt::Version(v) => format!(" (at version {v})"),
-                StateAt::Instant(_) => " at that time".into(),
+    let (version, json) = state
+        .read(move || {
+            let found = api.state(&runtime, &id, at)?.ok_or_else(|| {
+                Problem::not_found(format!(
+                    "{} {id:?} has no events{}",
+                    api.type_name(),
+                    match at {
+                        StateAt::Head => String::new(),
+                        StateAt::Version(v) => format!(" (at version {v})"),
+                        StateAt::Instant(_) => " at that time".into(),
+                    }
+                ))
+            })?;
+            if let StateAt::Version(wanted) = at {
+                if found.0 < wanted.0 {
+                    return Err(Problem::not_found(format!(
+                        "{} {id:?} is at version {}: version {wanted} does not exist yet",
+                        api.type_name(),
+                        found.0
+                    ))
+                    .with("current_version", found.0));
+                }
             }
-        ))
-    })?;
-    if let StateAt::Version(wanted) = at {
-        if version < wanted.0 {
-            return Err(Problem::not_found(format!(
-                "{} {id:?} is at version {version}: version {wanted} does not exist yet",
-                api.type_name()
+            Ok((
+                found.0,
+                json!({"id": id, "version": found.0, "state": found.1}),
             ))
-            .with("current_version", version));
-        }
-    }
+        })
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{version}\"")))
-        .json(json!({"id": id, "version": version, "state": json})))
+        .json(json))
 }
 
 /// Query of `GET /v1/{aggregate}/{id}/events`.
@@ -513,21 +688,26 @@ pub async fn get_history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (route, id) = path.into_inner();
-    let api = state.aggregates.get(&route)?;
-    let runtime = state.runtime()?;
+    let api = Arc::clone(state.aggregates.get(&route)?);
+    let runtime = state.runtime()?.clone();
     let limit = state.page_size(query.limit)?;
     let from = Version(query.from.unwrap_or(1).max(1));
     let stream = StreamId::new(api.type_name(), id.as_str())
         .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let stored = runtime.read_stream(&stream, from, None, limit)?;
-    let mut events = Vec::with_capacity(stored.len());
-    for event in &stored {
-        events.extend(api.render(event)?);
-    }
-    let next = (stored.len() == limit)
-        .then(|| stored.last().map(|e| e.version.0 + 1))
-        .flatten();
-    Ok(HttpResponse::Ok().json(json!({"id": id, "events": events, "next_from": next})))
+    let page = state
+        .read(move || {
+            let stored = runtime.read_stream(&stream, from, None, limit)?;
+            let mut events = Vec::with_capacity(stored.len());
+            for event in &stored {
+                events.extend(api.render(event)?);
+            }
+            let next = (stored.len() == limit)
+                .then(|| stored.last().map(|e| e.version.0 + 1))
+                .flatten();
+            Ok(json!({"id": id, "events": events, "next_from": next}))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// Parses a command. A number with a zero fraction (`5000.0`) is the integer it spells, as JSON

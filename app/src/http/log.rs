@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 
 use super::aggregates::Aggregates;
 use super::json::raw_envelope;
-use super::problem::Problem;
-use super::AppState;
+use super::problem::{Kind, Problem};
+use super::{AppState, FeedRefusal, FeedSlot};
 
 /// Events per page of the live feed.
 const LIVE_PAGE_EVENTS: usize = 256;
@@ -54,20 +54,26 @@ pub async fn global_log(
     state: web::Data<AppState>,
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let runtime = state.runtime()?;
+    let runtime = state.runtime()?.clone();
     let limit = state.page_size(query.limit)?;
     let after = query.after.unwrap_or(0);
     let from = Position(after.checked_add(1).ok_or_else(|| {
         Problem::bad_request("after is beyond any position").with("parameter", "after")
     })?);
-    let stored = runtime.read_all(from, limit)?;
-    let events = render(&state.aggregates, &stored)?;
-    let next_after = stored.last().map_or(after, |e| e.position.0);
-    Ok(HttpResponse::Ok().json(json!({
-        "events": events,
-        "next_after": next_after,
-        "head": runtime.head_position().0,
-    })))
+    let shared = state.clone();
+    let page = state
+        .read(move || {
+            let stored = runtime.read_all(from, limit)?;
+            let events = render(&shared.aggregates, &stored)?;
+            let next_after = stored.last().map_or(after, |e| e.position.0);
+            Ok(json!({
+                "events": events,
+                "next_after": next_after,
+                "head": runtime.head_position().0,
+            }))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 /// Query of `GET /v1/events/live`.
@@ -92,26 +98,42 @@ pub async fn live(
         .map(|v| {
             v.to_str()
                 .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .ok_or_else(|| Problem::bad_request("Last-Event-ID must be a position (a number)"))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Problem::bad_request("Last-Event-ID must be a position (decimal digits)")
+                })
         })
         .transpose()?;
     let after = last_event_id
         .or(query.after)
         .unwrap_or_else(|| runtime.head_position().0);
     let server = &state.config.server;
-    let guard = state.live_feeds.enter_owned().ok_or_else(|| {
-        Problem::unavailable(
-            format!(
-                "{} live feeds are open, the configured limit (server.sse_connections_max)",
-                server.sse_connections_max
+    let client = req.peer_addr().map(|addr| addr.ip());
+    let guard = state
+        .live_feeds
+        .enter(client)
+        .map_err(|refusal| match refusal {
+            FeedRefusal::PerClient(max) => Problem::overloaded(
+                Kind::TooManyRequests,
+                format!(
+                    "this client address has {max} live feeds open, the configured limit \
+                     (server.sse_connections_per_client_max)"
+                ),
+                Duration::from_secs(5),
             ),
-            Duration::from_secs(5),
-        )
-    })?;
+            FeedRefusal::Total(max) => Problem::overloaded(
+                Kind::Unavailable,
+                format!(
+                    "{max} live feeds are open, the configured limit (server.sse_connections_max)"
+                ),
+                Duration::from_secs(5),
+            ),
+        })?;
     let feed = Feed {
         runtime: runtime.clone(),
-        state: state.clone().into_inner(),
+        state: state.clone(),
         next: Position(after.saturating_add(1)),
         head: runtime.store().watch_head(),
         stopping: state.stopping(),
@@ -132,13 +154,13 @@ pub async fn live(
 
 struct Feed {
     runtime: Runtime,
-    state: std::sync::Arc<AppState>,
+    state: web::Data<AppState>,
     next: Position,
     head: annals::store::HeadWatch,
     stopping: tokio::sync::watch::Receiver<bool>,
     keepalive: Duration,
     started: bool,
-    _guard: super::OwnedGaugeGuard,
+    _guard: FeedSlot,
 }
 
 impl Feed {
@@ -153,22 +175,32 @@ impl Feed {
             if *self.stopping.borrow() {
                 return None;
             }
-            let page = match self.runtime.read_all(self.next, LIVE_PAGE_EVENTS) {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%error, "live feed ends: the log cannot be read");
+            // One page, read and rendered on the blocking pool: its last position and its
+            // frames, or nothing when the feed is caught up.
+            let (runtime, state, from) = (self.runtime.clone(), self.state.clone(), self.next);
+            let read = self
+                .state
+                .read_queued(move || {
+                    let page = runtime.read_all(from, LIVE_PAGE_EVENTS)?;
+                    let Some(last) = page.last() else {
+                        return Ok(None);
+                    };
+                    Ok(Some((last.position, frame(&state.aggregates, &page)?)))
+                })
+                .await;
+            match read {
+                Ok(Some((last, bytes))) => {
+                    self.next = last.next();
+                    return Some(bytes);
+                }
+                Ok(None) => {}
+                Err(problem) => {
+                    tracing::warn!(
+                        problem = ?problem.detail(),
+                        "live feed ends: the log cannot be read or rendered"
+                    );
                     return None;
                 }
-            };
-            if let Some(last) = page.last() {
-                self.next = last.position.next();
-                return match self.frame(&page) {
-                    Ok(bytes) => Some(bytes),
-                    Err(problem) => {
-                        tracing::warn!(%problem, "live feed ends: an event cannot be rendered");
-                        None
-                    }
-                };
             }
             // Caught up: wait for the head to move, a keep-alive, or the server to stop.
             self.head.borrow_and_update();
@@ -188,17 +220,17 @@ impl Feed {
             }
         }
     }
+}
 
-    fn frame(&self, page: &[RecordedEvent]) -> Result<Bytes, Problem> {
-        let mut out = Vec::with_capacity(page.len() * 256);
-        for event in page {
-            for rendered in render(&self.state.aggregates, std::slice::from_ref(event))? {
-                out.extend_from_slice(format!("id: {}\ndata: ", event.position).as_bytes());
-                serde_json::to_writer(&mut out, &rendered)
-                    .map_err(|e| Problem::internal(e.to_string()))?;
-                out.extend_from_slice(b"\n\n");
-            }
+/// The Server-Sent Events of `page`: `id: {position}` and `data: {envelope}` per event.
+fn frame(aggregates: &Aggregates, page: &[RecordedEvent]) -> Result<Bytes, Problem> {
+    let mut out = Vec::with_capacity(page.len() * 256);
+    for event in page {
+        for rendered in render(aggregates, std::slice::from_ref(event))? {
+            out.extend_from_slice(format!("id: {}\ndata: ", event.position).as_bytes());
+            serde_json::to_writer(&mut out, &rendered).map_err(Problem::internal)?;
+            out.extend_from_slice(b"\n\n");
         }
-        Ok(Bytes::from(out))
     }
+    Ok(Bytes::from(out))
 }

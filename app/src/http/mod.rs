@@ -1,7 +1,8 @@
-//! The HTTP API: shared state, the route table, and the handlers by area.
+//! The HTTP API: shared state, the route table ([`ROUTES`]), and the handlers by area.
 //!
 //! | module | routes |
 //! |---|---|
+//! | [`access`] | who may call which route (tokens, scopes), and each request's deadline |
 //! | [`aggregates`] | `POST /v1/{aggregate}/{id}/commands`, `GET /v1/{aggregate}/{id}`, `GET /v1/{aggregate}/{id}/events` |
 //! | [`log`] | `GET /v1/events` (the global log, paged), `GET /v1/events/live` (Server-Sent Events) |
 //! | [`read`] | `/v1/projections…` (status, rebuild, parked events) and `/v1/views/…` (read models) |
@@ -11,7 +12,13 @@
 //! The server binds before the store is open: while recovery runs, `/livez` answers and
 //! everything else answers 503 with `Retry-After`, so an orchestrator can tell "starting" from
 //! "dead". Every error is a [`problem::Problem`] (RFC 9457).
+//!
+//! Store reads (state, history, log pages, views) run on actix's blocking thread pool, at most
+//! `server.reads_in_flight_max` at once ([`AppState::read`]; 503 beyond), so a slow read never
+//! stalls the HTTP workers.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,6 +29,7 @@ use annals::Runtime;
 use annals_config::Config;
 use parking_lot::Mutex;
 
+pub mod access;
 pub mod aggregates;
 pub mod json;
 pub mod log;
@@ -32,6 +40,7 @@ pub mod ops;
 pub mod problem;
 pub mod read;
 
+use access::Access;
 use aggregates::Aggregates;
 use metrics::Metrics;
 use problem::{Kind, Problem};
@@ -47,8 +56,13 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Commands in flight (bounded by `server.in_flight_max`).
     pub in_flight: Gauge,
-    /// Open live feeds (bounded by `server.sse_connections_max`).
-    pub live_feeds: Arc<Gauge>,
+    /// Open live feeds (bounded in total and per client address).
+    pub live_feeds: Arc<FeedSlots>,
+    /// Store reads running on the blocking pool (bounded by `server.reads_in_flight_max`).
+    reads: Arc<tokio::sync::Semaphore>,
+    /// Held while a rebuild (or a parked retry, which may start one) is being started, so that
+    /// counting the rebuilds running and starting one is one step.
+    pub(crate) rebuild_start: tokio::sync::Mutex<()>,
     runtime: OnceLock<Runtime>,
     open_failure: Mutex<Option<String>>,
     stopping: tokio::sync::watch::Sender<bool>,
@@ -57,34 +71,94 @@ pub struct AppState {
 impl AppState {
     /// State for `config`, serving the reference domain; the runtime comes later.
     pub fn new(config: Arc<Config>) -> AppState {
-        let in_flight = Gauge::new(config.server.in_flight_max.get());
-        let live_feeds = Arc::new(Gauge::new(config.server.sse_connections_max.get()));
+        let server = &config.server;
+        let in_flight = Gauge::new(server.in_flight_max.get());
+        let live_feeds = Arc::new(FeedSlots::new(
+            server.sse_connections_max.get(),
+            server.sse_connections_per_client_max.get(),
+        ));
+        let reads = Arc::new(tokio::sync::Semaphore::new(
+            server.reads_in_flight_max.get(),
+        ));
         AppState {
             config,
             aggregates: Aggregates::domain(),
             metrics: Metrics::default(),
             in_flight,
             live_feeds,
+            reads,
+            rebuild_start: tokio::sync::Mutex::new(()),
             runtime: OnceLock::new(),
             open_failure: Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
         }
     }
 
-    /// The runtime, or 503 while the store is being opened (or could not be).
+    /// The runtime, or 503 while the store is being opened (or could not be). Why it could
+    /// not be opened (a path, the engine's error) is in the log, not in the answer.
     pub fn runtime(&self) -> Result<&Runtime, Problem> {
-        self.runtime
-            .get()
-            .ok_or_else(|| match &*self.open_failure.lock() {
-                Some(why) => Problem::unavailable(
-                    format!("the store could not be opened: {why}"),
+        self.runtime.get().ok_or_else(|| {
+            if self.open_failure.lock().is_some() {
+                Problem::overloaded(
+                    Kind::Unavailable,
+                    "the store could not be opened (the server log says why)",
                     Duration::from_secs(5),
-                ),
-                None => Problem::unavailable(
+                )
+            } else {
+                Problem::overloaded(
+                    Kind::Unavailable,
                     "the store is being opened and recovered",
                     Duration::from_secs(1),
+                )
+            }
+        })
+    }
+
+    /// Runs `read` (a store read and its rendering) on the blocking pool, so that it cannot
+    /// stall an HTTP worker. At most `server.reads_in_flight_max` run at once: beyond that,
+    /// 503 with `Retry-After`. A read whose request is abandoned (its client gone, its deadline
+    /// passed) keeps its unit until it ends, so the bound counts what really runs.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let permit = Arc::clone(&self.reads).try_acquire_owned().map_err(|_| {
+            Problem::overloaded(
+                Kind::Unavailable,
+                format!(
+                    "{} store reads are running, the configured limit \
+                     (server.reads_in_flight_max)",
+                    self.config.server.reads_in_flight_max
                 ),
-            })
+                self.config.runtime.retry_after,
+            )
+        })?;
+        Self::run_blocking(permit, read).await
+    }
+
+    /// [`AppState::read`], waiting for a unit instead of refusing: for the pages of a live
+    /// feed that is already open (it waits as it would for a slow client).
+    pub async fn read_queued<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let permit = Arc::clone(&self.reads)
+            .acquire_owned()
+            .await
+            .map_err(|_| Problem::unavailable("the server is stopping", Duration::from_secs(1)))?;
+        Self::run_blocking(permit, read).await
+    }
+
+    async fn run_blocking<T: Send + 'static>(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        read: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+    ) -> Result<T, Problem> {
+        web::block(move || {
+            let _permit = permit;
+            read()
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("the blocking pool could not run a read: {e}")))?
     }
 
     /// The runtime, if open.
@@ -167,11 +241,6 @@ impl Gauge {
         self.take().then(|| GaugeGuard(self))
     }
 
-    /// Takes one unit for as long as the returned owner lives (for streams).
-    pub fn enter_owned(self: &Arc<Self>) -> Option<OwnedGaugeGuard> {
-        self.take().then(|| OwnedGaugeGuard(Arc::clone(self)))
-    }
-
     /// Units in use.
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Acquire)
@@ -184,69 +253,266 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// An owned unit of a shared [`Gauge`].
+/// The live feeds open, bounded in total (`server.sse_connections_max`, 503 beyond) and per
+/// client address (`server.sse_connections_per_client_max`, 429 beyond). A client address is
+/// the peer's IP: behind a proxy every client is the proxy's.
 #[derive(Debug)]
-pub struct OwnedGaugeGuard(Arc<Gauge>);
+pub struct FeedSlots {
+    total_max: usize,
+    per_client_max: usize,
+    open: Mutex<FeedCounts>,
+}
 
-impl Drop for OwnedGaugeGuard {
-    fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
+#[derive(Debug, Default)]
+struct FeedCounts {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// Why a live feed was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedRefusal {
+    /// This client address holds `server.sse_connections_per_client_max` feeds.
+    PerClient(usize),
+    /// `server.sse_connections_max` feeds are open.
+    Total(usize),
+}
+
+/// One open live feed, released when dropped (when the feed's response ends, or its client
+/// disconnects).
+#[derive(Debug)]
+pub struct FeedSlot {
+    slots: Arc<FeedSlots>,
+    client: Option<IpAddr>,
+}
+
+impl FeedSlots {
+    fn new(total_max: usize, per_client_max: usize) -> FeedSlots {
+        FeedSlots {
+            total_max,
+            per_client_max,
+            open: Mutex::new(FeedCounts::default()),
+        }
+    }
+
+    /// Takes a slot for a feed of `client` (`None`: its address is unknown; only the total
+    /// bounds it).
+    pub fn enter(self: &Arc<Self>, client: Option<IpAddr>) -> Result<FeedSlot, FeedRefusal> {
+        let mut open = self.open.lock();
+        if let Some(ip) = client {
+            if open.by_client.get(&ip).copied().unwrap_or(0) >= self.per_client_max {
+                return Err(FeedRefusal::PerClient(self.per_client_max));
+            }
+        }
+        if open.total >= self.total_max {
+            return Err(FeedRefusal::Total(self.total_max));
+        }
+        open.total += 1;
+        if let Some(ip) = client {
+            *open.by_client.entry(ip).or_default() += 1;
+        }
+        Ok(FeedSlot {
+            slots: Arc::clone(self),
+            client,
+        })
+    }
+
+    /// Feeds open.
+    pub fn current(&self) -> usize {
+        self.open.lock().total
     }
 }
 
-/// Registers every route on `config`.
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(ip) = self.client {
+            if let Some(n) = open.by_client.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.by_client.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The methods of a route. A `GET` route answers `HEAD` too (actix sends no body for HEAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET` and `HEAD`.
+    Get,
+    /// `POST`.
+    Post,
+}
+
+impl Method {
+    /// The `Allow` header of the route's 405 answers.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Method::Get => "GET, HEAD",
+            Method::Post => "POST",
+        }
+    }
+
+    /// The method's name in lower case, as OpenAPI writes it (`get`).
+    pub fn openapi(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+        }
+    }
+}
+
+/// One route of the API: its path pattern, its method, who may call it, and its handler.
+#[derive(Debug)]
+pub struct Route {
+    /// The path pattern (`/v1/{aggregate}/{id}`).
+    pub pattern: &'static str,
+    /// The method.
+    pub method: Method,
+    /// Who may call it. Required: a route cannot be declared without an access level.
+    pub access: Access,
+    /// Adds the handler (and any guard) to the route's resource.
+    add: fn(actix_web::Resource) -> actix_web::Resource,
+}
+
+fn get() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+fn post() -> actix_web::Route {
+    web::post()
+}
+
+/// Every route, in matching order: the aggregate routes first (see `aggregate_path`). This
+/// table is the only place routes are registered ([`routes`]), so every route has an
+/// [`Access`]; the API description is checked against it (`tests/tests/openapi.rs`), and the
+/// access tests walk it (`tests/tests/http_hostile.rs`).
+pub static ROUTES: &[Route] = &[
+    Route {
+        pattern: "/livez",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(ops::livez)),
+    },
+    Route {
+        pattern: "/readyz",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(ops::readyz)),
+    },
+    Route {
+        pattern: "/metrics",
+        method: Method::Get,
+        access: Access::ADMIN,
+        add: |r| r.route(get().to(ops::metrics)),
+    },
+    Route {
+        pattern: "/openapi.json",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(openapi::document)),
+    },
+    Route {
+        pattern: "/docs",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(openapi::docs)),
+    },
+    Route {
+        pattern: "/v1/{aggregate}/{id}/commands",
+        method: Method::Post,
+        access: Access::COMMANDS,
+        add: |r| {
+            r.guard(guard::fn_guard(aggregate_path))
+                .route(post().to(aggregates::post_command))
+        },
+    },
+    Route {
+        pattern: "/v1/{aggregate}/{id}/events",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| {
+            r.guard(guard::fn_guard(aggregate_path))
+                .route(get().to(aggregates::get_history))
+        },
+    },
+    Route {
+        pattern: "/v1/{aggregate}/{id}",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| {
+            r.guard(guard::fn_guard(aggregate_path))
+                .route(get().to(aggregates::get_state))
+        },
+    },
+    Route {
+        pattern: "/v1/events",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(log::global_log)),
+    },
+    Route {
+        pattern: "/v1/events/live",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(log::live)),
+    },
+    Route {
+        pattern: "/v1/projections",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(read::projections)),
+    },
+    Route {
+        pattern: "/v1/projections/{name}/rebuild",
+        method: Method::Post,
+        access: Access::ADMIN,
+        add: |r| r.route(post().to(read::rebuild)),
+    },
+    Route {
+        pattern: "/v1/projections/{name}/parked",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(read::parked)),
+    },
+    Route {
+        pattern: "/v1/projections/{name}/parked/{position}/retry",
+        method: Method::Post,
+        access: Access::ADMIN,
+        add: |r| r.route(post().to(read::retry_parked)),
+    },
+    Route {
+        pattern: "/v1/views/customers/{id}",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(read::customer_summary)),
+    },
+    Route {
+        pattern: "/v1/views/customers/{id}/orders",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(read::customer_orders)),
+    },
+    Route {
+        pattern: "/v1/views/valuable-customers",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(read::valuable_customers)),
+    },
+];
+
+/// Registers every route of [`ROUTES`] on `config`, each behind its access level
+/// ([`access::guarded`]), and the answer to paths no route matches.
 pub fn routes(config: &mut web::ServiceConfig) {
-    // GET routes answer HEAD too (actix sends no body for HEAD).
-    let get = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
-    let post = web::post;
-    config
-        .app_data(query_config())
-        .app_data(path_config())
-        .service(resource("/livez", "GET, HEAD").route(get().to(ops::livez)))
-        .service(resource("/readyz", "GET, HEAD").route(get().to(ops::readyz)))
-        .service(resource("/metrics", "GET, HEAD").route(get().to(ops::metrics)))
-        .service(resource("/openapi.json", "GET, HEAD").route(get().to(openapi::document)))
-        .service(resource("/docs", "GET, HEAD").route(get().to(openapi::docs)))
-        // The aggregate routes first (see `aggregate_path`).
-        .service(
-            resource("/v1/{aggregate}/{id}/commands", "POST")
-                .guard(guard::fn_guard(aggregate_path))
-                .route(post().to(aggregates::post_command)),
-        )
-        .service(
-            resource("/v1/{aggregate}/{id}/events", "GET, HEAD")
-                .guard(guard::fn_guard(aggregate_path))
-                .route(get().to(aggregates::get_history)),
-        )
-        .service(
-            resource("/v1/{aggregate}/{id}", "GET, HEAD")
-                .guard(guard::fn_guard(aggregate_path))
-                .route(get().to(aggregates::get_state)),
-        )
-        .service(resource("/v1/events", "GET, HEAD").route(get().to(log::global_log)))
-        .service(resource("/v1/events/live", "GET, HEAD").route(get().to(log::live)))
-        .service(resource("/v1/projections", "GET, HEAD").route(get().to(read::projections)))
-        .service(resource("/v1/projections/{name}/rebuild", "POST").route(post().to(read::rebuild)))
-        .service(
-            resource("/v1/projections/{name}/parked", "GET, HEAD").route(get().to(read::parked)),
-        )
-        .service(
-            resource("/v1/projections/{name}/parked/{position}/retry", "POST")
-                .route(post().to(read::retry_parked)),
-        )
-        .service(
-            resource("/v1/views/customers/{id}", "GET, HEAD")
-                .route(get().to(read::customer_summary)),
-        )
-        .service(
-            resource("/v1/views/customers/{id}/orders", "GET, HEAD")
-                .route(get().to(read::customer_orders)),
-        )
-        .service(
-            resource("/v1/views/valuable-customers", "GET, HEAD")
-                .route(get().to(read::valuable_customers)),
-        )
-        .default_service(web::to(not_found));
+    config.app_data(query_config()).app_data(path_config());
+    for route in ROUTES {
+        let resource = (route.add)(resource(route.pattern, route.method.allow()));
+        config.service(access::guarded(resource, route.access));
+    }
+    config.default_service(web::to(not_found));
 }
 
 /// The first path segments under `/v1/` that are not aggregate types.
@@ -254,12 +520,12 @@ const RESERVED: [&str; 3] = ["events", "projections", "views"];
 
 /// Whether the request's first segment after `/v1/` may name an aggregate type: the aggregate
 /// routes are matched first (they carry nearly all the traffic), and the fixed routes whose
-/// paths they would also match are reached through this guard.
+/// paths they would also match are reached through this guard. The segment is compared
+/// percent-decoded, as the router matched it (`/v1/%65vents/live` is `/v1/events/live`).
 fn aggregate_path(ctx: &guard::GuardContext<'_>) -> bool {
-    ctx.head()
-        .uri
-        .path()
-        .strip_prefix("/v1/")
+    let decoded = access::percent_decoded(ctx.head().uri.path());
+    let path = String::from_utf8_lossy(&decoded);
+    path.strip_prefix("/v1/")
         .and_then(|rest| rest.split('/').next())
         .is_some_and(|segment| !RESERVED.contains(&segment))
 }
@@ -270,9 +536,8 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
         let problem = Problem::new(
             Kind::MethodNotAllowed,
             format!(
-                "{} is not allowed on {}; allowed: {allow}",
-                req.method(),
-                req.path()
+                "{} is not allowed on this route; allowed: {allow}",
+                req.method()
             ),
         );
         let mut response = problem.error_response();
@@ -294,10 +559,43 @@ fn path_config() -> web::PathConfig {
         .error_handler(|error, _| Problem::bad_request(format!("invalid path: {error}")).into())
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
+/// A path no route matches: 404 — to a valid token only, when the server has tokens (deny by
+/// default: the route table cannot be probed without one).
+async fn not_found(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, Problem> {
+    access::admit(&state.config.auth, req.headers(), Access::Token)?;
     Err(Problem::not_found(format!(
-        "no route for {} {}",
+        "no route for {} {:?}",
         req.method(),
         req.path()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_health_and_the_description_are_open() {
+        let open: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.access == Access::Open)
+            .map(|r| r.pattern)
+            .collect();
+        assert_eq!(open, ["/livez", "/readyz", "/openapi.json", "/docs"]);
+        for route in ROUTES {
+            assert!(
+                route.access != Access::Token,
+                "{}: a route needs a scope or is open",
+                route.pattern
+            );
+        }
+    }
+
+    #[test]
+    fn each_pattern_is_declared_once() {
+        let mut patterns: Vec<&str> = ROUTES.iter().map(|r| r.pattern).collect();
+        patterns.sort_unstable();
+        patterns.dedup();
+        assert_eq!(patterns.len(), ROUTES.len());
+    }
 }

@@ -9,8 +9,9 @@
 //! - problem details from [`Kind::ALL`](super::problem::Kind::ALL): one schema and one `/docs`
 //!   section per kind, so every problem's `type` URI resolves to an anchor of the page;
 //! - bounds from the configuration (page size, body size, waits), and authentication from
-//!   `auth.tokens`: with tokens, `/v1/...` and `/metrics` declare the bearer scheme and a 401;
-//!   without, nothing needs a token and the document says so.
+//!   `auth.tokens` and the access level of each route in [`ROUTES`](super::ROUTES): with
+//!   tokens, every route but health and the description declares the bearer scheme with the
+//!   scope it needs, a 401 and a 403; without, nothing needs a token and the document says so.
 //!
 //! What the handlers read and answer (parameters, statuses, the shapes they build with
 //! `json!`) is listed by hand in `openapi/paths.rs` and `openapi/schemas.rs`, next to the name
@@ -52,10 +53,16 @@ pub fn document_for(state: &AppState) -> Value {
     let apis: Vec<&dyn ApiAggregate> = state.aggregates.iter().map(AsRef::as_ref).collect();
     let config = &state.config;
     let paths = paths::Paths::new(&schemas, config, projection_names).build(&apis);
-    let auth = if config.auth.tokens.is_empty() {
-        "This server has no tokens configured (`auth.tokens` is empty): no route needs one."
+    let auth = if config.auth.enabled() {
+        "This server has tokens configured (`auth.tokens`): every route but `/livez`, `/readyz`, \
+         `/openapi.json` and `/docs` needs one, paths that match no route included (401 without \
+         a valid token, so the route table cannot be probed), and the token needs the route's \
+         scope (403 otherwise): `read` for queries and the live feed, `commands` for commands, \
+         `admin` for rebuilds, parked retries, `/metrics` and the process-only commands."
     } else {
-        "This server has tokens configured: `/v1/...` and `/metrics` need one."
+        "This server has no tokens configured (`auth.tokens` is empty): no route needs one, and \
+         the process-only commands (sent by the `order-credit` saga) are always refused with \
+         403."
     };
     let mut tags: Vec<Value> = apis
         .iter()
@@ -98,7 +105,20 @@ pub fn document_for(state: &AppState) -> Value {
                  `Retry-After`. Every response has an `X-Request-Id` header (the client's, if \
                  it sent a plain one of 1 to 64 characters). A method a route does not list is \
                  a 405 with an `Allow` header, a path no route matches a 404, both as \
-                 problems. `HEAD` is answered wherever `GET` is.\n\n{auth}"
+                 problems. `HEAD` is answered wherever `GET` is. Paths are matched as actix \
+                 decodes them (`%76` is `v`); percent-encodings that do not decode to UTF-8 are \
+                 a 400. Every request is handled within `server.request_deadline_ms` \
+                 ({deadline} ms; 503 beyond).\n\n\
+                 Malformed HTTP is answered by the HTTP layer before any route is chosen, \
+                 with an empty body (not a problem document), and the connection is closed: a \
+                 request line or header that cannot be parsed (a bad `Content-Length`, both \
+                 `Content-Length` and `Transfer-Encoding`, control bytes in a header, a space \
+                 in the path) is a 400; a request head larger than 128 KiB (a huge path) or \
+                 with more than 96 headers is a 431; a head not received within \
+                 `server.request_timeout_ms` is a 408. None of these is ever a 5xx. A client \
+                 that closes its side of the connection (a half-close) is taken to be gone: the \
+                 connection is shut down without an answer.\n\n{auth}",
+                deadline = config.server.request_deadline.as_millis(),
             ),
         },
         "tags": tags,
@@ -113,9 +133,12 @@ pub fn document_for(state: &AppState) -> Value {
                     "scheme": "bearer",
                     "description": format!(
                         "A token from the server's `auth.tokens`, sent as `Authorization: \
-                         Bearer TOKEN` to `/v1/...` and `/metrics` (the health endpoints and \
-                         the API description stay open). A missing or unknown token is a 401 \
-                         with `WWW-Authenticate`. {auth}"
+                         Bearer TOKEN` (the health endpoints and the API description stay \
+                         open). Each token has scopes (`read`, `commands`, `admin`; a token \
+                         configured without scopes has all three); the scopes an operation's \
+                         security requirement lists are the ones it needs. A missing or \
+                         unknown token is a 401 with `WWW-Authenticate`, a token without the \
+                         scope a 403. {auth}"
                     ),
                 },
             },

@@ -1,9 +1,14 @@
 //! Operations endpoints: liveness, readiness and metrics.
 //!
 //! `/livez` answers 200 as long as the process serves HTTP. `/readyz` answers 200 only when
-//! commands can succeed: the store is open (not still recovering, not failed to open), the
-//! journal has not failed, and the data directory's file system has at least
-//! `store.disk_free_bytes_min` bytes free; otherwise 503 naming every failing check.
+//! commands can succeed and read models follow: the store is open (not still recovering, not
+//! failed to open), the journal has not failed, no projection or process manager has failed,
+//! and the data directory's file system has at least `store.disk_free_bytes_min` bytes free;
+//! otherwise 503 naming every failing check.
+//!
+//! Both are open to anyone, so a check names what failed and never how: no path, no engine
+//! error text (those go to the log, where the operator reads them). `/metrics` needs the
+//! `admin` scope.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,9 +16,10 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use annals::store::StoreHealth;
+use annals::SubscriberStatus;
 use serde_json::json;
 
-use super::problem::Problem;
+use super::problem::{Kind, Problem};
 use super::AppState;
 
 /// `GET /livez`.
@@ -27,42 +33,62 @@ pub fn disk_free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
-/// `GET /readyz`.
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+/// What failed, for `/readyz`: fixed words and configuration key names, and the names of the
+/// server's own subscribers; nothing from the environment or from a client.
+fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
     let mut failing = Vec::new();
     match state.try_runtime() {
-        None => failing.push(match state.open_failure() {
-            Some(why) => format!("the store could not be opened: {why}"),
-            None => "the store is being opened and recovered".to_owned(),
-        }),
-        Some(runtime) => match runtime.health() {
-            StoreHealth::Ready => {}
-            StoreHealth::Failed(why) => failing.push(format!("the journal has failed: {why}")),
-            StoreHealth::Closed => failing.push("the journal is shut down".to_owned()),
-        },
+        None if state.open_failure().is_some() => {
+            failing.push("store failed to open (see the server log)".to_owned());
+        }
+        None => failing.push("recovering".to_owned()),
+        Some(runtime) => {
+            match runtime.health() {
+                StoreHealth::Ready => {}
+                StoreHealth::Failed(_) => {
+                    failing.push("journal failed (write or fsync error)".to_owned());
+                }
+                StoreHealth::Closed => failing.push("journal shut down".to_owned()),
+            }
+            for subscriber in runtime.subscribers() {
+                if let SubscriberStatus::Failed(_) = subscriber.status {
+                    failing.push(format!("subscriber {} failed", subscriber.name));
+                }
+            }
+        }
     }
     let store = &state.config.store;
-    let free = disk_free_bytes(&store.data_dir);
-    match &free {
-        Ok(free) if *free < store.disk_free_bytes_min => failing.push(format!(
-            "the disk is full: {free} bytes free, below store.disk_free_bytes_min ({})",
-            store.disk_free_bytes_min
-        )),
-        Ok(_) => {}
-        Err(e) => failing.push(format!(
-            "cannot read the free space of the data directory: {e}"
-        )),
-    }
+    let free = match disk_free_bytes(&store.data_dir) {
+        Ok(free) => {
+            if free < store.disk_free_bytes_min {
+                failing.push("disk free below store.disk_free_bytes_min".to_owned());
+            }
+            Some(free)
+        }
+        Err(error) => {
+            tracing::warn!(error = ?error.to_string(), "cannot read the free space of the data directory");
+            failing.push("disk free space cannot be read (see the server log)".to_owned());
+            None
+        }
+    };
+    (failing, free)
+}
+
+/// `GET /readyz`.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let (failing, free) = failing_checks(&state);
     if !failing.is_empty() {
-        return Err(
-            Problem::unavailable(failing.join("; "), Duration::from_secs(1))
-                .with("checks", failing),
-        );
+        return Err(Problem::overloaded(
+            Kind::Unavailable,
+            format!("not ready: {}", failing.join("; ")),
+            Duration::from_secs(1),
+        )
+        .with("checks", failing));
     }
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "head_position": state.try_runtime().map(|r| r.head_position().0),
-        "disk_free_bytes": free.ok(),
+        "disk_free_bytes": free,
     })))
 }
 

@@ -7,6 +7,12 @@
 //! refusal, `retry_after_seconds` of an overload). Statuses follow one rule: the client's
 //! mistakes are 4xx, never 5xx; limits are 429 (this client should slow down) or 503 (the
 //! server as a whole cannot take more), both with `Retry-After`.
+//!
+//! What a 5xx says is only what the client can act on: an internal error's detail is fixed
+//! ("internal error", the request id to quote), and the error itself goes to the server log
+//! (inside the request's span, so the log line carries the same request id). Errors of the
+//! store are described by what they mean for the client, never by the engine's text or the
+//! data directory's path.
 
 use std::time::Duration;
 
@@ -20,6 +26,15 @@ use serde_json::{Map, Value};
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The detail of every internal error: the error itself is in the server log.
+pub const INTERNAL_DETAIL: &str = "internal error: the server log has the details under this \
+    response's request id (the X-Request-Id header and the request_id member)";
+
+/// `after` in whole seconds, rounded up, at least 1: what `Retry-After` says.
+pub fn whole_seconds(after: Duration) -> u64 {
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+}
+
 /// The kinds of problem, each with its status, title and `type` URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -28,12 +43,20 @@ pub enum Kind {
     BadRequest,
     /// No or a wrong bearer token.
     Unauthorized,
+    /// The token lacks the scope the route needs, or the command is one only a process
+    /// manager may send.
+    Forbidden,
     /// No such route, aggregate type, aggregate, projection or parked event.
     NotFound,
     /// The method is not allowed on the route.
     MethodNotAllowed,
+    /// The body was not received within `server.body_read_timeout_ms`; the connection is
+    /// closed.
+    RequestTimeout,
     /// The expected version (`If-Match`) does not match, or a rebuild is already running.
     Conflict,
+    /// `If-Match` holds a weak entity tag or no tag, which never matches (RFC 9110, 13.1.1).
+    PreconditionFailed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The body is not JSON.
@@ -59,9 +82,12 @@ impl Kind {
         match self {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::Conflict => StatusCode::CONFLICT,
+            Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Rejected | Kind::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -76,9 +102,12 @@ impl Kind {
         match self {
             Kind::BadRequest => "Bad request",
             Kind::Unauthorized => "Unauthorized",
+            Kind::Forbidden => "Forbidden",
             Kind::NotFound => "Not found",
             Kind::MethodNotAllowed => "Method not allowed",
+            Kind::RequestTimeout => "Request timeout",
             Kind::Conflict => "Conflict",
+            Kind::PreconditionFailed => "Precondition failed",
             Kind::PayloadTooLarge => "Payload too large",
             Kind::UnsupportedMediaType => "Unsupported media type",
             Kind::Rejected => "Command rejected",
@@ -95,9 +124,12 @@ impl Kind {
         match self {
             Kind::BadRequest => "/docs#problem-bad-request",
             Kind::Unauthorized => "/docs#problem-unauthorized",
+            Kind::Forbidden => "/docs#problem-forbidden",
             Kind::NotFound => "/docs#problem-not-found",
             Kind::MethodNotAllowed => "/docs#problem-method-not-allowed",
+            Kind::RequestTimeout => "/docs#problem-request-timeout",
             Kind::Conflict => "/docs#problem-conflict",
+            Kind::PreconditionFailed => "/docs#problem-precondition-failed",
             Kind::PayloadTooLarge => "/docs#problem-payload-too-large",
             Kind::UnsupportedMediaType => "/docs#problem-unsupported-media-type",
             Kind::Rejected => "/docs#problem-rejected",
@@ -110,12 +142,15 @@ impl Kind {
     }
 
     /// Every kind, for the documentation.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 16] = [
         Kind::BadRequest,
         Kind::Unauthorized,
+        Kind::Forbidden,
         Kind::NotFound,
         Kind::MethodNotAllowed,
+        Kind::RequestTimeout,
         Kind::Conflict,
+        Kind::PreconditionFailed,
         Kind::PayloadTooLarge,
         Kind::UnsupportedMediaType,
         Kind::Rejected,
@@ -162,11 +197,20 @@ impl Problem {
         Problem::new(Kind::Unavailable, detail).retry_after(retry_after)
     }
 
-    /// 500: logged here, since it is the server's fault and the client cannot fix it.
-    pub fn internal(detail: impl Into<String>) -> Problem {
-        let detail = detail.into();
-        tracing::error!(%detail, "internal error");
-        Problem::new(Kind::Internal, detail)
+    /// 500: `error` goes to the log (in the request's span, with its request id), never to
+    /// the client, whose detail only says where to look.
+    pub fn internal(error: impl std::fmt::Display) -> Problem {
+        // Debug formatting: an error may quote client input; the log line stays one line.
+        tracing::error!(error = ?error.to_string(), "internal error");
+        Problem::new(Kind::Internal, INTERNAL_DETAIL)
+    }
+
+    /// 503 at a limit: `what` is refused, retry after `retry_after`, the detail saying the same
+    /// whole seconds as the `Retry-After` header.
+    pub fn overloaded(kind: Kind, what: impl std::fmt::Display, retry_after: Duration) -> Problem {
+        let seconds = whole_seconds(retry_after);
+        let unit = if seconds == 1 { "second" } else { "seconds" };
+        Problem::new(kind, format!("{what}; retry after {seconds} {unit}")).retry_after(retry_after)
     }
 
     /// Adds a `Retry-After` header (whole seconds, at least 1) and `retry_after_seconds`.
@@ -194,9 +238,12 @@ impl Problem {
     }
 
     fn retry_after_seconds(&self) -> Option<u64> {
-        self.retry_after
-            .map(|after| after.as_secs() + u64::from(after.subsec_nanos() > 0))
-            .map(|secs| secs.max(1))
+        self.retry_after.map(whole_seconds)
+    }
+
+    /// The extension member `name`, if set.
+    pub fn member(&self, name: &str) -> Option<&Value> {
+        self.extensions.get(name)
     }
 
     /// The JSON body.
@@ -239,6 +286,11 @@ impl ResponseError for Problem {
                 HeaderValue::from_static("Bearer realm=\"annals\""),
             ));
         }
+        if self.kind == Kind::RequestTimeout {
+            // The rest of the body may still arrive: nothing else can be read on this
+            // connection.
+            response.force_close();
+        }
         response.body(self.body().to_string())
     }
 }
@@ -253,12 +305,20 @@ impl From<ExecuteError> for Problem {
                 what, retry_after, ..
             } => {
                 // A full mailbox is one hot aggregate: that client slows down. A full journal
-                // queue is the whole service.
-                let kind = match what {
-                    Overload::Mailbox => Kind::TooManyRequests,
-                    _ => Kind::Unavailable,
-                };
-                Problem::new(kind, detail).retry_after(retry_after)
+                // queue is the whole service. The runtime's own text states the pause in its
+                // own unit; the detail here says the header's whole seconds.
+                match what {
+                    Overload::Mailbox => Problem::overloaded(
+                        Kind::TooManyRequests,
+                        "this aggregate has runtime.mailbox_capacity commands queued",
+                        retry_after,
+                    ),
+                    _ => Problem::overloaded(
+                        Kind::Unavailable,
+                        "the journal's queue is full (store.queue_capacity)",
+                        retry_after,
+                    ),
+                }
             }
             ExecuteError::Conflict {
                 expected, current, ..
@@ -282,21 +342,35 @@ impl From<ExecuteError> for Problem {
             }
             ExecuteError::ShuttingDown => Problem::unavailable(detail, Duration::from_secs(1)),
             ExecuteError::Store(store) => Problem::from(store),
-            ExecuteError::Codec(_) => Problem::internal(detail),
-            _ => Problem::internal(detail),
+            other => Problem::internal(other),
         }
     }
 }
 
 impl From<StoreError> for Problem {
     fn from(error: StoreError) -> Problem {
-        let detail = error.to_string();
         match error {
-            StoreError::Closed => Problem::unavailable(detail, Duration::from_secs(1)),
-            StoreError::Overloaded { .. } => Problem::unavailable(detail, Duration::from_secs(1)),
+            StoreError::Closed => {
+                Problem::unavailable("the store is shut down", Duration::from_secs(1))
+            }
+            StoreError::Overloaded { .. } => Problem::overloaded(
+                Kind::Unavailable,
+                "the journal's queue is full (store.queue_capacity)",
+                Duration::from_secs(1),
+            ),
             // A failed journal stays failed until an operator restarts it: readiness says so.
-            StoreError::Failed { .. } => Problem::unavailable(detail, Duration::from_secs(5)),
-            _ => Problem::internal(detail),
+            // Its reason (the engine's error, the path) is for the log.
+            StoreError::Failed { .. } => {
+                tracing::error!(error = ?error.to_string(), "the journal has failed");
+                Problem::overloaded(
+                    Kind::Unavailable,
+                    "the journal has failed (a write or fsync error) and accepts no writes until \
+                     the service is restarted; a command in flight has an unknown outcome: \
+                     retry it with the same Idempotency-Key",
+                    Duration::from_secs(5),
+                )
+            }
+            other => Problem::internal(other),
         }
     }
 }
@@ -309,7 +383,7 @@ impl From<SubscribeError> for Problem {
             SubscribeError::AlreadyRebuilding(_) => Problem::new(Kind::Conflict, detail),
             SubscribeError::InvalidName(_) => Problem::bad_request(detail),
             SubscribeError::Store(store) => Problem::from(store),
-            _ => Problem::internal(detail),
+            other => Problem::internal(other),
         }
     }
 }
@@ -324,10 +398,17 @@ impl Problem {
             WaitError::Timeout { reached, .. } => {
                 Problem::unavailable(detail, retry_after).with("reached_position", reached.0)
             }
-            WaitError::NotRunning { reached, .. } => {
-                Problem::unavailable(detail, Duration::from_secs(5))
-                    .with("reached_position", reached.0)
-            }
+            // Its status may carry a failure's reason (an engine's error, a path): only the
+            // log says it.
+            WaitError::NotRunning { name, reached, .. } => Problem::overloaded(
+                Kind::Unavailable,
+                format!(
+                    "{name} is stopped or failed at position {reached} and will not get further \
+                     until an operator acts (GET /v1/projections, /readyz)"
+                ),
+                Duration::from_secs(5),
+            )
+            .with("reached_position", reached.0),
             _ => Problem::unavailable(detail, retry_after),
         }
     }
@@ -355,6 +436,25 @@ mod tests {
         assert_eq!(body["type"], "/docs#problem-bad-request");
         assert_eq!(body["detail"], "no");
         assert_eq!(body["field"], "amount");
+    }
+
+    #[test]
+    fn the_detail_of_an_overload_says_the_seconds_of_the_header() {
+        let p = Problem::overloaded(Kind::TooManyRequests, "busy", Duration::from_millis(100));
+        assert_eq!(p.detail(), "busy; retry after 1 second");
+        assert_eq!(p.body()["retry_after_seconds"], 1);
+        let p = Problem::overloaded(Kind::Unavailable, "busy", Duration::from_millis(2_500));
+        assert_eq!(p.detail(), "busy; retry after 3 seconds");
+        assert_eq!(p.body()["retry_after_seconds"], 3);
+    }
+
+    #[test]
+    fn internal_errors_keep_the_error_out_of_the_body() {
+        let p = Problem::internal("cannot open /secret/data/db: permission denied");
+        let body = p.body().to_string();
+        assert!(!body.contains("/secret"), "{body}");
+        assert_eq!(p.detail(), INTERNAL_DETAIL);
+        assert_eq!(p.kind().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -5,17 +5,45 @@
 //! first waits (at most `server.wait_max_ms`) until the projection has processed position
 //! `P`, so a client reads its own writes. If it has not got there in time the answer is 503
 //! with `Retry-After` and the position it reached.
+//!
+//! Names and ids in paths are checked before anything is looked up: a projection name as the
+//! runtime names subscribers (1 to 64 visible characters, no `@`, `#` or `/`), a customer id as
+//! the runtime checks aggregate ids, a parked position as canonical decimal; anything else is
+//! a 400, never a 404 for a spelling no name can have.
+//!
+//! Rebuilds are bounded: at most `server.rebuilds_max` run at once (503 beyond), counted and
+//! started under one lock. A parked retry counts as a rebuild, since for a projection it is
+//! one (the runtime does not say whether a subscriber is a projection, so a process manager's
+//! retry is refused at the limit too).
+//!
+//! Store reads run on the blocking pool ([`AppState::read`]). One valuable-customers request
+//! reads at most [`VALUABLE_SCAN_PER_PAGE_ENTRY`] × `server.page_size_max` records of the view
+//! (10,000 by default): when a page stops early (its `limit` reached, or that many records
+//! read), `next_after` is the cursor to continue.
+
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use annals::subscription::RetryError;
-use annals::{Position, SubscriberInfo, SubscriberStatus, Timestamp};
-use annals_domain::views;
+use annals::{Position, StreamId, SubscriberInfo, SubscriberStatus, Timestamp};
+use annals_domain::customer::Customer;
+use annals_domain::views::{self, ValuableCustomer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::json::{parse_rfc3339, rfc3339};
 use super::problem::{Kind, Problem};
 use super::AppState;
+
+/// Records of the valuable-customers view one request may read per entry of the largest page
+/// (`server.page_size_max`): the scan budget of one request, so that a `min_order_total` no
+/// customer reaches costs a bounded read, not the whole view. (The key prefixes it seeks are
+/// bounded too: at most 1 + 8 × 255.)
+pub const VALUABLE_SCAN_PER_PAGE_ENTRY: usize = 10;
+
+/// The valuable-customers view keyed by creation time (`[created_at µs, u64 BE][customer id]`).
+/// The domain keeps this name private; see `valuable_page`.
+const VALUABLE_BY_CREATION: &str = "by-creation";
 
 fn status_json(info: &SubscriberInfo) -> Value {
     let (status, reason) = match &info.status {
@@ -37,6 +65,30 @@ fn status_json(info: &SubscriberInfo) -> Value {
     })
 }
 
+/// Checks a subscriber name from the path: what the runtime accepts as a name.
+fn check_name(name: &str) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name.len() <= annals::subscribe::NAME_LEN_MAX
+        && !name.contains(['@', '#', '/'])
+        && name.chars().all(annals::types::is_id_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(format!(
+            "{name:?} is not a subscriber name: 1 to {} bytes of visible characters, without \
+             '@', '#' or '/'",
+            annals::subscribe::NAME_LEN_MAX
+        )))
+    }
+}
+
+/// Checks a customer id from the path, as the runtime checks aggregate ids.
+fn check_customer_id(id: &str) -> Result<(), Problem> {
+    StreamId::new(<Customer as annals::Aggregate>::TYPE, id)
+        .map(|_| ())
+        .map_err(|e| Problem::bad_request(e.to_string()))
+}
+
 /// `GET /v1/projections`: every subscriber (projections, process managers, rebuilds).
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let runtime = state.runtime()?;
@@ -44,13 +96,42 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Pro
     Ok(HttpResponse::Ok().json(json!({ "subscribers": all })))
 }
 
+/// Runs `start` (which may start a rebuild) if fewer than `server.rebuilds_max` rebuilds are
+/// running; 503 otherwise. Starts are taken one at a time, so that counting and starting are
+/// one step; a request waiting for its turn is bounded by `server.request_deadline_ms`.
+async fn bounded_rebuild<T>(
+    state: &AppState,
+    start: impl std::future::Future<Output = Result<T, Problem>>,
+) -> Result<T, Problem> {
+    let runtime = state.runtime()?;
+    let max = state.config.server.rebuilds_max.get();
+    let _starting = state.rebuild_start.lock().await;
+    let running = runtime
+        .subscribers()
+        .iter()
+        .filter(|s| s.name.ends_with("#rebuild") && s.status == SubscriberStatus::Rebuilding)
+        .count();
+    if running >= max {
+        return Err(Problem::overloaded(
+            Kind::Unavailable,
+            format!(
+                "{running} projection rebuilds are running, the configured limit \
+                 (server.rebuilds_max)"
+            ),
+            Duration::from_secs(5),
+        ));
+    }
+    start.await
+}
+
 /// `POST /v1/projections/{name}/rebuild`: 202, the rebuild runs beside the live projection.
 pub async fn rebuild(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
+    check_name(&name)?;
     let runtime = state.runtime()?;
-    runtime.rebuild(&name)?;
+    bounded_rebuild(&state, async { Ok(runtime.rebuild(&name)?) }).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "name": *name,
         "status": "rebuilding",
@@ -66,20 +147,27 @@ pub async fn parked(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let runtime = state.runtime()?;
-    let parked: Vec<Value> = runtime
-        .parked(&name)?
-        .iter()
-        .map(|p| {
-            json!({
-                "position": p.position.0,
-                "reason": p.reason,
-                "attempts": p.attempts,
-                "parked_at": rfc3339(p.parked_at),
-            })
+    check_name(&name)?;
+    let runtime = state.runtime()?.clone();
+    let name = name.into_inner();
+    let body = state
+        .read(move || {
+            let parked: Vec<Value> = runtime
+                .parked(&name)?
+                .iter()
+                .map(|p| {
+                    json!({
+                        "position": p.position.0,
+                        "reason": p.reason,
+                        "attempts": p.attempts,
+                        "parked_at": rfc3339(p.parked_at),
+                    })
+                })
+                .collect();
+            Ok(json!({ "name": name, "parked": parked }))
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "name": *name, "parked": parked })))
+        .await?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `POST /v1/projections/{name}/parked/{position}/retry`.
@@ -87,34 +175,49 @@ pub async fn retry_parked(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
-    let runtime = state.runtime()?;
     let (name, position) = path.into_inner();
-    let position = position
-        .parse::<u64>()
-        .map(Position)
-        .map_err(|_| Problem::bad_request(format!("{position:?} is not a position")))?;
-    runtime
-        .retry_parked(&name, position)
-        .await
-        .map_err(|error| {
-            let detail = error.to_string();
-            match error {
-                RetryError::UnknownSubscriber(_) | RetryError::NotParked(_) => {
-                    Problem::not_found(detail)
+    check_name(&name)?;
+    let position = parse_position(&position)?;
+    let runtime = state.runtime()?;
+    bounded_rebuild(&state, async {
+        runtime
+            .retry_parked(&name, position)
+            .await
+            .map_err(|error| {
+                let detail = error.to_string();
+                match error {
+                    RetryError::UnknownSubscriber(_) | RetryError::NotParked(_) => {
+                        Problem::not_found(detail)
+                    }
+                    RetryError::Failed(_) => Problem::new(Kind::Conflict, detail),
+                    RetryError::Stopped => Problem::unavailable(detail, Duration::from_secs(5)),
+                    RetryError::Store(store) => Problem::from(store),
+                    other => Problem::internal(other),
                 }
-                RetryError::Failed(_) => Problem::new(Kind::Conflict, detail),
-                RetryError::Stopped => {
-                    Problem::unavailable(detail, std::time::Duration::from_secs(5))
-                }
-                RetryError::Store(store) => Problem::from(store),
-                _ => Problem::internal(detail),
-            }
-        })?;
+            })
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({
         "name": name,
         "position": position.0,
         "status": "retried",
     })))
+}
+
+/// A position from the path: canonical decimal digits only.
+fn parse_position(text: &str) -> Result<Position, Problem> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    text.parse::<u64>()
+        .ok()
+        .filter(|_| canonical)
+        .map(Position)
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "{text:?} is not a position (a number in decimal, without sign or leading zeros)"
+            ))
+        })
 }
 
 /// The `min_position` parameter shared by view queries.
@@ -176,13 +279,21 @@ pub async fn customer_summary(
     id: web::Path<String>,
     query: web::Query<ViewQuery>,
 ) -> Result<HttpResponse, Problem> {
+    check_customer_id(&id)?;
     if query.limit.is_some() {
         return Err(Problem::bad_request("limit applies to lists only").with("parameter", "limit"));
     }
     reach(&state, views::CUSTOMER_SUMMARIES, query.min_position).await?;
-    let summary = views::customer_summary(state.runtime()?, &id)?
-        .ok_or_else(|| Problem::not_found(format!("customer {:?} does not exist", *id)))?;
-    Ok(HttpResponse::Ok().json(with_times(to_json(&summary)?, &["created_at"])))
+    let runtime = state.runtime()?.clone();
+    let id = id.into_inner();
+    let summary = state
+        .read(move || {
+            let summary = views::customer_summary(&runtime, &id)?
+                .ok_or_else(|| Problem::not_found(format!("customer {id:?} does not exist")))?;
+            Ok(with_times(to_json(&summary)?, &["created_at"]))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(summary))
 }
 
 /// `GET /v1/views/customers/{id}/orders`.
@@ -191,13 +302,21 @@ pub async fn customer_orders(
     id: web::Path<String>,
     query: web::Query<ViewQuery>,
 ) -> Result<HttpResponse, Problem> {
+    check_customer_id(&id)?;
     let limit = state.page_size(query.limit)?;
     reach(&state, views::CUSTOMER_SUMMARIES, query.min_position).await?;
-    let orders: Vec<Value> = views::customer_orders(state.runtime()?, &id, limit)?
-        .iter()
-        .map(|o| to_json(o).map(|v| with_times(v, &["created_at"])))
-        .collect::<Result<_, _>>()?;
-    Ok(HttpResponse::Ok().json(json!({ "customer_id": *id, "orders": orders })))
+    let runtime = state.runtime()?.clone();
+    let id = id.into_inner();
+    let body = state
+        .read(move || {
+            let orders: Vec<Value> = views::customer_orders(&runtime, &id, limit)?
+                .iter()
+                .map(|o| to_json(o).map(|v| with_times(v, &["created_at"])))
+                .collect::<Result<_, _>>()?;
+            Ok(json!({ "customer_id": id, "orders": orders }))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Query of `GET /v1/views/valuable-customers`.
@@ -208,14 +327,141 @@ pub struct ValuableQuery {
     created_after: Option<String>,
     /// ... with a shipped order whose total is at least this (minor units; default 1).
     min_order_total: Option<u64>,
+    /// Continue after this cursor (the `next_after` of the previous page).
+    after: Option<String>,
     /// Wait until the view has processed this position.
     min_position: Option<u64>,
     /// At most this many customers.
     limit: Option<usize>,
 }
 
+/// Where a page of valuable customers continues: after the customer created at `micros`
+/// with id `id`. Written `{micros}:{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    micros: u64,
+    id: String,
+}
+
+impl Cursor {
+    fn parse(text: &str) -> Result<Cursor, Problem> {
+        let bad = || {
+            Problem::bad_request(format!(
+                "after {text:?} is not a cursor: send the next_after of the previous page"
+            ))
+            .with("parameter", "after")
+        };
+        let (micros, id) = text.split_once(':').ok_or_else(bad)?;
+        let micros = (!micros.is_empty() && micros.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| micros.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(bad)?;
+        check_customer_id(id).map_err(|_| bad())?;
+        Ok(Cursor {
+            micros,
+            id: id.to_owned(),
+        })
+    }
+
+    fn render(&self) -> String {
+        format!("{}:{}", self.micros, self.id)
+    }
+
+    fn key(&self) -> Vec<u8> {
+        let mut key = self.micros.to_be_bytes().to_vec();
+        key.extend_from_slice(self.id.as_bytes());
+        key
+    }
+}
+
+/// One page of valuable customers and where the next continues (`None`: the scan ended).
+struct ValuablePage {
+    customers: Vec<ValuableCustomer>,
+    next: Option<Cursor>,
+}
+
+/// Key prefixes that together cover exactly the keys whose first 8 bytes, read as a big-endian
+/// `u64`, are at least `from`, in key order (the domain's decomposition, since a view scans by
+/// prefix only): the keys at exactly `from`, then per byte from the last to the first every
+/// larger value of that byte after the same leading bytes.
+fn prefixes_from(from: u64) -> impl Iterator<Item = Vec<u8>> {
+    let bytes = from.to_be_bytes();
+    let above = (0..bytes.len()).rev().flat_map(move |i| {
+        bytes[i]
+            .checked_add(1)
+            .into_iter()
+            .flat_map(|first| first..=u8::MAX)
+            .map(move |b| {
+                let mut prefix = bytes[..i].to_vec();
+                prefix.push(b);
+                prefix
+            })
+    });
+    std::iter::once(bytes.to_vec()).chain(above)
+}
+
+/// At most `limit` customers created strictly after `created_after` (or after `cursor`) with a
+/// shipped order above `total_above`, reading at most `budget` records.
+///
+/// This reads the domain's by-creation view itself, because the domain's query has no cursor
+/// and no bound on the records it reads (a `min_order_total` above every order reads the
+/// whole view); it is to move into the domain as a paged query.
+fn valuable_page(
+    runtime: &annals::Runtime,
+    created_after: Timestamp,
+    total_above: u64,
+    cursor: Option<&Cursor>,
+    limit: usize,
+    budget: usize,
+) -> Result<ValuablePage, Problem> {
+    let view = runtime.view::<ValuableCustomer>(views::VALUABLE_CUSTOMERS, VALUABLE_BY_CREATION)?;
+    let (from, skip_through) = match cursor {
+        // Resume at the cursor's instant, skipping the keys up to and including its own.
+        Some(cursor) if cursor.micros > created_after.as_micros() => {
+            (cursor.micros, Some(cursor.key()))
+        }
+        _ => match created_after.as_micros().checked_add(1) {
+            Some(from) => (from, None),
+            None => {
+                return Ok(ValuablePage {
+                    customers: Vec::new(),
+                    next: None,
+                })
+            }
+        },
+    };
+    let mut customers = Vec::new();
+    let mut read = 0;
+    for prefix in prefixes_from(from) {
+        for item in view.scan_prefix(&prefix) {
+            let (key, customer) = item.map_err(Problem::internal)?;
+            if skip_through.as_ref().is_some_and(|k| key <= *k) {
+                continue;
+            }
+            read += 1;
+            let here = Cursor {
+                micros: customer.created_at.as_micros(),
+                id: customer.customer_id.clone(),
+            };
+            if customer.max_shipped_total > total_above {
+                customers.push(customer);
+            }
+            if customers.len() >= limit || read >= budget {
+                return Ok(ValuablePage {
+                    customers,
+                    next: Some(here),
+                });
+            }
+        }
+    }
+    Ok(ValuablePage {
+        customers,
+        next: None,
+    })
+}
+
 /// `GET /v1/views/valuable-customers`: customers created after a time who have a shipped order
-/// of at least a total, oldest first.
+/// of at least a total, oldest first, paged by a cursor.
 pub async fn valuable_customers(
     state: web::Data<AppState>,
     query: web::Query<ValuableQuery>,
@@ -225,13 +471,76 @@ pub async fn valuable_customers(
         Some(text) => parse_rfc3339("created_after", text)?,
         None => Timestamp(0),
     };
+    let cursor = query.after.as_deref().map(Cursor::parse).transpose()?;
     // The view answers "total above N"; the API's parameter is inclusive.
     let total_above = query.min_order_total.unwrap_or(1).saturating_sub(1);
     reach(&state, views::VALUABLE_CUSTOMERS, query.min_position).await?;
-    let customers: Vec<Value> =
-        views::recent_valuable_customers(state.runtime()?, created_after, total_above, limit)?
-            .iter()
-            .map(|c| to_json(c).map(|v| with_times(v, &["created_at"])))
-            .collect::<Result<_, _>>()?;
-    Ok(HttpResponse::Ok().json(json!({ "customers": customers })))
+    let runtime = state.runtime()?.clone();
+    let budget =
+        VALUABLE_SCAN_PER_PAGE_ENTRY.saturating_mul(state.config.server.page_size_max.get());
+    let body = state
+        .read(move || {
+            let page = valuable_page(
+                &runtime,
+                created_after,
+                total_above,
+                cursor.as_ref(),
+                limit,
+                budget,
+            )?;
+            let customers: Vec<Value> = page
+                .customers
+                .iter()
+                .map(|c| to_json(c).map(|v| with_times(v, &["created_at"])))
+                .collect::<Result<_, _>>()?;
+            Ok(json!({
+                "customers": customers,
+                "next_after": page.next.as_ref().map(Cursor::render),
+            }))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_ids_and_positions_are_checked() {
+        assert!(check_name("customer-summaries").is_ok());
+        for bad in [
+            "",
+            "a#rebuild",
+            "a/b",
+            "a b",
+            "a\nb",
+            "a\u{FFFD}b",
+            &"n".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_customer_id("c-1").is_ok());
+        assert!(check_customer_id("a\u{FFFD}b").is_err());
+        assert_eq!(parse_position("12").ok(), Some(Position(12)));
+        assert_eq!(parse_position("0").ok(), Some(Position(0)));
+        for bad in ["", "+1", "01", "-1", "1e3", "18446744073709551616"] {
+            assert!(parse_position(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = Cursor {
+            micros: 1_795_000_000_123_456,
+            id: "c:1/x".into(),
+        };
+        assert_eq!(Cursor::parse(&cursor.render()).ok(), Some(cursor.clone()));
+        for bad in ["", "12", ":c-1", "x:c-1", "+1:c-1", "1:", "1:a b"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad:?}");
+        }
+        let mut key = 1_795_000_000_123_456u64.to_be_bytes().to_vec();
+        key.extend_from_slice(b"c:1/x");
+        assert_eq!(cursor.key(), key);
+    }
 }

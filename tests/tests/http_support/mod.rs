@@ -26,6 +26,8 @@ pub(crate) const POLL_DEADLINE: Duration = Duration::from_secs(20);
 const POLL_PAUSE: Duration = Duration::from_millis(20);
 /// The largest body a test reads at once.
 const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The one token of a server started with [`TestServer::start_admin`]: it has every scope.
+pub(crate) const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// `n` as a `NonZeroUsize`, for configuration knobs.
 pub(crate) fn nz(n: usize) -> NonZeroUsize {
@@ -166,6 +168,17 @@ impl Reply {
             "{}",
             self.what
         );
+        // A detail that names a pause names the header's (whole seconds), never another.
+        let detail = body["detail"].as_str().unwrap_or_default();
+        if let Some(rest) = detail.split("retry after ").nth(1) {
+            let said: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let unit = rest[said.len()..].trim_start();
+            assert!(
+                said == retry_after.to_string() && unit.starts_with("second"),
+                "{}: the detail says \"retry after {rest}\", the header {retry_after} s",
+                self.what
+            );
+        }
         body
     }
 }
@@ -495,6 +508,27 @@ impl TestServer {
             api,
             _dir: dir,
         }
+    }
+
+    /// [`TestServer::start`] with one token of every scope ([`ADMIN_TOKEN`]), which the
+    /// client sends: for tests that send the process-only commands (`ReserveCredit`, ...),
+    /// which need the `admin` scope.
+    pub(crate) async fn start_admin(tune: impl FnOnce(&mut Config)) -> TestServer {
+        let mut server = TestServer::start(|config| {
+            config.auth.tokens = vec![annals_config::Token::new(ADMIN_TOKEN)];
+            tune(config);
+        })
+        .await;
+        server.api = server.api.with_token(ADMIN_TOKEN);
+        server
+    }
+
+    /// The server (its runtime, its handlers' state).
+    #[allow(dead_code)] // Used by tests/http_hostile.rs, not by tests/http.rs.
+    pub(crate) fn server(&self) -> &Server {
+        self.server
+            .as_ref()
+            .expect("the server runs until the test stops it")
     }
 
     /// Stops the server gracefully, failing the test if that takes more than 20 s.

@@ -95,6 +95,20 @@ pub(super) fn extensions(kind: Kind) -> Vec<Member> {
             json!({"type": "object", "required": ["type"],
                 "description": "The aggregate's rejection, tagged by `type`."}),
         )],
+        Kind::Forbidden => vec![
+            member(
+                "scope",
+                false,
+                json!({"enum": ["read", "commands", "admin"],
+                    "description": "The scope the route or command needs."}),
+            ),
+            member(
+                "command_type",
+                false,
+                json!({"type": "string",
+                    "description": "The process-only command that was refused."}),
+            ),
+        ],
         Kind::TooManyRequests | Kind::OutcomeUnknown => vec![retry_after()],
         Kind::Unavailable => vec![
             retry_after(),
@@ -110,12 +124,20 @@ pub(super) fn extensions(kind: Kind) -> Vec<Member> {
                 integer("A read-your-writes wait: the position the view had reached."),
             ),
         ],
+        Kind::Internal => vec![member(
+            "request_id",
+            true,
+            json!({"type": "string",
+                "description": "The request id (also `X-Request-Id`) under which the server \
+                    log has the error."}),
+        )],
         Kind::Unauthorized
         | Kind::NotFound
         | Kind::MethodNotAllowed
+        | Kind::RequestTimeout
+        | Kind::PreconditionFailed
         | Kind::UnsupportedMediaType
-        | Kind::IdempotencyKeyReused
-        | Kind::Internal => Vec::new(),
+        | Kind::IdempotencyKeyReused => Vec::new(),
     }
 }
 
@@ -131,9 +153,30 @@ pub(super) fn describe(kind: Kind) -> &'static str {
              retrying it as is fails the same way."
         }
         Kind::Unauthorized => {
-            "The server has `auth.tokens` configured and the request to `/v1/...` or \
-             `/metrics` has no `Authorization: Bearer` header with one of them. The response \
-             has a `WWW-Authenticate` header."
+            "The server has `auth.tokens` configured and the request has no `Authorization: \
+             Bearer` header with one of them. Every route but `/livez`, `/readyz`, \
+             `/openapi.json` and `/docs` needs a token, paths that match no route included (so \
+             the route table cannot be probed without one). The response has a \
+             `WWW-Authenticate` header."
+        }
+        Kind::Forbidden => {
+            "The token is valid but lacks the scope the route needs (`scope` names it): `read` \
+             for queries, `commands` for commands, `admin` for rebuilds, parked retries and \
+             `/metrics`. Or the command is one only the `order-credit` process manager may send \
+             (`ReserveCredit`, `ReleaseCredit`, `ApproveOrder`, `RejectOrder`; `command_type` \
+             names it): these need a token with the `admin` scope, and are always refused on a \
+             server without tokens. Nothing was executed."
+        }
+        Kind::RequestTimeout => {
+            "The command's body did not arrive within `server.body_read_timeout_ms` of its \
+             head. Nothing was executed; the server closes the connection. (A request head that \
+             does not arrive within `server.request_timeout_ms` is answered 408 by the HTTP \
+             layer itself, without a body.)"
+        }
+        Kind::PreconditionFailed => {
+            "`If-Match` holds a weak entity tag (`W/\"3\"`), or is empty (a list of no tags). \
+             Neither ever matches for `If-Match` (RFC 9110, 13.1.1); send the strong `ETag` \
+             (`\"3\"`) instead. Nothing was executed."
         }
         Kind::NotFound => {
             "No such route, aggregate type, aggregate (no events, or none at the version or \
@@ -168,24 +211,29 @@ pub(super) fn describe(kind: Kind) -> &'static str {
              aggregate). Use a fresh key for a new command."
         }
         Kind::TooManyRequests => {
-            "This aggregate has `runtime.mailbox_capacity` commands queued: slow down and retry \
-             after `Retry-After` seconds. Nothing was executed."
+            "This aggregate has `runtime.mailbox_capacity` commands queued, or this client \
+             address holds `server.sse_connections_per_client_max` live feeds: slow down and \
+             retry after `Retry-After` seconds. Nothing was executed."
         }
         Kind::Unavailable => {
             "The service cannot take this request now: the store is still being opened and \
              recovered (or could not be), the journal has failed or is full, \
-             `server.in_flight_max` commands or `server.sse_connections_max` live feeds are \
-             open, the server is shutting down, or a `min_position` wait did not reach its \
-             position within `server.wait_max_ms`. Retry after `Retry-After` seconds. A command \
-             refused this way was not executed."
+             `server.in_flight_max` commands, `server.sse_connections_max` live feeds, \
+             `server.reads_in_flight_max` store reads or `server.rebuilds_max` rebuilds are \
+             running, the server is shutting down, a `min_position` wait did not reach its \
+             position within `server.wait_max_ms`, or a query was not answered within \
+             `server.request_deadline_ms`. Retry after `Retry-After` seconds. A command refused \
+             this way was not executed."
         }
         Kind::OutcomeUnknown => {
-            "The aggregate stopped while executing the command: it may or may not have been \
-             recorded. Retry with the same `Idempotency-Key` to learn its outcome safely."
+            "The aggregate stopped while executing the command, or the command was not answered \
+             within `server.request_deadline_ms`: it may or may not have been recorded. Retry \
+             with the same `Idempotency-Key` to learn its outcome safely."
         }
         Kind::Internal => {
-            "The store failed or an unexpected error happened: the server's fault, logged with \
-             the request id (`X-Request-Id`)."
+            "The store failed or an unexpected error happened: the server's fault. The detail \
+             says nothing more; the server log has the error under the request id \
+             (`request_id`, also the `X-Request-Id` header): quote it."
         }
     }
 }

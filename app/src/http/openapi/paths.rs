@@ -9,9 +9,10 @@
 
 use annals::envelope::TRACE_ID_LEN_MAX;
 use annals::types::{AGGREGATE_ID_LEN_MAX, COMMAND_ID_LEN_MAX};
-use annals_config::Config;
+use annals_config::{Config, Scope};
 use serde_json::{json, Map, Value};
 
+use super::super::access::Access;
 use super::super::aggregates::ApiAggregate;
 use super::super::problem::{Kind, PROBLEM_JSON};
 use super::schemas::{a, reference, Schemas};
@@ -72,6 +73,23 @@ pub(super) fn response(
         response["content"] = json!({ media_type: {"schema": schema} });
     }
     response
+}
+
+/// What the description of a command route says of its process-only commands.
+fn process_only_text(process_only: &[&str]) -> String {
+    if process_only.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n\nProcess-only commands: {}. These are sent by the `order-credit` saga (a process \
+         manager), not by clients: on the public API they are refused with 403 unless the \
+         token has the `admin` scope, and always on a server without tokens.",
+        process_only
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// A JSON response.
@@ -197,22 +215,43 @@ impl<'a> Paths<'a> {
         }
     }
 
-    /// Whether requests to `/v1/...` and `/metrics` need a bearer token.
+    /// Whether requests need a bearer token (the server has tokens).
     fn auth(&self) -> bool {
-        !self.config.auth.tokens.is_empty()
+        self.config.auth.enabled()
     }
 
-    /// Adds operation `op` of `method` on `path`; `secured` operations get the bearer scheme
-    /// and a 401 when the server has tokens.
-    fn add(&mut self, method: &str, path: &str, mut op: Value, problems: &[u16], secured: bool) {
+    /// Adds operation `op` of `method` on `path`, the route `pattern` of `ROUTES` (whose access
+    /// level says what the operation needs): with tokens configured, an operation that needs
+    /// one gets the bearer scheme with its scope, a 401 and a 403; an open one says so.
+    fn add(&mut self, method: &str, path: &str, mut op: Value, problems: &[u16], pattern: &str) {
+        // A pattern missing from the table is documented as needing the narrowest scope; the
+        // drift test (`tests/tests/openapi.rs`) fails on it anyway.
+        let access = super::super::ROUTES
+            .iter()
+            .find(|r| r.pattern == pattern)
+            .map_or(Access::ADMIN, |r| r.access);
         let mut statuses = problems.to_vec();
-        if secured && self.auth() {
-            op["security"] = json!([{"bearerAuth": []}]);
-            statuses.push(401);
-        } else {
-            // Explicitly none: this route is open even on a server with tokens.
-            op["security"] = json!([]);
+        match access {
+            Access::Open => op["security"] = json!([]),
+            _ if !self.auth() => {
+                // Explicitly none: this server has no tokens.
+                op["security"] = json!([]);
+            }
+            _ => {
+                let scopes: Vec<&str> = access.scope().map(Scope::name).into_iter().collect();
+                op["security"] = json!([{"bearerAuth": scopes}]);
+                statuses.extend([401, 403]);
+                if let Some(scope) = access.scope() {
+                    let description = op["description"].as_str().unwrap_or_default().to_owned();
+                    op["description"] = json!(format!(
+                        "{description}{}Needs a token with the `{scope}` scope.",
+                        if description.is_empty() { "" } else { " " }
+                    ));
+                }
+            }
         }
+        statuses.sort_unstable();
+        statuses.dedup();
         for status in statuses {
             let Ok(code) = actix_web::http::StatusCode::from_u16(status) else {
                 continue;
@@ -278,7 +317,9 @@ impl<'a> Paths<'a> {
                 "examples": [example]}),
             &format!(
                 "The aggregate id: 1 to {AGGREGATE_ID_LEN_MAX} bytes of UTF-8 (percent-encoded \
-                 in the path); longer is a 400."
+                 in the path) of visible characters: no control characters, whitespace, \
+                 invisible format characters or U+FFFD. Anything else, longer, or \
+                 percent-encodings that are not UTF-8, is a 400."
             ),
         )
     }
@@ -370,9 +411,16 @@ impl<'a> Paths<'a> {
                 "description": format!(
                     "Executes one command on {type_name} `id` (created by its first event). The \
                      body is the command as JSON, tagged by `type` ({}), at most {} bytes \
-                     (`server.body_bytes_max`). The reply is sent once the events are durable.",
+                     (`server.body_bytes_max`), received within {} ms of the request's head \
+                     (`server.body_read_timeout_ms`; else 408 and the connection is closed). \
+                     The reply is sent once the events are durable; a command not answered \
+                     within {} ms (`server.request_deadline_ms`) gets a 503 saying its outcome \
+                     is unknown (retry with the same `Idempotency-Key`).{}",
                     api.command_types().join(", "),
                     server.body_bytes_max,
+                    server.body_read_timeout.as_millis(),
+                    server.request_deadline.as_millis(),
+                    process_only_text(api.process_only_commands()),
                 ),
                 "parameters": [
                     Self::aggregate_id(&example_id),
@@ -387,11 +435,14 @@ impl<'a> Paths<'a> {
                     },
                     {
                         "name": "If-Match", "in": "header", "required": false,
-                        "description": "Execute only if the aggregate is at this version \
-                            (`\"3\"`, as in `ETag`; `\"0\"`: it must not exist yet), else 409 \
-                            with the current version. `W/\"3\"` and a bare `3` are accepted too.",
+                        "description": "Execute only if the aggregate is at this version: one \
+                            strong entity tag in canonical decimal (`\"3\"`, as in `ETag`; \
+                            `\"0\"`: it must not exist yet), else 409 with the current version. \
+                            A weak tag (`W/\"3\"`) or an empty field never matches for \
+                            `If-Match` (RFC 9110, 13.1.1): 412. `*` is not supported (400: send the version), nor are \
+                            a bare `3`, leading zeros, a sign or several tags (400).",
                         "schema": {"type": "string",
-                            "pattern": "^(W/)?(\"[0-9]{1,19}\"|[0-9]{1,19})$",
+                            "pattern": "^\"(0|[1-9][0-9]{0,18})\"$",
                             "examples": ["\"0\""]},
                     },
                     trace("X-Correlation-Id", "The correlation id"),
@@ -400,8 +451,8 @@ impl<'a> Paths<'a> {
                 "requestBody": {"required": true, "content": {"application/json": body}},
                 "responses": {"200": ok, "422": rejected},
             }),
-            &[400, 409, 413, 415, 429, 500, 503],
-            true,
+            &[400, 403, 408, 409, 412, 413, 415, 429, 500, 503],
+            "/v1/{aggregate}/{id}/commands",
         );
         self.add(
             "get",
@@ -431,7 +482,7 @@ impl<'a> Paths<'a> {
                 )},
             }),
             &[400, 404, 500, 503],
-            true,
+            "/v1/{aggregate}/{id}",
         );
         self.add(
             "get",
@@ -450,7 +501,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("A page of events.", history)},
             }),
             &[400, 500, 503],
-            true,
+            "/v1/{aggregate}/{id}/events",
         );
     }
 
@@ -475,7 +526,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("A page of the log.", reference("LogPage"))},
             }),
             &[400, 500, 503],
-            true,
+            "/v1/events",
         );
         self.add(
             "get",
@@ -491,9 +542,12 @@ impl<'a> Paths<'a> {
                      see AnyEnvelope}}`, and a `: keep-alive` comment every {} ms when idle. \
                      Reconnect with `Last-Event-ID` set to the last `id` received to resume \
                      with no gap and no duplicate. At most {} feeds are open at once \
-                     (`server.sse_connections_max`); beyond that, 503.",
+                     (`server.sse_connections_max`; beyond that, 503) and at most {} per client \
+                     address (`server.sse_connections_per_client_max`; beyond that, 429). A \
+                     feed's slot is freed as soon as its client disconnects.",
                     self.config.server.sse_keepalive.as_millis(),
                     self.config.server.sse_connections_max,
+                    self.config.server.sse_connections_per_client_max,
                 ),
                 "parameters": [
                     after(U64_MAX, "the head: only new events"),
@@ -510,8 +564,8 @@ impl<'a> Paths<'a> {
                     Some(("text/event-stream", reference("LiveEvent"))),
                 )},
             }),
-            &[400, 500, 503],
-            true,
+            &[400, 429, 500, 503],
+            "/v1/events/live",
         );
     }
 
@@ -523,7 +577,9 @@ impl<'a> Paths<'a> {
         path_text(
             "name",
             schema,
-            "The subscriber's name, as `GET /v1/projections` lists it.",
+            "The subscriber's name, as `GET /v1/projections` lists it: 1 to 64 bytes of \
+             visible characters without `@`, `#` or `/` (else 400; a rebuild in progress, \
+             `{name}#rebuild`, cannot be addressed).",
         )
     }
 
@@ -538,7 +594,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("The subscribers.", reference("Subscribers"))},
             }),
             &[503],
-            true,
+            "/v1/projections",
         );
         self.add(
             "post",
@@ -554,8 +610,8 @@ impl<'a> Paths<'a> {
                 "parameters": [self.projection_name()],
                 "responses": {"202": ok_json("The rebuild has started.", reference("RebuildStarted"))},
             }),
-            &[404, 409, 500, 503],
-            true,
+            &[400, 404, 409, 500, 503],
+            "/v1/projections/{name}/rebuild",
         );
         self.add(
             "get",
@@ -567,8 +623,8 @@ impl<'a> Paths<'a> {
                 "parameters": [self.projection_name()],
                 "responses": {"200": ok_json("The parked events.", reference("ParkedEvents"))},
             }),
-            &[404, 500, 503],
-            true,
+            &[400, 404, 500, 503],
+            "/v1/projections/{name}/parked",
         );
         self.add(
             "post",
@@ -588,7 +644,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("Retried.", reference("ParkedRetried"))},
             }),
             &[400, 404, 409, 500, 503],
-            true,
+            "/v1/projections/{name}/parked/{position}/retry",
         );
     }
 
@@ -597,7 +653,7 @@ impl<'a> Paths<'a> {
             path_text(
                 "id",
                 json!({"type": "string", "minLength": 1, "examples": ["c-1"]}),
-                "The customer id.",
+                "The customer id, checked as aggregate ids are (else 400).",
             )
         };
         self.add(
@@ -613,7 +669,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("The summary.", reference("CustomerSummary"))},
             }),
             &[400, 404, 500, 503],
-            true,
+            "/v1/views/customers/{id}",
         );
         self.add(
             "get",
@@ -626,7 +682,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("The orders.", reference("CustomerOrders"))},
             }),
             &[400, 500, 503],
-            true,
+            "/v1/views/customers/{id}/orders",
         );
         self.add(
             "get",
@@ -635,7 +691,16 @@ impl<'a> Paths<'a> {
                 "operationId": "valuable_customers",
                 "tags": ["views"],
                 "summary": "Customers created after a time with a shipped order of at least a total",
-                "description": "From the `valuable-customers` projection, oldest customer first.",
+                "description": format!(
+                    "From the `valuable-customers` projection, oldest customer first, paged: \
+                     one request reads at most {} records of the view ({} × \
+                     `server.page_size_max`), so a page may hold fewer than `limit` customers \
+                     (even none) and still have a `next_after`; pass it as `after` to continue. \
+                     `next_after` is null once the scan has reached the end.",
+                    super::super::read::VALUABLE_SCAN_PER_PAGE_ENTRY
+                        .saturating_mul(self.config.server.page_size_max.get()),
+                    super::super::read::VALUABLE_SCAN_PER_PAGE_ENTRY,
+                ),
                 "parameters": [
                     {
                         "name": "created_after", "in": "query", "required": false,
@@ -645,13 +710,20 @@ impl<'a> Paths<'a> {
                     },
                     query_integer("min_order_total", 0, U64_MAX,
                         "... with a shipped order whose total is at least this, in minor units (default 1)."),
+                    {
+                        "name": "after", "in": "query", "required": false,
+                        "description": "Continue after this cursor: the `next_after` of the \
+                            previous page (`{created_at µs}:{customer id}`); anything else is a \
+                            400.",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,20}:.+$"},
+                    },
                     self.min_position(),
                     self.page_limit(),
                 ],
                 "responses": {"200": ok_json("The customers.", reference("ValuableCustomers"))},
             }),
             &[400, 500, 503],
-            true,
+            "/v1/views/valuable-customers",
         );
     }
 
@@ -666,7 +738,7 @@ impl<'a> Paths<'a> {
                 "responses": {"200": ok_json("Live.", reference("Live"))},
             }),
             &[],
-            false,
+            "/livez",
         );
         self.add(
             "get",
@@ -676,13 +748,18 @@ impl<'a> Paths<'a> {
                 "tags": ["operations"],
                 "summary": "Readiness: commands can succeed",
                 "description": "200 only when the store is open (not recovering, not failed to \
-                    open), the journal has not failed and the data directory's file system has \
-                    at least `store.disk_free_bytes_min` bytes free; otherwise 503 naming every \
-                    failing check in `checks`.",
+                    open), the journal has not failed, no projection or process manager has \
+                    failed, and the data directory's file system has at least \
+                    `store.disk_free_bytes_min` bytes free; otherwise 503 naming every failing \
+                    check in `checks` (`recovering`, `store failed to open (see the server \
+                    log)`, `journal failed (write or fsync error)`, `journal shut down`, \
+                    `subscriber NAME failed`, `disk free below store.disk_free_bytes_min`, \
+                    `disk free space cannot be read (see the server log)`). Open to anyone, so \
+                    it names what failed, never how: the details are in the server log.",
                 "responses": {"200": ok_json("Ready.", reference("Ready"))},
             }),
             &[503],
-            false,
+            "/readyz",
         );
         self.add(
             "get",
@@ -701,7 +778,7 @@ impl<'a> Paths<'a> {
                 )},
             }),
             &[],
-            true,
+            "/metrics",
         );
         self.add(
             "get",
@@ -714,7 +791,7 @@ impl<'a> Paths<'a> {
                     "required": ["openapi", "info", "paths"]}))},
             }),
             &[],
-            false,
+            "/openapi.json",
         );
         self.add(
             "get",
@@ -732,7 +809,7 @@ impl<'a> Paths<'a> {
                 )},
             }),
             &[],
-            false,
+            "/docs",
         );
     }
 }

@@ -544,8 +544,10 @@ impl Schemas {
                 "properties": {
                     "customers": {"type": "array", "items": reference("ValuableCustomer"),
                         "description": "Oldest first."},
+                    "next_after": {"type": ["string", "null"],
+                        "description": "The `after` of the next page; null when there is none."},
                 },
-                "required": ["customers"],
+                "required": ["customers", "next_after"],
             }),
         );
         // `ops::livez`, `ops::readyz`.

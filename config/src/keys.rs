@@ -133,6 +133,7 @@ pub(crate) static KEYS: &[Key] = &[
     key!(runtime.command_bytes_max =>
         runtime.command_bytes_max = count(MESSAGE_BYTES_MAX, "bytes")),
     key!(runtime.retry_after_ms => runtime.retry_after = millis(1, HOUR_MS)),
+    key!(runtime.queue_time_max_ms => runtime.queue_time_max = millis(1, HOUR_MS)),
     key!(runtime.drain_timeout_ms => runtime.drain_timeout = millis(0, HOUR_MS)),
 
     key!(domain.decision_timeout_ms => domain.decision_timeout = millis(1, MONTH_MS)),

@@ -192,6 +192,7 @@ impl Config {
         options.event_bytes_max = runtime.event_bytes_max;
         options.command_bytes_max = runtime.command_bytes_max;
         options.retry_after = runtime.retry_after;
+        options.queue_time_max = runtime.queue_time_max;
         options.drain_timeout = runtime.drain_timeout;
         options
     }
@@ -378,6 +379,10 @@ pub struct RuntimeConfig {
     /// The pause suggested to overloaded callers (`retry_after_ms`; HTTP `Retry-After`).
     #[serde(rename = "retry_after_ms", serialize_with = "millis")]
     pub retry_after: Duration,
+    /// The longest a command may wait for its aggregate before it is refused unexecuted
+    /// (`queue_time_max_ms`; HTTP 503): load is shed early under overload.
+    #[serde(rename = "queue_time_max_ms", serialize_with = "millis")]
+    pub queue_time_max: Duration,
     /// How long shutdown waits for commands in flight (`drain_timeout_ms`).
     #[serde(rename = "drain_timeout_ms", serialize_with = "millis")]
     pub drain_timeout: Duration,
@@ -395,6 +400,7 @@ impl Default for RuntimeConfig {
             event_bytes_max: options.event_bytes_max,
             command_bytes_max: options.command_bytes_max,
             retry_after: options.retry_after,
+            queue_time_max: options.queue_time_max,
             drain_timeout: options.drain_timeout,
         }
     }

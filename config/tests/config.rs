@@ -212,7 +212,7 @@ fn the_default_file_lists_every_key_of_the_struct_and_no_other() {
         "config/annals.toml and Config have drifted"
     );
     assert_eq!(from_render, from_struct, "render and Config have drifted");
-    assert_eq!(from_struct.len(), 38);
+    assert_eq!(from_struct.len(), 39);
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn the_default_file_documents_every_key_with_a_comment() {
             i + 1
         );
     }
-    assert_eq!(keys, 38);
+    assert_eq!(keys, 39);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +381,7 @@ const BOUNDS: &[(&str, u64, u64)] = &[
     ("runtime.event_bytes_max", 1, 268_435_456),
     ("runtime.command_bytes_max", 1, 268_435_456),
     ("runtime.retry_after_ms", 1, 3_600_000),
+    ("runtime.queue_time_max_ms", 1, 3_600_000),
     ("runtime.drain_timeout_ms", 0, 3_600_000),
     ("domain.decision_timeout_ms", 1, 2_592_000_000),
 ];
@@ -634,6 +635,7 @@ fn runtime_options_carry_the_store_and_runtime_sections() {
         ("runtime.event_bytes_max", "15"),
         ("runtime.command_bytes_max", "16"),
         ("runtime.retry_after_ms", "17"),
+        ("runtime.queue_time_max_ms", "19"),
         ("runtime.drain_timeout_ms", "18"),
     ]));
     let options = config.runtime_options();
@@ -656,6 +658,7 @@ fn runtime_options_carry_the_store_and_runtime_sections() {
     assert_eq!(options.event_bytes_max, nz(15));
     assert_eq!(options.command_bytes_max, nz(16));
     assert_eq!(options.retry_after, Duration::from_millis(17));
+    assert_eq!(options.queue_time_max, Duration::from_millis(19));
     assert_eq!(options.drain_timeout, Duration::from_millis(18));
 
     let defaults = Config::default().runtime_options();

@@ -626,18 +626,16 @@ async fn idempotency_key_replays_the_first_outcome() {
     assert_eq!(history[1], events_of(&first)[0]);
     assert_eq!(history[1]["command_id"], "reserve-o-9");
 
-    // A rejection is an outcome too: the retry gets the same 422.
+    // A rejection is an outcome too: the retry gets the same 422, marked as replayed.
     let key = [("Idempotency-Key", "create-c-1-again")];
-    let rejected = api
-        .command_with("customers", "c-1", &create, &key)
-        .await
-        .problem_of(422, "rejected");
+    let first = api.command_with("customers", "c-1", &create, &key).await;
+    assert!(!replayed(&first), "the first answer is not a replay");
+    let rejected = first.problem_of(422, "rejected");
     assert_eq!(rejected["rejection"], json!({"type": "AlreadyExists"}));
-    let replayed = api
-        .command_with("customers", "c-1", &create, &key)
-        .await
-        .problem_of(422, "rejected");
-    assert_eq!(replayed["rejection"], rejected["rejection"]);
+    let retry = api.command_with("customers", "c-1", &create, &key).await;
+    assert!(replayed(&retry), "a replayed rejection says so");
+    let again = retry.problem_of(422, "rejected");
+    assert_eq!(again["rejection"], rejected["rejection"]);
     server.stop().await;
 }
 
@@ -1869,11 +1867,29 @@ async fn health_metrics_and_request_ids() {
 }
 
 /// `/readyz` is 503 with `Retry-After`, naming the failing check, when the data directory's
-/// disk has less than `store.disk_free_bytes_min` free; `/livez` stays 200.
+/// disk has less than `store.disk_free_bytes_min` free; `/livez` stays 200; commands are
+/// refused with 507 and `Retry-After` before anything is written, while reads go on.
 #[actix_rt::test]
 async fn readyz_reports_a_full_disk() {
     let server = TestServer::start(|c| c.store.disk_free_bytes_min = u64::MAX).await;
     let api = &server.api;
+    let refused = api
+        .command("accounts", "a-1", &json!({"type": "Deposit", "amount": 5}))
+        .await;
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    let problem = refused.problem_of(507, "insufficient-storage");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("disk_free_bytes_min")),
+        "{problem}"
+    );
+    assert_eq!(
+        api.get("/v1/accounts/a-1").await.status,
+        404,
+        "nothing was written"
+    );
     let reply = api.get("/readyz").await;
     let problem = reply.overloaded();
     assert_eq!(reply.status, 503);
@@ -1886,6 +1902,37 @@ async fn readyz_reports_a_full_disk() {
         "{problem}"
     );
     assert_eq!(api.get("/livez").await.ok(), json!({"status": "live"}));
+    server.stop().await;
+}
+
+/// A field the command does not have is a 400 naming it, never silently dropped: a typo'd
+/// `curency` must not create an order in the default currency.
+#[actix_rt::test]
+async fn a_command_with_an_unknown_field_is_400_and_does_nothing() {
+    let server = TestServer::start(|_| {}).await;
+    let api = &server.api;
+    api.create_customer("c-1", "Ada", 100_000).await;
+    let typo =
+        json!({"type": "CreateOrder", "customer_id": "c-1", "total": 5000, "curency": "USD"});
+    let problem = api
+        .command("orders", "o-1", &typo)
+        .await
+        .problem_of(400, "bad-request");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("curency")),
+        "{problem}"
+    );
+    assert_eq!(
+        api.get("/v1/orders/o-1").await.status,
+        404,
+        "nothing was created"
+    );
+    let extra = json!({"type": "ShipOrder", "express": true});
+    api.command("orders", "o-1", &extra)
+        .await
+        .problem_of(400, "bad-request");
     server.stop().await;
 }
 

@@ -170,7 +170,8 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
     ) -> LocalBoxFuture<'a, Result<CommandReply, Problem>> {
         Box::pin(async move {
             let command = self.parse(body)?;
-            match runtime.execute_with::<A>(id, command, options).await? {
+            let answered = runtime.execute_answered::<A>(id, command, options).await?;
+            match answered.result {
                 Ok(executed) => {
                     #[derive(serde::Serialize)]
                     struct Reply<'a, E> {
@@ -196,8 +197,13 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
                 }
                 Err(rejection) => {
                     let rendered = serde_json::to_value(&rejection).unwrap_or(Value::Null);
-                    Err(Problem::new(Kind::Rejected, rejection.to_string())
-                        .with("rejection", rendered))
+                    let problem = Problem::new(Kind::Rejected, rejection.to_string())
+                        .with("rejection", rendered);
+                    Err(if answered.replayed {
+                        problem.replayed()
+                    } else {
+                        problem
+                    })
                 }
             }
         })
@@ -255,20 +261,16 @@ impl Aggregates {
     /// credit of an approved one).
     pub fn domain() -> Aggregates {
         use annals_domain::{bank, customer, order};
-        // The domain is to export these as `customer::PROCESS_ONLY_COMMANDS` and
-        // `order::PROCESS_ONLY_COMMANDS`; until then they are spelt here.
-        const CUSTOMER_PROCESS_ONLY: &[&str] = &["ReserveCredit", "ReleaseCredit"];
-        const ORDER_PROCESS_ONLY: &[&str] = &["ApproveOrder", "RejectOrder"];
         let mut all = Aggregates::default();
         all.add(Api::<customer::Customer>::new(
             "customers",
             &["CreateCustomer"],
-            CUSTOMER_PROCESS_ONLY,
+            customer::PROCESS_ONLY_COMMANDS,
         ));
         all.add(Api::<order::Order>::new(
             "orders",
             &["CreateOrder", "ShipOrder", "CancelOrder"],
-            ORDER_PROCESS_ONLY,
+            order::PROCESS_ONLY_COMMANDS,
         ));
         all.add(Api::<bank::Account>::new(
             "accounts",

@@ -72,6 +72,9 @@ pub enum Kind {
     Unavailable,
     /// The outcome of a command is unknown; retry with the same idempotency key.
     OutcomeUnknown,
+    /// The disk holding the store is below `store.disk_free_bytes_min`: nothing was written;
+    /// retry once space is freed.
+    InsufficientStorage,
     /// The store failed or an unexpected error happened: the server's fault.
     Internal,
 }
@@ -88,6 +91,7 @@ impl Kind {
             Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Rejected | Kind::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,6 +112,7 @@ impl Kind {
             Kind::RequestTimeout => "Request timeout",
             Kind::Conflict => "Conflict",
             Kind::PreconditionFailed => "Precondition failed",
+            Kind::InsufficientStorage => "Insufficient storage",
             Kind::PayloadTooLarge => "Payload too large",
             Kind::UnsupportedMediaType => "Unsupported media type",
             Kind::Rejected => "Command rejected",
@@ -130,6 +135,7 @@ impl Kind {
             Kind::RequestTimeout => "/docs#problem-request-timeout",
             Kind::Conflict => "/docs#problem-conflict",
             Kind::PreconditionFailed => "/docs#problem-precondition-failed",
+            Kind::InsufficientStorage => "/docs#problem-insufficient-storage",
             Kind::PayloadTooLarge => "/docs#problem-payload-too-large",
             Kind::UnsupportedMediaType => "/docs#problem-unsupported-media-type",
             Kind::Rejected => "/docs#problem-rejected",
@@ -142,7 +148,7 @@ impl Kind {
     }
 
     /// Every kind, for the documentation.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::BadRequest,
         Kind::Unauthorized,
         Kind::Forbidden,
@@ -151,6 +157,7 @@ impl Kind {
         Kind::RequestTimeout,
         Kind::Conflict,
         Kind::PreconditionFailed,
+        Kind::InsufficientStorage,
         Kind::PayloadTooLarge,
         Kind::UnsupportedMediaType,
         Kind::Rejected,
@@ -169,6 +176,9 @@ pub struct Problem {
     detail: String,
     retry_after: Option<Duration>,
     extensions: Map<String, Value>,
+    /// A stored outcome answered again for a retried `Idempotency-Key` (a rejection): sent
+    /// with `Idempotent-Replayed: true`, as a replayed success is.
+    replayed: bool,
 }
 
 impl Problem {
@@ -179,7 +189,16 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             extensions: Map::new(),
+            replayed: false,
         }
+    }
+
+    /// Marks the problem as the stored outcome of an earlier request with the same
+    /// `Idempotency-Key` (sent with `Idempotent-Replayed: true`).
+    #[must_use]
+    pub fn replayed(mut self) -> Problem {
+        self.replayed = true;
+        self
     }
 
     /// 400 with `detail`.
@@ -286,6 +305,9 @@ impl ResponseError for Problem {
                 HeaderValue::from_static("Bearer realm=\"annals\""),
             ));
         }
+        if self.replayed {
+            response.insert_header(("idempotent-replayed", "true"));
+        }
         if self.kind == Kind::RequestTimeout {
             // The rest of the body may still arrive: nothing else can be read on this
             // connection.
@@ -311,6 +333,12 @@ impl From<ExecuteError> for Problem {
                     Overload::Mailbox => Problem::overloaded(
                         Kind::TooManyRequests,
                         "this aggregate has runtime.mailbox_capacity commands queued",
+                        retry_after,
+                    ),
+                    Overload::QueueTime => Problem::overloaded(
+                        Kind::Unavailable,
+                        "the service is overloaded: the command waited longer than \
+                         runtime.queue_time_max_ms for its aggregate and was not executed",
                         retry_after,
                     ),
                     _ => Problem::overloaded(
@@ -357,6 +385,14 @@ impl From<StoreError> for Problem {
                 Kind::Unavailable,
                 "the journal's queue is full (store.queue_capacity)",
                 Duration::from_secs(1),
+            ),
+            // The journal stays healthy: it takes commands again once space is freed.
+            StoreError::DiskFull { .. } => Problem::overloaded(
+                Kind::InsufficientStorage,
+                "the disk holding the store has less free space than \
+                 store.disk_free_bytes_min: nothing was written; commands are taken again \
+                 once space is freed",
+                Duration::from_secs(5),
             ),
             // A failed journal stays failed until an operator restarts it: readiness says so.
             // Its reason (the engine's error, the path) is for the log.

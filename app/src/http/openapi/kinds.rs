@@ -109,7 +109,9 @@ pub(super) fn extensions(kind: Kind) -> Vec<Member> {
                     "description": "The process-only command that was refused."}),
             ),
         ],
-        Kind::TooManyRequests | Kind::OutcomeUnknown => vec![retry_after()],
+        Kind::TooManyRequests | Kind::OutcomeUnknown | Kind::InsufficientStorage => {
+            vec![retry_after()]
+        }
         Kind::Unavailable => vec![
             retry_after(),
             member(
@@ -172,6 +174,12 @@ pub(super) fn describe(kind: Kind) -> &'static str {
              head. Nothing was executed; the server closes the connection. (A request head that \
              does not arrive within `server.request_timeout_ms` is answered 408 by the HTTP \
              layer itself, without a body.)"
+        }
+        Kind::InsufficientStorage => {
+            "The disk holding the store has less free space than `store.disk_free_bytes_min`: \
+             the command was refused before anything was written, and the service stays up and \
+             ready for reads. Commands are taken again as soon as space is freed; retry after \
+             `Retry-After`."
         }
         Kind::PreconditionFailed => {
             "`If-Match` holds a weak entity tag (`W/\"3\"`), or is empty (a list of no tags). \

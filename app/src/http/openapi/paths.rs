@@ -170,7 +170,7 @@ pub(super) fn problem_responses() -> Map<String, Value> {
                 json!({"description": "The methods the route has (`GET, HEAD` or `POST`).",
                     "required": true, "schema": {"type": "string"}}),
             )),
-            429 | 503 => headers.push(("Retry-After", header("Retry-After"))),
+            429 | 503 | 507 => headers.push(("Retry-After", header("Retry-After"))),
             // Only a command whose `Idempotency-Key` is in use right now has it.
             409 => headers.push((
                 "Retry-After",
@@ -378,8 +378,14 @@ impl<'a> Paths<'a> {
         ok["links"] = json!({"state": by_id(&state_op), "history": by_id(&history_op)});
         let rejected = response(
             "Rejected by the aggregate (`rejection` says why), or the `Idempotency-Key` was used \
-             for another command.",
-            &[],
+             for another command. A retry of a rejected command with its `Idempotency-Key` gets \
+             the stored rejection again, marked by `Idempotent-Replayed: true`.",
+            &[(
+                "Idempotent-Replayed",
+                json!({"description": "`true` when the rejection is the stored outcome of an \
+                    earlier request with the same `Idempotency-Key`; absent otherwise.",
+                    "schema": {"const": "true"}}),
+            )],
             Some((
                 PROBLEM_JSON,
                 json!({"oneOf": [
@@ -451,7 +457,7 @@ impl<'a> Paths<'a> {
                 "requestBody": {"required": true, "content": {"application/json": body}},
                 "responses": {"200": ok, "422": rejected},
             }),
-            &[400, 403, 408, 409, 412, 413, 415, 429, 500, 503],
+            &[400, 403, 408, 409, 412, 413, 415, 429, 500, 503, 507],
             "/v1/{aggregate}/{id}/commands",
         );
         self.add(

@@ -652,6 +652,16 @@ impl Runtime {
         }
     }
 
+    /// Whether `name` is a registered projection (its parked retries rebuild it; see
+    /// [`Runtime::retry_parked`]).
+    pub fn is_projection(&self, name: &str) -> bool {
+        self.inner()
+            .subscriptions
+            .projections
+            .lock()
+            .contains_key(name)
+    }
+
     /// Progress of every subscriber, projection and process manager.
     pub fn subscribers(&self) -> Vec<SubscriberInfo> {
         let entries: Vec<(String, Entry)> = self

@@ -12,9 +12,8 @@
 //! a 400, never a 404 for a spelling no name can have.
 //!
 //! Rebuilds are bounded: at most `server.rebuilds_max` run at once (503 beyond), counted and
-//! started under one lock. A parked retry counts as a rebuild, since for a projection it is
-//! one (the runtime does not say whether a subscriber is a projection, so a process manager's
-//! retry is refused at the limit too).
+//! started under one lock. A projection's parked retry counts as a rebuild, since it is one; a
+//! process manager's handles the event again and is not bounded by it.
 //!
 //! Store reads run on the blocking pool ([`AppState::read`]). One valuable-customers request
 //! reads at most [`VALUABLE_SCAN_PER_PAGE_ENTRY`] × `server.page_size_max` records of the view
@@ -179,7 +178,7 @@ pub async fn retry_parked(
     check_name(&name)?;
     let position = parse_position(&position)?;
     let runtime = state.runtime()?;
-    bounded_rebuild(&state, async {
+    let retry = async {
         runtime
             .retry_parked(&name, position)
             .await
@@ -195,8 +194,13 @@ pub async fn retry_parked(
                     other => Problem::internal(other),
                 }
             })
-    })
-    .await?;
+    };
+    // A projection's parked retry is a rebuild, and counts as one; a process manager's is not.
+    if runtime.is_projection(&name) {
+        bounded_rebuild(&state, retry).await?;
+    } else {
+        retry.await?;
+    }
     Ok(HttpResponse::Ok().json(json!({
         "name": name,
         "position": position.0,

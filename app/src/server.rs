@@ -9,6 +9,12 @@
 //! shuts down: subscribers stop after their page, commands in flight complete, the journal is
 //! drained and flushed. Every command that received a 200 is durable before its reply, so
 //! nothing acknowledged depends on this order; it only avoids refusing work needlessly.
+//!
+//! A **supervisor** task watches the journal while the server runs: a journal that failed (a
+//! write or fsync error, most often a full disk) refuses writes until its store is opened
+//! again, so once the data directory's disk has room the supervisor reopens the store in the
+//! same process (see [`supervise`]); meanwhile commands get 503 with `Retry-After` and
+//! `/readyz` says why.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,6 +200,7 @@ pub struct Server {
     task: actix_rt::task::JoinHandle<std::io::Result<()>>,
     opening: Option<JoinHandle<()>>,
     opened: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
+    supervisor: Option<actix_rt::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -254,6 +261,7 @@ impl Server {
                 let _ = tx.send(Some(result.map(|_| ())));
             })
             .context("cannot start the thread that opens the store")?;
+        let supervisor = actix_rt::spawn(supervise(state.clone()));
         Ok(Server {
             addr,
             state,
@@ -261,6 +269,7 @@ impl Server {
             task,
             opening: Some(opening),
             opened,
+            supervisor: Some(supervisor),
         })
     }
 
@@ -301,7 +310,7 @@ impl Server {
 
     /// The runtime, once the store is open.
     pub fn runtime(&self) -> Option<Runtime> {
-        self.state.try_runtime().cloned()
+        self.state.try_runtime()
     }
 
     /// The handlers' shared state.
@@ -315,6 +324,10 @@ impl Server {
         self.state.begin_stopping();
         self.handle.stop(true).await;
         let _ = (&mut self.task).await;
+        if let Some(supervisor) = self.supervisor.take() {
+            // It ends at `stopping`, shutting down a store it was reopening.
+            let _ = supervisor.await;
+        }
         if let Some(opening) = self.opening.take() {
             // Wait for an open in progress, so its store is shut down, not abandoned.
             while !opening.is_finished() {
@@ -329,5 +342,101 @@ impl Server {
                 .context("the runtime did not shut down cleanly")?;
         }
         Ok(())
+    }
+}
+
+/// How often the supervisor looks at the journal's health.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
+/// Free bytes the data directory's disk needs (or `store.disk_free_bytes_min`, if more) before
+/// a store whose journal failed is reopened: recovery writes, and a disk that is still full
+/// would fail it again.
+const REOPEN_FREE_BYTES_MIN: u64 = 16 * 1024 * 1024;
+/// The longest pause between attempts to reopen.
+const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(10);
+
+/// Watches the journal and brings the service back by itself after a failure whose cause has
+/// passed. A failed journal refuses every write until its store is opened again (after a failed
+/// write or fsync, nothing it holds in memory can be trusted); the usual cause is a full disk.
+/// Once the data directory's disk has room again, the supervisor takes the runtime out
+/// (handlers answer 503 with `Retry-After`, `/readyz` says "reopening", live feeds end and
+/// their clients resume with `Last-Event-ID`), shuts it down, and opens the store again —
+/// recovery, then the same checks as at start — until that succeeds or the server stops.
+async fn supervise(state: web::Data<AppState>) {
+    let mut stopping = state.stopping();
+    let mut waiting_for_room = false;
+    loop {
+        tokio::select! {
+            _ = stopping.changed() => return,
+            () = tokio::time::sleep(SUPERVISE_INTERVAL) => {}
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        let Some(runtime) = state.try_runtime() else {
+            continue;
+        };
+        let annals::store::StoreHealth::Failed(reason) = runtime.health() else {
+            waiting_for_room = false;
+            continue;
+        };
+        let store = &state.config.store;
+        let needed = store.disk_free_bytes_min.max(REOPEN_FREE_BYTES_MIN);
+        let free = http::ops::disk_free_bytes(&store.data_dir).unwrap_or(0);
+        if free < needed {
+            if !waiting_for_room {
+                tracing::warn!(reason = ?reason.to_string(), free, needed, "the journal failed; the store is reopened once the disk has room");
+                waiting_for_room = true;
+            }
+            continue;
+        }
+        waiting_for_room = false;
+        tracing::warn!(reason = ?reason.to_string(), "the journal failed; reopening the store");
+        drop(runtime);
+        reopen(&state, &mut stopping).await;
+    }
+}
+
+/// Takes the failed runtime out, shuts it down, and opens the store again until that works or
+/// the server stops (see [`supervise`]).
+async fn reopen(state: &web::Data<AppState>, stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if let Some(old) = state.take_runtime_for_reopen() {
+        if let Err(e) = old.shutdown().await {
+            tracing::info!(error = ?e.to_string(), "the failed runtime shut down");
+        }
+    }
+    let mut pause = SUPERVISE_INTERVAL;
+    loop {
+        let config = Arc::clone(&state.config);
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("annals-reopen".into())
+            .spawn(move || {
+                let _ = tx.send(open_runtime(&config));
+            });
+        let opened = match spawned {
+            Ok(_) => rx
+                .await
+                .unwrap_or_else(|_| Err("the reopening thread ended without a result".into())),
+            Err(e) => Err(format!("cannot start a thread to reopen the store: {e}")),
+        };
+        match opened {
+            Ok(runtime) if *stopping.borrow() => {
+                let _ = runtime.shutdown().await;
+                return;
+            }
+            Ok(runtime) => {
+                tracing::info!(head_position = runtime.head_position().0, "store reopened");
+                state.set_runtime(runtime);
+                return;
+            }
+            // The old runtime's last handles (requests that were in flight) may still hold
+            // the directory; or the disk filled again. Try again.
+            Err(why) => tracing::warn!(error = ?why, ?pause, "cannot reopen the store yet"),
+        }
+        tokio::select! {
+            _ = stopping.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(REOPEN_PAUSE_MAX);
     }
 }

@@ -580,7 +580,7 @@ async fn execute(
         ))
     })?;
     let deadline = server.request_deadline;
-    let reply = tokio::time::timeout(deadline, api.execute(runtime, id, &body, options))
+    let reply = tokio::time::timeout(deadline, api.execute(&runtime, id, &body, options))
         .await
         .unwrap_or_else(|_| {
             Err(Problem::new(
@@ -626,7 +626,7 @@ pub async fn get_state(
 ) -> Result<HttpResponse, Problem> {
     let (route, id) = path.into_inner();
     let api = Arc::clone(state.aggregates.get(&route)?);
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let at = match (query.version, &query.as_of) {
         (Some(_), Some(_)) => {
             return Err(Problem::bad_request(
@@ -691,7 +691,7 @@ pub async fn get_history(
 ) -> Result<HttpResponse, Problem> {
     let (route, id) = path.into_inner();
     let api = Arc::clone(state.aggregates.get(&route)?);
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let limit = state.page_size(query.limit)?;
     let from = Version(query.from.unwrap_or(1).max(1));
     let stream = StreamId::new(api.type_name(), id.as_str())

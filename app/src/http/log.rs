@@ -54,7 +54,7 @@ pub async fn global_log(
     state: web::Data<AppState>,
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let limit = state.page_size(query.limit)?;
     let after = query.after.unwrap_or(0);
     let from = Position(after.checked_add(1).ok_or_else(|| {
@@ -91,7 +91,7 @@ pub async fn live(
     req: HttpRequest,
     query: web::Query<LiveQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -137,6 +137,7 @@ pub async fn live(
         next: Position(after.saturating_add(1)),
         head: runtime.store().watch_head(),
         stopping: state.stopping(),
+        epoch: state.epoch(),
         keepalive: server.sse_keepalive,
         started: false,
         _guard: guard,
@@ -158,6 +159,9 @@ struct Feed {
     next: Position,
     head: annals::store::HeadWatch,
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Changes when the runtime is taken out to be reopened: the feed ends, and its client
+    /// resumes on the new runtime with `Last-Event-ID`.
+    epoch: tokio::sync::watch::Receiver<u64>,
     keepalive: Duration,
     started: bool,
     _guard: FeedSlot,
@@ -214,6 +218,7 @@ impl Feed {
                     }
                 }
                 _ = self.stopping.changed() => return None,
+                _ = self.epoch.changed() => return None,
                 () = tokio::time::sleep(self.keepalive) => {
                     return Some(Bytes::from_static(b": keep-alive\n\n"));
                 }

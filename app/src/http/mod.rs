@@ -19,15 +19,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
 use annals::Runtime;
 use annals_config::Config;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub mod access;
 pub mod aggregates;
@@ -63,8 +63,15 @@ pub struct AppState {
     /// Held while a rebuild (or a parked retry, which may start one) is being started, so that
     /// counting the rebuilds running and starting one is one step.
     pub(crate) rebuild_start: tokio::sync::Mutex<()>,
-    runtime: OnceLock<Runtime>,
+    /// The runtime: `None` while the store is being opened, or reopened after its journal
+    /// failed (see `server.rs`).
+    runtime: RwLock<Option<Runtime>>,
     open_failure: Mutex<Option<String>>,
+    /// Set while the store is being reopened after a journal failure.
+    reopening: AtomicBool,
+    /// Bumped when the runtime is taken out to be reopened: live feeds of the old one end
+    /// (their clients resume with `Last-Event-ID` on the new one).
+    epoch: tokio::sync::watch::Sender<u64>,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -88,17 +95,25 @@ impl AppState {
             live_feeds,
             reads,
             rebuild_start: tokio::sync::Mutex::new(()),
-            runtime: OnceLock::new(),
+            runtime: RwLock::new(None),
             open_failure: Mutex::new(None),
+            reopening: AtomicBool::new(false),
+            epoch: tokio::sync::watch::channel(0).0,
             stopping: tokio::sync::watch::channel(false).0,
         }
     }
 
     /// The runtime, or 503 while the store is being opened (or could not be). Why it could
     /// not be opened (a path, the engine's error) is in the log, not in the answer.
-    pub fn runtime(&self) -> Result<&Runtime, Problem> {
-        self.runtime.get().ok_or_else(|| {
-            if self.open_failure.lock().is_some() {
+    pub fn runtime(&self) -> Result<Runtime, Problem> {
+        self.try_runtime().ok_or_else(|| {
+            if self.reopening.load(Ordering::Acquire) {
+                Problem::overloaded(
+                    Kind::Unavailable,
+                    "the store is being reopened after its journal failed",
+                    Duration::from_secs(1),
+                )
+            } else if self.open_failure.lock().is_some() {
                 Problem::overloaded(
                     Kind::Unavailable,
                     "the store could not be opened (the server log says why)",
@@ -162,13 +177,34 @@ impl AppState {
     }
 
     /// The runtime, if open.
-    pub fn try_runtime(&self) -> Option<&Runtime> {
-        self.runtime.get()
+    pub fn try_runtime(&self) -> Option<Runtime> {
+        self.runtime.read().clone()
     }
 
-    /// Makes the runtime available to the handlers.
+    /// Makes the runtime available to the handlers (again, after a reopen).
     pub fn set_runtime(&self, runtime: Runtime) {
-        let _ = self.runtime.set(runtime);
+        *self.runtime.write() = Some(runtime);
+        *self.open_failure.lock() = None;
+        self.reopening.store(false, Ordering::Release);
+    }
+
+    /// Takes the runtime out to reopen its store: handlers answer 503 meanwhile, and live
+    /// feeds of this runtime end.
+    pub fn take_runtime_for_reopen(&self) -> Option<Runtime> {
+        self.reopening.store(true, Ordering::Release);
+        let taken = self.runtime.write().take();
+        self.epoch.send_modify(|n| *n += 1);
+        taken
+    }
+
+    /// Whether the store is being reopened after a journal failure.
+    pub fn is_reopening(&self) -> bool {
+        self.reopening.load(Ordering::Acquire)
+    }
+
+    /// A watch that changes when the runtime is taken out to be reopened.
+    pub fn epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch.subscribe()
     }
 
     /// Records why the store could not be opened (readiness reports it).

@@ -38,6 +38,9 @@ pub fn disk_free_bytes(path: &Path) -> std::io::Result<u64> {
 fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
     let mut failing = Vec::new();
     match state.try_runtime() {
+        None if state.is_reopening() => {
+            failing.push("store reopening after a journal failure".to_owned());
+        }
         None if state.open_failure().is_some() => {
             failing.push("store failed to open (see the server log)".to_owned());
         }
@@ -45,9 +48,10 @@ fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
         Some(runtime) => {
             match runtime.health() {
                 StoreHealth::Ready => {}
-                StoreHealth::Failed(_) => {
-                    failing.push("journal failed (write or fsync error)".to_owned());
-                }
+                StoreHealth::Failed(_) => failing.push(
+                    "journal failed (write or fsync error; reopened once the disk has room)"
+                        .to_owned(),
+                ),
                 StoreHealth::Closed => failing.push("journal shut down".to_owned()),
             }
             for subscriber in runtime.subscribers() {
@@ -99,5 +103,5 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         ))
-        .body(state.metrics.render(state.try_runtime()))
+        .body(state.metrics.render(state.try_runtime().as_ref()))
 }

@@ -400,9 +400,10 @@ impl From<StoreError> for Problem {
                 tracing::error!(error = ?error.to_string(), "the journal has failed");
                 Problem::overloaded(
                     Kind::Unavailable,
-                    "the journal has failed (a write or fsync error) and accepts no writes until \
-                     the service is restarted; a command in flight has an unknown outcome: \
-                     retry it with the same Idempotency-Key",
+                    "the journal has failed (a write or fsync error) and accepts no writes; the \
+                     service reopens the store by itself once the disk has room again; a \
+                     command in flight has an unknown outcome: retry it with the same \
+                     Idempotency-Key",
                     Duration::from_secs(5),
                 )
             }

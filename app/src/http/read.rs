@@ -147,7 +147,7 @@ pub async fn parked(
     name: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     check_name(&name)?;
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let name = name.into_inner();
     let body = state
         .read(move || {
@@ -288,7 +288,7 @@ pub async fn customer_summary(
         return Err(Problem::bad_request("limit applies to lists only").with("parameter", "limit"));
     }
     reach(&state, views::CUSTOMER_SUMMARIES, query.min_position).await?;
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let id = id.into_inner();
     let summary = state
         .read(move || {
@@ -309,7 +309,7 @@ pub async fn customer_orders(
     check_customer_id(&id)?;
     let limit = state.page_size(query.limit)?;
     reach(&state, views::CUSTOMER_SUMMARIES, query.min_position).await?;
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let id = id.into_inner();
     let body = state
         .read(move || {
@@ -479,7 +479,7 @@ pub async fn valuable_customers(
     // The view answers "total above N"; the API's parameter is inclusive.
     let total_above = query.min_order_total.unwrap_or(1).saturating_sub(1);
     reach(&state, views::VALUABLE_CUSTOMERS, query.min_position).await?;
-    let runtime = state.runtime()?.clone();
+    let runtime = state.runtime()?;
     let budget =
         VALUABLE_SCAN_PER_PAGE_ENTRY.saturating_mul(state.config.server.page_size_max.get());
     let body = state

@@ -427,7 +427,27 @@ struct OrderFacts {
     total: u64,
 }
 
+/// Where a page of [`ValuableCustomers::page`] continues: after the customer created at
+/// `created_at` with id `customer_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValuableCursor {
+    /// When the last customer read was created.
+    pub created_at: Timestamp,
+    /// Its id.
+    pub customer_id: String,
+}
+
+/// One page of valuable customers and where the next continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValuablePage {
+    /// The customers found, by creation time then id.
+    pub customers: Vec<ValuableCustomer>,
+    /// Where the next page continues; `None` when the view was read to its end.
+    pub next: Option<ValuableCursor>,
+}
+
 /// The projection behind [`recent_valuable_customers`].
+
 #[derive(Debug, Clone)]
 pub struct ValuableCustomers {
     by_customer: View<ValuableRecord>,
@@ -488,29 +508,72 @@ impl ValuableCustomers {
     /// At most `limit` customers created strictly after `created_after` who have a shipped
     /// order whose total exceeds `total_above`, by creation time (then customer id).
     ///
-    /// It reads the customers with a shipped order created since the instant, never the log.
+    /// It reads the customers with a shipped order created since the instant, never the log,
+    /// but all of them if too few qualify: [`ValuableCustomers::page`] bounds the read.
     pub fn query(
         &self,
         created_after: Timestamp,
         total_above: u64,
         limit: usize,
     ) -> Result<Vec<ValuableCustomer>, ViewError> {
-        let mut out = Vec::new();
-        let Some(from) = created_after.as_micros().checked_add(1) else {
-            return Ok(out);
+        Ok(self
+            .page(created_after, total_above, None, limit, usize::MAX)?
+            .customers)
+    }
+
+    /// One page of [`ValuableCustomers::query`], reading at most `budget` records of the view:
+    /// at most `limit` customers created strictly after `created_after` (and after `after`,
+    /// the previous page's [`ValuablePage::next`]) whose shipped total exceeds `total_above`.
+    /// A page that stops early (`limit` customers found, or `budget` records read) says where
+    /// the next one continues; `next: None` means the view was read to its end.
+    pub fn page(
+        &self,
+        created_after: Timestamp,
+        total_above: u64,
+        after: Option<&ValuableCursor>,
+        limit: usize,
+        budget: usize,
+    ) -> Result<ValuablePage, ViewError> {
+        let mut page = ValuablePage {
+            customers: Vec::new(),
+            next: None,
         };
+        if limit == 0 {
+            return Ok(page);
+        }
+        let (from, skip_through) = match after {
+            // Resume at the cursor's instant, skipping the keys up to and including its own.
+            Some(cursor) if cursor.created_at > created_after => (
+                cursor.created_at.as_micros(),
+                Some(creation_key(cursor.created_at, &cursor.customer_id)),
+            ),
+            _ => match created_after.as_micros().checked_add(1) {
+                Some(from) => (from, None),
+                None => return Ok(page),
+            },
+        };
+        let mut read = 0;
         for prefix in prefixes_from(from) {
             for item in self.by_creation.scan_prefix(&prefix) {
-                if out.len() >= limit {
-                    return Ok(out);
+                let (key, customer) = item?;
+                if skip_through.as_ref().is_some_and(|k| key <= *k) {
+                    continue;
                 }
-                let (_, customer) = item?;
+                read += 1;
+                let here = ValuableCursor {
+                    created_at: customer.created_at,
+                    customer_id: customer.customer_id.clone(),
+                };
                 if customer.max_shipped_total > total_above {
-                    out.push(customer);
+                    page.customers.push(customer);
+                }
+                if page.customers.len() >= limit || read >= budget {
+                    page.next = Some(here);
+                    return Ok(page);
                 }
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Records `max_shipped_total` in the by-creation view, if the customer is created.

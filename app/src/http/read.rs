@@ -26,7 +26,7 @@ use actix_web::{web, HttpResponse};
 use annals::subscription::RetryError;
 use annals::{Position, StreamId, SubscriberInfo, SubscriberStatus, Timestamp};
 use annals_domain::customer::Customer;
-use annals_domain::views::{self, ValuableCustomer};
+use annals_domain::views::{self, ValuableCursor, ValuableCustomers};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -39,10 +39,6 @@ use super::AppState;
 /// customer reaches costs a bounded read, not the whole view. (The key prefixes it seeks are
 /// bounded too: at most 1 + 8 × 255.)
 pub const VALUABLE_SCAN_PER_PAGE_ENTRY: usize = 10;
-
-/// The valuable-customers view keyed by creation time (`[created_at µs, u64 BE][customer id]`).
-/// The domain keeps this name private; see `valuable_page`.
-const VALUABLE_BY_CREATION: &str = "by-creation";
 
 fn status_json(info: &SubscriberInfo) -> Value {
     let (status, reason) = match &info.status {
@@ -371,97 +367,19 @@ impl Cursor {
         format!("{}:{}", self.micros, self.id)
     }
 
-    fn key(&self) -> Vec<u8> {
-        let mut key = self.micros.to_be_bytes().to_vec();
-        key.extend_from_slice(self.id.as_bytes());
-        key
-    }
-}
-
-/// One page of valuable customers and where the next continues (`None`: the scan ended).
-struct ValuablePage {
-    customers: Vec<ValuableCustomer>,
-    next: Option<Cursor>,
-}
-
-/// Key prefixes that together cover exactly the keys whose first 8 bytes, read as a big-endian
-/// `u64`, are at least `from`, in key order (the domain's decomposition, since a view scans by
-/// prefix only): the keys at exactly `from`, then per byte from the last to the first every
-/// larger value of that byte after the same leading bytes.
-fn prefixes_from(from: u64) -> impl Iterator<Item = Vec<u8>> {
-    let bytes = from.to_be_bytes();
-    let above = (0..bytes.len()).rev().flat_map(move |i| {
-        bytes[i]
-            .checked_add(1)
-            .into_iter()
-            .flat_map(|first| first..=u8::MAX)
-            .map(move |b| {
-                let mut prefix = bytes[..i].to_vec();
-                prefix.push(b);
-                prefix
-            })
-    });
-    std::iter::once(bytes.to_vec()).chain(above)
-}
-
-/// At most `limit` customers created strictly after `created_after` (or after `cursor`) with a
-/// shipped order above `total_above`, reading at most `budget` records.
-///
-/// This reads the domain's by-creation view itself, because the domain's query has no cursor
-/// and no bound on the records it reads (a `min_order_total` above every order reads the
-/// whole view); it is to move into the domain as a paged query.
-fn valuable_page(
-    runtime: &annals::Runtime,
-    created_after: Timestamp,
-    total_above: u64,
-    cursor: Option<&Cursor>,
-    limit: usize,
-    budget: usize,
-) -> Result<ValuablePage, Problem> {
-    let view = runtime.view::<ValuableCustomer>(views::VALUABLE_CUSTOMERS, VALUABLE_BY_CREATION)?;
-    let (from, skip_through) = match cursor {
-        // Resume at the cursor's instant, skipping the keys up to and including its own.
-        Some(cursor) if cursor.micros > created_after.as_micros() => {
-            (cursor.micros, Some(cursor.key()))
-        }
-        _ => match created_after.as_micros().checked_add(1) {
-            Some(from) => (from, None),
-            None => {
-                return Ok(ValuablePage {
-                    customers: Vec::new(),
-                    next: None,
-                })
-            }
-        },
-    };
-    let mut customers = Vec::new();
-    let mut read = 0;
-    for prefix in prefixes_from(from) {
-        for item in view.scan_prefix(&prefix) {
-            let (key, customer) = item.map_err(Problem::internal)?;
-            if skip_through.as_ref().is_some_and(|k| key <= *k) {
-                continue;
-            }
-            read += 1;
-            let here = Cursor {
-                micros: customer.created_at.as_micros(),
-                id: customer.customer_id.clone(),
-            };
-            if customer.max_shipped_total > total_above {
-                customers.push(customer);
-            }
-            if customers.len() >= limit || read >= budget {
-                return Ok(ValuablePage {
-                    customers,
-                    next: Some(here),
-                });
-            }
+    fn to_domain(&self) -> ValuableCursor {
+        ValuableCursor {
+            created_at: Timestamp(self.micros),
+            customer_id: self.id.clone(),
         }
     }
-    Ok(ValuablePage {
-        customers,
-        next: None,
-    })
+
+    fn from_domain(cursor: &ValuableCursor) -> Cursor {
+        Cursor {
+            micros: cursor.created_at.as_micros(),
+            id: cursor.customer_id.clone(),
+        }
+    }
 }
 
 /// `GET /v1/views/valuable-customers`: customers created after a time who have a shipped order
@@ -484,14 +402,15 @@ pub async fn valuable_customers(
         VALUABLE_SCAN_PER_PAGE_ENTRY.saturating_mul(state.config.server.page_size_max.get());
     let body = state
         .read(move || {
-            let page = valuable_page(
-                &runtime,
-                created_after,
-                total_above,
-                cursor.as_ref(),
-                limit,
-                budget,
-            )?;
+            let page = ValuableCustomers::open(&runtime)?
+                .page(
+                    created_after,
+                    total_above,
+                    cursor.as_ref().map(Cursor::to_domain).as_ref(),
+                    limit,
+                    budget,
+                )
+                .map_err(Problem::internal)?;
             let customers: Vec<Value> = page
                 .customers
                 .iter()
@@ -499,7 +418,7 @@ pub async fn valuable_customers(
                 .collect::<Result<_, _>>()?;
             Ok(json!({
                 "customers": customers,
-                "next_after": page.next.as_ref().map(Cursor::render),
+                "next_after": page.next.as_ref().map(|c| Cursor::from_domain(c).render()),
             }))
         })
         .await?;
@@ -543,8 +462,6 @@ mod tests {
         for bad in ["", "12", ":c-1", "x:c-1", "+1:c-1", "1:", "1:a b"] {
             assert!(Cursor::parse(bad).is_err(), "{bad:?}");
         }
-        let mut key = 1_795_000_000_123_456u64.to_be_bytes().to_vec();
-        key.extend_from_slice(b"c:1/x");
-        assert_eq!(cursor.key(), key);
+        assert_eq!(Cursor::from_domain(&cursor.to_domain()), cursor);
     }
 }

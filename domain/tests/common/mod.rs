@@ -24,6 +24,7 @@ use annals_domain::order::{
 use annals_domain::saga;
 use annals_domain::views::{
     self, CustomerSummaries, CustomerSummary, OrderCounts, OrderListEntry, ValuableCustomer,
+    ValuableCustomers,
 };
 use annals_domain::{register, DomainOptions};
 use futures::executor::block_on;
@@ -457,7 +458,33 @@ pub(crate) fn check_read_models(
         let first = views::recent_valuable_customers(runtime, *after, 0, 3).expect("queries");
         assert_eq!(first, expected[..expected.len().min(3)], "limited to 3");
     }
+    check_valuable_pages(runtime, model);
     read
+}
+
+/// Following `next` through pages of a small limit and a smaller read budget finds exactly
+/// what one unbounded query finds, and no page reads more than its budget.
+fn check_valuable_pages(runtime: &Runtime, model: &LogModel) {
+    let valuable = ValuableCustomers::open(runtime).expect("opens the views");
+    for (after, above) in [(Timestamp(0), 0), (Timestamp(0), 15_000)] {
+        let expected = model.valuable(after, above);
+        let (limit, budget) = (4, 3);
+        let mut found = Vec::new();
+        let mut cursor = None;
+        for _ in 0..=model.customer_ids().len() {
+            let page = valuable
+                .page(after, above, cursor.as_ref(), limit, budget)
+                .expect("queries");
+            assert!(page.customers.len() <= budget.min(limit), "a page's budget");
+            found.extend(page.customers);
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert!(cursor.is_none(), "paging ends");
+        assert_eq!(found, expected, "paged valuable customers above {above}");
+    }
 }
 
 /// Rebuilds `projection` from position 0 beside the live one and waits (at most

@@ -11,13 +11,14 @@
 //!    its stream's previous commit, and writes the batch as **segments** of commit records
 //!    (see `segment.rs`), usually one, one sled `insert` each: a segment is kept below the size
 //!    at which sled would write it to a blob file (`segment_bytes_max`);
-//! 2. the **flusher** inserts the few derived entries of that batch (command ids; a skip entry
-//!    every 64 versions of a stream; the batch's number), then **syncs once for the whole
-//!    batch** — a real `fdatasync`/`fsync` of every file and directory sled wrote to, not
-//!    sled's `flush` alone (see `disk.rs`) — records the batch as durable in the
-//!    acknowledgement record, and only then publishes the new head position and acknowledges
-//!    every append of the batch. While it syncs, the writer already builds the next batch, so
-//!    batches grow with load (group commit).
+//! 2. the **flusher** takes every batch written since its last sync, inserts their few derived
+//!    entries (command ids; a skip entry every 64 versions of a stream; the group's batch
+//!    number), then **syncs once for the whole group** — a real `fdatasync`/`fsync` of every
+//!    file and directory sled wrote to, not sled's `flush` alone (see `disk.rs`) — records the
+//!    group as durable in the acknowledgement record, and only then publishes the new head position and acknowledges
+//!    every append of the group. While it syncs, the writer goes on writing the batches that
+//!    arrive (at most 8 ahead), so a slow sync makes the next group bigger, not later (group
+//!    commit).
 //!
 //! Why so few inserts per batch: on this machine a sled `insert` costs about 5 µs of CPU
 //! whatever its size, while a sync costs hundreds of µs. With one insert per commit and one per

@@ -13,7 +13,7 @@
 //! A **supervisor** task watches the journal while the server runs: a journal that failed (a
 //! write or fsync error, most often a full disk) refuses writes until its store is opened
 //! again, so once the data directory's disk has room the supervisor reopens the store in the
-//! same process (see [`supervise`]); meanwhile commands get 503 with `Retry-After` and
+//! same process (see `supervise`); meanwhile commands get 503 with `Retry-After` and
 //! `/readyz` says why.
 
 use std::net::SocketAddr;

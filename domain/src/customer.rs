@@ -7,7 +7,21 @@
 //! held it is cancelled or rejected; a shipped order keeps its reservation (the credit is
 //! used, and nothing in this domain pays it back).
 //!
-//! Money is an integer number of minor units (`u64`), never a float.
+//! Money is an integer number of minor units (`u64`), never a float, of a currency
+//! ([`crate::money`]): a customer's credit limit is in the currency set when the customer is
+//! created ([`DEFAULT_CURRENCY`] if none is given). A reservation for an order in another
+//! currency is not made: the customer records [`CustomerEvent::CreditCurrencyMismatch`], and the
+//! saga rejects the order ("currency mismatch") instead of reserving its total as if it were the
+//! same money.
+//!
+//! # Schema history
+//! - [`CustomerEvent::CustomerCreated`] version 1 had no currency: every credit limit was in
+//!   euros. Version 2 records it; [`Customer::upcast`](Aggregate::upcast) reads a version 1
+//!   event as version 2 in [`DEFAULT_CURRENCY`]; `tests/corpus/` keeps one of each.
+//! - The state gained [`Customer::currency`] at the same time: snapshots are at
+//!   [`CUSTOMER_SNAPSHOT_SCHEMA_VERSION`] 2, and older ones are ignored (the customer replays).
+//! - `ReserveCredit` stored in a saga's outbox by an older build has no currency: it decodes
+//!   as a reservation in [`DEFAULT_CURRENCY`], which is what it meant then.
 //!
 //! # Who may send what, and what the customer can check
 //! `CreateCustomer` is a client's command. `ReserveCredit` and `ReleaseCredit` are the
@@ -36,8 +50,19 @@
 
 use std::collections::BTreeMap;
 
-use annals::{Aggregate, DomainEvent};
+use annals::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastError};
 use serde::{Deserialize, Serialize};
+
+use crate::money::is_currency_code;
+pub use crate::money::DEFAULT_CURRENCY;
+
+/// The schema version of [`CustomerEvent::CustomerCreated`] as written now (version 1 had no
+/// currency; see the [module docs](self)).
+pub const CUSTOMER_CREATED_SCHEMA_VERSION: u16 = 2;
+
+/// The schema version of the serialized [`Customer`] state (its snapshots). Version 1 had no
+/// currency.
+pub const CUSTOMER_SNAPSHOT_SCHEMA_VERSION: u32 = 2;
 
 /// A customer's state.
 ///
@@ -50,8 +75,10 @@ pub struct Customer {
     pub created: bool,
     /// The customer's name (not empty once created).
     pub name: String,
-    /// The most credit the customer may have reserved at once, in minor units.
+    /// The most credit the customer may have reserved at once, in minor units of `currency`.
     pub credit_limit: u64,
+    /// The ISO 4217 code of the credit limit's currency (empty until the customer is created).
+    pub currency: String,
     /// Open reservations: order id → amount in minor units.
     pub reservations: BTreeMap<String, u64>,
 }
@@ -71,7 +98,15 @@ impl Customer {
 
     /// The event that decides a new reservation of `amount` for `order_id`: reserved if the
     /// available credit covers it, otherwise the refusal the saga must see.
-    fn reserve(&self, order_id: &str, amount: u64) -> CustomerEvent {
+    fn reserve(&self, order_id: &str, amount: u64, currency: &str) -> CustomerEvent {
+        if currency != self.currency {
+            return CustomerEvent::CreditCurrencyMismatch {
+                order_id: order_id.to_string(),
+                amount,
+                currency: currency.to_string(),
+                credit_currency: self.currency.clone(),
+            };
+        }
         let available = self.available_credit();
         if amount <= available {
             CustomerEvent::CreditReserved {
@@ -92,7 +127,9 @@ impl Customer {
 /// them from clients. See the [module docs](self) for what the customer checks itself.
 pub const PROCESS_ONLY_COMMANDS: &[&str] = &["ReserveCredit", "ReleaseCredit"];
 
-/// Commands of a customer. JSON: `{"type":"ReserveCredit","order_id":"o-1","amount":5000}`.
+/// Commands of a customer. JSON: `{"type":"CreateCustomer","name":"Ada","credit_limit":150000}`,
+/// optionally with `"currency":"USD"`; `{"type":"ReserveCredit","order_id":"o-1","amount":5000,
+/// "currency":"EUR"}`.
 ///
 /// A field the command does not have is an error (`deny_unknown_fields`): a typo must not be
 /// silently dropped.
@@ -103,8 +140,14 @@ pub enum CustomerCommand {
     CreateCustomer {
         /// Not empty (nor only whitespace).
         name: String,
-        /// In minor units; zero is allowed (a customer who buys nothing on credit).
+        /// In minor units of `currency`; zero is allowed (a customer who buys nothing on
+        /// credit).
         credit_limit: u64,
+        /// The credit limit's currency, an ISO 4217 code: three upper-case ASCII letters.
+        /// Absent (`None`): [`DEFAULT_CURRENCY`], so that commands written before currencies
+        /// existed keep their meaning.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency: Option<String>,
     },
     /// Reserves credit for an order, or records that the limit does not allow it.
     ///
@@ -116,8 +159,13 @@ pub enum CustomerCommand {
     ReserveCredit {
         /// The order the credit is for; at most one open reservation per order.
         order_id: String,
-        /// In minor units, more than zero.
+        /// In minor units of `currency`, more than zero.
         amount: u64,
+        /// The order's currency. A reservation in another currency than the customer's is not
+        /// made ([`CustomerEvent::CreditCurrencyMismatch`]). Absent (`None`, as in outboxes
+        /// written before currencies): [`DEFAULT_CURRENCY`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency: Option<String>,
     },
     /// Releases the credit reserved for an order; refused if the order holds none. Sent by the
     /// saga only ([`PROCESS_ONLY_COMMANDS`]), once the order is cancelled or rejected.
@@ -154,8 +202,10 @@ pub enum CustomerEvent {
     CustomerCreated {
         /// The customer's name.
         name: String,
-        /// In minor units.
+        /// In minor units of `currency`.
         credit_limit: u64,
+        /// The ISO 4217 code of the credit limit's currency (since schema version 2).
+        currency: String,
     },
     /// Credit was reserved for an order.
     CreditReserved {
@@ -173,6 +223,17 @@ pub enum CustomerEvent {
         /// The credit that was available, in minor units.
         available: u64,
     },
+    /// The order is in another currency than the customer's credit: nothing was reserved.
+    CreditCurrencyMismatch {
+        /// The order.
+        order_id: String,
+        /// The amount asked for, in minor units of `currency`.
+        amount: u64,
+        /// The order's currency.
+        currency: String,
+        /// The customer's currency.
+        credit_currency: String,
+    },
     /// The credit reserved for an order was released.
     CreditReleased {
         /// The order.
@@ -189,6 +250,7 @@ impl CustomerEvent {
             CustomerEvent::CustomerCreated { .. } => None,
             CustomerEvent::CreditReserved { order_id, .. }
             | CustomerEvent::CreditLimitExceeded { order_id, .. }
+            | CustomerEvent::CreditCurrencyMismatch { order_id, .. }
             | CustomerEvent::CreditReleased { order_id, .. } => Some(order_id),
         }
     }
@@ -200,7 +262,15 @@ impl DomainEvent for CustomerEvent {
             CustomerEvent::CustomerCreated { .. } => "CustomerCreated",
             CustomerEvent::CreditReserved { .. } => "CreditReserved",
             CustomerEvent::CreditLimitExceeded { .. } => "CreditLimitExceeded",
+            CustomerEvent::CreditCurrencyMismatch { .. } => "CreditCurrencyMismatch",
             CustomerEvent::CreditReleased { .. } => "CreditReleased",
+        }
+    }
+
+    fn current_schema_version(event_type: &str) -> u16 {
+        match event_type {
+            "CustomerCreated" => CUSTOMER_CREATED_SCHEMA_VERSION,
+            _ => 1,
         }
     }
 }
@@ -218,6 +288,12 @@ pub enum CustomerRejection {
     /// `CreateCustomer` with an empty (or whitespace-only) name.
     #[error("cannot create the customer: the name is empty")]
     EmptyName,
+    /// A currency that is not an ISO 4217 code (three upper-case ASCII letters).
+    #[error("{currency:?} is not an ISO 4217 currency code")]
+    InvalidCurrency {
+        /// The currency given.
+        currency: String,
+    },
     /// A credit command for a customer that was never created.
     #[error("cannot reserve or release credit: no such customer")]
     UnknownCustomer,
@@ -256,6 +332,31 @@ impl Aggregate for Customer {
     type Event = CustomerEvent;
     type Rejection = CustomerRejection;
 
+    fn options() -> AggregateOptions {
+        AggregateOptions::default().with_snapshot_schema_version(CUSTOMER_SNAPSHOT_SCHEMA_VERSION)
+    }
+
+    fn upcast(mut old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
+        match (old.event_type.as_str(), old.schema_version) {
+            // Version 1 predates currencies: every credit limit was in euros.
+            ("CustomerCreated", 1) => {
+                if !old.set_field("currency", DEFAULT_CURRENCY.into()) {
+                    return Err(UpcastError::Invalid {
+                        event_type: old.event_type,
+                        schema_version: old.schema_version,
+                        reason: "the payload is not a map".to_string(),
+                    });
+                }
+                old.schema_version = 2;
+                Ok(vec![old])
+            }
+            _ => Err(UpcastError::NoUpcaster {
+                event_type: old.event_type,
+                schema_version: old.schema_version,
+            }),
+        }
+    }
+
     fn decide(&self, command: &CustomerCommand) -> Result<Vec<CustomerEvent>, CustomerRejection> {
         match command {
             CustomerCommand::CreateCustomer { .. } if self.created => {
@@ -264,17 +365,28 @@ impl Aggregate for Customer {
             CustomerCommand::CreateCustomer { name, .. } if name.trim().is_empty() => {
                 Err(CustomerRejection::EmptyName)
             }
-            CustomerCommand::CreateCustomer { name, credit_limit } => {
+            CustomerCommand::CreateCustomer {
+                name,
+                credit_limit,
+                currency,
+            } => {
+                let currency = valid_currency(currency.as_deref())?;
                 Ok(vec![CustomerEvent::CustomerCreated {
                     name: name.clone(),
                     credit_limit: *credit_limit,
+                    currency: currency.to_string(),
                 }])
             }
             _ if !self.created => Err(CustomerRejection::UnknownCustomer),
             CustomerCommand::ReserveCredit { amount: 0, .. } => Err(CustomerRejection::ZeroAmount),
             // Idempotent per order: the order already holds this credit, so asking again
             // changes nothing; another amount cannot be this order's (its total is fixed).
-            CustomerCommand::ReserveCredit { order_id, amount } => {
+            CustomerCommand::ReserveCredit {
+                order_id,
+                amount,
+                currency,
+            } => {
+                let currency = valid_currency(currency.as_deref())?;
                 match self.reservations.get(order_id) {
                     Some(reserved) if reserved == amount => Ok(vec![]),
                     Some(&reserved) => Err(CustomerRejection::ReservedWithAnotherAmount {
@@ -282,7 +394,7 @@ impl Aggregate for Customer {
                         reserved,
                         amount: *amount,
                     }),
-                    None => Ok(vec![self.reserve(order_id, *amount)]),
+                    None => Ok(vec![self.reserve(order_id, *amount, currency)]),
                 }
             }
             CustomerCommand::ReleaseCredit { order_id } => match self.reservations.get(order_id) {
@@ -299,19 +411,37 @@ impl Aggregate for Customer {
 
     fn apply(&mut self, event: &CustomerEvent) {
         match event {
-            CustomerEvent::CustomerCreated { name, credit_limit } => {
+            CustomerEvent::CustomerCreated {
+                name,
+                credit_limit,
+                currency,
+            } => {
                 self.created = true;
                 self.name.clone_from(name);
                 self.credit_limit = *credit_limit;
+                self.currency.clone_from(currency);
             }
             CustomerEvent::CreditReserved { order_id, amount } => {
                 self.reservations.insert(order_id.clone(), *amount);
             }
-            CustomerEvent::CreditLimitExceeded { .. } => {}
+            CustomerEvent::CreditLimitExceeded { .. }
+            | CustomerEvent::CreditCurrencyMismatch { .. } => {}
             CustomerEvent::CreditReleased { order_id, .. } => {
                 self.reservations.remove(order_id);
             }
         }
+    }
+}
+
+/// The currency a command names ([`DEFAULT_CURRENCY`] if none), if it is a currency code.
+fn valid_currency(currency: Option<&str>) -> Result<&str, CustomerRejection> {
+    let currency = currency.unwrap_or(DEFAULT_CURRENCY);
+    if is_currency_code(currency) {
+        Ok(currency)
+    } else {
+        Err(CustomerRejection::InvalidCurrency {
+            currency: currency.to_string(),
+        })
     }
 }
 
@@ -324,6 +454,7 @@ mod tests {
         CustomerEvent::CustomerCreated {
             name: "Ada".into(),
             credit_limit: limit,
+            currency: "EUR".into(),
         }
     }
 
@@ -338,6 +469,7 @@ mod tests {
         CustomerCommand::ReserveCredit {
             order_id: order.into(),
             amount,
+            currency: None,
         }
     }
 
@@ -353,12 +485,14 @@ mod tests {
             .when(CustomerCommand::CreateCustomer {
                 name: "Ada".into(),
                 credit_limit: 150_000,
+                currency: None,
             })
             .then_expect_events(vec![created(150_000)])
             .then_expect_state_eq(Customer {
                 created: true,
                 name: "Ada".into(),
                 credit_limit: 150_000,
+                currency: "EUR".into(),
                 reservations: BTreeMap::new(),
             })
             .then_expect_deterministic();
@@ -370,6 +504,7 @@ mod tests {
             .when(CustomerCommand::CreateCustomer {
                 name: "Bob".into(),
                 credit_limit: 5,
+                currency: None,
             })
             .then_expect_rejection(CustomerRejection::AlreadyExists);
     }
@@ -381,6 +516,7 @@ mod tests {
                 .when(CustomerCommand::CreateCustomer {
                     name: name.into(),
                     credit_limit: 100,
+                    currency: None,
                 })
                 .then_expect_rejection(CustomerRejection::EmptyName);
         }
@@ -425,12 +561,114 @@ mod tests {
             }]);
     }
 
+    fn reserve_in(order: &str, amount: u64, currency: &str) -> CustomerCommand {
+        CustomerCommand::ReserveCredit {
+            order_id: order.into(),
+            amount,
+            currency: Some(currency.into()),
+        }
+    }
+
+    #[test]
+    fn a_customer_is_created_in_the_currency_given_or_in_euros() {
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 100,
+                currency: Some("USD".into()),
+            })
+            .then_expect_events(vec![CustomerEvent::CustomerCreated {
+                name: "Ada".into(),
+                credit_limit: 100,
+                currency: "USD".into(),
+            }])
+            .then_expect_state(|c| assert_eq!(c.currency, "USD"));
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(CustomerCommand::CreateCustomer {
+                name: "Ada".into(),
+                credit_limit: 100,
+                currency: None,
+            })
+            .then_expect_state(|c| assert_eq!(c.currency, DEFAULT_CURRENCY));
+        for bad in ["usd", "US", "", "EURO"] {
+            AggregateTest::<Customer>::given_no_previous_events()
+                .when(CustomerCommand::CreateCustomer {
+                    name: "Ada".into(),
+                    credit_limit: 100,
+                    currency: Some(bad.into()),
+                })
+                .then_expect_rejection(CustomerRejection::InvalidCurrency {
+                    currency: bad.into(),
+                });
+        }
+    }
+
+    #[test]
+    fn a_reservation_in_another_currency_is_an_event_and_reserves_nothing() {
+        AggregateTest::<Customer>::given(vec![created(10_000)])
+            .when(reserve_in("o-1", 5, "USD"))
+            .then_expect_events(vec![CustomerEvent::CreditCurrencyMismatch {
+                order_id: "o-1".into(),
+                amount: 5,
+                currency: "USD".into(),
+                credit_currency: "EUR".into(),
+            }])
+            .then_expect_state(|c| assert_eq!(c.reserved(), 0))
+            .then_expect_deterministic();
+        // In its own currency, or without one (an outbox written before currencies), it is made.
+        for command in [reserve_in("o-1", 5, "EUR"), reserve("o-1", 5)] {
+            AggregateTest::<Customer>::given(vec![created(10_000)])
+                .when(command)
+                .then_expect_events(vec![reserved("o-1", 5)]);
+        }
+        AggregateTest::<Customer>::given(vec![created(10_000)])
+            .when(reserve_in("o-1", 5, "eur"))
+            .then_expect_rejection(CustomerRejection::InvalidCurrency {
+                currency: "eur".into(),
+            });
+    }
+
+    #[test]
+    fn customer_created_version_1_is_read_in_euros() {
+        let v1 = ciborium::Value::Map(vec![
+            ("type".into(), "CustomerCreated".into()),
+            ("name".into(), "Ada".into()),
+            ("credit_limit".into(), 100u64.into()),
+        ]);
+        let upcast = Customer::upcast(Upcast {
+            event_type: "CustomerCreated".into(),
+            schema_version: 1,
+            payload: v1,
+        })
+        .expect("version 1 has an upcaster");
+        let [current] = upcast.as_slice() else {
+            panic!("one event: {upcast:?}");
+        };
+        assert_eq!(current.schema_version, CUSTOMER_CREATED_SCHEMA_VERSION);
+        let event: CustomerEvent = current.payload.deserialized().expect("a current event");
+        assert_eq!(event, created(100));
+        assert_eq!(
+            Customer::options().snapshot_schema_version,
+            CUSTOMER_SNAPSHOT_SCHEMA_VERSION
+        );
+        for (event_type, schema_version) in [("CustomerCreated", 3), ("CreditReserved", 2)] {
+            let error = Customer::upcast(Upcast {
+                event_type: event_type.into(),
+                schema_version,
+                payload: ciborium::Value::Map(Vec::new()),
+            })
+            .expect_err("no upcaster");
+            assert!(matches!(error, UpcastError::NoUpcaster { .. }), "{error:?}");
+        }
+    }
+
     /// One command of every variant (the `match` stops compiling when a variant is added).
     fn every_command() -> Vec<CustomerCommand> {
         let all = vec![
             CustomerCommand::CreateCustomer {
                 name: "Ada".into(),
                 credit_limit: 150_000,
+                currency: None,
             },
             reserve("o-1", 5_000),
             release("o-1"),
@@ -477,6 +715,7 @@ mod tests {
             &CustomerCommand::CreateCustomer {
                 name: "Ada".into(),
                 credit_limit: 100,
+                currency: None,
             },
         );
         assert_unknown_field_refused::<CustomerCommand>(
@@ -654,6 +893,7 @@ mod tests {
             &CustomerCommand::CreateCustomer {
                 name: "Ada".into(),
                 credit_limit: 150_000,
+                currency: None,
             },
             &[
                 ("type", text("CreateCustomer")),

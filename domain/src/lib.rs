@@ -1,10 +1,13 @@
 //! The Annals reference domain: aggregates, a saga and read models defined on the runtime, used
 //! by the service, the load harness, the benchmarks and the docs.
 //!
-//! - [`customer`]: the Customer aggregate (name, credit limit, credit reservations per order);
+//! - [`customer`]: the Customer aggregate (name, credit limit in a currency, credit
+//!   reservations per order);
+//! - [`money`]: currencies (ISO 4217 codes, the default `EUR`);
 //! - [`order`]: the Order aggregate (Pending → Approved/Rejected → Shipped/Cancelled);
 //! - [`saga`]: the order-credit saga, which approves an order once its customer has reserved
-//!   the credit for it, rejects it otherwise (or when no decision comes in time), and releases
+//!   the credit for it, rejects it otherwise (its credit is exceeded, or in another currency, or
+//!   no decision comes in time), and releases
 //!   the credit of orders that are cancelled or rejected;
 //! - [`views`]: the read models — customer summaries, order lists per customer, and the
 //!   "recent valuable customers" query;
@@ -33,7 +36,11 @@
 //! let runtime = Runtime::open(RuntimeOptions::new(dir.path()))?;
 //! register(&runtime, &DomainOptions::default())?;
 //! futures::executor::block_on(async {
-//!     let create = CustomerCommand::CreateCustomer { name: "Ada".into(), credit_limit: 150_000 };
+//!     let create = CustomerCommand::CreateCustomer {
+//!         name: "Ada".into(),
+//!         credit_limit: 150_000,
+//!         currency: None, // euros
+//!     };
 //!     runtime.execute::<Customer>("c-1", create).await??;
 //!     let order =
 //!         OrderCommand::CreateOrder { customer_id: "c-1".into(), total: 5_000, currency: None };
@@ -62,6 +69,7 @@ use annals::{Runtime, RuntimeError, SubscribeError, SubscriberOptions};
 
 pub mod bank;
 pub mod customer;
+pub mod money;
 pub mod order;
 pub mod saga;
 pub mod views;

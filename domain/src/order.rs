@@ -70,9 +70,8 @@ pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 2;
 /// currency.
 pub const ORDER_SNAPSHOT_SCHEMA_VERSION: u32 = 2;
 
-/// The currency of an order created without one, and of every order created before orders
-/// recorded their currency (`OrderCreated` version 1).
-pub const DEFAULT_CURRENCY: &str = "EUR";
+use crate::money::is_currency_code;
+pub use crate::money::DEFAULT_CURRENCY;
 
 /// Where an order is in its life. Serialized as the variant name (`"Pending"`).
 #[derive(
@@ -499,13 +498,6 @@ fn create(
         total,
         currency: currency.to_string(),
     }])
-}
-
-/// Whether `code` has the shape of an ISO 4217 alphabetic code. Which codes are assigned is
-/// not checked: the list changes, and an order must not be refused because this build is older
-/// than a new currency.
-fn is_currency_code(code: &str) -> bool {
-    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! OrderCreated ──▶ ReserveCredit (customer) ─┬─ CreditReserved ──────▶ ApproveOrder (+ evidence)
-//!     │                  │                   └─ CreditLimitExceeded ─▶ RejectOrder
+//!     │                  │                   ├─ CreditLimitExceeded ─▶ RejectOrder
+//!     │                  │                   └─ CreditCurrencyMismatch ▶ RejectOrder
 //!     │                  └─ rejected: unknown customer ──────────────▶ RejectOrder
 //!     └─ deadline: still pending after `decision_timeout` ────────────▶ RejectOrder
 //! OrderCancelled / OrderRejected of an order holding credit ──────────▶ ReleaseCredit
@@ -58,6 +59,8 @@ pub const ORDER_CREDIT_SAGA: &str = "order-credit";
 pub const REASON_UNKNOWN_CUSTOMER: &str = "unknown customer";
 /// The rejection reason when the customer's available credit does not cover the order.
 pub const REASON_CREDIT_LIMIT_EXCEEDED: &str = "credit limit exceeded";
+/// The rejection reason when the order is in another currency than the customer's credit.
+pub const REASON_CURRENCY_MISMATCH: &str = "currency mismatch";
 /// The rejection reason when no decision was reached within the decision timeout.
 pub const REASON_TIMED_OUT: &str = "credit check timed out";
 
@@ -122,6 +125,8 @@ pub enum SagaStep {
         customer_id: String,
         /// The order's total.
         amount: u64,
+        /// The order's currency.
+        currency: String,
     },
     /// `ApproveOrder` on the evidence of the customer's reservation.
     ApproveOrder {
@@ -157,10 +162,12 @@ impl SagaStep {
             SagaStep::ReserveCredit {
                 customer_id,
                 amount,
+                currency,
             } => {
                 let reserve = CustomerCommand::ReserveCredit {
                     order_id: order_id.to_string(),
                     amount,
+                    currency: Some(currency),
                 };
                 let fallback =
                     Action::command::<Order>(order_id, &reject(REASON_UNKNOWN_CUSTOMER))?;
@@ -220,7 +227,9 @@ impl OrderCreditSaga {
         recorded_at: Timestamp,
     ) -> Vec<SagaStep> {
         if let OrderEvent::OrderCreated {
-            customer_id, total, ..
+            customer_id,
+            total,
+            currency,
         } = event
         {
             // An order is created once; anything else would be a second start of the saga.
@@ -241,6 +250,7 @@ impl OrderCreditSaga {
                 SagaStep::ReserveCredit {
                     customer_id: customer_id.clone(),
                     amount: *total,
+                    currency: currency.clone(),
                 },
             ];
         }
@@ -292,6 +302,12 @@ fn on_credit(
         CustomerEvent::CreditLimitExceeded { .. } => match state.status {
             Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
                 reason: REASON_CREDIT_LIMIT_EXCEEDED,
+            }],
+            _ => Vec::new(),
+        },
+        CustomerEvent::CreditCurrencyMismatch { .. } => match state.status {
+            Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
+                reason: REASON_CURRENCY_MISMATCH,
             }],
             _ => Vec::new(),
         },
@@ -493,6 +509,7 @@ mod tests {
                 SagaStep::ReserveCredit {
                     customer_id: "c-1".into(),
                     amount: 500,
+                    currency: "EUR".into(),
                 },
             ]
         );
@@ -548,6 +565,43 @@ mod tests {
             }]
         );
         assert!(!state.credit_reserved);
+    }
+
+    #[test]
+    fn an_order_in_another_currency_than_the_credit_is_rejected_for_it() {
+        let usd = order(OrderEvent::OrderCreated {
+            customer_id: "c-1".into(),
+            total: 500,
+            currency: "USD".into(),
+        });
+        let (steps, _) = run(std::slice::from_ref(&usd));
+        assert!(
+            steps.iter().any(|s| matches!(
+                s,
+                SagaStep::ReserveCredit { currency, .. } if currency == "USD"
+            )),
+            "the reservation names the order's currency: {steps:?}"
+        );
+        let mismatch = credit(
+            "c-1",
+            CustomerEvent::CreditCurrencyMismatch {
+                order_id: "o-1".into(),
+                amount: 500,
+                currency: "USD".into(),
+                credit_currency: "EUR".into(),
+            },
+        );
+        let (steps, state) = run(&[usd.clone(), mismatch.clone()]);
+        assert_eq!(
+            steps,
+            vec![SagaStep::RejectOrder {
+                reason: REASON_CURRENCY_MISMATCH
+            }]
+        );
+        assert!(!state.credit_reserved);
+        // Once the order is decided, a late mismatch changes nothing.
+        let (steps, _) = run(&[usd, rejected(), mismatch]);
+        assert!(steps.is_empty(), "{steps:?}");
     }
 
     #[test]
@@ -717,6 +771,7 @@ mod tests {
         let customer_created = CustomerEvent::CustomerCreated {
             name: "Ada".into(),
             credit_limit: 1,
+            currency: "EUR".into(),
         };
         assert_eq!(
             saga.instance(&recorded(Customer::TYPE, "c-1", &customer_created)),
@@ -791,6 +846,7 @@ mod tests {
                 &CustomerCommand::ReserveCredit {
                     order_id: "o-1".into(),
                     amount: 500,
+                    currency: Some("EUR".into()),
                 },
             )
             .expect("encodes")

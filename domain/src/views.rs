@@ -124,8 +124,11 @@ pub struct CustomerSummary {
     pub customer_id: String,
     /// The customer's name.
     pub name: String,
-    /// In minor units.
+    /// In minor units of `currency`.
     pub credit_limit: u64,
+    /// The ISO 4217 code of the credit limit's currency (and of every order the customer's
+    /// credit approved).
+    pub currency: String,
     /// The credit limit minus the open reservations, in minor units.
     pub available_credit: u64,
     /// When the customer was created (its `CustomerCreated` was recorded).
@@ -144,8 +147,12 @@ pub struct OrderListEntry {
     pub order_id: String,
     /// The customer's id.
     pub customer_id: String,
-    /// In minor units.
+    /// In minor units of `currency`.
     pub total: u64,
+    /// The ISO 4217 code of the total's currency. Entries stored before orders listed their
+    /// currency are read in euros, as every order was then.
+    #[serde(default = "default_currency")]
+    pub currency: String,
     /// The order's current status.
     pub status: OrderStatus,
     /// When the order was created.
@@ -172,7 +179,14 @@ pub struct ValuableCustomer {
 struct Profile {
     name: String,
     credit_limit: u64,
+    /// Records written before customers had a currency have none: they were all in euros.
+    #[serde(default = "default_currency")]
+    currency: String,
     created_at: Timestamp,
+}
+
+fn default_currency() -> String {
+    crate::money::DEFAULT_CURRENCY.to_string()
 }
 
 /// A customer summary as stored. Orders can be recorded for a customer id before (or
@@ -283,10 +297,15 @@ impl CustomerSummaries {
                 let mut record = record.unwrap_or_default();
                 for e in events {
                     match e {
-                        CustomerEvent::CustomerCreated { name, credit_limit } => {
+                        CustomerEvent::CustomerCreated {
+                            name,
+                            credit_limit,
+                            currency,
+                        } => {
                             record.profile = Some(Profile {
                                 name: name.clone(),
                                 credit_limit: *credit_limit,
+                                currency: currency.clone(),
                                 created_at: event.meta.recorded_at,
                             });
                         }
@@ -296,7 +315,8 @@ impl CustomerSummaries {
                         CustomerEvent::CreditReleased { amount, .. } => {
                             record.reserved = record.reserved.saturating_sub(*amount);
                         }
-                        CustomerEvent::CreditLimitExceeded { .. } => {}
+                        CustomerEvent::CreditLimitExceeded { .. }
+                        | CustomerEvent::CreditCurrencyMismatch { .. } => {}
                     }
                 }
                 Some(record)
@@ -332,7 +352,9 @@ impl CustomerSummaries {
             match (e, &mut after) {
                 (
                     OrderEvent::OrderCreated {
-                        customer_id, total, ..
+                        customer_id,
+                        total,
+                        currency,
                     },
                     None,
                 ) => {
@@ -340,6 +362,7 @@ impl CustomerSummaries {
                         order_id: order_id.to_string(),
                         customer_id: customer_id.clone(),
                         total: *total,
+                        currency: currency.clone(),
                         status: OrderStatus::Pending,
                         created_at: event.meta.recorded_at,
                     });
@@ -385,6 +408,7 @@ fn summary_of(customer_id: &str, record: SummaryRecord) -> Option<CustomerSummar
         available_credit: profile.credit_limit.saturating_sub(record.reserved),
         name: profile.name,
         credit_limit: profile.credit_limit,
+        currency: profile.currency.clone(),
         created_at: profile.created_at,
         orders: record.orders,
         total_shipped: record.total_shipped,

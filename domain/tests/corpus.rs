@@ -51,10 +51,11 @@ const MANIFEST: &str = "manifest.json";
 
 /// The event types of the Customer aggregate. Keep in step with [`CustomerEvent`]:
 /// [`listed_customer_event`] stops compiling when a variant is added.
-const CUSTOMER_EVENT_TYPES: [&str; 4] = [
+const CUSTOMER_EVENT_TYPES: [&str; 5] = [
     "CustomerCreated",
     "CreditReserved",
     "CreditLimitExceeded",
+    "CreditCurrencyMismatch",
     "CreditReleased",
 ];
 
@@ -74,6 +75,7 @@ fn listed_customer_event(event: &CustomerEvent) -> bool {
         CustomerEvent::CustomerCreated { .. }
         | CustomerEvent::CreditReserved { .. }
         | CustomerEvent::CreditLimitExceeded { .. }
+        | CustomerEvent::CreditCurrencyMismatch { .. }
         | CustomerEvent::CreditReleased { .. } => {
             CUSTOMER_EVENT_TYPES.contains(&event.event_type())
         }
@@ -400,8 +402,9 @@ where
 }
 
 /// An `OrderCreated` of version 1 (no currency) stored before the change: the saga reads it
-/// through the upcaster, reserves the credit and approves the order, in euros; an order
-/// created now in another currency keeps it; the read models match the log.
+/// through the upcaster, reserves the credit and approves the order, in euros, against a
+/// customer created in euros; an order created now in another currency keeps it and is rejected
+/// ("currency mismatch") without reserving anything; the read models match the log.
 #[test]
 fn an_order_created_before_currencies_goes_through_the_saga_in_euros() {
     let harness = Harness::with_domain(&DomainOptions::default());
@@ -419,6 +422,7 @@ fn an_order_created_before_currencies_goes_through_the_saga_in_euros() {
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 3 * total,
+        currency: None,
     };
     execute::<Customer>(runtime, &customer_id, create);
     let stored = pending("OrderCreated", 1, corpus_bytes(&entry.file));
@@ -432,9 +436,12 @@ fn an_order_created_before_currencies_goes_through_the_saga_in_euros() {
     execute::<Order>(runtime, "o-new", create);
     harness.settle();
 
-    for (id, currency) in [("o-old", "EUR"), ("o-new", "USD")] {
+    for (id, currency, status) in [
+        ("o-old", "EUR", OrderStatus::Approved),
+        ("o-new", "USD", OrderStatus::Rejected),
+    ] {
         let order = harness.order(id);
-        assert_eq!(order.status, Some(OrderStatus::Approved), "{id}");
+        assert_eq!(order.status, Some(status), "{id}");
         assert_eq!(
             (
                 order.customer_id.as_str(),
@@ -452,12 +459,21 @@ fn an_order_created_before_currencies_goes_through_the_saga_in_euros() {
         (&*history[0].event_type, history[0].schema_version),
         ("OrderCreated", 2)
     );
+    assert_eq!(
+        harness.order("o-new").rejection_reason.as_deref(),
+        Some(saga::REASON_CURRENCY_MISMATCH)
+    );
     let summary = views::customer_summary(runtime, &customer_id)
         .expect("reads")
         .expect("created");
     assert_eq!(
-        (summary.orders.approved, summary.available_credit),
-        (2, total)
+        (
+            summary.orders.approved,
+            summary.orders.rejected,
+            summary.available_credit,
+            summary.currency.as_str()
+        ),
+        (1, 1, 2 * total, "EUR")
     );
     common::check_read_models(&harness, &LogModel::from_log(&harness.log()), 1);
     harness.shutdown();
@@ -658,6 +674,7 @@ fn an_approval_left_in_an_outbox_by_the_previous_build_ends_in_a_rejection_and_a
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 10_000,
+        currency: None,
     };
     execute::<Customer>(runtime, "c-1", create);
     let order = OrderCommand::CreateOrder {
@@ -818,4 +835,11 @@ fn sample_history(runtime: &Runtime) {
     customer(reserve("o-3", 250));
     order("o-3", json!({"type": "CancelOrder"}));
     customer(json!({"type": "ReleaseCredit", "order_id": "o-3"}));
+    // An order in another currency than the customer's credit (EUR): nothing is reserved.
+    order("o-4", create(300, "USD"));
+    customer(json!({"type": "ReserveCredit", "order_id": "o-4", "amount": 300, "currency": "USD"}));
+    order(
+        "o-4",
+        json!({"type": "RejectOrder", "reason": "currency mismatch"}),
+    );
 }

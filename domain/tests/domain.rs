@@ -90,6 +90,7 @@ fn cancelling_an_approved_order_releases_its_credit() {
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 10_000,
+        currency: None,
     };
     execute::<Customer>(runtime, "c-1", create);
     let order = |total| OrderCommand::CreateOrder {
@@ -187,6 +188,7 @@ fn credit_reserved_for_an_order_cancelled_meanwhile_is_released() {
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 10_000,
+        currency: None,
     };
     execute::<Customer>(runtime, "c-1", create);
     let order = OrderCommand::CreateOrder {

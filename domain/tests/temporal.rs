@@ -321,6 +321,7 @@ fn state_at_and_as_of_equal_the_fold_of_the_events_with_snapshots_present() {
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 100_000,
+        currency: None,
     };
     execute::<Customer>(runtime, "c-1", create);
     for i in 0..RESERVATIONS {
@@ -329,6 +330,7 @@ fn state_at_and_as_of_equal_the_fold_of_the_events_with_snapshots_present() {
         let reserve = |order_id: &str, amount| CustomerCommand::ReserveCredit {
             order_id: order_id.to_string(),
             amount,
+            currency: None,
         };
         execute::<Customer>(runtime, "c-1", reserve(&order_id, amount));
         // Beyond the limit: `CreditLimitExceeded` (another order: one that holds credit

@@ -39,6 +39,7 @@ async fn run(orders: usize, customers: usize, clients: usize) {
         let command = CustomerCommand::CreateCustomer {
             name: format!("customer {c}"),
             credit_limit: 2_000_000,
+            currency: None,
         };
         let created = runtime
             .execute::<Customer>(&format!("c-{c}"), command)

@@ -113,6 +113,7 @@ fn customer(
     let create = CustomerCommand::CreateCustomer {
         name: name.into(),
         credit_limit: limit,
+        currency: None,
     };
     block_on(runtime.execute_with::<Customer>(id, create, options))
         .expect("no technical failure")
@@ -148,6 +149,7 @@ fn populate(dir: &Path) -> (World, Position) {
     let again = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 1,
+        currency: None,
     };
     let rejected =
         block_on(runtime.execute_with::<Customer>("c-1", again, with_id(CREATE_C1_AGAIN)))
@@ -166,7 +168,7 @@ fn populate(dir: &Path) -> (World, Position) {
 
     order(&runtime, "o-1", create_order("c-1", 5_000, None));
     order(&runtime, "o-2", create_order("c-2", 500, None));
-    order(&runtime, "o-3", create_order("c-1", 1_000, Some("USD")));
+    order(&runtime, "o-3", create_order("c-1", 1_000, Some("EUR")));
     order(&runtime, "o-4", create_order("c-1", 2_000, None));
     order(&runtime, "o-5", create_order("nobody", 150, None));
     settle(&runtime);
@@ -177,6 +179,7 @@ fn populate(dir: &Path) -> (World, Position) {
     let held = CustomerCommand::ReserveCredit {
         order_id: "o-1".into(),
         amount: 5_000,
+        currency: None,
     };
     let accepted =
         block_on(runtime.execute_with::<Customer>("c-1", held, with_id(RESERVE_O1_AGAIN)))
@@ -704,6 +707,7 @@ fn export_import_export_is_byte_identical_and_the_domain_sees_the_same_states() 
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 10_000,
+        currency: None,
     };
     let retried = block_on(runtime.execute_with::<Customer>("c-1", create, with_id(CREATE_C1)))
         .expect("no technical failure")
@@ -841,6 +845,7 @@ fn after_an_import_a_refused_idempotent_command_is_refused_again_not_executed() 
     let again = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 1,
+        currency: None,
     };
     let retried =
         block_on(runtime.execute_with::<Customer>("c-1", again.clone(), with_id(CREATE_C1_AGAIN)))
@@ -860,6 +865,7 @@ fn after_an_import_a_refused_idempotent_command_is_refused_again_not_executed() 
     let held = CustomerCommand::ReserveCredit {
         order_id: "o-1".into(),
         amount: 5_000,
+        currency: None,
     };
     let retried =
         block_on(runtime.execute_with::<Customer>("c-1", held, with_id(RESERVE_O1_AGAIN)))
@@ -920,6 +926,7 @@ fn without_fingerprints_a_retried_command_is_refused_not_repeated() {
     let create = CustomerCommand::CreateCustomer {
         name: "Ada".into(),
         credit_limit: 10_000,
+        currency: None,
     };
     let retried = block_on(runtime.execute_with::<Customer>("c-1", create, with_id(CREATE_C1)));
     assert!(

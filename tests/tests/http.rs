@@ -173,6 +173,8 @@ async fn customers_orders_and_the_saga_through_http() {
     assert_eq!(events[0]["version"], 1);
     assert_eq!(events[0]["data"]["name"], "Ada");
     assert_eq!(events[0]["data"]["credit_limit"], 150_000);
+    assert_eq!(events[0]["data"]["currency"], "EUR", "the default currency");
+    assert_eq!(events[0]["schema_version"], 2);
     assert_eq!(created["position"], events[0]["position"]);
     let position = u64_of(&created["position"], "position");
 
@@ -186,6 +188,7 @@ async fn customers_orders_and_the_saga_through_http() {
             "customer_id": "c-1",
             "name": "Ada",
             "credit_limit": 150_000,
+            "currency": "EUR",
             "available_credit": 150_000,
             "created_at": events[0]["recorded_at"],
             "orders": {"pending": 0, "approved": 0, "rejected": 0, "shipped": 0, "cancelled": 0},
@@ -197,11 +200,13 @@ async fn customers_orders_and_the_saga_through_http() {
     assert_eq!(
         state.ok(),
         json!({"id": "c-1", "version": 1, "state": {
-            "created": true, "name": "Ada", "credit_limit": 150_000, "reservations": {}
+            "created": true, "name": "Ada", "credit_limit": 150_000, "currency": "EUR",
+            "reservations": {}
         }})
     );
 
-    // Three orders: within the limit, over it, and for a customer that does not exist.
+    // Four orders: within the limit, over it, for a customer that does not exist, and in
+    // another currency than the customer's credit.
     let reply = api
         .command(
             "orders",
@@ -222,6 +227,14 @@ async fn customers_orders_and_the_saga_through_http() {
     );
     let o2 = api.create_order("o-2", "c-1", 200_000).await;
     api.create_order("o-3", "c-ghost", 100).await;
+    let o4 = api
+        .command(
+            "orders",
+            "o-usd",
+            &json!({"type": "CreateOrder", "customer_id": "c-1", "total": 100, "currency": "USD"}),
+        )
+        .await
+        .ok();
 
     let approved = api.order_in("o-1", "Approved").await;
     assert_eq!(approved["version"], 2);
@@ -236,6 +249,8 @@ async fn customers_orders_and_the_saga_through_http() {
     );
     let unknown = api.order_in("o-3", "Rejected").await;
     assert_eq!(unknown["state"]["rejection_reason"], "unknown customer");
+    let in_usd = api.order_in("o-usd", "Rejected").await;
+    assert_eq!(in_usd["state"]["rejection_reason"], "currency mismatch");
 
     // The customer's side of the saga.
     let customer_events = api.history("customers", "c-1", 100).await;
@@ -246,7 +261,12 @@ async fn customers_orders_and_the_saga_through_http() {
         .collect();
     assert_eq!(
         types,
-        BTreeSet::from(["CustomerCreated", "CreditReserved", "CreditLimitExceeded"])
+        BTreeSet::from([
+            "CustomerCreated",
+            "CreditReserved",
+            "CreditLimitExceeded",
+            "CreditCurrencyMismatch"
+        ])
     );
     let exceeded = customer_events
         .iter()
@@ -275,7 +295,7 @@ async fn customers_orders_and_the_saga_through_http() {
         .ok();
     assert_eq!(
         summary["orders"],
-        json!({"pending": 0, "approved": 0, "rejected": 1, "shipped": 1, "cancelled": 0})
+        json!({"pending": 0, "approved": 0, "rejected": 2, "shipped": 1, "cancelled": 0})
     );
     assert_eq!(summary["available_credit"], 145_000);
     assert_eq!(summary["total_shipped"], 5000);
@@ -292,12 +312,16 @@ async fn customers_orders_and_the_saga_through_http() {
         orders,
         json!({"customer_id": "c-1", "orders": [
             {
-                "order_id": "o-1", "customer_id": "c-1", "total": 5000, "status": "Shipped",
-                "created_at": order_events[0]["recorded_at"],
+                "order_id": "o-1", "customer_id": "c-1", "total": 5000, "currency": "EUR",
+                "status": "Shipped", "created_at": order_events[0]["recorded_at"],
             },
             {
-                "order_id": "o-2", "customer_id": "c-1", "total": 200_000, "status": "Rejected",
-                "created_at": events_of(&o2)[0]["recorded_at"],
+                "order_id": "o-2", "customer_id": "c-1", "total": 200_000, "currency": "EUR",
+                "status": "Rejected", "created_at": events_of(&o2)[0]["recorded_at"],
+            },
+            {
+                "order_id": "o-usd", "customer_id": "c-1", "total": 100, "currency": "USD",
+                "status": "Rejected", "created_at": events_of(&o4)[0]["recorded_at"],
             },
         ]})
     );
@@ -361,7 +385,7 @@ async fn customers_orders_and_the_saga_through_http() {
     assert_eq!(summary["available_credit"], 145_000);
     assert_eq!(
         summary["orders"],
-        json!({"pending": 0, "approved": 0, "rejected": 1, "shipped": 1, "cancelled": 1})
+        json!({"pending": 0, "approved": 0, "rejected": 2, "shipped": 1, "cancelled": 1})
     );
     let state = api.get("/v1/customers/c-1").await.ok();
     assert_eq!(state["state"]["reservations"], json!({"o-1": 5000}));
@@ -454,7 +478,12 @@ async fn history_and_global_log_are_paged_with_full_envelopes() {
     assert_eq!(first["causation_id"], "cause-1");
     for event in &replied {
         assert_envelope(event, "Customer", "c-1");
-        assert_eq!(event["schema_version"], 1);
+        let current = if event["type"] == "CustomerCreated" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(event["schema_version"], current, "{event}");
     }
 
     // Pages of two: versions 1-2, 3-4, 5.

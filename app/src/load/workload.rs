@@ -164,6 +164,7 @@ pub(crate) fn create_customer(index: u64) -> Command {
     Command::Customer(CustomerCommand::CreateCustomer {
         name: format!("load customer {index}"),
         credit_limit: CREDIT_LIMIT,
+        currency: None,
     })
 }
 

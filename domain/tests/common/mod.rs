@@ -225,7 +225,7 @@ impl Rng {
 #[derive(Debug, Default)]
 pub(crate) struct LogModel {
     /// Customer id → (name, credit limit, created at).
-    pub(crate) customers: BTreeMap<String, (String, u64, Timestamp)>,
+    pub(crate) customers: BTreeMap<String, (String, u64, String, Timestamp)>,
     /// Customer id → credit reserved by open reservations.
     pub(crate) reserved: BTreeMap<String, u64>,
     /// Order id → its list entry as of the end of the log.
@@ -268,25 +268,33 @@ impl LogModel {
     fn apply_customer(&mut self, id: &str, event: CustomerEvent, at: Timestamp) {
         let reserved = self.reserved.entry(id.to_string()).or_default();
         match event {
-            CustomerEvent::CustomerCreated { name, credit_limit } => {
+            CustomerEvent::CustomerCreated {
+                name,
+                credit_limit,
+                currency,
+            } => {
                 self.customers
-                    .insert(id.to_string(), (name, credit_limit, at));
+                    .insert(id.to_string(), (name, credit_limit, currency, at));
             }
             CustomerEvent::CreditReserved { amount, .. } => *reserved += amount,
             CustomerEvent::CreditReleased { amount, .. } => *reserved -= amount,
-            CustomerEvent::CreditLimitExceeded { .. } => {}
+            CustomerEvent::CreditLimitExceeded { .. }
+            | CustomerEvent::CreditCurrencyMismatch { .. } => {}
         }
     }
 
     fn apply_order(&mut self, id: &str, event: &OrderEvent, at: Timestamp) {
         if let OrderEvent::OrderCreated {
-            customer_id, total, ..
+            customer_id,
+            total,
+            currency,
         } = event
         {
             let entry = OrderListEntry {
                 order_id: id.to_string(),
                 customer_id: customer_id.clone(),
                 total: *total,
+                currency: currency.clone(),
                 status: OrderStatus::Pending,
                 created_at: at,
             };
@@ -310,7 +318,7 @@ impl LogModel {
     pub(crate) fn summaries(&self) -> Vec<CustomerSummary> {
         self.customers
             .iter()
-            .map(|(id, (name, credit_limit, created_at))| {
+            .map(|(id, (name, credit_limit, currency, created_at))| {
                 let mut orders = OrderCounts::default();
                 let mut total_shipped = 0;
                 for order in self.orders_of(id) {
@@ -323,6 +331,7 @@ impl LogModel {
                     customer_id: id.clone(),
                     name: name.clone(),
                     credit_limit: *credit_limit,
+                    currency: currency.clone(),
                     available_credit: credit_limit - self.reserved.get(id).copied().unwrap_or(0),
                     created_at: *created_at,
                     orders,
@@ -338,8 +347,8 @@ impl LogModel {
         let mut found: Vec<ValuableCustomer> = self
             .customers
             .iter()
-            .filter(|(_, (_, _, created_at))| *created_at > after)
-            .filter_map(|(id, (name, _, created_at))| {
+            .filter(|(_, (_, _, _, created_at))| *created_at > after)
+            .filter_map(|(id, (name, _, _, created_at))| {
                 let shipped: Vec<u64> = self
                     .orders_of(id)
                     .filter(|o| o.status == OrderStatus::Shipped)
@@ -372,7 +381,7 @@ impl LogModel {
     /// The instants the valuable-customers query is checked after: before everyone, after
     /// everyone, and about `creations` customers' creation times spread over the log.
     pub(crate) fn instants(&self, creations: usize) -> Vec<Timestamp> {
-        let mut created: Vec<Timestamp> = self.customers.values().map(|c| c.2).collect();
+        let mut created: Vec<Timestamp> = self.customers.values().map(|c| c.3).collect();
         created.sort();
         let step = (created.len() / creations.max(1)).max(1);
         let mut instants = vec![Timestamp(0), Timestamp(u64::MAX)];
@@ -545,7 +554,11 @@ pub(crate) fn run_workload(
         execute::<Customer>(
             runtime,
             &id,
-            CustomerCommand::CreateCustomer { name, credit_limit },
+            CustomerCommand::CreateCustomer {
+                name,
+                credit_limit,
+                currency: None,
+            },
         );
         limits.insert(id, credit_limit);
     }

@@ -196,10 +196,12 @@ impl Schemas {
                     C::CreateCustomer {
                         name: "Ada Lovelace".into(),
                         credit_limit: 100_000,
+                        currency: None,
                     },
                     C::ReserveCredit {
                         order_id: "o-1".into(),
                         amount: 5_000,
+                        currency: Some("EUR".into()),
                     },
                 ],
             ),

@@ -38,10 +38,11 @@
 //! be refused, so it goes first: even if `ReserveCredit` can never be sent, the order is
 //! rejected when its time is up instead of staying pending forever.
 //!
-//! # Known cost
-//! The runtime has no way to cancel a scheduled deadline, so every order's deadline fires; for
-//! an order that was decided in time the `RejectOrder` is refused (`NotPending`) and changes
-//! nothing, but it is one more command per order.
+//! # The deadline is cancelled once the order is decided
+//! [`ProcessManager::cancels_deadlines`] says so as soon as the order is no longer pending, so
+//! an order decided in time never sees its `RejectOrder`. One that was due before the
+//! cancellation was stored may still fire; the order refuses it (`NotPending`) and nothing
+//! changes.
 
 use std::time::Duration;
 
@@ -388,6 +389,15 @@ impl ProcessManager for OrderCreditSaga {
         }
         Ok(actions)
     }
+
+    /// The decision deadline is needed only while the order is pending: once it is approved,
+    /// rejected or cancelled, the deadline is cancelled instead of firing a `RejectOrder` that
+    /// the order would refuse.
+    fn cancels_deadlines(&self, state: &OrderCreditState) -> bool {
+        state
+            .status
+            .is_some_and(|status| status != OrderStatus::Pending)
+    }
 }
 
 #[cfg(test)]
@@ -565,6 +575,25 @@ mod tests {
             }]
         );
         assert!(!state.credit_reserved);
+    }
+
+    #[test]
+    fn the_deadline_is_cancelled_once_the_order_is_no_longer_pending() {
+        let saga = saga();
+        let (_, pending) = run(&[created(500)]);
+        assert!(
+            !saga.cancels_deadlines(&pending),
+            "still waiting for a decision"
+        );
+        assert!(!saga.cancels_deadlines(&OrderCreditState::default()));
+        for decided in [
+            order(OrderEvent::OrderApproved),
+            rejected(),
+            order(OrderEvent::OrderCancelled),
+        ] {
+            let (_, state) = run(&[created(500), decided.clone()]);
+            assert!(saga.cancels_deadlines(&state), "{decided:?}");
+        }
     }
 
     #[test]

@@ -23,6 +23,15 @@
 //! aggregate type that is not registered, an id or command the runtime refuses) is moved to
 //! the `deadlines-failed` tree, kept for inspection, and the others go on. A business
 //! rejection is an outcome, not a failure: the deadline is done.
+//!
+//! A deadline that is no longer needed — the step it guards was decided — is cancelled: after
+//! each reaction the runtime asks [`ProcessManager::cancels_deadlines`], and if the answer is
+//! yes, removes every deadline the instance scheduled before. The removal goes through the
+//! outbox like a command (stored with the state, done at the end of the page, redone after a
+//! crash), so a cancelled deadline never fires once the cancellation is stored; one that fell
+//! due first has fired, which a process must tolerate anyway (the command is refused, or
+//! changes nothing). A due deadline whose command failed and was put back for a retry is not
+//! cancelled (it is stored under its new due time).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +73,15 @@ pub trait ProcessManager: Send + 'static {
         state: &mut Self::State,
         event: &RecordedEvent,
     ) -> Result<Vec<Action>, HandlerError>;
+
+    /// Whether the instance's deadlines are no longer needed in `state` (for example, the
+    /// decision they wait for was taken): asked after each reaction; when `true`, every deadline
+    /// the instance scheduled before is cancelled (see the [module docs](self)). By default,
+    /// deadlines always fire.
+    fn cancels_deadlines(&self, state: &Self::State) -> bool {
+        let _ = state;
+        false
+    }
 }
 
 /// A command a process manager sends, now or at a deadline.
@@ -118,13 +136,17 @@ impl Action {
     }
 }
 
-/// One process instance as stored: its state, the position of the last event applied, and the
-/// actions of that event not yet acknowledged.
+/// One process instance as stored: its state, the position of the last event applied, the
+/// actions of that event not yet acknowledged, and the keys of the deadlines it scheduled that
+/// are not cancelled yet.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Instance {
     #[serde(with = "serde_bytes")]
     state: Vec<u8>,
     outbox: Vec<Outgoing>,
+    /// Records written before deadlines could be cancelled have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deadlines: Vec<serde_bytes::ByteBuf>,
 }
 
 /// An action with its derived command id and the trace ids of its triggering event.
@@ -140,6 +162,27 @@ pub(crate) struct Outgoing {
     /// Failed attempts to send it (deadlines only; see the module docs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) attempts: u32,
+    /// Deadline keys to remove before `action` is sent. A cancellation alone has an empty
+    /// `action` ([`Action::none`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) cancels: Vec<serde_bytes::ByteBuf>,
+}
+
+impl Action {
+    /// No command: the action of an outbox entry that only cancels deadlines.
+    fn none() -> Action {
+        Action {
+            aggregate_type: String::new(),
+            aggregate_id: String::new(),
+            command: Vec::new(),
+            at: None,
+            on_rejection: None,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.aggregate_type.is_empty()
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -208,17 +251,37 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             // Commands of an earlier event that were never acknowledged (its handling failed
             // and it was parked) stay in the outbox until that event is retried.
             let mut outbox = current.outbox;
+            let mut deadlines = current.deadlines;
+            let cancel = self.manager.cancels_deadlines(&state);
             let state = codec::encode_plain("process state", &state)
                 .map_err(|e| Box::new(e) as HandlerError)?;
-            outbox.extend(actions.into_iter().enumerate().map(|(i, action)| Outgoing {
+            let outgoing = |command_id: String, action: Action| Outgoing {
                 trigger: event.position.0,
-                command_id: format!("pm:{}:{}:{i}", self.name, event.event_id),
+                command_id,
                 causation_id: event.event_id.to_string(),
                 correlation_id: Some(correlation_of(event, &instance_id)),
                 action,
                 attempts: 0,
-            }));
-            let next = Instance { state, outbox };
+                cancels: Vec::new(),
+            };
+            for (i, action) in actions.into_iter().enumerate() {
+                let command_id = format!("pm:{}:{}:{i}", self.name, event.event_id);
+                if let Some(at) = action.at {
+                    deadlines.push(deadline_key(at, &command_id).into());
+                }
+                outbox.push(outgoing(command_id, action));
+            }
+            if cancel && !deadlines.is_empty() {
+                let command_id = format!("pm:{}:{}:cancel", self.name, event.event_id);
+                let mut cancellation = outgoing(command_id, Action::none());
+                cancellation.cancels = std::mem::take(&mut deadlines);
+                outbox.push(cancellation);
+            }
+            let next = Instance {
+                state,
+                outbox,
+                deadlines,
+            };
             reacted = Some(next.clone());
             Ok::<_, HandlerError>(Some(next))
         })?;
@@ -338,6 +401,17 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     }
 
     async fn deliver(&self, outgoing: &Outgoing) -> Result<(), HandlerError> {
+        for key in &outgoing.cancels {
+            self.deadlines
+                .remove(key.as_slice())
+                .map_err(|e| StoreError::Io {
+                    op: "cancelling a deadline",
+                    reason: e.to_string(),
+                })?;
+        }
+        if outgoing.action.is_none() {
+            return Ok(());
+        }
         if let Some(at) = outgoing.action.at {
             let bytes = codec::encode_versioned(1, "deadline", outgoing)?;
             self.deadlines

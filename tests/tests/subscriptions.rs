@@ -569,6 +569,8 @@ struct ReminderPm {
     source: String,
     target: String,
     delay_ms: u64,
+    /// The instance's deadlines are cancelled once it has seen this many events (`None`: never).
+    done_after: Option<u64>,
 }
 
 impl ProcessManager for ReminderPm {
@@ -586,11 +588,19 @@ impl ProcessManager for ReminderPm {
         *scheduled += 1;
         let due = Timestamp(event.meta.recorded_at.0 + self.delay_ms * 1_000);
         let command = AccountCommand::Deposit { amount: 7 };
+        // Only the first event schedules; later ones may end the process.
+        if *scheduled > 1 {
+            return Ok(Vec::new());
+        }
         Ok(vec![Action::schedule::<Account>(
             due,
             &self.target,
             &command,
         )?])
+    }
+
+    fn cancels_deadlines(&self, seen: &u64) -> bool {
+        self.done_after.is_some_and(|n| *seen >= n)
     }
 }
 
@@ -1789,6 +1799,7 @@ async fn deadline_fires() {
         source: "r-src".into(),
         target: "r-dst".into(),
         delay_ms: 200,
+        done_after: None,
     };
     rt.process_manager("remind-pm", pm, quick_retries())
         .expect("the process manager registers");
@@ -1809,6 +1820,53 @@ async fn deadline_fires() {
     close(rt).await;
 }
 
+/// A deadline the process no longer needs (`cancels_deadlines` after a later event) never
+/// fires; without the cancellation the same process's deadline fires (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_deadline_never_fires() {
+    const DELAY_MS: u64 = 2_000;
+    let dir = temp_dir();
+    let rt = open(&dir);
+    for (name, source, target, done_after) in [
+        ("remind-pm", "r-src", "r-dst", Some(2)),
+        ("control-pm", "c-src", "c-dst", None),
+    ] {
+        let pm = ReminderPm {
+            source: source.into(),
+            target: target.into(),
+            delay_ms: DELAY_MS,
+            done_after,
+        };
+        rt.process_manager(name, pm, quick_retries())
+            .expect("the process manager registers");
+    }
+    let trigger = deposit(&rt, "r-src", 1).await;
+    deposit(&rt, "c-src", 1).await;
+    let done = deposit(&rt, "r-src", 1).await;
+    rt.wait_for("remind-pm", position_of(&done), WAIT_MAX)
+        .await
+        .expect("the cancellation is stored and done");
+    let due = trigger.events[0].meta.recorded_at.0 + DELAY_MS * 1_000;
+    assert!(
+        Timestamp::now().0 < due,
+        "the cancellation came before the deadline was due (a slow machine would make this \
+         test prove nothing)"
+    );
+    assert!(
+        wait_until(|| !account_events(&rt, "c-dst").is_empty()).await,
+        "the control's deadline fires"
+    );
+    // Well past the due time, and a few deadline ticks more.
+    while Timestamp::now().0 < due + 300_000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        account_events(&rt, "r-dst").is_empty(),
+        "the cancelled deadline did not fire"
+    );
+    close(rt).await;
+}
+
 /// A deadline scheduled before a shutdown, and due only after it, fires after the restart
 /// (once the process manager is registered again) — exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1819,6 +1877,7 @@ async fn deadline_survives_a_restart_and_fires_once() {
         source: "r-src".into(),
         target: "r-dst".into(),
         delay_ms: DELAY_MS,
+        done_after: None,
     };
     let due = {
         let rt = open(&dir);
@@ -1881,6 +1940,7 @@ async fn invalid_and_duplicate_names_are_refused() {
             source: "a".into(),
             target: "b".into(),
             delay_ms: 1,
+            done_after: None,
         };
         let managed = rt.process_manager(name, pm, quick_retries());
         assert!(
@@ -1911,6 +1971,7 @@ async fn invalid_and_duplicate_names_are_refused() {
         source: "a".into(),
         target: "b".into(),
         delay_ms: 1,
+        done_after: None,
     };
     let managed = rt.process_manager("bank", pm, quick_retries());
     assert!(

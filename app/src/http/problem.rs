@@ -407,6 +407,17 @@ impl From<StoreError> for Problem {
                     Duration::from_secs(5),
                 )
             }
+            // An I/O error of the store (a full disk under sled, a device error): the service's
+            // trouble, not the request's, and one that may pass (the supervisor reopens a
+            // failed store). Its reason is for the log.
+            StoreError::Io { .. } => {
+                tracing::error!(error = ?error.to_string(), "a store operation failed");
+                Problem::overloaded(
+                    Kind::Unavailable,
+                    "the store could not read or write (an I/O error, such as a full disk); try                      again later; a command in flight has an unknown outcome: retry it with the                      same Idempotency-Key",
+                    Duration::from_secs(5),
+                )
+            }
             other => Problem::internal(other),
         }
     }

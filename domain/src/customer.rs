@@ -53,8 +53,8 @@ use std::collections::BTreeMap;
 use annals::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastError};
 use serde::{Deserialize, Serialize};
 
-use crate::money::is_currency_code;
 pub use crate::money::DEFAULT_CURRENCY;
+use crate::money::{is_currency_code, upcast_to_default_currency};
 
 /// The schema version of [`CustomerEvent::CustomerCreated`] as written now (version 1 had no
 /// currency; see the [module docs](self)).
@@ -336,20 +336,10 @@ impl Aggregate for Customer {
         AggregateOptions::default().with_snapshot_schema_version(CUSTOMER_SNAPSHOT_SCHEMA_VERSION)
     }
 
-    fn upcast(mut old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
+    fn upcast(old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
         match (old.event_type.as_str(), old.schema_version) {
             // Version 1 predates currencies: every credit limit was in euros.
-            ("CustomerCreated", 1) => {
-                if !old.set_field("currency", DEFAULT_CURRENCY.into()) {
-                    return Err(UpcastError::Invalid {
-                        event_type: old.event_type,
-                        schema_version: old.schema_version,
-                        reason: "the payload is not a map".to_string(),
-                    });
-                }
-                old.schema_version = 2;
-                Ok(vec![old])
-            }
+            ("CustomerCreated", 1) => upcast_to_default_currency(old),
             _ => Err(UpcastError::NoUpcaster {
                 event_type: old.event_type,
                 schema_version: old.schema_version,

@@ -70,8 +70,8 @@ pub const ORDER_CREATED_SCHEMA_VERSION: u16 = 2;
 /// currency.
 pub const ORDER_SNAPSHOT_SCHEMA_VERSION: u32 = 2;
 
-use crate::money::is_currency_code;
 pub use crate::money::DEFAULT_CURRENCY;
+use crate::money::{is_currency_code, upcast_to_default_currency};
 
 /// Where an order is in its life. Serialized as the variant name (`"Pending"`).
 #[derive(
@@ -424,22 +424,10 @@ impl Aggregate for Order {
         AggregateOptions::default().with_snapshot_schema_version(ORDER_SNAPSHOT_SCHEMA_VERSION)
     }
 
-    fn upcast(mut old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
+    fn upcast(old: Upcast) -> Result<Vec<Upcast>, UpcastError> {
         match (old.event_type.as_str(), old.schema_version) {
             // Version 1 predates currencies: every order was in euros.
-            ("OrderCreated", 1) => {
-                // `into()` builds the CBOR text value without naming `ciborium`, which the
-                // runtime does not re-export.
-                if !old.set_field("currency", DEFAULT_CURRENCY.into()) {
-                    return Err(UpcastError::Invalid {
-                        event_type: old.event_type,
-                        schema_version: old.schema_version,
-                        reason: "the payload is not a map".to_string(),
-                    });
-                }
-                old.schema_version = 2;
-                Ok(vec![old])
-            }
+            ("OrderCreated", 1) => upcast_to_default_currency(old),
             _ => Err(UpcastError::NoUpcaster {
                 event_type: old.event_type,
                 schema_version: old.schema_version,

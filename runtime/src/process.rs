@@ -31,7 +31,8 @@
 //! crash), so a cancelled deadline never fires once the cancellation is stored; one that fell
 //! due first has fired, which a process must tolerate anyway (the command is refused, or
 //! changes nothing). A due deadline whose command failed and was put back for a retry is not
-//! cancelled (it is stored under its new due time).
+//! cancelled (it is stored under its new due time). An instance remembers the keys of its
+//! deadlines that are not due yet, at most [`DEADLINES_TRACKED_MAX`] (the latest due).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -271,6 +272,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 }
                 outbox.push(outgoing(command_id, action));
             }
+            track_pending(&mut deadlines, Timestamp::now());
             if cancel && !deadlines.is_empty() {
                 let command_id = format!("pm:{}:{}:cancel", self.name, event.event_id);
                 let mut cancellation = outgoing(command_id, Action::none());
@@ -457,6 +459,27 @@ fn correlation_of(event: &RecordedEvent, instance_id: &str) -> String {
     }
 }
 
+/// Most deadline keys an instance keeps for a later cancellation.
+pub const DEADLINES_TRACKED_MAX: usize = 1024;
+
+/// Keeps, of an instance's deadline keys, those not yet due at `now` — a due one has fired, or
+/// was put back under a new key for a retry, so cancelling it could do nothing — and of those at
+/// most [`DEADLINES_TRACKED_MAX`], the latest due: a process that schedules many deadlines and
+/// never cancels them does not grow its record without bound.
+fn track_pending(deadlines: &mut Vec<serde_bytes::ByteBuf>, now: Timestamp) {
+    let due = |key: &[u8]| {
+        key.get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    deadlines.retain(|key| due(key) > now.0);
+    if deadlines.len() > DEADLINES_TRACKED_MAX {
+        deadlines.sort_unstable_by_key(|key| due(key));
+        let excess = deadlines.len() - DEADLINES_TRACKED_MAX;
+        deadlines.drain(..excess);
+    }
+}
+
 /// `[due: u64 micros][command id]`: due deadlines are a prefix range.
 pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
     let mut key = at.0.to_be_bytes().to_vec();
@@ -553,5 +576,39 @@ impl Outgoing {
             options = options.with_correlation_id(correlation.as_str());
         }
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(dues: &[u64]) -> Vec<serde_bytes::ByteBuf> {
+        dues.iter()
+            .map(|&due| deadline_key(Timestamp(due), &format!("pm:x:{due}")).into())
+            .collect()
+    }
+
+    #[test]
+    fn only_deadlines_not_yet_due_are_tracked_and_at_most_the_limit() {
+        let mut tracked = keys(&[5, 10, 11, 30]);
+        track_pending(&mut tracked, Timestamp(10));
+        assert_eq!(
+            tracked,
+            keys(&[11, 30]),
+            "due ones have fired: nothing to cancel"
+        );
+
+        let many: Vec<u64> = (0..DEADLINES_TRACKED_MAX as u64 + 10)
+            .rev()
+            .map(|i| 100 + i)
+            .collect();
+        let mut tracked = keys(&many);
+        track_pending(&mut tracked, Timestamp(0));
+        assert_eq!(tracked.len(), DEADLINES_TRACKED_MAX);
+        let latest: Vec<u64> = (10..DEADLINES_TRACKED_MAX as u64 + 10)
+            .map(|i| 100 + i)
+            .collect();
+        assert_eq!(tracked, keys(&latest), "the latest due are kept");
     }
 }

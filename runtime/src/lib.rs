@@ -71,8 +71,8 @@
 //! | [`aggregate`] | the [`Aggregate`] and [`DomainEvent`] traits, per-type [`AggregateOptions`] |
 //! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`], [`ExecuteOptions`], [`Executed`] |
 //! | `actor`, `host` (private) | the aggregate actor and the sharded routing table |
-//! | [`store`] | the [`EventStore`](store::EventStore) contract and its sled implementation |
-//! | [`subscription`] | subscriber actors: the log read from a checkpoint, live at the head |
+//! | [`store`] | the storage boundary: the [`EventStore`](store::EventStore) log and the [`StateStore`](store::StateStore) read-side state, and their sled implementation (nothing else names sled) |
+//! | [`subscription`] | subscriber actors: the log read from a checkpoint, live at the head, each page committed atomically with its checkpoint |
 //! | [`projection`] | read models: [`View`]s with per-record positions, rebuilt beside the live one |
 //! | [`process`] | process managers (sagas): state and outbox per instance, deadlines |
 //! | [`subscribe`] | the runtime's subscriber methods: lag, read-your-writes, parked events |

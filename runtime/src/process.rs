@@ -13,22 +13,23 @@
 //!    returns the first outcome instead of executing a command twice.
 //!
 //! # Deadlines
-//! An [`Action::schedule`] is stored in the `deadlines` tree with its derived command id and
-//! sent once due, by a timer on the runtime's arbiter; a deadline survives restarts and fires
+//! An [`Action::schedule`] is stored in the `deadlines` space of the [`StateStore`] (with the
+//! page that scheduled it, atomically with the instance's state) under its derived command id,
+//! and sent once due, by a timer on the runtime's arbiter; a deadline survives restarts and fires
 //! after one (late, if it fell due while the service was down). Each tick sends at most
 //! [`DEADLINES_PER_TICK`] due deadlines, oldest first, so a backlog (after downtime) is worked
 //! off in bounded steps. A deadline whose command fails for a reason that may pass (a full
 //! queue, a store error) is put back with a pause that doubles with each attempt, up to
 //! [`DEADLINE_RETRY_PAUSE_MAX`]; one that cannot ever be sent (a record that does not decode, an
 //! aggregate type that is not registered, an id or command the runtime refuses) is moved to
-//! the `deadlines-failed` tree, kept for inspection, and the others go on. A business
+//! the `deadlines-failed` space, kept for inspection, and the others go on. A business
 //! rejection is an outcome, not a failure: the deadline is done.
 //!
 //! A deadline that is no longer needed — the step it guards was decided — is cancelled: after
 //! each reaction the runtime asks [`ProcessManager::cancels_deadlines`], and if the answer is
 //! yes, removes every deadline the instance scheduled before. The removal goes through the
-//! outbox like a command (stored with the state, done at the end of the page, redone after a
-//! crash), so a cancelled deadline never fires once the cancellation is stored; one that fell
+//! outbox like a command (done at the end of the page, committed with the page's state, redone
+//! after a crash), so a cancelled deadline never fires once its page is committed; one that fell
 //! due first has fired, which a process must tolerate anyway (the command is refused, or
 //! changes nothing). A due deadline whose command failed and was put back for a retry is not
 //! cancelled (it is stored under its new due time). An instance remembers the keys of its
@@ -44,9 +45,10 @@ use crate::aggregate::Aggregate;
 use crate::codec::{self, CodecError};
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
-use crate::projection::{View, ViewError, ViewSet, WriteBuffer};
+use crate::projection::{PageWrites, View, ViewError, ViewSet};
 use crate::runtime::{ExecuteOptions, WeakRuntime};
-use crate::store::StoreError;
+use crate::store::state::{DEADLINES, DEADLINES_FAILED};
+use crate::store::{Changes, StateStore};
 use crate::subscription::{FlushFuture, HandleFuture, HandlerError, Interrupted, Subscriber};
 use crate::types::Position;
 
@@ -196,46 +198,39 @@ pub const DEADLINES_PER_TICK: usize = 256;
 pub const DEADLINE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// The longest pause between attempts of a failing deadline.
 pub const DEADLINE_RETRY_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(300);
-/// The tree where deadlines that can never be sent are kept.
-pub(crate) const DEADLINES_FAILED_TREE: &str = "deadlines-failed";
 
 /// The subscriber that runs a process manager.
 pub(crate) struct ProcessSubscriber<P: ProcessManager> {
     /// Commands of the current page, in event order, with their instance: sent by `flush`.
     queued: Vec<(String, Outgoing)>,
-    /// Where the instance records' writes wait until the page ends (written by `flush`).
-    buffer: Option<Arc<WriteBuffer>>,
-    /// The first event handled since the buffer was last written.
-    first_unwritten: Option<Position>,
+    /// The page's writes (instance records, deadlines), committed with its checkpoint.
+    writes: Arc<PageWrites>,
     name: Arc<str>,
     manager: P,
     instances: View<Instance>,
-    deadlines: sled::Tree,
     runtime: WeakRuntime,
 }
 
 impl<P: ProcessManager> ProcessSubscriber<P> {
+    /// `views` must write into `writes`.
     pub(crate) fn new(
         name: &str,
         manager: P,
         views: &ViewSet,
-        deadlines: sled::Tree,
+        writes: Arc<PageWrites>,
         runtime: WeakRuntime,
     ) -> Result<Self, ViewError> {
         Ok(ProcessSubscriber {
             queued: Vec::new(),
-            buffer: views.buffer().cloned(),
-            first_unwritten: None,
+            writes,
             name: Arc::from(name),
             manager,
             instances: views.view("instances")?,
-            deadlines,
             runtime,
         })
     }
 
     async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        self.first_unwritten.get_or_insert(event.position);
         let Some(instance_id) = self.manager.instance(event) else {
             return Ok(());
         };
@@ -310,16 +305,12 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     /// would cap a saga at one commit latency per step). A sent command leaves its instance's
     /// outbox. A command that keeps failing stops its instance's queue; the triggers of the
     /// commands left are reported, and stay in the outbox for a redelivery or a retry.
+    ///
+    /// The instance records (state, and the outbox less what was sent) are committed with the
+    /// page, after this: a crash before redoes the page, and the command ids make the resend
+    /// harmless.
     async fn flush_queued(&mut self) -> Result<(), Vec<(Position, HandlerError)>> {
-        let mut failed = self.send_queued().await;
-        // The instance records (state, and the outbox less what was sent) are written last: a
-        // crash before this redoes the page, and the command ids make the resend harmless.
-        let first = self.first_unwritten.take();
-        if let (Some(buffer), Some(first)) = (&self.buffer, first) {
-            if let Err(e) = buffer.flush() {
-                failed.push((first, Box::new(Interrupted(e.to_string())) as HandlerError));
-            }
-        }
+        let failed = self.send_queued().await;
         if failed.is_empty() {
             Ok(())
         } else {
@@ -403,25 +394,17 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
     }
 
     async fn deliver(&self, outgoing: &Outgoing) -> Result<(), HandlerError> {
+        // Deadline changes are committed with the page.
         for key in &outgoing.cancels {
-            self.deadlines
-                .remove(key.as_slice())
-                .map_err(|e| StoreError::Io {
-                    op: "cancelling a deadline",
-                    reason: e.to_string(),
-                })?;
+            self.writes.delete(DEADLINES, key.as_slice());
         }
         if outgoing.action.is_none() {
             return Ok(());
         }
         if let Some(at) = outgoing.action.at {
             let bytes = codec::encode_versioned(1, "deadline", outgoing)?;
-            self.deadlines
-                .insert(deadline_key(at, &outgoing.command_id), bytes)
-                .map_err(|e| StoreError::Io {
-                    op: "scheduling a deadline",
-                    reason: e.to_string(),
-                })?;
+            self.writes
+                .put(DEADLINES, deadline_key(at, &outgoing.command_id), bytes);
             return Ok(());
         }
         let runtime = self
@@ -488,40 +471,36 @@ pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
 }
 
 /// Sends the deadlines that are due, at most [`DEADLINES_PER_TICK`], oldest first; returns how
-/// many were sent. See the [module docs](self) for what happens to one that fails.
+/// many were sent. What became of each (sent, put back for a retry, moved to the failed ones)
+/// is committed once for the tick. See the [module docs](self) for what happens to one that
+/// fails.
 pub(crate) async fn fire_due(
-    deadlines: &sled::Tree,
-    failed: &sled::Tree,
+    state: &dyn StateStore,
     runtime: &crate::Runtime,
 ) -> Result<usize, HandlerError> {
     let now = Timestamp::now();
-    let io = |op: &'static str| {
-        move |e: sled::Error| StoreError::Io {
-            op,
-            reason: e.to_string(),
-        }
-    };
-    let due: Vec<(sled::IVec, sled::IVec)> = deadlines
-        .range(..deadline_key(Timestamp(now.0.saturating_add(1)), ""))
-        .take(DEADLINES_PER_TICK)
-        .collect::<Result<_, _>>()
-        .map_err(io("reading deadlines"))?;
+    let end = deadline_key(Timestamp(now.0.saturating_add(1)), "");
+    let due = state.range(
+        DEADLINES,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Excluded(&end),
+        DEADLINES_PER_TICK,
+    )?;
     let mut sent = 0;
+    let mut changes = Changes::default();
     for (key, bytes) in due {
         let mut outgoing: Outgoing = match codec::decode_versioned(1, "deadline", &bytes) {
             Ok(outgoing) => outgoing,
             Err(e) => {
                 tracing::error!(key = ?key, error = %e, "a deadline record does not decode; moved to deadlines-failed");
-                failed
-                    .insert(&key, bytes)
-                    .map_err(io("keeping a failed deadline"))?;
-                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+                changes.put(DEADLINES_FAILED, key.clone(), bytes);
+                changes.delete(DEADLINES, key);
                 continue;
             }
         };
         match runtime.dispatch(&outgoing).await {
             Ok(()) => {
-                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+                changes.delete(DEADLINES, key);
                 sent += 1;
             }
             Err(e) if deadline_error_passes(&e) => {
@@ -532,21 +511,24 @@ pub(crate) async fn fire_due(
                 let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
                 let retry_at = Timestamp(Timestamp::now().0.saturating_add(micros));
                 tracing::warn!(command_id = %outgoing.command_id, error = %e, attempts = outgoing.attempts, ?pause, "a due deadline could not be sent; trying again later");
-                let bytes = codec::encode_versioned(1, "deadline", &outgoing)?;
-                deadlines
-                    .insert(deadline_key(retry_at, &outgoing.command_id), bytes)
-                    .map_err(io("rescheduling a deadline"))?;
-                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+                let retry = codec::encode_versioned(1, "deadline", &outgoing)?;
+                changes.delete(DEADLINES, key);
+                changes.put(
+                    DEADLINES,
+                    deadline_key(retry_at, &outgoing.command_id),
+                    retry,
+                );
             }
             Err(e) => {
                 tracing::error!(command_id = %outgoing.command_id, error = %e, "a deadline's command can never be sent; moved to deadlines-failed");
-                failed
-                    .insert(&key, bytes)
-                    .map_err(io("keeping a failed deadline"))?;
-                deadlines.remove(&key).map_err(io("removing a deadline"))?;
+                changes.put(DEADLINES_FAILED, key.clone(), bytes);
+                changes.delete(DEADLINES, key);
             }
         }
     }
+    // A crash before this sends the tick's deadlines again: their command ids make that
+    // harmless.
+    state.commit(changes)?;
     Ok(sent)
 }
 

@@ -1,20 +1,19 @@
 //! Projections: read models kept up to date from the log, with an exactly-once effect.
 //!
 //! A [`Projection`] is a [subscriber](crate::subscription) whose handler updates
-//! [`View`]s: typed key-value tables that live in the runtime's own sled database.
+//! [`View`]s: typed key-value tables kept in the runtime's [`StateStore`].
 //!
-//! # Exactly once, without transactions
-//! Delivery is at least once, and sled 0.34's `Batch` and transactions would take a
-//! process-wide lock that slows the journal. Instead, every view record stores, next to its
-//! value, the position of the last event applied to it; [`View::update`] applies an event to a
-//! record only if the event's position is newer, as one plain `insert`. Replaying events after
-//! a crash (the checkpoint is saved per page, after the records) therefore changes nothing that
-//! was already applied, and the view converges to exactly the state a rebuild from scratch
-//! gives. Deleting a record keeps a tombstone with its position for the same reason.
-//!
-//! Within one page of events, a subscriber's view writes are held in memory and written once
-//! per record when the page ends, before the checkpoint is saved (see `WriteBuffer`); queries
-//! see a page's effects once it is complete, which is also when [`Runtime::wait_for`](crate::Runtime::wait_for) reports it.
+//! # Exactly once
+//! Views live in the runtime's [`StateStore`], one space per view and generation. A
+//! projection's writes during a page of events are held in memory (see `PageWrites`) and
+//! committed, with the subscriber's checkpoint, as **one atomic commit** when the page ends: a
+//! crash keeps the page whole or redoes it whole from the checkpoint. A record touched by many
+//! events of a page is written once, and the handler's own reads (and scans) see its writes.
+//! Every record also stores the position of the last event applied to it, and
+//! [`View::update`] skips an event it has already seen, so a redelivery that reaches a record
+//! again changes nothing either; deleting a record keeps a tombstone with its position for the
+//! same reason. Queries see a page's effects once it is committed, which is also when
+//! [`Runtime::wait_for`](crate::Runtime::wait_for) reports it.
 //!
 //! # Rebuild without downtime
 //! Views belong to a *generation* of their projection. [`Runtime::rebuild`](crate::Runtime::rebuild)
@@ -22,10 +21,10 @@
 //! reading generation `g`; once the new one has caught up with the head, the runtime makes it the
 //! active generation (durably), stops the old subscriber and, after a grace period for queries
 //! still reading it ([`OLD_GENERATION_GRACE`](crate::subscribe::OLD_GENERATION_GRACE)), drops
-//! the old generation's trees.
+//! the old generation's spaces.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -33,7 +32,8 @@ use serde::Serialize;
 
 use crate::codec::{self, CodecError};
 use crate::envelope::RecordedEvent;
-use crate::store::StoreError;
+use crate::store::state::{merge_range, prefix_end, SPACE_LEN_MAX};
+use crate::store::{Changes, ParkedEvent, StateStore, StoreError};
 use crate::subscription::HandlerError;
 use crate::types::Position;
 
@@ -72,103 +72,74 @@ pub enum ViewError {
 /// The views of one generation of one projection.
 #[derive(Debug, Clone)]
 pub struct ViewSet {
-    db: sled::Db,
+    state: Arc<dyn StateStore>,
     prefix: Arc<str>,
     /// Set for the views a subscriber writes: their writes wait here until the page ends.
-    buffer: Option<Arc<WriteBuffer>>,
+    buffer: Option<Arc<PageWrites>>,
 }
 
 impl ViewSet {
     /// Views read and written directly (queries).
-    pub(crate) fn new(db: sled::Db, projection: &str, generation: u64) -> ViewSet {
+    pub(crate) fn new(state: Arc<dyn StateStore>, projection: &str, generation: u64) -> ViewSet {
         ViewSet {
-            db,
+            state,
             prefix: Arc::from(format!("view/{projection}/{generation}/")),
             buffer: None,
         }
     }
 
-    /// Views whose writes are held in `buffer` until the subscriber's page ends.
-    pub(crate) fn buffered(
-        db: sled::Db,
-        projection: &str,
-        generation: u64,
-        buffer: Arc<WriteBuffer>,
-    ) -> ViewSet {
-        ViewSet {
-            buffer: Some(buffer),
-            ..ViewSet::new(db, projection, generation)
-        }
-    }
-
-    /// The same views, their writes held in `buffer`.
-    pub(crate) fn with_buffer(&self, buffer: Arc<WriteBuffer>) -> ViewSet {
+    /// The same views, their writes held in `buffer` until the subscriber's page ends.
+    pub(crate) fn with_buffer(&self, buffer: Arc<PageWrites>) -> ViewSet {
         ViewSet {
             buffer: Some(buffer),
             ..self.clone()
         }
     }
 
-    /// The buffer of these views' writes, if they are a subscriber's.
-    pub(crate) fn buffer(&self) -> Option<&Arc<WriteBuffer>> {
-        self.buffer.as_ref()
-    }
-
-    /// The view named `name` (created on first use).
+    /// The view named `name`.
     pub fn view<V>(&self, name: &str) -> Result<View<V>, ViewError> {
-        let tree_name = format!("{}{name}", self.prefix);
-        let tree = self
-            .db
-            .open_tree(tree_name.as_bytes())
-            .map_err(|e| StoreError::Io {
-                op: "opening a view",
-                reason: e.to_string(),
-            })?;
+        let space = format!("{}{name}", self.prefix);
+        if space.len() > SPACE_LEN_MAX {
+            return Err(ViewError::Corrupt {
+                view: space,
+                reason: format!(
+                    "the view's name makes a space name longer than {SPACE_LEN_MAX} bytes"
+                ),
+            });
+        }
         Ok(View {
-            tree,
-            name: Arc::from(tree_name),
+            state: self.state.clone(),
+            space: Arc::from(space),
             buffer: self.buffer.clone(),
             _value: PhantomData,
         })
     }
 
-    /// Drops every tree of this generation.
+    /// Drops every view of this generation.
     pub(crate) fn drop_all(&self) -> Result<(), ViewError> {
-        for name in self.db.tree_names() {
-            if name.starts_with(self.prefix.as_bytes()) {
-                self.db.drop_tree(&name).map_err(|e| StoreError::Io {
-                    op: "dropping a view",
-                    reason: e.to_string(),
-                })?;
-            }
+        for space in self.state.spaces(&self.prefix)? {
+            self.state.drop_space(&space)?;
         }
         Ok(())
     }
 }
 
-/// Drops the trees of every generation of `projection` below `generation`: what a swap left
+/// Drops the views of every generation of `projection` below `generation`: what a swap left
 /// behind when the runtime stopped before its grace period ended.
 pub(crate) fn drop_generations_below(
-    db: &sled::Db,
+    state: &dyn StateStore,
     projection: &str,
     generation: u64,
 ) -> Result<(), ViewError> {
     let prefix = format!("view/{projection}/");
-    for name in db.tree_names() {
-        let Some(rest) = name.strip_prefix(prefix.as_bytes()) else {
-            continue;
-        };
-        let old = rest
-            .split(|&b| b == b'/')
+    for space in state.spaces(&prefix)? {
+        let old = space[prefix.len()..]
+            .split('/')
             .next()
-            .and_then(|g| std::str::from_utf8(g).ok())
             .and_then(|g| g.parse::<u64>().ok())
             .is_some_and(|g| g < generation);
         if old {
-            db.drop_tree(&name).map_err(|e| StoreError::Io {
-                op: "dropping an old view generation",
-                reason: e.to_string(),
-            })?;
+            state.drop_space(&space)?;
         }
     }
     Ok(())
@@ -178,66 +149,71 @@ pub(crate) fn drop_generations_below(
 /// event applied to it. Cheap to clone; readers and the projection share it.
 #[derive(Debug)]
 pub struct View<V> {
-    tree: sled::Tree,
-    name: Arc<str>,
-    buffer: Option<Arc<WriteBuffer>>,
+    state: Arc<dyn StateStore>,
+    space: Arc<str>,
+    buffer: Option<Arc<PageWrites>>,
     _value: PhantomData<fn() -> V>,
 }
 
 impl<V> Clone for View<V> {
     fn clone(&self) -> Self {
         View {
-            tree: self.tree.clone(),
-            name: self.name.clone(),
+            state: self.state.clone(),
+            space: self.space.clone(),
             buffer: self.buffer.clone(),
             _value: PhantomData,
         }
     }
 }
 
-/// The view writes of one page of a subscriber, held in memory and written when the page ends
-/// (before its checkpoint is saved): a record touched by many events of the page is written
-/// once, and the handler's own reads see its writes. A crash before the write loses only
-/// writes whose events are after the saved checkpoint, so they are redone — exactly once in
-/// effect, as the position guard makes every record's replay harmless. Bounded by the records
-/// one page touches.
+/// The writes of one page of a subscriber, held in memory and committed with its checkpoint
+/// when the page ends (see the [module docs](self)). Bounded by what one page's events touch.
 #[derive(Debug, Default)]
-pub(crate) struct WriteBuffer {
-    pending: parking_lot::Mutex<HashMap<Arc<str>, HeldWrites>>,
+pub(crate) struct PageWrites {
+    changes: parking_lot::Mutex<Changes>,
 }
 
-/// The held writes of one view: its tree and record key → encoded record.
-#[derive(Debug)]
-struct HeldWrites {
-    tree: sled::Tree,
-    records: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-impl WriteBuffer {
-    /// Runs `f` on the held record at `key` of `view`, if there is one.
-    fn with<T>(&self, view: &str, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let pending = self.pending.lock();
-        pending.get(view)?.records.get(key).map(|bytes| f(bytes))
+impl PageWrites {
+    /// What the page did to `key` of `space`, if anything (`Some(None)`: deleted it).
+    fn get(&self, space: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.changes
+            .lock()
+            .get(space, key)
+            .map(|value| value.map(<[u8]>::to_vec))
     }
 
-    fn put(&self, view: &Arc<str>, tree: &sled::Tree, key: &[u8], bytes: Vec<u8>) {
-        let mut pending = self.pending.lock();
-        let held = pending.entry(view.clone()).or_insert_with(|| HeldWrites {
-            tree: tree.clone(),
-            records: HashMap::new(),
-        });
-        held.records.insert(key.to_vec(), bytes);
+    /// The page's changes to keys of `space` within the bounds, in key order.
+    fn range(
+        &self,
+        space: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.changes
+            .lock()
+            .range(space, from, to)
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect()
     }
 
-    /// Writes every held record.
-    pub(crate) fn flush(&self) -> Result<(), ViewError> {
-        let pending = std::mem::take(&mut *self.pending.lock());
-        for held in pending.into_values() {
-            for (key, bytes) in held.records {
-                held.tree.insert(key, bytes).map_err(io("writing a view"))?;
-            }
-        }
-        Ok(())
+    /// Holds a write.
+    pub(crate) fn put(&self, space: &str, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.changes.lock().put(space, key, value);
+    }
+
+    /// Holds a deletion.
+    pub(crate) fn delete(&self, space: &str, key: impl Into<Vec<u8>>) {
+        self.changes.lock().delete(space, key);
+    }
+
+    /// Takes the page's changes, leaving nothing held.
+    pub(crate) fn take(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock())
+    }
+
+    /// Holds a parked event of subscriber `name`.
+    pub(crate) fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError> {
+        self.changes.lock().park(name, parked)
     }
 }
 
@@ -250,7 +226,7 @@ struct Stored<V> {
 impl<V: Serialize + DeserializeOwned> View<V> {
     fn decode(&self, bytes: &[u8]) -> Result<Stored<V>, ViewError> {
         let corrupt = |reason: &str| ViewError::Corrupt {
-            view: self.name.to_string(),
+            view: self.space.to_string(),
             reason: reason.into(),
         };
         if bytes.len() < 10 || bytes[0] != VIEW_FORMAT {
@@ -284,24 +260,21 @@ impl<V: Serialize + DeserializeOwned> View<V> {
     }
 
     fn read(&self, key: &[u8]) -> Result<Option<Stored<V>>, ViewError> {
-        if let Some(held) = self
-            .buffer
-            .as_ref()
-            .and_then(|b| b.with(&self.name, key, |bytes| self.decode(bytes)))
-        {
-            return Ok(Some(held?));
-        }
-        match self.tree.get(key).map_err(io("reading a view"))? {
-            Some(bytes) => Ok(Some(self.decode(&bytes)?)),
-            None => Ok(None),
-        }
+        let held = self.buffer.as_ref().and_then(|b| b.get(&self.space, key));
+        let bytes = match held {
+            Some(held) => held,
+            None => self.state.get(&self.space, key)?,
+        };
+        bytes.map(|bytes| self.decode(&bytes)).transpose()
     }
 
     fn write(&self, key: &[u8], bytes: Vec<u8>) -> Result<(), ViewError> {
         match &self.buffer {
-            Some(buffer) => buffer.put(&self.name, &self.tree, key, bytes),
+            Some(buffer) => buffer.put(&self.space, key, bytes),
             None => {
-                self.tree.insert(key, bytes).map_err(io("writing a view"))?;
+                let mut changes = Changes::default();
+                changes.put(&self.space, key, bytes);
+                self.state.commit(changes)?;
             }
         }
         Ok(())
@@ -361,27 +334,21 @@ impl<V: Serialize + DeserializeOwned> View<V> {
         Ok(())
     }
 
-    /// The records whose keys start with `prefix`, in key order (tombstones skipped). In a
-    /// projection's handler this first writes the page's held records, so the scan sees them.
+    /// The records whose keys start with `prefix`, in key order (tombstones skipped), read
+    /// from the store a page at a time. In a projection's handler it sees the page's own
+    /// writes.
     pub fn scan_prefix(
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), ViewError>> + '_ {
-        let flushed = self.buffer.as_ref().map(|b| b.flush()).transpose().err();
-        flushed
-            .map(Err)
-            .into_iter()
-            .chain(self.tree.scan_prefix(prefix).filter_map(move |item| {
-                let (key, bytes) = match item {
-                    Ok(kv) => kv,
-                    Err(e) => return Some(Err(io("scanning a view")(e))),
-                };
-                match self.decode(&bytes) {
-                    Ok(Stored { value: Some(v), .. }) => Some(Ok((key.to_vec(), v))),
-                    Ok(Stored { value: None, .. }) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            }))
+        Scan {
+            view: self,
+            from: Some(prefix.to_vec()),
+            after: None,
+            end: prefix_end(prefix),
+            page: std::collections::VecDeque::new(),
+            done: false,
+        }
     }
 
     /// Every record, in key order.
@@ -390,11 +357,75 @@ impl<V: Serialize + DeserializeOwned> View<V> {
     }
 }
 
-fn io(op: &'static str) -> impl Fn(sled::Error) -> ViewError {
-    move |e| {
-        ViewError::Store(StoreError::Io {
-            op,
-            reason: e.to_string(),
-        })
+/// Records of a view read from the store per [`SCAN_PAGE`], merged with the page's own writes.
+struct Scan<'a, V> {
+    view: &'a View<V>,
+    /// The first key (inclusive) of the first page.
+    from: Option<Vec<u8>>,
+    /// The last key returned by the page before (the next page starts after it).
+    after: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    done: bool,
+}
+
+/// Records read from the store per page of a scan.
+const SCAN_PAGE: usize = 256;
+
+impl<V: Serialize + DeserializeOwned> Scan<'_, V> {
+    fn refill(&mut self) -> Result<(), ViewError> {
+        let view = self.view;
+        let lower = match (&self.after, &self.from) {
+            (Some(after), _) => Bound::Excluded(after.as_slice()),
+            (None, Some(from)) => Bound::Included(from.as_slice()),
+            (None, None) => Bound::Unbounded,
+        };
+        let upper = self
+            .end
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let base = view.state.range(&view.space, lower, upper, SCAN_PAGE)?;
+        // A full page may stop before the end: the held writes count only up to its last key.
+        let cut = (base.len() == SCAN_PAGE)
+            .then(|| base.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let held: Vec<(Vec<u8>, Option<Vec<u8>>)> = match &view.buffer {
+            Some(buffer) => buffer
+                .range(&view.space, lower, upper)
+                .into_iter()
+                .filter(|(k, _)| cut.as_ref().is_none_or(|cut| k <= cut))
+                .collect(),
+            None => Vec::new(),
+        };
+        let merged = merge_range(held, base.into_iter().map(Ok::<_, ViewError>), usize::MAX)?;
+        match cut {
+            Some(cut) => self.after = Some(cut),
+            None => self.done = true,
+        }
+        self.page.extend(merged);
+        Ok(())
+    }
+}
+
+impl<V: Serialize + DeserializeOwned> Iterator for Scan<'_, V> {
+    type Item = Result<(Vec<u8>, V), ViewError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((key, bytes)) = self.page.pop_front() {
+                match self.view.decode(&bytes) {
+                    Ok(Stored { value: Some(v), .. }) => return Some(Ok((key, v))),
+                    Ok(Stored { value: None, .. }) => continue,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.refill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
     }
 }

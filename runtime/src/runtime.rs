@@ -17,8 +17,9 @@ use crate::aggregate::{Aggregate, AggregateOptions};
 use crate::envelope::{Envelope, RecordedEvent};
 use crate::error::{ExecuteError, Overload, RuntimeError};
 use crate::host::{Counters, Host, Limits, TypeShared};
-use crate::store::sled::{SledOptions, SledStore};
-use crate::store::{EventStore, JournalStats, StoreError, StoreHealth};
+use crate::store::{
+    EventStore, JournalStats, SledOptions, StateStore, StoreError, StoreHealth, Stores,
+};
 use crate::types::{CommandId, Position, StreamId, Version};
 
 /// The result of executing a command: technical failure outside, business rejection inside.
@@ -115,7 +116,7 @@ impl ExecuteOptions {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RuntimeOptions {
-    /// The store.
+    /// The embedded store [`Runtime::open`] opens (the default backend).
     pub store: SledOptions,
     /// Arbiter threads that run the aggregate actors (default: one per core).
     pub arbiters: NonZeroUsize,
@@ -341,9 +342,8 @@ impl std::fmt::Debug for Runtime {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn EventStore>,
-    /// The sled database, when the store is sled: projections and process managers keep their
-    /// state in it.
-    pub(crate) db: Option<sled::Db>,
+    /// The read side's state: checkpoints, views, process instances, deadlines.
+    pub(crate) state: Arc<dyn StateStore>,
     pub(crate) subscriptions: crate::subscribe::Registry,
     pub(crate) options: RuntimeOptions,
     hosts: RwLock<HashMap<&'static str, Arc<dyn AnyHost>>>,
@@ -357,43 +357,21 @@ pub(crate) struct Inner {
 }
 
 impl Runtime {
-    /// Opens the sled store at `options.store.path` (recovering it) and starts the actors'
-    /// threads.
+    /// Opens the default, embedded store at `options.store.path` (recovering it) and starts
+    /// the actors' threads.
     pub fn open(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
-        let store = SledStore::open(options.store.clone())?;
-        let db = store.database().clone();
-        Runtime::build(Arc::new(store), Some(db), options)
+        let stores = options.store.open()?;
+        Runtime::with_stores(stores, options)
     }
 
-    /// Starts a runtime over an already open store (`options.store` is ignored).
-    /// Projections and process managers need the sled store (use [`Runtime::open`] or
-    /// [`Runtime::with_sled_store`]).
-    pub fn with_store(
-        store: Arc<dyn EventStore>,
-        options: RuntimeOptions,
-    ) -> Result<Runtime, RuntimeError> {
-        Runtime::build(store, None, options)
-    }
-
-    /// Starts a runtime over an already open sled store (`options.store` is ignored).
-    pub fn with_sled_store(
-        store: SledStore,
-        options: RuntimeOptions,
-    ) -> Result<Runtime, RuntimeError> {
-        let db = store.database().clone();
-        Runtime::build(Arc::new(store), Some(db), options)
-    }
-
-    fn build(
-        store: Arc<dyn EventStore>,
-        db: Option<sled::Db>,
-        options: RuntimeOptions,
-    ) -> Result<Runtime, RuntimeError> {
+    /// Starts a runtime over already open stores (`options.store` is ignored): a backend's log
+    /// and state store, or a log with [`Stores::with_memory_state`].
+    pub fn with_stores(stores: Stores, options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         let (system, arbiters, thread) = start_system(options.arbiters.get())?;
         Ok(Runtime {
             inner: Arc::new(Inner {
-                store,
-                db,
+                store: stores.log,
+                state: stores.state,
                 subscriptions: crate::subscribe::Registry::default(),
                 rehydrations: Arc::new(tokio::sync::Semaphore::new(options.rehydrations_max.get())),
                 options,
@@ -406,6 +384,14 @@ impl Runtime {
                 drained: tokio::sync::Notify::new(),
             }),
         })
+    }
+
+    /// The stores this runtime runs on.
+    pub fn stores(&self) -> Stores {
+        Stores {
+            log: self.inner.store.clone(),
+            state: self.inner.state.clone(),
+        }
     }
 
     /// Registers an aggregate type with its own [`Aggregate::options`].
@@ -695,9 +681,14 @@ impl Runtime {
         self.inner.store.head_position()
     }
 
-    /// The store, for reads this API does not cover.
+    /// The event log, for reads this API does not cover.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.inner.store
+    }
+
+    /// The read side's state store (checkpoints, views, process instances, deadlines).
+    pub fn state_store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.state
     }
 
     /// Whether the store accepts writes.

@@ -15,13 +15,13 @@ use parking_lot::Mutex;
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
 use crate::process::{self, Outgoing, ProcessManager, ProcessSubscriber};
-use crate::projection::{Projection, View, ViewError, ViewSet, WriteBuffer};
+use crate::projection::{PageWrites, Projection, View, ViewError, ViewSet};
 use crate::runtime::Runtime;
-use crate::store::{ParkedEvent, StoreError};
+use crate::store::state::GENERATIONS;
+use crate::store::{Changes, ParkedEvent, StateStore, StoreError};
 use crate::subscription::{
-    FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, RetryParked, Stop,
-    Subscriber, SubscriberActor, SubscriberInfo, SubscriberOptions, SubscriberShared,
-    SubscriberStatus,
+    HandleFuture, RetryError, RetryParked, Stop, Subscriber, SubscriberActor, SubscriberInfo,
+    SubscriberOptions, SubscriberShared, SubscriberStatus,
 };
 use crate::types::Position;
 
@@ -35,10 +35,8 @@ pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 /// in, so that queries that resolved the old generation just before the swap can finish.
 pub const OLD_GENERATION_GRACE: Duration = Duration::from_secs(30);
 
-/// The tree holding each projection's active generation.
-const GENERATIONS_TREE: &str = "projection-generations";
-/// The tree holding scheduled deadlines.
-const DEADLINES_TREE: &str = "deadlines";
+/// Most parked events listed per subscriber.
+pub const PARKED_LISTED_MAX: usize = 10_000;
 
 /// Why a subscriber, projection or process manager could not be registered or used.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +55,6 @@ pub enum SubscribeError {
     /// The projection is already being rebuilt.
     #[error("projection {0:?} is already being rebuilt")]
     AlreadyRebuilding(String),
-    /// Projections and process managers keep their state in the sled database, and this
-    /// runtime has another store.
-    #[error("projections and process managers need the sled store")]
-    NoDatabase,
     /// A view failed.
     #[error(transparent)]
     View(#[from] ViewError),
@@ -136,74 +130,24 @@ struct ProjectionEntry {
     rebuilding: bool,
 }
 
-/// Runs a projection as a subscriber; its view writes wait in `buffer` until the page ends.
+/// Runs a projection as a subscriber; its view writes wait in the page's writes until the
+/// page is committed (by the subscriber, with its checkpoint).
 struct ProjectionSubscriber {
     projection: Box<dyn Projection>,
-    buffer: Arc<WriteBuffer>,
-    /// The first and the last event handled since the buffer was last written.
-    unwritten: Option<(Position, Position)>,
-    store: Arc<dyn crate::store::EventStore>,
-    /// Where the position of the last event whose view writes were written is kept.
-    written_key: String,
-}
-
-/// The key beside a subscriber's checkpoint that keeps the last position a projection wrote
-/// view records for (records of a page are written before its checkpoint is saved). `/` is
-/// not allowed in names, so it cannot be another subscriber's checkpoint.
-fn written_key(storage_name: &str) -> String {
-    format!("{storage_name}/written")
-}
-
-impl ProjectionSubscriber {
-    fn new(
-        projection: Box<dyn Projection>,
-        buffer: Arc<WriteBuffer>,
-        store: Arc<dyn crate::store::EventStore>,
-        storage_name: &str,
-    ) -> ProjectionSubscriber {
-        ProjectionSubscriber {
-            projection,
-            buffer,
-            unwritten: None,
-            store,
-            written_key: written_key(storage_name),
-        }
-    }
 }
 
 impl Subscriber for ProjectionSubscriber {
     fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> HandleFuture<'a> {
-        let first = self.unwritten.map_or(event.position, |(first, _)| first);
-        self.unwritten = Some((first, event.position));
         let result = self.projection.handle(event);
         Box::pin(async move { result })
     }
+}
 
-    fn flush(&mut self) -> FlushFuture<'_> {
-        let unwritten = self.unwritten.take();
-        let first = unwritten.map(|(first, _)| first);
-        // The high-water mark goes first: if the log later loses a tail that these records
-        // have seen (a crash in relaxed mode), the next start sees the projection ahead of the
-        // log and rebuilds it (see `Runtime::project`).
-        let written = match unwritten {
-            Some((_, last)) => self
-                .store
-                .save_checkpoint(&self.written_key, last)
-                .map_err(ViewError::from)
-                .and_then(|()| self.buffer.flush()),
-            None => self.buffer.flush(),
-        };
-        Box::pin(async move {
-            match (written, first) {
-                (Ok(()), _) | (Err(_), None) => Ok(()),
-                // Not the events' fault: go back before them and try again.
-                (Err(e), Some(first)) => Err(vec![(
-                    first,
-                    Box::new(Interrupted(e.to_string())) as HandlerError,
-                )]),
-            }
-        })
-    }
+/// The key beside a subscriber's checkpoint where stores written before page commits were
+/// atomic kept the last position a projection wrote view records for. Read (and reset) only to
+/// tell whether such a projection is ahead of the log.
+fn written_key(storage_name: &str) -> String {
+    format!("{storage_name}/written")
 }
 
 fn check_name(name: &str) -> Result<(), SubscribeError> {
@@ -218,10 +162,6 @@ fn check_name(name: &str) -> Result<(), SubscribeError> {
 }
 
 impl Runtime {
-    fn db(&self) -> Result<&sled::Db, SubscribeError> {
-        self.inner().db.as_ref().ok_or(SubscribeError::NoDatabase)
-    }
-
     /// A name that is valid and not taken.
     fn check_free(&self, name: &str) -> Result<(), SubscribeError> {
         check_name(name)?;
@@ -240,16 +180,18 @@ impl Runtime {
             .cloned()
     }
 
-    /// Starts a subscriber actor whose checkpoint is stored under `storage_name`.
+    /// Starts a subscriber actor whose checkpoint is stored under `storage_name`, committing
+    /// `writes` with it at the end of each page.
     fn start_subscriber(
         &self,
         storage_name: &str,
         subscriber: Box<dyn Subscriber>,
+        writes: Arc<PageWrites>,
         options: SubscriberOptions,
         status: SubscriberStatus,
     ) -> Result<Entry, SubscribeError> {
         let inner = self.inner();
-        let mut checkpoint = inner.store.load_checkpoint(storage_name)?;
+        let mut checkpoint = inner.state.load_checkpoint(storage_name)?;
         let head = inner.store.head_position();
         if checkpoint > head {
             // The log lost a tail this subscriber had seen (a crash in relaxed mode): go on
@@ -257,14 +199,15 @@ impl Runtime {
             // (Projections rebuild instead; see `rebuild_if_ahead`.)
             tracing::warn!(subscriber = storage_name, %checkpoint, %head, "the checkpoint is beyond the log's head (the log lost a tail in a crash); going on from the head");
             checkpoint = head;
-            inner.store.save_checkpoint(storage_name, checkpoint)?;
+            inner.state.save_checkpoint(storage_name, checkpoint)?;
         }
         let shared = Arc::new(SubscriberShared::new(
             Arc::from(storage_name),
             checkpoint,
             status,
         ));
-        let actor = SubscriberActor::new(subscriber, inner.store.clone(), shared.clone(), options);
+        let actor =
+            SubscriberActor::new(subscriber, &self.stores(), writes, shared.clone(), options);
         let arbiters = &inner.arbiters;
         let i = self
             .inner()
@@ -299,6 +242,7 @@ impl Runtime {
         let entry = self.start_subscriber(
             name,
             Box::new(subscriber),
+            Arc::new(PageWrites::default()),
             options,
             SubscriberStatus::CatchingUp,
         )?;
@@ -317,24 +261,21 @@ impl Runtime {
         P: Projection,
         F: Fn(&ViewSet) -> Result<P, ViewError> + Send + Sync + 'static,
     {
-        let db = self.db()?.clone();
+        let state = self.state_store().clone();
         self.check_free(name)?;
-        let generation = active_generation(&db, name)?;
-        crate::projection::drop_generations_below(&db, name, generation)?;
+        let generation = active_generation(&*state, name)?;
+        crate::projection::drop_generations_below(&*state, name, generation)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
         let storage = format!("{name}@{generation}");
-        self.rebuild_if_ahead(name, &storage, &ViewSet::new(db.clone(), name, generation))?;
-        let buffer = Arc::new(WriteBuffer::default());
-        let projection = factory(&ViewSet::buffered(db, name, generation, buffer.clone()))?;
+        let views = ViewSet::new(state, name, generation);
+        self.rebuild_if_ahead(name, &storage, &views)?;
+        let writes = Arc::new(PageWrites::default());
+        let projection = factory(&views.with_buffer(writes.clone()))?;
         let entry = self.start_subscriber(
             &storage,
-            Box::new(ProjectionSubscriber::new(
-                projection,
-                buffer,
-                self.inner().store.clone(),
-                &storage,
-            )),
+            Box::new(ProjectionSubscriber { projection }),
+            writes,
             options.clone(),
             SubscriberStatus::CatchingUp,
         )?;
@@ -362,10 +303,10 @@ impl Runtime {
         storage: &str,
         views: &ViewSet,
     ) -> Result<(), SubscribeError> {
-        let store = &self.inner().store;
-        let head = store.head_position();
-        let checkpoint = store.load_checkpoint(storage)?;
-        let written = store.load_checkpoint(&written_key(storage))?;
+        let state = &self.inner().state;
+        let head = self.inner().store.head_position();
+        let checkpoint = state.load_checkpoint(storage)?;
+        let written = state.load_checkpoint(&written_key(storage))?;
         if checkpoint.max(written) <= head {
             return Ok(());
         }
@@ -374,8 +315,10 @@ impl Runtime {
             "the projection has seen events beyond the log's head (the log lost a tail in a crash); rebuilding it from the start"
         );
         views.drop_all()?;
-        store.save_checkpoint(&written_key(storage), Position(0))?;
-        store.save_checkpoint(storage, Position(0))?;
+        let mut changes = Changes::default();
+        changes.save_checkpoint(&written_key(storage), Position(0));
+        changes.save_checkpoint(storage, Position(0));
+        state.commit(changes)?;
         Ok(())
     }
 
@@ -390,14 +333,14 @@ impl Runtime {
             .get(projection)
             .map(|p| p.generation)
             .ok_or_else(|| SubscribeError::Unknown(projection.to_string()))?;
-        Ok(ViewSet::new(self.db()?.clone(), projection, generation).view(view)?)
+        Ok(ViewSet::new(self.state_store().clone(), projection, generation).view(view)?)
     }
 
     /// Rebuilds a projection from position 0 beside the live one, then swaps it in once it has
     /// caught up; queries keep being answered from the live generation meanwhile. Returns once
     /// the rebuild has started; [`Runtime::subscribers`] shows it as `{name}#rebuild`.
     pub fn rebuild(&self, projection: &str) -> Result<(), SubscribeError> {
-        let db = self.db()?.clone();
+        let state = self.state_store().clone();
         let (factory, generation, options) = {
             let mut projections = self.inner().subscriptions.projections.lock();
             let entry = projections
@@ -414,26 +357,20 @@ impl Runtime {
             )
         };
         let started = (|| {
-            let views = ViewSet::new(db, projection, generation);
+            let views = ViewSet::new(state.clone(), projection, generation);
             // Left over by a rebuild that a crash interrupted.
             views.drop_all()?;
-            self.inner()
-                .store
-                .save_checkpoint(&format!("{projection}@{generation}"), Position(0))?;
             let storage = format!("{projection}@{generation}");
-            self.inner()
-                .store
-                .save_checkpoint(&written_key(&storage), Position(0))?;
-            let buffer = Arc::new(WriteBuffer::default());
-            let built = factory(&views.with_buffer(buffer.clone()))?;
+            let mut changes = Changes::default();
+            changes.save_checkpoint(&storage, Position(0));
+            changes.save_checkpoint(&written_key(&storage), Position(0));
+            state.commit(changes)?;
+            let writes = Arc::new(PageWrites::default());
+            let built = factory(&views.with_buffer(writes.clone()))?;
             let entry = self.start_subscriber(
                 &storage,
-                Box::new(ProjectionSubscriber::new(
-                    built,
-                    buffer,
-                    self.inner().store.clone(),
-                    &storage,
-                )),
+                Box::new(ProjectionSubscriber { projection: built }),
+                writes,
                 options,
                 SubscriberStatus::Rebuilding,
             )?;
@@ -502,14 +439,11 @@ impl Runtime {
 
     /// Makes a caught-up rebuild the live generation of `name`.
     fn swap_in(&self, name: &str, generation: u64, entry: Entry) -> Result<(), SubscribeError> {
-        let db = self.db()?.clone();
-        let generations = db
-            .open_tree(GENERATIONS_TREE)
-            .map_err(sled_io("opening generations"))?;
-        generations
-            .insert(name.as_bytes(), &generation.to_be_bytes())
-            .map_err(sled_io("writing a generation"))?;
-        // The pointer must be durable before the old generation's trees go.
+        let state = self.state_store().clone();
+        let mut changes = Changes::default();
+        changes.put(GENERATIONS, name.as_bytes(), generation.to_be_bytes());
+        state.commit(changes)?;
+        // The pointer must be durable before the old generation's views go.
         self.inner().store.sync()?;
         *entry.shared.status.lock() = SubscriberStatus::Live;
         let registry = &self.inner().subscriptions;
@@ -530,7 +464,7 @@ impl Runtime {
         );
         if let Some(old) = old {
             old.addr.do_send(Stop);
-            let old_views = ViewSet::new(db, name, generation - 1);
+            let old_views = ViewSet::new(state, name, generation - 1);
             let cleanup = async move {
                 // Drop the old trees once the old subscriber has finished its page, and
                 // queries that resolved the old generation just before the swap have had
@@ -561,35 +495,26 @@ impl Runtime {
         manager: P,
         options: SubscriberOptions,
     ) -> Result<(), SubscribeError> {
-        let db = self.db()?.clone();
         self.check_free(name)?;
-        let deadlines = db
-            .open_tree(DEADLINES_TREE)
-            .map_err(sled_io("opening deadlines"))?;
-        let failed = db
-            .open_tree(process::DEADLINES_FAILED_TREE)
-            .map_err(sled_io("opening failed deadlines"))?;
-        // '#' is not allowed in projection names, so no projection's trees can share this prefix.
-        let views = ViewSet::buffered(
-            db,
-            &format!("#pm-{name}"),
-            0,
-            Arc::new(WriteBuffer::default()),
-        );
+        let writes = Arc::new(PageWrites::default());
+        // '#' is not allowed in projection names, so no projection's views share this prefix.
+        let views = ViewSet::new(self.state_store().clone(), &format!("#pm-{name}"), 0)
+            .with_buffer(writes.clone());
         let subscriber =
-            ProcessSubscriber::new(name, manager, &views, deadlines.clone(), self.downgrade())?;
+            ProcessSubscriber::new(name, manager, &views, writes.clone(), self.downgrade())?;
         let entry = self.start_subscriber(
             name,
             Box::new(subscriber),
+            writes,
             options,
             SubscriberStatus::CatchingUp,
         )?;
         self.insert_entry(name, entry)?;
-        self.start_deadline_timer(deadlines, failed);
+        self.start_deadline_timer();
         Ok(())
     }
 
-    fn start_deadline_timer(&self, deadlines: sled::Tree, failed: sled::Tree) {
+    fn start_deadline_timer(&self) {
         if self
             .inner()
             .subscriptions
@@ -607,7 +532,8 @@ impl Runtime {
                     let Some(runtime) = weak.upgrade() else {
                         return;
                     };
-                    if let Err(e) = process::fire_due(&deadlines, &failed, &runtime).await {
+                    let state = runtime.state_store().clone();
+                    if let Err(e) = process::fire_due(&*state, &runtime).await {
                         tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
                     }
                 }
@@ -784,7 +710,10 @@ impl Runtime {
         let entry = self
             .entry(name)
             .ok_or_else(|| SubscribeError::Unknown(name.to_string()))?;
-        Ok(self.inner().store.parked(&entry.shared.name)?)
+        Ok(self
+            .inner()
+            .state
+            .parked(&entry.shared.name, PARKED_LISTED_MAX)?)
     }
 
     /// Handles a parked event again, between two pages of the subscriber; on success it is
@@ -805,17 +734,13 @@ impl Runtime {
             .lock()
             .contains_key(name);
         if is_projection {
-            let store = &self.inner().store;
-            if !store
-                .parked(&entry.shared.name)?
-                .iter()
-                .any(|p| p.position == position)
-            {
+            let state = &self.inner().state;
+            if !crate::subscription::is_parked(&**state, &entry.shared.name, position)? {
                 return Err(RetryError::NotParked(position));
             }
             self.rebuild(name)
                 .map_err(|e| RetryError::Failed(format!("cannot rebuild: {e}")))?;
-            store.unpark(&entry.shared.name, position)?;
+            state.unpark(&entry.shared.name, position)?;
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
@@ -856,30 +781,18 @@ impl Runtime {
     }
 }
 
-fn active_generation(db: &sled::Db, name: &str) -> Result<u64, SubscribeError> {
-    let tree = db
-        .open_tree(GENERATIONS_TREE)
-        .map_err(sled_io("opening generations"))?;
-    match tree
-        .get(name.as_bytes())
-        .map_err(sled_io("reading a generation"))?
-    {
+fn active_generation(state: &dyn StateStore, name: &str) -> Result<u64, SubscribeError> {
+    match state.get(GENERATIONS, name.as_bytes())? {
         Some(bytes) => {
-            let arr: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                what: format!("generation of projection {name}"),
-                reason: "not 8 bytes".into(),
-            })?;
+            let arr: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    what: format!("generation of projection {name}"),
+                    reason: "not 8 bytes".into(),
+                })?;
             Ok(u64::from_be_bytes(arr))
         }
         None => Ok(0),
-    }
-}
-
-fn sled_io(op: &'static str) -> impl Fn(sled::Error) -> SubscribeError {
-    move |e| {
-        SubscribeError::Store(StoreError::Io {
-            op,
-            reason: e.to_string(),
-        })
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! # How events reach a subscriber
 //! The log *is* the buffer. A subscriber is an actix actor with a checkpoint (the last position
-//! it has fully processed, persisted in the store). It reads the global log from its checkpoint
-//! in pages, handles each event, saves its checkpoint after each page, and when it reaches the
+//! it has fully processed, persisted in the [`StateStore`]). It reads the global log from its
+//! checkpoint in pages, handles each event, and at the end of each page commits, in **one
+//! atomic commit**, its checkpoint with everything the page changed (view records, process
+//! states, deadlines, parked events: see [`PageWrites`](crate::projection)); when it reaches the
 //! head it waits on the store's head watch, which the journal updates after every acknowledged
 //! batch. Catching up after a restart and following live writes are the same loop, so there is
 //! no switch-over at which an event could be missed or delivered twice, and a slow subscriber
@@ -11,8 +13,9 @@
 //! A just-written batch is still in sled's cache, so a live subscriber reads it from memory.
 //!
 //! # Delivery and failure
-//! Delivery is at least once: a crash after handling events but before their checkpoint was
-//! saved delivers them again. Per-aggregate order (indeed global order) is preserved. A handler
+//! Delivery is at least once: a crash after handling events but before their page was
+//! committed delivers them again — with none of their stored effects, which were in the same
+//! commit. Per-aggregate order (indeed global order) is preserved. A handler
 //! error is retried with exponential backoff up to [`SubscriberOptions::retries`]; then, per
 //! [`FailurePolicy`], the event is **parked** (a persisted dead letter, see
 //! [`Runtime::parked`](crate::Runtime::parked) and
@@ -32,7 +35,8 @@ use futures::channel::oneshot;
 use parking_lot::Mutex;
 
 use crate::envelope::RecordedEvent;
-use crate::store::{EventStore, HeadWatch, ParkedEvent, StoreError};
+use crate::projection::PageWrites;
+use crate::store::{Changes, EventStore, HeadWatch, ParkedEvent, StateStore, StoreError};
 use crate::types::{Position, Timestamp};
 
 /// A handler failure: any error, with its message kept for the parked list and the status.
@@ -245,9 +249,15 @@ impl SubscriberShared {
 struct Worker {
     subscriber: Box<dyn Subscriber>,
     store: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+    /// The page's stored effects, committed with the checkpoint.
+    writes: Arc<PageWrites>,
     shared: Arc<SubscriberShared>,
     options: SubscriberOptions,
+    /// The position handled up to (committed at the end of the page).
     checkpoint: Position,
+    /// The checkpoint last committed.
+    committed: Position,
     /// Store errors in a row (0 once a page goes through): the pause before the next attempt
     /// doubles with each.
     stalls: u32,
@@ -293,7 +303,9 @@ impl Worker {
                     if let Some(pumped) = self.settle().await {
                         return pumped;
                     }
-                    self.save();
+                    if let Err(pumped) = self.save() {
+                        return pumped;
+                    }
                     return Pumped::Interrupted(
                         self.options.backoff.max(Duration::from_millis(10)),
                     );
@@ -309,26 +321,26 @@ impl Worker {
                             attempts,
                             parked_at: Timestamp::now(),
                         };
-                        if let Err(e) = self.store.park(&self.shared.name, &parked) {
+                        if let Err(e) = self.writes.park(&self.shared.name, &parked) {
                             // Not parked, so not passed either: settle what came before it and
                             // come back to it from the checkpoint.
                             if let Some(pumped) = self.settle().await {
                                 return pumped;
                             }
-                            self.save();
-                            let reason = format!("cannot park event {}: {e}", event.position);
-                            return if is_transient(&e) {
-                                self.stall(&reason)
-                            } else {
-                                self.fail(&reason)
-                            };
+                            if let Err(pumped) = self.save() {
+                                return pumped;
+                            }
+                            return self
+                                .fail(&format!("cannot park event {}: {e}", event.position));
                         }
                     }
                     FailurePolicy::Stop => {
                         if let Some(pumped) = self.settle().await {
                             return pumped;
                         }
-                        self.save();
+                        if let Err(pumped) = self.save() {
+                            return pumped;
+                        }
                         return self.fail(&format!(
                             "event {} failed {attempts} times: {error}",
                             event.position
@@ -341,7 +353,9 @@ impl Worker {
         if let Some(pumped) = self.settle().await {
             return pumped;
         }
-        self.save();
+        if let Err(pumped) = self.save() {
+            return pumped;
+        }
         self.stalls = 0;
         if self.checkpoint >= head {
             self.shared.set_status(SubscriberStatus::Live);
@@ -384,7 +398,9 @@ impl Worker {
             // Resume before the first failed event: its handling is redone, and what was
             // already applied is skipped by the subscriber itself.
             self.checkpoint = Position(first.0.saturating_sub(1)).min(self.checkpoint);
-            self.save();
+            if let Err(pumped) = self.save() {
+                return Some(pumped);
+            }
             return Some(Pumped::Interrupted(
                 self.options.backoff.max(Duration::from_millis(10)),
             ));
@@ -403,7 +419,7 @@ impl Worker {
                         attempts: 1,
                         parked_at: Timestamp::now(),
                     };
-                    if let Err(e) = self.store.park(&self.shared.name, &parked) {
+                    if let Err(e) = self.writes.park(&self.shared.name, &parked) {
                         return Some(self.fail(&format!("cannot park event {position}: {e}")));
                     }
                 }
@@ -415,7 +431,9 @@ impl Worker {
                     .map(|(_, e)| e.to_string())
                     .unwrap_or_default();
                 self.checkpoint = Position(first.0.saturating_sub(1)).min(self.checkpoint);
-                self.save();
+                if let Err(pumped) = self.save() {
+                    return Some(pumped);
+                }
                 Some(self.fail(&format!("event {first} failed: {reason}")))
             }
         }
@@ -443,15 +461,31 @@ impl Worker {
         }
     }
 
-    fn save(&mut self) {
-        if let Err(e) = self
-            .store
-            .save_checkpoint(&self.shared.name, self.checkpoint)
-        {
-            // The next save will try again; until then a restart redelivers a little more.
-            tracing::warn!(subscriber = %self.shared.name, error = %e, "cannot save a checkpoint");
+    /// Commits the page: its held writes and the checkpoint, atomically. If the commit fails,
+    /// nothing of the page is stored: the checkpoint goes back to the last one committed (the
+    /// page is redone from there) and the subscriber pauses as after any store error.
+    fn save(&mut self) -> Result<(), Pumped> {
+        let mut changes = self.writes.take();
+        if changes.is_empty() && self.checkpoint == self.committed {
+            return Ok(());
         }
-        self.shared.checkpoint.send_replace(self.checkpoint);
+        changes.save_checkpoint(&self.shared.name, self.checkpoint);
+        match self.state.commit(changes) {
+            Ok(()) => {
+                self.committed = self.checkpoint;
+                self.shared.checkpoint.send_replace(self.checkpoint);
+                Ok(())
+            }
+            Err(e) => {
+                self.checkpoint = self.committed;
+                let reason = format!("cannot commit a page: {e}");
+                Err(if is_transient(&e) {
+                    self.stall(&reason)
+                } else {
+                    self.fail(&reason)
+                })
+            }
+        }
     }
 
     fn fail(&mut self, reason: &str) -> Pumped {
@@ -463,8 +497,7 @@ impl Worker {
 
     /// Handles one parked event again; unparks it on success.
     async fn retry_parked(&mut self, position: Position) -> Result<(), RetryError> {
-        let parked = self.store.parked(&self.shared.name)?;
-        if !parked.iter().any(|p| p.position == position) {
+        if !is_parked(&*self.state, &self.shared.name, position)? {
             return Err(RetryError::NotParked(position));
         }
         let event = self
@@ -482,11 +515,25 @@ impl Worker {
                 .first()
                 .map(|(_, e)| e.to_string())
                 .unwrap_or_default();
+            // What the retry changed is not kept: the event stays parked.
+            drop(self.writes.take());
             return Err(RetryError::Failed(reason));
         }
-        self.store.unpark(&self.shared.name, position)?;
+        let mut changes: Changes = self.writes.take();
+        changes.unpark(&self.shared.name, position);
+        self.state.commit(changes)?;
         Ok(())
     }
+}
+
+/// Whether subscriber `name` has an event parked at `position`.
+pub(crate) fn is_parked(
+    state: &dyn StateStore,
+    name: &str,
+    position: Position,
+) -> Result<bool, StoreError> {
+    let key = crate::store::state::parked_key(name, position);
+    Ok(state.get(crate::store::state::PARKED, &key)?.is_some())
 }
 
 /// Why retrying a parked event did not succeed.
@@ -523,19 +570,23 @@ pub(crate) struct SubscriberActor {
 impl SubscriberActor {
     pub(crate) fn new(
         subscriber: Box<dyn Subscriber>,
-        store: Arc<dyn EventStore>,
+        stores: &crate::store::Stores,
+        writes: Arc<PageWrites>,
         shared: Arc<SubscriberShared>,
         options: SubscriberOptions,
     ) -> SubscriberActor {
-        let head = store.watch_head();
+        let head = stores.log.watch_head();
         let checkpoint = *shared.checkpoint.borrow();
         SubscriberActor {
             worker: Some(Worker {
                 subscriber,
-                store,
+                store: stores.log.clone(),
+                state: stores.state.clone(),
+                writes,
                 shared,
                 options,
                 checkpoint,
+                committed: checkpoint,
                 stalls: 0,
             }),
             head,

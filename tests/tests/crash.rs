@@ -71,7 +71,7 @@
 //!   deadline recorded no earlier than it was due; no other event carries a process manager's
 //!   command id, and no target account has two events with one causation id;
 //! - `wait_for` of every subscriber returns at once for the head; no subscriber failed or parked
-//!   an event; no deadline is left scheduled (white-box: the runtime's `deadlines` tree).
+//!   an event; no deadline is left scheduled (white-box: the state store's `deadlines` space).
 //!
 //! Then it shuts the runtime down cleanly before the next child starts.
 //!
@@ -106,6 +106,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::ops::Bound;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,7 +114,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use annals::codec;
 use annals::store::sled::{Durability, SledOptions, SledStore};
-use annals::store::{EventStore, StoredOutcome};
+use annals::store::{EventStore, StateStore, StoredOutcome};
 use annals::subscribe::DEADLINE_TICK;
 use annals::{Action, HandlerError, Interrupted, ProcessManager, Projection, SubscribeError};
 use annals::{CommandId, ExecuteOptions, Executed, Position, RecordedEvent, Runtime};
@@ -1795,9 +1796,8 @@ const SUBSCRIBERS_SETTLE: Duration = DEADLINE_TICK.saturating_mul(3);
 /// deadline ticks, ample even when hundreds fell due while the child was dead and are sent one
 /// after the other. Only a failing run waits this long.
 const DEADLINE_GRACE_MICROS: u64 = 1_000_000;
-/// White-box: the tree in which the runtime keeps scheduled deadlines until they are sent
-/// (`runtime/src/subscribe.rs`).
-const DEADLINES_TREE: &str = "deadlines";
+/// The state-store space in which the runtime keeps scheduled deadlines until they are sent.
+const DEADLINES_SPACE: &str = annals::store::state::DEADLINES;
 
 /// The figures of the subscribers test.
 #[derive(Debug, Default)]
@@ -1880,6 +1880,7 @@ fn check_subscribers_cycle(
     }
     let checkpoint = |name: &str| {
         store
+            .state()
             .load_checkpoint(name)
             .map_err(|e| format!("cannot read the checkpoint of {name}: {e}"))
     };
@@ -1891,30 +1892,23 @@ fn check_subscribers_cycle(
         mirror: checkpoint(MIRROR_PM)?,
         deadline: checkpoint(DEADLINE_PM)?,
     };
-    let deadlines = store
-        .database()
-        .open_tree(DEADLINES_TREE)
-        .map_err(|e| format!("cannot open the deadlines tree: {e}"))?;
-    let runtime = Runtime::with_sled_store(store, RuntimeOptions::new(db))
+    let runtime = Runtime::with_stores(store.into_stores(), RuntimeOptions::new(db))
         .map_err(|e| format!("starting the parent's runtime failed: {e}"))?;
-    let checked = check_subscribers(&runtime, reactions, &log, (restart, &deadlines), summary);
-    // The tree holds the database open: it must be closed before the next child opens it.
-    drop(deadlines);
+    let checked = check_subscribers(&runtime, reactions, &log, restart, summary);
     let shutdown = futures::executor::block_on(runtime.shutdown());
     drop(runtime);
     checked?;
     shutdown.map_err(|e| format!("shutting the parent's runtime down failed: {e}"))
 }
 
-/// `restarted`: where and when the runtime restarted, and its deadlines tree.
+/// `restart`: where and when the runtime restarted.
 fn check_subscribers(
     runtime: &Runtime,
     reactions: Reactions,
     log: &LogModel,
-    restarted: (Restart, &sled::Tree),
+    restart: Restart,
     summary: &mut Summary,
 ) -> Result<(), String> {
-    let (restart, deadlines) = restarted;
     let figures = &mut summary.subscribers;
     for checkpoint in [restart.projection, restart.mirror, restart.deadline] {
         figures.backlog_events += restart.head.0.saturating_sub(checkpoint.0);
@@ -1963,7 +1957,16 @@ fn check_subscribers(
         }
     }
     // Every scheduled deadline has fired, and one left in place would be sent again every tick.
-    let left = deadlines.len();
+    let left = runtime
+        .state_store()
+        .range(
+            DEADLINES_SPACE,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            usize::MAX,
+        )
+        .map_err(|e| format!("cannot read the deadlines: {e}"))?
+        .len();
     if left > 0 {
         problems.add(format!(
             "{left} deadlines are still scheduled after every scheduled deadline was applied"

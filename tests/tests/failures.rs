@@ -20,7 +20,7 @@ use annals::envelope::{CommitMeta, EncodedPayload};
 use annals::store::sled::{Faults, SledOptions, SledStore};
 use annals::store::{
     AppendError, AppendKind, AppendRequest, CommandKey, EventStore, Fingerprint, PendingEvent,
-    Snapshot, StoreError, StoreHealth,
+    Snapshot, StateStore, StoreError, StoreHealth,
 };
 use annals::{
     Action, Aggregate, CommandId, DomainEvent, ExecuteError, ExecuteOptions, HandleFuture,
@@ -46,8 +46,8 @@ fn open_store(dir: &Path) -> SledStore {
 }
 
 fn runtime_on(store: &SledStore) -> Runtime {
-    let rt = Runtime::with_sled_store(
-        store.clone(),
+    let rt = Runtime::with_stores(
+        store.clone().into_stores(),
         RuntimeOptions::new("unused").with_arbiters(nz(2)),
     )
     .expect("the runtime starts");
@@ -733,8 +733,12 @@ async fn read_side_ahead_of_the_log_rebuilds_or_resumes_from_the_head() {
         let rt = runtime_on(&store);
         deposit(&rt, "a-1", 5).await;
         // What a lost tail leaves behind: read-side progress past the head, and a record.
-        store.save_checkpoint(key, Position(1_000)).expect("saved");
         store
+            .state()
+            .save_checkpoint(key, Position(1_000))
+            .expect("saved");
+        store
+            .state()
             .save_checkpoint("recorder", Position(1_000))
             .expect("saved");
         rt.project("balances", SubscriberOptions::default(), balances)

@@ -769,7 +769,7 @@ async fn restart_redelivers_only_after_the_saved_checkpoint() {
 
     let rt = open(&dir);
     let checkpoint = rt
-        .store()
+        .state_store()
         .load_checkpoint("resume")
         .expect("the checkpoint reads");
     assert!(
@@ -1532,7 +1532,7 @@ async fn process_manager_sends_one_command_per_trigger_even_when_redelivered() {
     };
 
     let rt = open(&dir);
-    rt.store()
+    rt.state_store()
         .save_checkpoint("bonus-pm", Position(0))
         .expect("the checkpoint resets");
     let reactions = Arc::new(AtomicUsize::new(0));

@@ -107,7 +107,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use annals::store::sled::{IntegrityCheck, SledOptions, SledStore};
-use annals::store::{EventStore, StoreError};
+use annals::store::state::CHECKPOINTS;
+use annals::store::{EventStore, StateStore, StoreError};
 use annals::{Position, RecordedEvent};
 
 use crate::UsageError;
@@ -118,15 +119,15 @@ const PAGE_EVENTS: usize = 1024;
 
 /// The journal's own trees in the sled database (see the store's `record.rs`); every other
 /// tree holds read models or process-manager state, and sled keeps its default tree.
-const JOURNAL_TREES: [&str; 8] = [
+const JOURNAL_TREES: [&str; 7] = [
     "log",
     "heads",
     "skips",
     "commands",
     "snapshots",
     "meta",
-    "checkpoints",
-    "parked",
+    // The state store's commits not yet compacted into their trees.
+    "state-wal",
 ];
 /// The tree sled creates in every database.
 const SLED_DEFAULT_TREE: &str = "__sled__default";
@@ -351,21 +352,32 @@ fn read_error(dir: &Path, error: StoreError) -> anyhow::Error {
 
 /// The names of the subscribers with a stored checkpoint.
 fn subscriber_names(store: &SledStore, dir: &Path) -> anyhow::Result<Vec<String>> {
-    let tree = store.database().open_tree("checkpoints")?;
+    let state = store.state();
     let mut names = Vec::new();
-    for key in tree.iter().keys() {
-        let key = key?;
-        match std::str::from_utf8(&key) {
-            // `{projection}@{generation}/written` keeps the last position a projection wrote
-            // records for, beside its checkpoint; it names no subscriber ('/' is not allowed in
-            // names).
-            Ok(name) if name.contains('/') => {}
-            Ok(name) => names.push(name.to_string()),
-            Err(_) => {
-                return Err(damaged(
-                    dir,
-                    &format!("a subscriber checkpoint has a name that is not UTF-8: {key:?}"),
-                ))
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let from = after
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let page = state
+            .range(CHECKPOINTS, from, std::ops::Bound::Unbounded, 1024)
+            .map_err(|e| read_error(dir, e))?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, _) in &page {
+            match std::str::from_utf8(key) {
+                // `{projection}@{generation}/written`, kept by stores written before page
+                // commits were atomic, names no subscriber ('/' is not allowed in names).
+                Ok(name) if name.contains('/') => {}
+                Ok(name) => names.push(name.to_string()),
+                Err(_) => {
+                    return Err(damaged(
+                        dir,
+                        &format!("a subscriber checkpoint has a name that is not UTF-8: {key:?}"),
+                    ))
+                }
             }
         }
     }

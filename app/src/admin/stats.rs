@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use annals::store::sled::{IntegrityCheck, SledStore};
-use annals::store::EventStore;
+use annals::store::{EventStore, StateStore};
 use annals::Timestamp;
 use serde::Serialize;
 
@@ -121,10 +121,12 @@ fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Sta
     let mut subscribers = Vec::new();
     for name in super::subscriber_names(store, dir)? {
         let checkpoint = store
+            .state()
             .load_checkpoint(&name)
             .map_err(|e| super::read_error(dir, e))?;
         let parked = store
-            .parked(&name)
+            .state()
+            .parked(&name, annals::subscribe::PARKED_LISTED_MAX)
             .map_err(|e| super::read_error(dir, e))?
             .len();
         subscribers.push(SubscriberStats {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use annals::codec::Value;
 use annals::store::sled::{IntegrityCheck, RecoveryReport, SledStore};
-use annals::store::EventStore;
+use annals::store::{EventStore, StateStore};
 use annals::{Aggregate, CommandId, Position, RecordedEvent};
 use annals_domain::bank::Account;
 use annals_domain::customer::Customer;
@@ -139,6 +139,7 @@ fn check_subscribers(
     for name in super::subscriber_names(store, dir)? {
         let bad = |what: String| super::damaged(dir, &format!("subscriber {name:?}: {what}"));
         let checkpoint = store
+            .state()
             .load_checkpoint(&name)
             .map_err(|e| bad(format!("its checkpoint: {e}")))?;
         if checkpoint > head {
@@ -148,7 +149,8 @@ fn check_subscribers(
             )));
         }
         let parked = store
-            .parked(&name)
+            .state()
+            .parked(&name, annals::subscribe::PARKED_LISTED_MAX)
             .map_err(|e| bad(format!("its parked events: {e}")))?;
         out.push((name, checkpoint, parked.len()));
     }

@@ -1,15 +1,27 @@
-//! The storage contract: what the runtime needs from an event store, independent of the
-//! backend.
+//! The storage boundary: everything the runtime keeps durably goes through two traits.
 //!
-//! [`EventStore`] is implemented by the sled journal ([`sled::SledStore`]); a PostgreSQL backend
-//! for deployments beyond one machine can implement the same trait later. Every implementation
-//! must pass the store contract suite in `tests/` (package `annals-tests`).
+//! - [`EventStore`], the **log**: appends with version checks and command-id outcomes, stream
+//!   and global reads, heads, snapshots, durability and the order of acknowledgements.
+//! - [`StateStore`], the **read side's state**: subscriber checkpoints, parked events,
+//!   projection views and generations, process-manager instances and outboxes, deadlines —
+//!   committed in atomic change sets (see [`state`]).
+//!
+//! A backend implements both over one storage engine ([`Stores`] carries the pair to
+//! [`Runtime::with_stores`](crate::Runtime::with_stores)); the runtime outside `store/` names
+//! neither sled nor any other engine. The sled backend ([`sled::SledStore`] with its
+//! [`sled::SledState`]) is the default; a PostgreSQL backend for deployments beyond one machine
+//! implements the same traits. Every implementation must pass the store contract suite in
+//! `tests/` (package `annals-tests`), which covers both traits.
 //!
 //! The store knows no aggregate or event types: payloads, rejections and snapshot states arrive
 //! already encoded. It owns what must be decided in one place: version checks, position
 //! assignment, command-id records, durability and the order of acknowledgements.
 
 pub mod sled;
+pub mod state;
+
+pub use self::sled::SledOptions;
+pub use self::state::{Changes, MemoryState, StateStore};
 
 use std::fmt;
 use std::sync::Arc;
@@ -471,20 +483,25 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// A watch of [`EventStore::head_position`]: it changes after every acknowledged batch.
     /// Subscribers wait on it instead of polling.
     fn watch_head(&self) -> HeadWatch;
+}
 
-    /// The persisted checkpoint of subscriber `name` (`Position(0)` if it has none).
-    fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError>;
+/// The two halves of a backend, as a runtime runs on them: the log and the read side's state,
+/// over the same storage engine (so that the log's syncs cover the state's commits).
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// The event log.
+    pub log: Arc<dyn EventStore>,
+    /// The read side's state.
+    pub state: Arc<dyn StateStore>,
+}
 
-    /// Persists subscriber `name`'s checkpoint. Not fsynced on its own: a checkpoint lost in a
-    /// crash only means events are delivered again, which subscribers must tolerate.
-    fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
-
-    /// Records that subscriber `name` gave up on the event at `position` (a dead letter).
-    fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError>;
-
-    /// The parked events of subscriber `name`, in position order.
-    fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError>;
-
-    /// Removes a parked event; `false` if there was none at `position`.
-    fn unpark(&self, name: &str, position: Position) -> Result<bool, StoreError>;
+impl Stores {
+    /// A log with a read side kept in memory ([`MemoryState`]): checkpoints and views start
+    /// empty at every start, so the read side is rebuilt from the log each time.
+    pub fn with_memory_state(log: Arc<dyn EventStore>) -> Stores {
+        Stores {
+            log,
+            state: MemoryState::new(),
+        }
+    }
 }

@@ -65,7 +65,10 @@ mod keys;
 mod record;
 mod recovery;
 mod segment;
+mod state;
 mod writer;
+
+pub use self::state::{SledState, PENDING_BYTES_MAX};
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -80,7 +83,7 @@ use self::record::{fingerprint_from, CommandRecord, CommitRecord, HeadEntry, Sna
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
     AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, HeadWatch, JournalStats,
-    ParkedEvent, Snapshot, StoreError, StoreHealth, StoredOutcome,
+    Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use crate::envelope::RecordedEvent;
 use crate::types::{CommandId, Position, StreamId, Version};
@@ -155,6 +158,11 @@ pub const DISK_FREE_BYTES_MIN_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SledOptions {
+    /// Opens the store at these options' path: the log and its state store.
+    pub fn open(&self) -> Result<crate::store::Stores, StoreError> {
+        Ok(SledStore::open(self.clone())?.into_stores())
+    }
+
     /// Defaults for a database at `path`: durable, structural integrity check.
     pub fn new(path: impl Into<PathBuf>) -> SledOptions {
         SledOptions {
@@ -407,8 +415,6 @@ pub(crate) struct Trees {
     pub(crate) commands: sled::Tree,
     pub(crate) snapshots: sled::Tree,
     pub(crate) meta: sled::Tree,
-    pub(crate) checkpoints: sled::Tree,
-    pub(crate) parked: sled::Tree,
 }
 
 pub(crate) fn io(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
@@ -469,6 +475,7 @@ struct Inner {
     queue_capacity: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     recovery: RecoveryReport,
+    state: Arc<SledState>,
 }
 
 impl SledStore {
@@ -489,10 +496,6 @@ impl SledStore {
                 .open_tree("snapshots")
                 .map_err(io("opening tree snapshots"))?,
             meta: db.open_tree("meta").map_err(io("opening tree meta"))?,
-            checkpoints: db
-                .open_tree("checkpoints")
-                .map_err(io("opening tree checkpoints"))?,
-            parked: db.open_tree("parked").map_err(io("opening tree parked"))?,
             db,
         };
         let mut disk = disk::Disk::open(&options.path)?;
@@ -516,6 +519,7 @@ impl SledStore {
             faults: options.faults.clone(),
             space: DiskSpace::new(&options.path, options.disk_free_bytes_min),
         });
+        let state = Arc::new(SledState::open(&trees.db)?);
         let (jobs, threads) = writer::start(writer::Start {
             trees: trees.clone(),
             shared: shared.clone(),
@@ -537,12 +541,28 @@ impl SledStore {
                 queue_capacity: options.queue_capacity.get(),
                 threads: Mutex::new(threads),
                 recovery: report,
+                state,
             }),
         })
     }
 
-    /// The sled database, for the read models that live beside the log (projections, process
-    /// managers). Never write to the journal's own trees.
+    /// The read side's state store, in the same database (its commits become durable with the
+    /// journal's syncs).
+    pub fn state(&self) -> Arc<SledState> {
+        self.inner.state.clone()
+    }
+
+    /// The log and the state store, for [`Runtime::with_stores`](crate::Runtime::with_stores).
+    /// [`SledOptions::open`] opens them in one step.
+    pub fn into_stores(self) -> crate::store::Stores {
+        crate::store::Stores {
+            state: self.inner.state.clone(),
+            log: Arc::new(self),
+        }
+    }
+
+    /// The sled database, for inspection tools (`annals stats`, `verify`). Never write to the
+    /// journal's own trees, nor to the state store's (write through [`SledStore::state`]).
     pub fn database(&self) -> &sled::Db {
         &self.inner.trees.db
     }
@@ -1127,59 +1147,6 @@ impl EventStore for SledStore {
         self.inner.shared.head.subscribe()
     }
 
-    fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError> {
-        match self
-            .inner
-            .trees
-            .checkpoints
-            .get(name.as_bytes())
-            .map_err(io("reading a checkpoint"))?
-        {
-            Some(bytes) => Ok(Position(keys::read_u64(&bytes, "checkpoint")?)),
-            None => Ok(Position(0)),
-        }
-    }
-
-    fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
-        self.inner
-            .trees
-            .checkpoints
-            .insert(name.as_bytes(), &position.0.to_be_bytes())
-            .map_err(io("writing a checkpoint"))?;
-        Ok(())
-    }
-
-    fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError> {
-        let bytes = crate::codec::encode_versioned(1, "parked event", parked)?;
-        self.inner
-            .trees
-            .parked
-            .insert(parked_key(name, parked.position), bytes)
-            .map_err(io("parking an event"))?;
-        Ok(())
-    }
-
-    fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
-        let prefix = parked_key(name, Position(0));
-        let prefix = &prefix[..prefix.len() - 8];
-        let mut out = Vec::new();
-        for item in self.inner.trees.parked.scan_prefix(prefix) {
-            let (_, bytes) = item.map_err(io("reading parked events"))?;
-            out.push(crate::codec::decode_versioned(1, "parked event", &bytes)?);
-        }
-        Ok(out)
-    }
-
-    fn unpark(&self, name: &str, position: Position) -> Result<bool, StoreError> {
-        let removed = self
-            .inner
-            .trees
-            .parked
-            .remove(parked_key(name, position))
-            .map_err(io("unparking an event"))?;
-        Ok(removed.is_some())
-    }
-
     /// Makes everything written to the database so far durable — the journal's batches and
     /// whatever else was written beside them (read models, checkpoints, snapshots) — with a
     /// real `fsync` of every file and directory that holds it (see `disk.rs`).
@@ -1213,6 +1180,7 @@ impl EventStore for SledStore {
         if shared.is_failed() {
             return Err(shared.failed_error());
         }
+        self.inner.state.close()?;
         // What was written beside the journal (read models, checkpoints, snapshots) too.
         self.sync()
     }
@@ -1220,6 +1188,7 @@ impl EventStore for SledStore {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        let _ = self.state.close();
         let _ = self.jobs.send(writer::Job::Stop);
         for t in std::mem::take(&mut *self.threads.lock()) {
             let _ = t.join();
@@ -1259,16 +1228,6 @@ fn collect_events(
 pub(crate) const RECENT_SEGMENTS_MAX: usize = 4096;
 
 /// `[name length: u8][name][position]`: prefix-free per subscriber, ordered by position.
-fn parked_key(name: &str, position: Position) -> Vec<u8> {
-    let name = name.as_bytes();
-    let len = name.len().min(usize::from(u8::MAX));
-    let mut key = Vec::with_capacity(1 + len + 8);
-    key.push(u8::try_from(len).unwrap_or(u8::MAX));
-    key.extend_from_slice(&name[..len]);
-    key.extend_from_slice(&position.0.to_be_bytes());
-    key
-}
-
 fn check_contiguous(
     stream: &StreamId,
     from: Version,

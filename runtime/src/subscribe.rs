@@ -31,7 +31,7 @@ pub const NAME_LEN_MAX: usize = 64;
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
-/// How long the trees of a projection's previous generation stay after a rebuild is swapped
+/// How long the views of a projection's previous generation stay after a rebuild is swapped
 /// in, so that queries that resolved the old generation just before the swap can finish.
 pub const OLD_GENERATION_GRACE: Duration = Duration::from_secs(30);
 
@@ -293,8 +293,8 @@ impl Runtime {
     }
 
     /// A projection whose checkpoint or written records are beyond the log's head has seen
-    /// events the log no longer has: a crash in relaxed mode lost the acknowledged tail (see
-    /// [`Durability::Relaxed`](crate::store::sled::Durability::Relaxed)), and positions after
+    /// events the log no longer has: a crash in a backend's relaxed durability mode lost the
+    /// acknowledged tail, and positions after
     /// the head will be given to other events. Its records cannot be taken back one by one, so
     /// its views are dropped and it starts again from the beginning of the log.
     fn rebuild_if_ahead(
@@ -323,7 +323,7 @@ impl Runtime {
     }
 
     /// The view `view` of projection `projection`, in its active generation. Ask for it per
-    /// query: after a rebuild, a handle to the old generation reads a dropped tree.
+    /// query: after a rebuild, a handle to the old generation reads a dropped space.
     pub fn view<V>(&self, projection: &str, view: &str) -> Result<View<V>, SubscribeError> {
         let generation = self
             .inner()
@@ -466,7 +466,7 @@ impl Runtime {
             old.addr.do_send(Stop);
             let old_views = ViewSet::new(state, name, generation - 1);
             let cleanup = async move {
-                // Drop the old trees once the old subscriber has finished its page, and
+                // Drop the old views once the old subscriber has finished its page, and
                 // queries that resolved the old generation just before the swap have had
                 // time to finish reading it. If the runtime stops first, registering the
                 // projection again drops them.

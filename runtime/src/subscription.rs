@@ -10,7 +10,7 @@
 //! batch. Catching up after a restart and following live writes are the same loop, so there is
 //! no switch-over at which an event could be missed or delivered twice, and a slow subscriber
 //! costs the journal nothing: it simply reads further behind, with memory bounded by one page.
-//! A just-written batch is still in sled's cache, so a live subscriber reads it from memory.
+//! A just-written batch is still in the store's cache, so a live subscriber reads it from memory.
 //!
 //! # Delivery and failure
 //! Delivery is at least once: a crash after handling events but before their page was

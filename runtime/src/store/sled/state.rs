@@ -50,6 +50,10 @@ pub(crate) const WAL_TREE: &str = "state-wal";
 /// Most bytes of commits waiting in the overlay before `commit` waits for the compactor.
 pub const PENDING_BYTES_MAX: usize = 64 << 20;
 
+/// How long commits gather in the overlay before the compactor writes them (unless it is half
+/// full): a record that several commits change within it is written once.
+pub const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Trees of the journal and of sled itself, which no space may name.
 const RESERVED: &[&str] = &[
     "log",
@@ -259,6 +263,17 @@ impl Shared {
                     || (pending.overlay.is_empty() && self.closing.load(Ordering::SeqCst))
                 {
                     return;
+                }
+                // Let commits gather, so that a record several of them change is written once:
+                // until the interval has passed, the overlay is half full, or the store closes.
+                let until = std::time::Instant::now() + COMPACTION_INTERVAL;
+                while pending.bytes < PENDING_BYTES_MAX / 2
+                    && pending.failed.is_none()
+                    && !self.closing.load(Ordering::SeqCst)
+                {
+                    if self.work.wait_until(&mut pending, until).timed_out() {
+                        break;
+                    }
                 }
             }
             if let Err(e) = self.compact() {

@@ -29,10 +29,10 @@ use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::codec::{self};
+use crate::command::{ExecuteOptions, ExecuteResult, Executed};
 use crate::envelope::{CommitMeta, EncodedPayload, Envelope};
 use crate::error::{ExecuteError, Limit, Overload};
 use crate::host::{Host, Slot};
-use crate::runtime::{ExecuteOptions, ExecuteResult, Executed};
 use crate::store::{
     AppendError, AppendKind, AppendRequest, CommandKey, CommitReceipt, Fingerprint, PendingEvent,
     Snapshot, StoreError, StoredOutcome,

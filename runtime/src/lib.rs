@@ -132,6 +132,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod command;
 pub mod envelope;
 pub mod error;
 pub mod process;
@@ -149,14 +150,12 @@ mod host;
 pub mod testkit;
 
 pub use aggregate::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastError};
+pub use command::{Answered, ExecuteOptions, ExecuteResult, Executed};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
 pub use process::{Action, ProcessManager};
 pub use projection::{Projection, View, ViewError, ViewSet};
-pub use runtime::{
-    AggregateState, Answered, ExecuteOptions, ExecuteResult, Executed, Runtime, RuntimeOptions,
-    RuntimeStats,
-};
+pub use runtime::{AggregateState, Runtime, RuntimeOptions, RuntimeStats};
 pub use subscribe::{SubscribeError, WaitError};
 pub use subscription::{
     FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,

@@ -68,7 +68,7 @@ mod segment;
 mod state;
 mod writer;
 
-pub use self::state::{SledState, PENDING_BYTES_MAX};
+pub use self::state::{SledState, COMPACTION_INTERVAL, PENDING_BYTES_MAX};
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};

@@ -32,7 +32,7 @@ use crate::codec::{self};
 use crate::command::{ExecuteOptions, ExecuteResult, Executed};
 use crate::envelope::{CommitMeta, EncodedPayload, Envelope};
 use crate::error::{ExecuteError, Limit, Overload};
-use crate::host::{Host, Slot};
+use crate::shared::{Routing, Slot, TypeShared};
 use crate::store::{
     AppendError, AppendKind, AppendRequest, CommandKey, CommitReceipt, Fingerprint, PendingEvent,
     Snapshot, StoreError, StoredOutcome,
@@ -209,7 +209,8 @@ pub(crate) fn replay<A: Aggregate>(
 /// One live aggregate instance.
 pub(crate) struct AggregateActor<A: Aggregate> {
     stream: StreamId,
-    host: Arc<Host<A>>,
+    shared: Arc<TypeShared>,
+    routing: Arc<dyn Routing>,
     slot: Arc<Slot>,
     state: A,
     version: Version,
@@ -229,13 +230,15 @@ pub(crate) struct AggregateActor<A: Aggregate> {
 impl<A: Aggregate> AggregateActor<A> {
     pub(crate) fn new(
         stream: StreamId,
-        host: Arc<Host<A>>,
+        shared: Arc<TypeShared>,
+        routing: Arc<dyn Routing>,
         slot: Arc<Slot>,
         predecessor: Option<Arc<Slot>>,
     ) -> Self {
         AggregateActor {
             stream,
-            host,
+            shared,
+            routing,
             slot,
             state: A::default(),
             version: Version(0),
@@ -250,7 +253,7 @@ impl<A: Aggregate> AggregateActor<A> {
 
     /// Leaves the routing table (if still this instance's entry) and stops.
     fn passivate(&mut self, ctx: &mut Context<Self>) {
-        self.host.forget(self.stream.aggregate_id(), &self.slot);
+        self.routing.forget(self.stream.aggregate_id(), &self.slot);
         ctx.stop();
     }
 
@@ -288,7 +291,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 Box::pin(fut::ready(()))
             }
             Step::Append(request, pending) => {
-                let ticket = self.host.shared.store.append(request);
+                let ticket = self.shared.store.append(request);
                 Box::pin(ticket.into_actor(self).then(move |result, act, ctx| {
                     act.finish(result, pending, command, options, reply, attempt, ctx)
                 }))
@@ -303,7 +306,7 @@ impl<A: Aggregate> AggregateActor<A> {
         options: &ExecuteOptions,
     ) -> Result<Step<A>, ExecuteError> {
         self.ready.clone()?;
-        let limits = &self.host.shared.limits;
+        let limits = &self.shared.limits;
         let encoded = codec::encode_plain("command", command)?;
         if encoded.len() > limits.command_bytes_max {
             return Err(ExecuteError::LimitExceeded {
@@ -318,7 +321,7 @@ impl<A: Aggregate> AggregateActor<A> {
             fingerprint: Fingerprint::of(&self.stream, &encoded),
         });
         if let Some(key) = &command_key {
-            if let Some(outcome) = self.host.shared.store.command_outcome(&key.id)? {
+            if let Some(outcome) = self.shared.store.command_outcome(&key.id)? {
                 if outcome.fingerprint() != key.fingerprint {
                     return Err(ExecuteError::CommandIdReused(key.id.clone()));
                 }
@@ -393,7 +396,7 @@ impl<A: Aggregate> AggregateActor<A> {
             }
             pending.push(PendingEvent {
                 event_id: Uuid::new_v4(),
-                event_type: self.host.shared.event_type_name(event.event_type()),
+                event_type: self.shared.event_type_name(event.event_type()),
                 schema_version: event.schema_version(),
                 payload: EncodedPayload(payload),
             });
@@ -433,7 +436,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 let pause = Duration::from_millis(u64::from(attempt) + 1);
                 return Box::pin(tokio::time::sleep(pause).into_actor(self).then(
                     move |(), act, ctx| {
-                        let (store, stream) = (act.host.shared.store.clone(), act.stream.clone());
+                        let (store, stream) = (act.shared.store.clone(), act.stream.clone());
                         let caught_up = store
                             .stream_head(&stream)
                             .map_err(ExecuteError::from)
@@ -465,7 +468,7 @@ impl<A: Aggregate> AggregateActor<A> {
             Err(AppendError::CommandIdUsed {
                 id,
                 same_command: true,
-            }) => match self.host.shared.store.command_outcome(&id) {
+            }) => match self.shared.store.command_outcome(&id) {
                 Ok(Some(outcome)) => {
                     Self::reply_replayed(reply, self.replay_outcome(outcome));
                     return Box::pin(fut::ready(()));
@@ -477,7 +480,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 Err(ExecuteError::Overloaded {
                     stream: self.stream.clone(),
                     what: Overload::Journal,
-                    retry_after: self.host.shared.limits.retry_after,
+                    retry_after: self.shared.limits.retry_after,
                 })
             }
             // Refused before anything was written: this aggregate's state is still right.
@@ -575,7 +578,7 @@ impl<A: Aggregate> AggregateActor<A> {
     }
 
     fn maybe_snapshot(&mut self) {
-        let options = &self.host.shared.options;
+        let options = &self.shared.options;
         let Some(every) = options.snapshot_every else {
             return;
         };
@@ -596,12 +599,7 @@ impl<A: Aggregate> AggregateActor<A> {
             taken_at: Timestamp::now().max(self.last_recorded_at),
             state,
         };
-        match self
-            .host
-            .shared
-            .store
-            .save_snapshot(&self.stream, &snapshot)
-        {
+        match self.shared.store.save_snapshot(&self.stream, &snapshot) {
             Ok(()) => self.snapshot_version = self.version,
             Err(e) => tracing::warn!(stream = %self.stream, error = %e, "cannot save a snapshot"),
         }
@@ -629,14 +627,13 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let host = self.host.clone();
+        let shared = self.shared.clone();
         let stream = self.stream.clone();
         let predecessor = self.predecessor.take();
         let load = async move {
             if let Some(predecessor) = predecessor {
                 predecessor.stopped().await;
             }
-            let shared = &host.shared;
             // The permit bounds concurrent rehydrations; commands queue in the (bounded)
             // mailbox meanwhile.
             let _permit = shared.rehydrations.clone().acquire_owned().await;
@@ -663,12 +660,11 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 act.ready = Err(e);
             }
         }));
-        let idle = self.host.shared.options.idle_timeout;
+        let idle = self.shared.options.idle_timeout;
         let period = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(5));
         ctx.run_interval(period, move |act, ctx| {
             if act.last_active.elapsed() >= idle {
-                act.host
-                    .shared
+                act.shared
                     .counters
                     .passivations
                     .fetch_add(1, Ordering::Relaxed);
@@ -678,12 +674,8 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.host
-            .shared
-            .counters
-            .live
-            .fetch_sub(1, Ordering::Relaxed);
-        self.host.stopped(self.stream.aggregate_id(), &self.slot);
+        self.shared.counters.live.fetch_sub(1, Ordering::Relaxed);
+        self.routing.stopped(self.stream.aggregate_id(), &self.slot);
     }
 }
 
@@ -696,7 +688,7 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         self.last_active = Instant::now();
-        let limits = &self.host.shared.limits;
+        let limits = &self.shared.limits;
         let queued = self
             .last_active
             .saturating_duration_since(payload.enqueued.max(self.ready_since));

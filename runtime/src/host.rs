@@ -11,7 +11,7 @@
 //!
 //! **Mailbox bound**: actix's `try_send` lets every distinct sender put one message beyond the
 //! mailbox capacity, so the bound is enforced here instead, with a per-actor counter of queued
-//! commands ([`Slot::queued`]); a command beyond `mailbox_capacity` is refused as
+//! commands ([`Slot::queued`](crate::shared::Slot)); a command beyond `mailbox_capacity` is refused as
 //! [`Overload::Mailbox`](crate::Overload::Mailbox).
 //!
 //! Actors are spread round-robin over the runtime's arbiters (one thread each, one per core).
@@ -20,7 +20,6 @@ use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
@@ -28,117 +27,9 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::actor::{AggregateActor, Passivate};
-use crate::aggregate::{Aggregate, AggregateOptions};
-use crate::store::EventStore;
+use crate::aggregate::Aggregate;
+use crate::shared::{Routing, Slot, TypeShared};
 use crate::types::StreamId;
-
-/// The limits one command is checked against.
-#[derive(Debug, Clone)]
-pub(crate) struct Limits {
-    pub(crate) command_bytes_max: usize,
-    pub(crate) events_per_command_max: usize,
-    pub(crate) event_bytes_max: usize,
-    pub(crate) mailbox_capacity: usize,
-    pub(crate) retry_after: Duration,
-    pub(crate) queue_time_max: Duration,
-}
-
-/// Counters shared by the runtime and its actors.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) live: AtomicUsize,
-    pub(crate) activations: AtomicU64,
-    pub(crate) passivations: AtomicU64,
-    pub(crate) evictions: AtomicU64,
-    pub(crate) rehydrations: AtomicU64,
-    pub(crate) rehydration_micros: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn record_rehydration(&self, took: Duration) {
-        self.rehydrations.fetch_add(1, Ordering::Relaxed);
-        self.rehydration_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-/// What the actors of one type share.
-pub(crate) struct TypeShared {
-    pub(crate) store: Arc<dyn EventStore>,
-    pub(crate) options: AggregateOptions,
-    pub(crate) limits: Limits,
-    pub(crate) rehydrations: Arc<tokio::sync::Semaphore>,
-    pub(crate) counters: Arc<Counters>,
-    /// Interned event type names, so envelopes share one allocation per type name.
-    event_types: Mutex<std::collections::HashMap<&'static str, Arc<str>>>,
-}
-
-impl TypeShared {
-    pub(crate) fn new(
-        store: Arc<dyn EventStore>,
-        options: AggregateOptions,
-        limits: Limits,
-        rehydrations: Arc<tokio::sync::Semaphore>,
-        counters: Arc<Counters>,
-    ) -> TypeShared {
-        TypeShared {
-            store,
-            options,
-            limits,
-            rehydrations,
-            counters,
-            event_types: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn event_type_name(&self, name: &'static str) -> Arc<str> {
-        self.event_types
-            .lock()
-            .entry(name)
-            .or_insert_with(|| Arc::from(name))
-            .clone()
-    }
-}
-
-/// Per-actor routing state.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    /// Commands sent to the actor and not yet taken by it.
-    pub(crate) queued: AtomicUsize,
-    /// Distinguishes this actor from a later one for the same id.
-    pub(crate) generation: u64,
-    /// Set once the actor has stopped; its successor waits for it (see [`Host::route`]).
-    stopped: std::sync::atomic::AtomicBool,
-    on_stop: tokio::sync::Notify,
-}
-
-impl Slot {
-    fn new(generation: u64) -> Slot {
-        Slot {
-            queued: AtomicUsize::new(0),
-            generation,
-            stopped: std::sync::atomic::AtomicBool::new(false),
-            on_stop: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn has_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Resolves once the actor owning this slot has stopped.
-    pub(crate) async fn stopped(&self) {
-        loop {
-            let notified = self.on_stop.notified();
-            if self.has_stopped() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
 
 /// One shard of a routing table.
 struct Shard<A: Aggregate> {
@@ -164,7 +55,7 @@ pub(crate) struct Host<A: Aggregate> {
     arbiters: Arc<[ArbiterHandle]>,
     next_arbiter: AtomicUsize,
     generation: AtomicU64,
-    pub(crate) shared: TypeShared,
+    pub(crate) shared: Arc<TypeShared>,
     type_name: Arc<str>,
 }
 
@@ -200,7 +91,7 @@ impl<A: Aggregate> Host<A> {
             arbiters,
             next_arbiter: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
-            shared,
+            shared: Arc::new(shared),
             type_name: Arc::from(A::TYPE),
         }
     }
@@ -249,12 +140,13 @@ impl<A: Aggregate> Host<A> {
         let slot = Arc::new(Slot::new(self.generation.fetch_add(1, Ordering::Relaxed)));
         let arbiter =
             &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
-        let host = self.clone();
+        let routing: Arc<dyn Routing> = self.clone();
+        let shared = self.shared.clone();
         let actor_slot = slot.clone();
         let mailbox = self.shared.limits.mailbox_capacity;
         let addr = AggregateActor::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(mailbox);
-            AggregateActor::new(stream, host, actor_slot, predecessor)
+            AggregateActor::new(stream, shared, routing, actor_slot, predecessor)
         });
         self.shared
             .counters
@@ -271,9 +163,19 @@ impl<A: Aggregate> Host<A> {
         Ok(Route { addr, slot })
     }
 
-    /// Removes `id` from the table if it still maps to the actor owning `slot` (which is about
-    /// to stop).
-    pub(crate) fn forget(&self, id: &str, slot: &Arc<Slot>) {
+    /// Empties the table, telling every actor to stop after its queued commands.
+    pub(crate) fn passivate_all(&self) {
+        for (shard, _) in self.shards.iter() {
+            let mut shard = shard.lock();
+            while let Some((_, entry)) = shard.live.pop_lru() {
+                entry.addr.do_send(Passivate);
+            }
+        }
+    }
+}
+
+impl<A: Aggregate> Routing for Host<A> {
+    fn forget(&self, id: &str, slot: &Arc<Slot>) {
         let mut shard = self.shard(id).0.lock();
         if shard
             .live
@@ -286,10 +188,8 @@ impl<A: Aggregate> Host<A> {
         }
     }
 
-    /// Called by an actor when it has stopped: wakes its successor, if one is waiting.
-    pub(crate) fn stopped(&self, id: &str, slot: &Arc<Slot>) {
-        slot.stopped.store(true, Ordering::Release);
-        slot.on_stop.notify_waiters();
+    fn stopped(&self, id: &str, slot: &Arc<Slot>) {
+        slot.mark_stopped();
         let mut shard = self.shard(id).0.lock();
         if shard
             .stopping
@@ -297,16 +197,6 @@ impl<A: Aggregate> Host<A> {
             .is_some_and(|s| s.generation == slot.generation)
         {
             shard.stopping.remove(id);
-        }
-    }
-
-    /// Empties the table, telling every actor to stop after its queued commands.
-    pub(crate) fn passivate_all(&self) {
-        for (shard, _) in self.shards.iter() {
-            let mut shard = shard.lock();
-            while let Some((_, entry)) = shard.live.pop_lru() {
-                entry.addr.do_send(Passivate);
-            }
         }
     }
 }

@@ -145,6 +145,7 @@ pub mod types;
 
 mod actor;
 mod host;
+mod shared;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

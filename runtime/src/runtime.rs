@@ -17,7 +17,8 @@ use crate::aggregate::{Aggregate, AggregateOptions};
 pub use crate::command::{Answered, ExecuteOptions, ExecuteResult, Executed};
 use crate::envelope::{Envelope, RecordedEvent};
 use crate::error::{ExecuteError, Overload, RuntimeError};
-use crate::host::{Counters, Host, Limits, TypeShared};
+use crate::host::Host;
+use crate::shared::{Counters, Limits, Routing, TypeShared};
 use crate::store::{
     EventStore, JournalStats, SledOptions, StateStore, StoreError, StoreHealth, Stores,
 };

@@ -14,7 +14,7 @@ pub type ExecuteResult<A> =
     Result<Result<Executed<<A as Aggregate>::Event>, <A as Aggregate>::Rejection>, ExecuteError>;
 
 /// A command's result, and whether it is the stored outcome of an earlier execution with the
-/// same command id (then nothing ran now): see [`Runtime::execute_answered`].
+/// same command id (then nothing ran now): see [`Runtime::execute_answered`](crate::Runtime::execute_answered).
 #[derive(Debug)]
 pub struct Answered<A: Aggregate> {
     /// The committed events, or the business rejection.

@@ -69,13 +69,19 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`aggregate`] | the [`Aggregate`] and [`DomainEvent`] traits, per-type [`AggregateOptions`] |
-//! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`], [`ExecuteOptions`], [`Executed`] |
-//! | `actor`, `host` (private) | the aggregate actor and the sharded routing table |
+//! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`] — the one entry point |
+//! | [`command`] | what a command is sent with and answered with: [`ExecuteOptions`], [`Executed`], [`Answered`] |
+//! | `actor`, `host`, `shared` (private) | the aggregate actor, the sharded routing table, and what an aggregate type's actors share with it |
 //! | [`store`] | the storage boundary: the [`EventStore`](store::EventStore) log and the [`StateStore`](store::StateStore) read-side state, and their sled implementation (nothing else names sled) |
-//! | [`subscription`] | subscriber actors: the log read from a checkpoint, live at the head, each page committed atomically with its checkpoint |
-//! | [`projection`] | read models: [`View`]s with per-record positions, rebuilt beside the live one |
-//! | [`process`] | process managers (sagas): state and outbox per instance, deadlines |
-//! | [`subscribe`] | the runtime's subscriber methods: lag, read-your-writes, parked events |
+//! | [`subscription`] | subscribers: the [`Subscriber`] trait, the actors that read the log from a checkpoint and commit each page atomically with it, and the registry behind the runtime's subscriber methods (lag, read-your-writes, parked events, rebuilds) |
+//! | [`projection`] (in `subscription/`) | read models: [`View`]s with per-record positions, rebuilt beside the live one |
+//! | [`process`] (in `subscription/`) | process managers (sagas): state and outbox per instance, deadlines |
+//!
+//! No source file imports another through a circle (`runtime/tests/module_graph.rs` checks it):
+//! the leaves are `types`, `codec`, `aggregate`, `envelope`, `command`; the store sits on them;
+//! actors and subscribers on the store; [`Runtime`] on top. A process manager sends commands
+//! through a small trait object the runtime hands to the subscriber registry, not through a
+//! reference back to [`Runtime`].
 //! | [`envelope`] | [`Envelope`]: an event with its metadata |
 //! | [`types`] | [`Version`], [`Position`], [`StreamId`], [`CommandId`], [`Timestamp`] |
 //! | [`codec`] | CBOR with a format byte, for everything on disk |
@@ -135,11 +141,8 @@ pub mod codec;
 pub mod command;
 pub mod envelope;
 pub mod error;
-pub mod process;
-pub mod projection;
 pub mod runtime;
 pub mod store;
-pub mod subscribe;
 pub mod subscription;
 pub mod types;
 
@@ -154,12 +157,12 @@ pub use aggregate::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastErro
 pub use command::{Answered, ExecuteOptions, ExecuteResult, Executed};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
-pub use process::{Action, ProcessManager};
-pub use projection::{Projection, View, ViewError, ViewSet};
 pub use runtime::{AggregateState, Runtime, RuntimeOptions, RuntimeStats};
-pub use subscribe::{SubscribeError, WaitError};
+pub use subscription::process::{Action, ProcessManager};
+pub use subscription::projection::{Projection, View, ViewError, ViewSet};
 pub use subscription::{
-    FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,
-    SubscriberInfo, SubscriberOptions, SubscriberStatus,
+    process, projection, FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted,
+    RetryError, SubscribeError, Subscriber, SubscriberInfo, SubscriberOptions, SubscriberStatus,
+    WaitError,
 };
 pub use types::{CommandId, Position, StreamId, Timestamp, Version};

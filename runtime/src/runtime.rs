@@ -20,7 +20,13 @@ use crate::error::{ExecuteError, Overload, RuntimeError};
 use crate::host::Host;
 use crate::shared::{Counters, Limits, Routing, TypeShared};
 use crate::store::{
-    EventStore, JournalStats, SledOptions, StateStore, StoreError, StoreHealth, Stores,
+    EventStore, JournalStats, ParkedEvent, SledOptions, StateStore, StoreError, StoreHealth, Stores,
+};
+use crate::subscription::process::{CommandSink, Outgoing, ProcessManager};
+use crate::subscription::projection::{Projection, View, ViewError, ViewSet};
+use crate::subscription::registry::Registry;
+use crate::subscription::{
+    RetryError, SubscribeError, Subscriber, SubscriberInfo, SubscriberOptions, WaitError,
 };
 use crate::types::{Position, StreamId, Version};
 
@@ -238,6 +244,46 @@ impl WeakRuntime {
     }
 }
 
+impl CommandSink for WeakRuntime {
+    fn dispatch<'a>(
+        &'a self,
+        outgoing: &'a Outgoing,
+    ) -> futures::future::LocalBoxFuture<'a, Result<(), ExecuteError>> {
+        Box::pin(async move {
+            let runtime = self.upgrade().ok_or(ExecuteError::ShuttingDown)?;
+
+            let mut command_id = outgoing.command_id.clone();
+            let mut action = &outgoing.action;
+            loop {
+                let host = runtime
+                    .any_host(&action.aggregate_type)
+                    .ok_or_else(|| ExecuteError::Unregistered(action.aggregate_type.clone()))?;
+                let options = outgoing.options_with_command_id(&command_id)?;
+                let dispatched = host
+                    .dispatch(
+                        runtime.clone(),
+                        action.aggregate_id.clone(),
+                        action.command.clone(),
+                        options,
+                    )
+                    .await?;
+                match (dispatched, &action.on_rejection) {
+                    (Dispatched::Rejected(rejection), Some(fallback)) => {
+                        tracing::debug!(%command_id, %rejection, "a process manager's command was rejected; sending its fallback");
+                        command_id.push_str("/r");
+                        action = fallback;
+                    }
+                    (Dispatched::Rejected(rejection), None) => {
+                        tracing::info!(%command_id, %rejection, "a process manager's command was rejected");
+                        return Ok(());
+                    }
+                    (Dispatched::Executed, _) => return Ok(()),
+                }
+            }
+        })
+    }
+}
+
 /// The Annals runtime. Cheap to clone; clones share everything. See the [crate docs](crate).
 #[derive(Clone)]
 pub struct Runtime {
@@ -256,7 +302,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn EventStore>,
     /// The read side's state: checkpoints, views, process instances, deadlines.
     pub(crate) state: Arc<dyn StateStore>,
-    pub(crate) subscriptions: crate::subscribe::Registry,
+    pub(crate) subscriptions: Arc<Registry>,
     pub(crate) options: RuntimeOptions,
     hosts: RwLock<HashMap<&'static str, Arc<dyn AnyHost>>>,
     pub(crate) arbiters: Arc<[ArbiterHandle]>,
@@ -280,15 +326,20 @@ impl Runtime {
     /// and state store, or a log with [`Stores::with_memory_state`].
     pub fn with_stores(stores: Stores, options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         let (system, arbiters, thread) = start_system(options.arbiters.get())?;
+        let arbiters: Arc<[ArbiterHandle]> = arbiters.into();
         Ok(Runtime {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|inner| Inner {
+                subscriptions: Registry::new(
+                    stores.clone(),
+                    arbiters.clone(),
+                    Arc::new(WeakRuntime(inner.clone())),
+                ),
                 store: stores.log,
                 state: stores.state,
-                subscriptions: crate::subscribe::Registry::default(),
                 rehydrations: Arc::new(tokio::sync::Semaphore::new(options.rehydrations_max.get())),
                 options,
                 hosts: RwLock::new(HashMap::new()),
-                arbiters: arbiters.into(),
+                arbiters,
                 system: Mutex::new(Some((system, thread))),
                 counters: Arc::new(Counters::default()),
                 accepting: AtomicBool::new(true),
@@ -346,20 +397,8 @@ impl Runtime {
         Ok(())
     }
 
-    pub(crate) fn downgrade(&self) -> WeakRuntime {
-        WeakRuntime(Arc::downgrade(&self.inner))
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
-    }
-
-    pub(crate) fn any_host(&self, aggregate_type: &str) -> Option<Arc<dyn AnyHost>> {
+    fn any_host(&self, aggregate_type: &str) -> Option<Arc<dyn AnyHost>> {
         self.inner.hosts.read().get(aggregate_type).cloned()
-    }
-
-    pub(crate) fn arbiter(&self) -> Option<&ArbiterHandle> {
-        self.inner.arbiters.first()
     }
 
     fn host<A: Aggregate>(&self) -> Result<Arc<Host<A>>, ExecuteError> {
@@ -628,7 +667,9 @@ impl Runtime {
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
         // Subscribers first, while commands are still accepted: a process manager in the
         // middle of a page can still send its commands.
-        self.stop_subscribers(self.inner.options.drain_timeout)
+        self.inner
+            .subscriptions
+            .stop_subscribers(self.inner.options.drain_timeout)
             .await;
         self.inner.accepting.store(false, Ordering::SeqCst);
         let drain = async {
@@ -742,4 +783,111 @@ fn start_system(
         .map_err(|e| RuntimeError::System(e.to_string()))?;
     let (system, handles) = rx.recv().map_err(|e| RuntimeError::System(e.to_string()))?;
     Ok((system, handles, thread))
+}
+
+/// Subscribers, projections and process managers: see [`subscription`](crate::subscription).
+impl Runtime {
+    /// Starts a subscriber named `name`: it resumes from its persisted checkpoint (or the start
+    /// of the log) and then follows committed events.
+    pub fn subscribe(
+        &self,
+        name: &str,
+        subscriber: impl Subscriber,
+        options: SubscriberOptions,
+    ) -> Result<(), SubscribeError> {
+        self.inner
+            .subscriptions
+            .subscribe(name, subscriber, options)
+    }
+
+    /// Registers a projection: `factory` builds it over the views of a generation (called
+    /// again for each rebuild). It resumes from its checkpoint on the active generation.
+    pub fn project<P, F>(
+        &self,
+        name: &str,
+        options: SubscriberOptions,
+        factory: F,
+    ) -> Result<(), SubscribeError>
+    where
+        P: Projection,
+        F: Fn(&ViewSet) -> Result<P, ViewError> + Send + Sync + 'static,
+    {
+        self.inner.subscriptions.project(name, options, factory)
+    }
+
+    /// The view `view` of projection `projection`, in its active generation. Ask for it per
+    /// query: after a rebuild, a handle to the old generation reads a dropped space.
+    pub fn view<V>(&self, projection: &str, view: &str) -> Result<View<V>, SubscribeError> {
+        self.inner.subscriptions.view(projection, view)
+    }
+
+    /// Rebuilds a projection from position 0 beside the live one, then swaps it in once it has
+    /// caught up; queries keep being answered from the live generation meanwhile. Returns once
+    /// the rebuild has started; [`Runtime::subscribers`] shows it as `{name}#rebuild`.
+    pub fn rebuild(&self, projection: &str) -> Result<(), SubscribeError> {
+        self.inner.subscriptions.rebuild(projection)
+    }
+
+    /// Registers a process manager named `name`. See [`process`](mod@crate::process).
+    pub fn process_manager<P: ProcessManager>(
+        &self,
+        name: &str,
+        manager: P,
+        options: SubscriberOptions,
+    ) -> Result<(), SubscribeError> {
+        self.inner
+            .subscriptions
+            .process_manager(name, manager, options)
+    }
+
+    /// Whether `name` is a registered projection (its parked retries rebuild it; see
+    /// [`Runtime::retry_parked`]).
+    pub fn is_projection(&self, name: &str) -> bool {
+        self.inner.subscriptions.is_projection(name)
+    }
+
+    /// Progress of every subscriber, projection and process manager.
+    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+        self.inner.subscriptions.subscribers()
+    }
+
+    /// Progress of one subscriber.
+    pub fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
+        self.inner.subscriptions.subscriber(name)
+    }
+
+    /// Read-your-writes: waits until subscriber `name` has processed `position` (for example
+    /// [`Executed::position`](crate::Executed::position)), for at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Position, WaitError> {
+        self.inner
+            .subscriptions
+            .wait_for(name, position, timeout)
+            .await
+    }
+
+    /// The parked events of subscriber `name`.
+    pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
+        self.inner.subscriptions.parked(name)
+    }
+
+    /// Handles a parked event again, between two pages of the subscriber; on success it is
+    /// removed from the parked list.
+    ///
+    /// For a **projection**, handling the event alone would be wrong — its view records may
+    /// have moved past it since — so the projection is **rebuilt** instead (beside the live one,
+    /// with the handler as it is now), and the entry leaves the parked list once the rebuild
+    /// has started.
+    pub async fn retry_parked(&self, name: &str, position: Position) -> Result<(), RetryError> {
+        self.inner.subscriptions.retry_parked(name, position).await
+    }
+
+    /// Stops subscriber `name` after its current page; `false` if there is none.
+    pub fn stop_subscriber(&self, name: &str) -> bool {
+        self.inner.subscriptions.stop_subscriber(name)
+    }
 }

@@ -115,7 +115,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use annals::codec;
 use annals::store::sled::{Durability, SledOptions, SledStore};
 use annals::store::{EventStore, StateStore, StoredOutcome};
-use annals::subscribe::DEADLINE_TICK;
+use annals::subscription::DEADLINE_TICK;
 use annals::{Action, HandlerError, Interrupted, ProcessManager, Projection, SubscribeError};
 use annals::{CommandId, ExecuteOptions, Executed, Position, RecordedEvent, Runtime};
 use annals::{RuntimeOptions, StreamId, Timestamp, Version};

@@ -126,7 +126,7 @@ fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Sta
             .map_err(|e| super::read_error(dir, e))?;
         let parked = store
             .state()
-            .parked(&name, annals::subscribe::PARKED_LISTED_MAX)
+            .parked(&name, annals::subscription::PARKED_LISTED_MAX)
             .map_err(|e| super::read_error(dir, e))?
             .len();
         subscribers.push(SubscriberStats {

@@ -150,7 +150,7 @@ fn check_subscribers(
         }
         let parked = store
             .state()
-            .parked(&name, annals::subscribe::PARKED_LISTED_MAX)
+            .parked(&name, annals::subscription::PARKED_LISTED_MAX)
             .map_err(|e| bad(format!("its parked events: {e}")))?;
         out.push((name, checkpoint, parked.len()));
     }

@@ -63,7 +63,7 @@ fn status_json(info: &SubscriberInfo) -> Value {
 /// Checks a subscriber name from the path: what the runtime accepts as a name.
 fn check_name(name: &str) -> Result<(), Problem> {
     let ok = !name.is_empty()
-        && name.len() <= annals::subscribe::NAME_LEN_MAX
+        && name.len() <= annals::subscription::NAME_LEN_MAX
         && !name.contains(['@', '#', '/'])
         && name.chars().all(annals::types::is_id_char);
     if ok {
@@ -72,7 +72,7 @@ fn check_name(name: &str) -> Result<(), Problem> {
         Err(Problem::bad_request(format!(
             "{name:?} is not a subscriber name: 1 to {} bytes of visible characters, without \
              '@', '#' or '/'",
-            annals::subscribe::NAME_LEN_MAX
+            annals::subscription::NAME_LEN_MAX
         )))
     }
 }

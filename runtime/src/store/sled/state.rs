@@ -66,7 +66,8 @@ const RESERVED: &[&str] = &[
     "__sled__default",
 ];
 
-/// The sled state store. See the [module docs](self).
+/// The sled state store: one change record per commit in a write-ahead tree, compacted into a
+/// tree per space on its own thread (see [`SledStore`](super::SledStore)).
 #[derive(Debug)]
 pub struct SledState {
     shared: Arc<Shared>,

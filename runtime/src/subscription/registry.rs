@@ -1,29 +1,31 @@
-//! The runtime's side of subscriptions: registering subscribers, projections and process
-//! managers, and what can be asked of them — lag, read-your-writes waits, parked events,
-//! rebuilds. The mechanisms are in [`subscription`](crate::subscription),
-//! [`projection`](crate::projection) and [`process`](mod@crate::process).
+//! The subscribers of one runtime: registering subscribers, projections and process managers,
+//! and what can be asked of them — lag, read-your-writes waits, parked events, rebuilds — plus
+//! the deadline timer of the process managers. The [`Registry`] owns its bookkeeping and what it
+//! needs to start subscribers (the stores, the arbiters, a [`CommandSink`] for process managers'
+//! commands); [`Runtime`](crate::Runtime)'s public methods delegate to it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::{Actor, Addr};
+use actix_rt::ArbiterHandle;
 use futures::channel::oneshot;
 use parking_lot::Mutex;
 
 use crate::envelope::RecordedEvent;
-use crate::error::ExecuteError;
-use crate::process::{self, Outgoing, ProcessManager, ProcessSubscriber};
-use crate::projection::{PageWrites, Projection, View, ViewError, ViewSet};
-use crate::runtime::Runtime;
 use crate::store::state::GENERATIONS;
-use crate::store::{Changes, ParkedEvent, StateStore, StoreError};
-use crate::subscription::{
-    HandleFuture, RetryError, RetryParked, Stop, Subscriber, SubscriberActor, SubscriberInfo,
-    SubscriberOptions, SubscriberShared, SubscriberStatus,
-};
+use crate::store::{Changes, EventStore, ParkedEvent, StateStore, StoreError, Stores};
 use crate::types::Position;
+
+use super::page::PageWrites;
+use super::process::{fire_due, CommandSink, ProcessManager, ProcessSubscriber};
+use super::projection::{drop_generations_below, Projection, View, ViewError, ViewSet};
+use super::subscriber::{
+    HandleFuture, RetryError, Subscriber, SubscriberInfo, SubscriberOptions, SubscriberStatus,
+};
+use super::worker::{is_parked, RetryParked, Stop, SubscriberActor, SubscriberShared};
 
 /// Longest subscriber, projection or process manager name, in bytes.
 pub const NAME_LEN_MAX: usize = 64;
@@ -95,8 +97,15 @@ pub enum WaitError {
 }
 
 /// The subscribers of one runtime.
-#[derive(Default)]
 pub(crate) struct Registry {
+    log: Arc<dyn EventStore>,
+    state: Arc<dyn StateStore>,
+    arbiters: Arc<[ArbiterHandle]>,
+    /// Where process managers' commands (and due deadlines) go.
+    sink: Arc<dyn CommandSink>,
+    /// This registry, for the tasks it spawns (a rebuild's monitor, the deadline timer), which
+    /// must not keep it alive.
+    me: Weak<Registry>,
     subscribers: Mutex<HashMap<String, Entry>>,
     /// Bumped whenever a rebuilt projection is swapped in, so waits can follow the name.
     swaps: tokio::sync::watch::Sender<u64>,
@@ -161,7 +170,30 @@ fn check_name(name: &str) -> Result<(), SubscribeError> {
     Ok(())
 }
 
-impl Runtime {
+impl Registry {
+    pub(crate) fn new(
+        stores: Stores,
+        arbiters: Arc<[ArbiterHandle]>,
+        sink: Arc<dyn CommandSink>,
+    ) -> Arc<Registry> {
+        Arc::new_cyclic(|me| Registry {
+            log: stores.log,
+            state: stores.state,
+            arbiters,
+            sink,
+            me: me.clone(),
+            subscribers: Mutex::default(),
+            swaps: tokio::sync::watch::Sender::default(),
+            projections: Mutex::default(),
+            deadline_timer: AtomicBool::new(false),
+            next_arbiter: AtomicUsize::new(0),
+        })
+    }
+
+    fn arbiter(&self) -> Option<&ArbiterHandle> {
+        self.arbiters.first()
+    }
+
     /// A name that is valid and not taken.
     fn check_free(&self, name: &str) -> Result<(), SubscribeError> {
         check_name(name)?;
@@ -172,12 +204,7 @@ impl Runtime {
     }
 
     fn entry(&self, name: &str) -> Option<Entry> {
-        self.inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .get(name)
-            .cloned()
+        self.subscribers.lock().get(name).cloned()
     }
 
     /// Starts a subscriber actor whose checkpoint is stored under `storage_name`, committing
@@ -190,37 +217,39 @@ impl Runtime {
         options: SubscriberOptions,
         status: SubscriberStatus,
     ) -> Result<Entry, SubscribeError> {
-        let inner = self.inner();
-        let mut checkpoint = inner.state.load_checkpoint(storage_name)?;
-        let head = inner.store.head_position();
+        let mut checkpoint = self.state.load_checkpoint(storage_name)?;
+        let head = self.log.head_position();
         if checkpoint > head {
             // The log lost a tail this subscriber had seen (a crash in relaxed mode): go on
             // from the head, so that the events given the lost positions are not skipped.
             // (Projections rebuild instead; see `rebuild_if_ahead`.)
             tracing::warn!(subscriber = storage_name, %checkpoint, %head, "the checkpoint is beyond the log's head (the log lost a tail in a crash); going on from the head");
             checkpoint = head;
-            inner.state.save_checkpoint(storage_name, checkpoint)?;
+            self.state.save_checkpoint(storage_name, checkpoint)?;
         }
         let shared = Arc::new(SubscriberShared::new(
             Arc::from(storage_name),
             checkpoint,
             status,
         ));
-        let actor =
-            SubscriberActor::new(subscriber, &self.stores(), writes, shared.clone(), options);
-        let arbiters = &inner.arbiters;
-        let i = self
-            .inner()
-            .subscriptions
-            .next_arbiter
-            .fetch_add(1, Ordering::Relaxed)
-            % arbiters.len();
+        let actor = SubscriberActor::new(
+            subscriber,
+            &Stores {
+                log: self.log.clone(),
+                state: self.state.clone(),
+            },
+            writes,
+            shared.clone(),
+            options,
+        );
+        let arbiters = &self.arbiters;
+        let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % arbiters.len();
         let addr = SubscriberActor::start_in_arbiter(&arbiters[i], move |_| actor);
         Ok(Entry { shared, addr })
     }
 
     fn insert_entry(&self, name: &str, entry: Entry) -> Result<(), SubscribeError> {
-        let mut subscribers = self.inner().subscriptions.subscribers.lock();
+        let mut subscribers = self.subscribers.lock();
         // A stopped or failed subscriber's name can be taken again.
         if subscribers.get(name).is_some_and(Entry::is_running) {
             entry.addr.do_send(Stop);
@@ -230,9 +259,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Starts a subscriber named `name`: it resumes from its persisted checkpoint (or the start
-    /// of the log) and then follows committed events.
-    pub fn subscribe(
+    /// See [`Runtime::subscribe`](crate::Runtime::subscribe).
+    pub(crate) fn subscribe(
         &self,
         name: &str,
         subscriber: impl Subscriber,
@@ -249,9 +277,8 @@ impl Runtime {
         self.insert_entry(name, entry)
     }
 
-    /// Registers a projection: `factory` builds it over the views of a generation (called
-    /// again for each rebuild). It resumes from its checkpoint on the active generation.
-    pub fn project<P, F>(
+    /// See [`Runtime::project`](crate::Runtime::project).
+    pub(crate) fn project<P, F>(
         &self,
         name: &str,
         options: SubscriberOptions,
@@ -261,10 +288,10 @@ impl Runtime {
         P: Projection,
         F: Fn(&ViewSet) -> Result<P, ViewError> + Send + Sync + 'static,
     {
-        let state = self.state_store().clone();
+        let state = self.state.clone();
         self.check_free(name)?;
         let generation = active_generation(&*state, name)?;
-        crate::projection::drop_generations_below(&*state, name, generation)?;
+        drop_generations_below(&*state, name, generation)?;
         let factory: Factory =
             Arc::new(move |views| Ok(Box::new(factory(views)?) as Box<dyn Projection>));
         let storage = format!("{name}@{generation}");
@@ -280,7 +307,7 @@ impl Runtime {
             SubscriberStatus::CatchingUp,
         )?;
         self.insert_entry(name, entry)?;
-        self.inner().subscriptions.projections.lock().insert(
+        self.projections.lock().insert(
             name.to_string(),
             ProjectionEntry {
                 factory,
@@ -303,8 +330,8 @@ impl Runtime {
         storage: &str,
         views: &ViewSet,
     ) -> Result<(), SubscribeError> {
-        let state = &self.inner().state;
-        let head = self.inner().store.head_position();
+        let state = &self.state;
+        let head = self.log.head_position();
         let checkpoint = state.load_checkpoint(storage)?;
         let written = state.load_checkpoint(&written_key(storage))?;
         if checkpoint.max(written) <= head {
@@ -322,27 +349,22 @@ impl Runtime {
         Ok(())
     }
 
-    /// The view `view` of projection `projection`, in its active generation. Ask for it per
-    /// query: after a rebuild, a handle to the old generation reads a dropped space.
-    pub fn view<V>(&self, projection: &str, view: &str) -> Result<View<V>, SubscribeError> {
+    /// See [`Runtime::view`](crate::Runtime::view).
+    pub(crate) fn view<V>(&self, projection: &str, view: &str) -> Result<View<V>, SubscribeError> {
         let generation = self
-            .inner()
-            .subscriptions
             .projections
             .lock()
             .get(projection)
             .map(|p| p.generation)
             .ok_or_else(|| SubscribeError::Unknown(projection.to_string()))?;
-        Ok(ViewSet::new(self.state_store().clone(), projection, generation).view(view)?)
+        Ok(ViewSet::new(self.state.clone(), projection, generation).view(view)?)
     }
 
-    /// Rebuilds a projection from position 0 beside the live one, then swaps it in once it has
-    /// caught up; queries keep being answered from the live generation meanwhile. Returns once
-    /// the rebuild has started; [`Runtime::subscribers`] shows it as `{name}#rebuild`.
-    pub fn rebuild(&self, projection: &str) -> Result<(), SubscribeError> {
-        let state = self.state_store().clone();
+    /// See [`Runtime::rebuild`](crate::Runtime::rebuild).
+    pub(crate) fn rebuild(&self, projection: &str) -> Result<(), SubscribeError> {
+        let state = self.state.clone();
         let (factory, generation, options) = {
-            let mut projections = self.inner().subscriptions.projections.lock();
+            let mut projections = self.projections.lock();
             let entry = projections
                 .get_mut(projection)
                 .ok_or_else(|| SubscribeError::Unknown(projection.to_string()))?;
@@ -380,20 +402,14 @@ impl Runtime {
         let entry = match started {
             Ok(entry) => entry,
             Err(e) => {
-                if let Some(p) = self
-                    .inner()
-                    .subscriptions
-                    .projections
-                    .lock()
-                    .get_mut(projection)
-                {
+                if let Some(p) = self.projections.lock().get_mut(projection) {
                     p.rebuilding = false;
                 }
                 return Err(e);
             }
         };
-        let weak = self.downgrade();
-        let store = self.inner().store.clone();
+        let weak = self.me.clone();
+        let store = self.log.clone();
         let name = projection.to_string();
         let monitor = async move {
             let mut checkpoint = entry.shared.checkpoint.subscribe();
@@ -405,13 +421,8 @@ impl Runtime {
                 ) {
                     tracing::error!(projection = %name, "rebuild failed; the live generation stays");
                     if let Some(rt) = weak.upgrade() {
-                        rt.inner()
-                            .subscriptions
-                            .subscribers
-                            .lock()
-                            .remove(&format!("{name}#rebuild"));
-                        if let Some(p) = rt.inner().subscriptions.projections.lock().get_mut(&name)
-                        {
+                        rt.subscribers.lock().remove(&format!("{name}#rebuild"));
+                        if let Some(p) = rt.projections.lock().get_mut(&name) {
                             p.rebuilding = false;
                         }
                     }
@@ -439,14 +450,14 @@ impl Runtime {
 
     /// Makes a caught-up rebuild the live generation of `name`.
     fn swap_in(&self, name: &str, generation: u64, entry: Entry) -> Result<(), SubscribeError> {
-        let state = self.state_store().clone();
+        let state = self.state.clone();
         let mut changes = Changes::default();
         changes.put(GENERATIONS, name.as_bytes(), generation.to_be_bytes());
         state.commit(changes)?;
         // The pointer must be durable before the old generation's views go.
-        self.inner().store.sync()?;
+        self.log.sync()?;
         *entry.shared.status.lock() = SubscriberStatus::Live;
-        let registry = &self.inner().subscriptions;
+        let registry = self;
         let old = {
             let mut subscribers = registry.subscribers.lock();
             subscribers.remove(&format!("{name}#rebuild"));
@@ -488,8 +499,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Registers a process manager named `name`. See [`process`](mod@crate::process).
-    pub fn process_manager<P: ProcessManager>(
+    /// See [`Runtime::process_manager`](crate::Runtime::process_manager).
+    pub(crate) fn process_manager<P: ProcessManager>(
         &self,
         name: &str,
         manager: P,
@@ -498,10 +509,10 @@ impl Runtime {
         self.check_free(name)?;
         let writes = Arc::new(PageWrites::default());
         // '#' is not allowed in projection names, so no projection's views share this prefix.
-        let views = ViewSet::new(self.state_store().clone(), &format!("#pm-{name}"), 0)
-            .with_buffer(writes.clone());
+        let views =
+            ViewSet::new(self.state.clone(), &format!("#pm-{name}"), 0).with_buffer(writes.clone());
         let subscriber =
-            ProcessSubscriber::new(name, manager, &views, writes.clone(), self.downgrade())?;
+            ProcessSubscriber::new(name, manager, &views, writes.clone(), self.sink.clone())?;
         let entry = self.start_subscriber(
             name,
             Box::new(subscriber),
@@ -515,25 +526,19 @@ impl Runtime {
     }
 
     fn start_deadline_timer(&self) {
-        if self
-            .inner()
-            .subscriptions
-            .deadline_timer
-            .swap(true, Ordering::SeqCst)
-        {
+        if self.deadline_timer.swap(true, Ordering::SeqCst) {
             return;
         }
-        let weak = self.downgrade();
+        let weak = self.me.clone();
         // Built on the arbiter's thread: sending commands is not a `Send` future.
         let start = move || {
             actix_rt::spawn(async move {
                 loop {
                     tokio::time::sleep(DEADLINE_TICK).await;
-                    let Some(runtime) = weak.upgrade() else {
+                    let Some(registry) = weak.upgrade() else {
                         return;
                     };
-                    let state = runtime.state_store().clone();
-                    if let Err(e) = process::fire_due(&*state, &runtime).await {
+                    if let Err(e) = fire_due(&*registry.state, &*registry.sink).await {
                         tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
                     }
                 }
@@ -544,55 +549,14 @@ impl Runtime {
         }
     }
 
-    /// Sends a process manager's command; if the aggregate rejects it and the action has a
-    /// fallback ([`Action::or_else`](crate::Action::or_else)), sends that, with the command id
-    /// `{command id}/r` (so a redelivery sends it once too).
-    pub(crate) async fn dispatch(&self, outgoing: &Outgoing) -> Result<(), ExecuteError> {
-        let mut command_id = outgoing.command_id.clone();
-        let mut action = &outgoing.action;
-        loop {
-            let host = self
-                .any_host(&action.aggregate_type)
-                .ok_or_else(|| ExecuteError::Unregistered(action.aggregate_type.clone()))?;
-            let options = outgoing.options_with_command_id(&command_id)?;
-            let dispatched = host
-                .dispatch(
-                    self.clone(),
-                    action.aggregate_id.clone(),
-                    action.command.clone(),
-                    options,
-                )
-                .await?;
-            match (dispatched, &action.on_rejection) {
-                (crate::runtime::Dispatched::Rejected(rejection), Some(fallback)) => {
-                    tracing::debug!(%command_id, %rejection, "a process manager's command was rejected; sending its fallback");
-                    command_id.push_str("/r");
-                    action = fallback;
-                }
-                (crate::runtime::Dispatched::Rejected(rejection), None) => {
-                    tracing::info!(%command_id, %rejection, "a process manager's command was rejected");
-                    return Ok(());
-                }
-                (crate::runtime::Dispatched::Executed, _) => return Ok(()),
-            }
-        }
+    /// See [`Runtime::is_projection`](crate::Runtime::is_projection).
+    pub(crate) fn is_projection(&self, name: &str) -> bool {
+        self.projections.lock().contains_key(name)
     }
 
-    /// Whether `name` is a registered projection (its parked retries rebuild it; see
-    /// [`Runtime::retry_parked`]).
-    pub fn is_projection(&self, name: &str) -> bool {
-        self.inner()
-            .subscriptions
-            .projections
-            .lock()
-            .contains_key(name)
-    }
-
-    /// Progress of every subscriber, projection and process manager.
-    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+    /// See [`Runtime::subscribers`](crate::Runtime::subscribers).
+    pub(crate) fn subscribers(&self) -> Vec<SubscriberInfo> {
         let entries: Vec<(String, Entry)> = self
-            .inner()
-            .subscriptions
             .subscribers
             .lock()
             .iter()
@@ -601,7 +565,7 @@ impl Runtime {
         let mut infos: Vec<SubscriberInfo> = entries
             .into_iter()
             .map(|(name, entry)| {
-                let mut info = entry.shared.info(&*self.inner().store);
+                let mut info = entry.shared.info(&*self.log);
                 info.name = name;
                 info
             })
@@ -610,17 +574,16 @@ impl Runtime {
         infos
     }
 
-    /// Progress of one subscriber.
-    pub fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
+    /// See [`Runtime::subscriber`](crate::Runtime::subscriber).
+    pub(crate) fn subscriber(&self, name: &str) -> Option<SubscriberInfo> {
         let entry = self.entry(name)?;
-        let mut info = entry.shared.info(&*self.inner().store);
+        let mut info = entry.shared.info(&*self.log);
         info.name = name.to_string();
         Some(info)
     }
 
-    /// Read-your-writes: waits until subscriber `name` has processed `position` (for example
-    /// [`Executed::position`](crate::Executed::position)), for at most `timeout`.
-    pub async fn wait_for(
+    /// See [`Runtime::wait_for`](crate::Runtime::wait_for).
+    pub(crate) async fn wait_for(
         &self,
         name: &str,
         position: Position,
@@ -630,7 +593,7 @@ impl Runtime {
             .entry(name)
             .ok_or_else(|| WaitError::Unknown(name.to_string()))?;
         let mut checkpoint = entry.shared.checkpoint.subscribe();
-        let mut swaps = self.inner().subscriptions.swaps.subscribe();
+        let mut swaps = self.swaps.subscribe();
         let started = std::time::Instant::now();
         let reached = *checkpoint.borrow();
         if reached >= position {
@@ -705,37 +668,27 @@ impl Runtime {
         rx
     }
 
-    /// The parked events of subscriber `name`.
-    pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
+    /// See [`Runtime::parked`](crate::Runtime::parked).
+    pub(crate) fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
         let entry = self
             .entry(name)
             .ok_or_else(|| SubscribeError::Unknown(name.to_string()))?;
-        Ok(self
-            .inner()
-            .state
-            .parked(&entry.shared.name, PARKED_LISTED_MAX)?)
+        Ok(self.state.parked(&entry.shared.name, PARKED_LISTED_MAX)?)
     }
 
-    /// Handles a parked event again, between two pages of the subscriber; on success it is
-    /// removed from the parked list.
-    ///
-    /// For a **projection**, handling the event alone would be wrong — its view records may
-    /// have moved past it since — so the projection is **rebuilt** instead (beside the live one,
-    /// with the handler as it is now), and the entry leaves the parked list once the rebuild
-    /// has started.
-    pub async fn retry_parked(&self, name: &str, position: Position) -> Result<(), RetryError> {
+    /// See [`Runtime::retry_parked`](crate::Runtime::retry_parked).
+    pub(crate) async fn retry_parked(
+        &self,
+        name: &str,
+        position: Position,
+    ) -> Result<(), RetryError> {
         let entry = self
             .entry(name)
             .ok_or_else(|| RetryError::UnknownSubscriber(name.to_string()))?;
-        let is_projection = self
-            .inner()
-            .subscriptions
-            .projections
-            .lock()
-            .contains_key(name);
+        let is_projection = self.projections.lock().contains_key(name);
         if is_projection {
-            let state = &self.inner().state;
-            if !crate::subscription::is_parked(&**state, &entry.shared.name, position)? {
+            let state = &self.state;
+            if !is_parked(&**state, &entry.shared.name, position)? {
                 return Err(RetryError::NotParked(position));
             }
             self.rebuild(name)
@@ -751,8 +704,8 @@ impl Runtime {
         answer.await.unwrap_or(Err(RetryError::Stopped))
     }
 
-    /// Stops subscriber `name` after its current page; `false` if there is none.
-    pub fn stop_subscriber(&self, name: &str) -> bool {
+    /// See [`Runtime::stop_subscriber`](crate::Runtime::stop_subscriber).
+    pub(crate) fn stop_subscriber(&self, name: &str) -> bool {
         self.entry(name).is_some_and(|e| {
             e.addr.do_send(Stop);
             true
@@ -763,14 +716,7 @@ impl Runtime {
     /// have stopped — first thing at shutdown, so that no subscriber is cut off mid-page by
     /// the runtime refusing its commands.
     pub(crate) async fn stop_subscribers(&self, timeout: Duration) {
-        let entries: Vec<Entry> = self
-            .inner()
-            .subscriptions
-            .subscribers
-            .lock()
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<Entry> = self.subscribers.lock().values().cloned().collect();
         for entry in &entries {
             entry.addr.do_send(Stop);
         }

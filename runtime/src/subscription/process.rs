@@ -43,14 +43,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
 use crate::codec::{self, CodecError};
+use crate::command::ExecuteOptions;
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
-use crate::projection::{PageWrites, View, ViewError, ViewSet};
-use crate::runtime::{ExecuteOptions, WeakRuntime};
 use crate::store::state::{DEADLINES, DEADLINES_FAILED};
 use crate::store::{Changes, StateStore};
-use crate::subscription::{FlushFuture, HandleFuture, HandlerError, Interrupted, Subscriber};
 use crate::types::Position;
+
+use super::page::PageWrites;
+use super::projection::{View, ViewError, ViewSet};
+use super::subscriber::{
+    is_transient, FlushFuture, HandleFuture, HandlerError, Interrupted, Subscriber,
+};
 
 /// Attempts to send one command before its event is reported failed (then retried or parked
 /// per the subscriber's policy).
@@ -58,6 +62,19 @@ const DELIVERY_ATTEMPTS: u32 = 3;
 /// The first pause between attempts; it doubles.
 const DELIVERY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 use crate::types::{CommandId, Timestamp};
+
+/// Where a process manager's commands go: the runtime, behind this small interface so that
+/// process managers (and the registry that starts them) do not name it. Implemented by the
+/// runtime's weak handle, which answers [`ExecuteError::ShuttingDown`] once the runtime is gone.
+pub(crate) trait CommandSink: Send + Sync {
+    /// Sends `outgoing`'s command; if the aggregate rejects it and the action has a fallback
+    /// ([`Action::or_else`]), sends that, with the command id `{command id}/r` (so that a
+    /// redelivery sends it once too). A business rejection is an outcome, not an error.
+    fn dispatch<'a>(
+        &'a self,
+        outgoing: &'a Outgoing,
+    ) -> futures::future::LocalBoxFuture<'a, Result<(), ExecuteError>>;
+}
 
 /// A process manager. See the [module docs](self).
 pub trait ProcessManager: Send + 'static {
@@ -208,7 +225,7 @@ pub(crate) struct ProcessSubscriber<P: ProcessManager> {
     name: Arc<str>,
     manager: P,
     instances: View<Instance>,
-    runtime: WeakRuntime,
+    sink: Arc<dyn CommandSink>,
 }
 
 impl<P: ProcessManager> ProcessSubscriber<P> {
@@ -218,7 +235,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
         manager: P,
         views: &ViewSet,
         writes: Arc<PageWrites>,
-        runtime: WeakRuntime,
+        sink: Arc<dyn CommandSink>,
     ) -> Result<Self, ViewError> {
         Ok(ProcessSubscriber {
             queued: Vec::new(),
@@ -226,7 +243,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             name: Arc::from(name),
             manager,
             instances: views.view("instances")?,
-            runtime,
+            sink,
         })
     }
 
@@ -407,11 +424,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 .put(DEADLINES, deadline_key(at, &outgoing.command_id), bytes);
             return Ok(());
         }
-        let runtime = self
-            .runtime
-            .upgrade()
-            .ok_or_else(|| Interrupted("the runtime is shut down".into()))?;
-        runtime.dispatch(outgoing).await.map_err(|e| match e {
+        self.sink.dispatch(outgoing).await.map_err(|e| match e {
             // Not this event's fault: pause and try again, never park.
             ExecuteError::ShuttingDown | ExecuteError::Overloaded { .. } => {
                 Box::new(Interrupted(e.to_string())) as HandlerError
@@ -476,7 +489,7 @@ pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
 /// fails.
 pub(crate) async fn fire_due(
     state: &dyn StateStore,
-    runtime: &crate::Runtime,
+    sink: &dyn CommandSink,
 ) -> Result<usize, HandlerError> {
     let now = Timestamp::now();
     let end = deadline_key(Timestamp(now.0.saturating_add(1)), "");
@@ -498,7 +511,7 @@ pub(crate) async fn fire_due(
                 continue;
             }
         };
-        match runtime.dispatch(&outgoing).await {
+        match sink.dispatch(&outgoing).await {
             Ok(()) => {
                 changes.delete(DEADLINES, key);
                 sent += 1;
@@ -535,7 +548,7 @@ pub(crate) async fn fire_due(
 /// Whether a deadline whose command failed with `error` may succeed later.
 fn deadline_error_passes(error: &ExecuteError) -> bool {
     match error {
-        ExecuteError::Store(e) => crate::subscription::is_transient(e),
+        ExecuteError::Store(e) => is_transient(e),
         ExecuteError::Unregistered(_)
         | ExecuteError::InvalidId(_)
         | ExecuteError::LimitExceeded { .. }
@@ -549,7 +562,7 @@ impl Outgoing {
     pub(crate) fn options_with_command_id(
         &self,
         command_id: &str,
-    ) -> Result<ExecuteOptions, crate::ExecuteError> {
+    ) -> Result<ExecuteOptions, ExecuteError> {
         let mut options = ExecuteOptions::default()
             .with_command_id(CommandId::new(command_id)?)
             .with_causation_id(self.causation_id.as_str());

@@ -20,7 +20,7 @@
 //! builds generation `g + 1` beside the live generation `g`, from position 0, while queries keep
 //! reading generation `g`; once the new one has caught up with the head, the runtime makes it the
 //! active generation (durably), stops the old subscriber and, after a grace period for queries
-//! still reading it ([`OLD_GENERATION_GRACE`](crate::subscribe::OLD_GENERATION_GRACE)), drops
+//! still reading it ([`OLD_GENERATION_GRACE`](crate::subscription::OLD_GENERATION_GRACE)), drops
 //! the old generation's spaces.
 
 use std::marker::PhantomData;
@@ -30,11 +30,12 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::page::PageWrites;
+use super::subscriber::HandlerError;
 use crate::codec::{self, CodecError};
 use crate::envelope::RecordedEvent;
 use crate::store::state::{merge_range, prefix_end, SPACE_LEN_MAX};
-use crate::store::{Changes, ParkedEvent, StateStore, StoreError};
-use crate::subscription::HandlerError;
+use crate::store::{Changes, StateStore, StoreError};
 use crate::types::Position;
 
 /// Format byte of view records.
@@ -163,57 +164,6 @@ impl<V> Clone for View<V> {
             buffer: self.buffer.clone(),
             _value: PhantomData,
         }
-    }
-}
-
-/// The writes of one page of a subscriber, held in memory and committed with its checkpoint
-/// when the page ends (see the [module docs](self)). Bounded by what one page's events touch.
-#[derive(Debug, Default)]
-pub(crate) struct PageWrites {
-    changes: parking_lot::Mutex<Changes>,
-}
-
-impl PageWrites {
-    /// What the page did to `key` of `space`, if anything (`Some(None)`: deleted it).
-    fn get(&self, space: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        self.changes
-            .lock()
-            .get(space, key)
-            .map(|value| value.map(<[u8]>::to_vec))
-    }
-
-    /// The page's changes to keys of `space` within the bounds, in key order.
-    fn range(
-        &self,
-        space: &str,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.changes
-            .lock()
-            .range(space, from, to)
-            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
-            .collect()
-    }
-
-    /// Holds a write.
-    pub(crate) fn put(&self, space: &str, key: impl Into<Vec<u8>>, value: Vec<u8>) {
-        self.changes.lock().put(space, key, value);
-    }
-
-    /// Holds a deletion.
-    pub(crate) fn delete(&self, space: &str, key: impl Into<Vec<u8>>) {
-        self.changes.lock().delete(space, key);
-    }
-
-    /// Takes the page's changes, leaving nothing held.
-    pub(crate) fn take(&self) -> Changes {
-        std::mem::take(&mut *self.changes.lock())
-    }
-
-    /// Holds a parked event of subscriber `name`.
-    pub(crate) fn park(&self, name: &str, parked: &ParkedEvent) -> Result<(), StoreError> {
-        self.changes.lock().park(name, parked)
     }
 }
 

@@ -98,6 +98,29 @@ pub struct OrderCreditState {
     pub credit_reserved: bool,
     /// The order's status as of the last order event seen.
     pub status: Option<OrderStatus>,
+    /// Whether the credit check has been answered: the customer reserved the credit, refused it
+    /// (limit, currency), or the order was rejected because the customer does not exist.
+    /// Instances stored before this field was added read `false`, so they are never taken for
+    /// complete too early.
+    #[serde(default)]
+    pub reservation_settled: bool,
+}
+
+impl OrderCreditState {
+    /// Whether the saga has nothing left to do for this order: it never started (a late event
+    /// of an order it does not know), the order was shipped (its credit is spent), or the order
+    /// was rejected or cancelled with its credit check answered and no credit held. An approved
+    /// order is not done: it may still be cancelled, and its credit released.
+    pub fn is_complete(&self) -> bool {
+        match self.status {
+            _ if self.customer_id.is_none() => true,
+            Some(OrderStatus::Shipped) => true,
+            Some(OrderStatus::Rejected | OrderStatus::Cancelled) => {
+                self.reservation_settled && !self.credit_reserved
+            }
+            Some(OrderStatus::Pending | OrderStatus::Approved) | None => false,
+        }
+    }
 }
 
 /// An event the saga reacts to, decoded.
@@ -257,6 +280,11 @@ impl OrderCreditSaga {
         }
         let status = event.status_after();
         state.status = Some(status);
+        if matches!(event, OrderEvent::OrderRejected { reason } if reason == REASON_UNKNOWN_CUSTOMER)
+        {
+            // The reservation was refused for want of a customer: no credit event will come.
+            state.reservation_settled = true;
+        }
         match (status, &state.customer_id) {
             (OrderStatus::Rejected | OrderStatus::Cancelled, Some(customer_id))
                 if state.credit_reserved =>
@@ -281,6 +309,7 @@ fn on_credit(
         CustomerEvent::CustomerCreated { .. } => Vec::new(),
         CustomerEvent::CreditReserved { amount, .. } => {
             state.credit_reserved = true;
+            state.reservation_settled = true;
             match state.status {
                 // The evidence is the event's, not the saga's memory of the order: the order
                 // checks it against its own customer and total.
@@ -300,18 +329,24 @@ fn on_credit(
                 Some(OrderStatus::Approved | OrderStatus::Shipped) | None => Vec::new(),
             }
         }
-        CustomerEvent::CreditLimitExceeded { .. } => match state.status {
-            Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
-                reason: REASON_CREDIT_LIMIT_EXCEEDED,
-            }],
-            _ => Vec::new(),
-        },
-        CustomerEvent::CreditCurrencyMismatch { .. } => match state.status {
-            Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
-                reason: REASON_CURRENCY_MISMATCH,
-            }],
-            _ => Vec::new(),
-        },
+        CustomerEvent::CreditLimitExceeded { .. } => {
+            state.reservation_settled = true;
+            match state.status {
+                Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
+                    reason: REASON_CREDIT_LIMIT_EXCEEDED,
+                }],
+                _ => Vec::new(),
+            }
+        }
+        CustomerEvent::CreditCurrencyMismatch { .. } => {
+            state.reservation_settled = true;
+            match state.status {
+                Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
+                    reason: REASON_CURRENCY_MISMATCH,
+                }],
+                _ => Vec::new(),
+            }
+        }
         CustomerEvent::CreditReleased { .. } => {
             state.credit_reserved = false;
             Vec::new()
@@ -397,6 +432,12 @@ impl ProcessManager for OrderCreditSaga {
         state
             .status
             .is_some_and(|status| status != OrderStatus::Pending)
+    }
+
+    /// See [`OrderCreditState::is_complete`]: a shipped order, or a rejected or cancelled one
+    /// whose credit is settled, leaves no instance behind.
+    fn is_complete(&self, state: &OrderCreditState) -> bool {
+        state.is_complete()
     }
 }
 
@@ -507,6 +548,48 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_is_complete_only_when_nothing_left_could_make_it_act() {
+        let shipped = order(OrderEvent::OrderShipped);
+        let cancelled = order(OrderEvent::OrderCancelled);
+        let approved = order(OrderEvent::OrderApproved);
+        let unknown = order(OrderEvent::OrderRejected {
+            reason: REASON_UNKNOWN_CUSTOMER.into(),
+        });
+        let cases: Vec<(Vec<SagaEvent>, bool)> = vec![
+            (vec![], true),
+            (vec![created(500)], false),
+            (vec![created(500), reserved()], false),
+            (vec![created(500), reserved(), approved.clone()], false),
+            (
+                vec![created(500), reserved(), approved.clone(), shipped],
+                true,
+            ),
+            // Cancelled after approval: complete once the credit is released.
+            (
+                vec![created(500), reserved(), approved, cancelled.clone()],
+                false,
+            ),
+            (
+                vec![created(500), reserved(), cancelled.clone(), released()],
+                true,
+            ),
+            (vec![created(500), exceeded()], false),
+            (vec![created(500), exceeded(), rejected()], true),
+            // Rejected by the deadline while the reservation is on its way: a late
+            // CreditReserved must still find the instance, to release the credit.
+            (vec![created(500), rejected()], false),
+            (vec![created(500), rejected(), reserved()], false),
+            (vec![created(500), rejected(), reserved(), released()], true),
+            (vec![created(500), unknown], true),
+            (vec![created(500), cancelled], false),
+        ];
+        for (events, complete) in cases {
+            let (_, state) = run(&events);
+            assert_eq!(state.is_complete(), complete, "after {events:?}: {state:?}");
+        }
+    }
+
+    #[test]
     fn order_created_reserves_credit_and_schedules_the_deadline_first() {
         let (steps, state) = run(&[created(500)]);
         assert_eq!(
@@ -530,6 +613,7 @@ mod tests {
                 total: 500,
                 credit_reserved: false,
                 status: Some(OrderStatus::Pending),
+                reservation_settled: false,
             }
         );
     }
@@ -895,6 +979,7 @@ mod tests {
             total: 500,
             credit_reserved: false,
             status: Some(OrderStatus::Pending),
+            reservation_settled: false,
         };
         let reserved = recorded(
             Customer::TYPE,

@@ -1998,3 +1998,93 @@ async fn invalid_and_duplicate_names_are_refused() {
     assert_eq!(names, vec!["bank".to_string(), "dup".to_string(), longest]);
     close(rt).await;
 }
+
+/// Pays `amount: n` to account `target` on the n-th deposit on account `source`, and is
+/// complete after `rounds` of them.
+struct RoundsPm {
+    source: String,
+    target: String,
+    rounds: u64,
+}
+
+impl ProcessManager for RoundsPm {
+    type State = u64;
+
+    fn instance(&self, event: &RecordedEvent) -> Option<String> {
+        (event.stream == account(&self.source)).then(|| self.source.clone())
+    }
+
+    fn react(&self, paid: &mut u64, _event: &RecordedEvent) -> Result<Vec<Action>, HandlerError> {
+        *paid += 1;
+        let command = AccountCommand::Deposit { amount: *paid };
+        Ok(vec![Action::command::<Account>(&self.target, &command)?])
+    }
+
+    fn is_complete(&self, paid: &u64) -> bool {
+        *paid >= self.rounds
+    }
+}
+
+/// The stored process instances of process manager `name`: key → stored bytes.
+fn pm_instances(rt: &Runtime, name: &str) -> Vec<Vec<u8>> {
+    rt.state_store()
+        .range(
+            &format!("view/#pm-{name}/0/instances"),
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            100,
+        )
+        .expect("the instances read")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// A complete process instance is removed once its last command is delivered, in the page
+/// commit; a later event for the same instance starts a new one from the default state; and
+/// a restart does not bring the removed one back or send its commands again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_manager_removes_a_complete_instance_once_its_commands_are_delivered() {
+    let dir = temp_dir();
+    let pm = || RoundsPm {
+        source: "x".into(),
+        target: "paid".into(),
+        rounds: 3,
+    };
+    {
+        let rt = open(&dir);
+        rt.process_manager("rounds-pm", pm(), quick_retries())
+            .expect("the process manager registers");
+        for _ in 0..2 {
+            deposit(&rt, "x", 10).await;
+        }
+        wait_for_head(&rt, "rounds-pm").await;
+        assert_eq!(
+            pm_instances(&rt, "rounds-pm"),
+            vec![b"x".to_vec()],
+            "an unfinished instance is kept"
+        );
+        deposit(&rt, "x", 10).await;
+        wait_for_head(&rt, "rounds-pm").await;
+        assert_eq!(deposited_amounts(&rt, "paid"), vec![1, 2, 3]);
+        assert!(
+            pm_instances(&rt, "rounds-pm").is_empty(),
+            "the complete instance is gone once its last command was sent"
+        );
+        close(rt).await;
+    }
+    let rt = open(&dir);
+    rt.process_manager("rounds-pm", pm(), quick_retries())
+        .expect("the process manager registers again");
+    wait_for_head(&rt, "rounds-pm").await;
+    assert!(pm_instances(&rt, "rounds-pm").is_empty());
+    deposit(&rt, "x", 10).await;
+    wait_for_head(&rt, "rounds-pm").await;
+    assert_eq!(
+        deposited_amounts(&rt, "paid"),
+        vec![1, 2, 3, 1],
+        "nothing was sent again after the restart, and a later event started a new instance"
+    );
+    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![b"x".to_vec()]);
+    close(rt).await;
+}

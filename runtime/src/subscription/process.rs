@@ -34,6 +34,14 @@
 //! changes nothing). A due deadline whose command failed and was put back for a retry is not
 //! cancelled (it is stored under its new due time). An instance remembers the keys of its
 //! deadlines that are not due yet, at most [`DEADLINES_TRACKED_MAX`] (the latest due).
+//!
+//! # Instances that end
+//! After each reaction the runtime also asks [`ProcessManager::is_complete`]; once it says yes
+//! and the instance's outbox is delivered (including the cancellation of its deadlines), the
+//! instance's record is removed in the same page commit, so a finished process costs no
+//! storage. The removal commits with the checkpoint, so no event up to it is delivered again;
+//! an event for the same instance *after* it starts a new instance from `State::default()`,
+//! which a manager should treat as "nothing known" (and may declare complete at once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +110,15 @@ pub trait ProcessManager: Send + 'static {
         let _ = state;
         false
     }
+
+    /// Whether the process is over in `state`: nothing that can still happen would make it
+    /// act. Asked after each reaction; when `true`, the instance's record is removed once its
+    /// outbox is delivered (see the [module docs](self)). An event for the instance after that
+    /// starts a new one from `State::default()`. By default, instances are kept forever.
+    fn is_complete(&self, state: &Self::State) -> bool {
+        let _ = state;
+        false
+    }
 }
 
 /// A command a process manager sends, now or at a deadline.
@@ -167,6 +184,17 @@ struct Instance {
     /// Records written before deadlines could be cancelled have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     deadlines: Vec<serde_bytes::ByteBuf>,
+    /// The process is over ([`ProcessManager::is_complete`]): the record goes once the outbox
+    /// is empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    complete: bool,
+}
+
+impl Instance {
+    /// Whether nothing is left to do for it: complete, with its outbox delivered.
+    fn is_done(&self) -> bool {
+        self.complete && self.outbox.is_empty()
+    }
 }
 
 /// An action with its derived command id and the trace ids of its triggering event.
@@ -266,6 +294,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             let mut outbox = current.outbox;
             let mut deadlines = current.deadlines;
             let cancel = self.manager.cancels_deadlines(&state);
+            let complete = self.manager.is_complete(&state);
             let state = codec::encode_plain("process state", &state)
                 .map_err(|e| Box::new(e) as HandlerError)?;
             let outgoing = |command_id: String, action: Action| Outgoing {
@@ -295,6 +324,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 state,
                 outbox,
                 deadlines,
+                complete,
             };
             reacted = Some(next.clone());
             Ok::<_, HandlerError>(Some(next))
@@ -306,6 +336,11 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             // Already applied before a crash: send whatever its outbox still holds.
             None => self.instances.get(key)?.unwrap_or_default(),
         };
+        if instance.is_done() {
+            // Over, and nothing to send: the record goes with this page.
+            self.instances.remove(key)?;
+            return Ok(());
+        }
         // Sent at the end of the page (see `flush`), concurrently across instances.
         self.queued.extend(
             instance
@@ -377,7 +412,8 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                     stored
                         .outbox
                         .retain(|o| !done.contains(o.command_id.as_str()));
-                    stored
+                    // A complete process whose last commands are delivered is removed.
+                    (!stored.is_done()).then_some(stored)
                 });
                 if let Err(e) = cleared {
                     failed.push((Position(queue[0].trigger), Box::new(e) as HandlerError));

@@ -272,14 +272,37 @@ impl<V: Serialize + DeserializeOwned> View<V> {
         Ok(Ok(true))
     }
 
-    /// Rewrites the value at `key` keeping its position (no-op if absent).
-    pub(crate) fn replace(&self, key: &[u8], f: impl FnOnce(V) -> V) -> Result<(), ViewError> {
+    /// Rewrites the value at `key` keeping its position (no-op if absent); `f` returning
+    /// `None` [removes](View::remove) the record.
+    pub(crate) fn replace(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(V) -> Option<V>,
+    ) -> Result<(), ViewError> {
         let Some(stored) = self.read(key)? else {
             return Ok(());
         };
         if let Some(value) = stored.value {
-            let next = f(value);
-            self.write(key, Self::encode(stored.position, Some(&next))?)?;
+            match f(value) {
+                Some(next) => self.write(key, Self::encode(stored.position, Some(&next))?)?,
+                None => self.remove(key)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the record at `key` altogether, position included (unlike an update to `None`,
+    /// which keeps a tombstone). Only for records that no redelivered event can reach again:
+    /// in a page, the removal commits with the checkpoint, so the events before it are never
+    /// delivered again.
+    pub(crate) fn remove(&self, key: &[u8]) -> Result<(), ViewError> {
+        match &self.buffer {
+            Some(buffer) => buffer.delete(&self.space, key),
+            None => {
+                let mut changes = Changes::default();
+                changes.delete(&self.space, key);
+                self.state.commit(changes)?;
+            }
         }
         Ok(())
     }

@@ -28,6 +28,7 @@
 //! |---|---|
 //! | `subscriber` | the [`Subscriber`] trait, options, status, progress, handler and retry errors |
 //! | `page` | a page's held writes, committed with its checkpoint |
+//! | `reader` | one log reader for all subscribers: each stretch of the log read and decoded once, shared |
 //! | `worker` | the subscriber actor: the page loop, retries, parking, stalls |
 //! | `registry` | the subscribers of one runtime: registration, rebuilds, waits, parked events, the deadline timer |
 //! | [`projection`] | projections and their views |
@@ -41,6 +42,7 @@
 mod page;
 pub mod process;
 pub mod projection;
+mod reader;
 pub(crate) mod registry;
 mod subscriber;
 mod worker;

@@ -22,6 +22,7 @@ use crate::types::Position;
 use super::page::PageWrites;
 use super::process::{fire_due, CommandSink, ProcessManager, ProcessSubscriber};
 use super::projection::{drop_generations_below, Projection, View, ViewError, ViewSet};
+use super::reader::LogReader;
 use super::subscriber::{
     HandleFuture, RetryError, Subscriber, SubscriberInfo, SubscriberOptions, SubscriberStatus,
 };
@@ -103,6 +104,8 @@ pub(crate) struct Registry {
     arbiters: Arc<[ArbiterHandle]>,
     /// Where process managers' commands (and due deadlines) go.
     sink: Arc<dyn CommandSink>,
+    /// The log reader the subscribers share.
+    reader: Arc<LogReader>,
     /// This registry, for the tasks it spawns (a rebuild's monitor, the deadline timer), which
     /// must not keep it alive.
     me: Weak<Registry>,
@@ -177,6 +180,7 @@ impl Registry {
         sink: Arc<dyn CommandSink>,
     ) -> Arc<Registry> {
         Arc::new_cyclic(|me| Registry {
+            reader: Arc::new(LogReader::new(stores.log.clone())),
             log: stores.log,
             state: stores.state,
             arbiters,
@@ -238,6 +242,7 @@ impl Registry {
                 log: self.log.clone(),
                 state: self.state.clone(),
             },
+            self.reader.clone(),
             writes,
             shared.clone(),
             options,

@@ -11,6 +11,7 @@ use futures::channel::oneshot;
 use parking_lot::Mutex;
 
 use super::page::PageWrites;
+use super::reader::LogReader;
 use super::subscriber::{
     is_transient, FailurePolicy, HandlerError, Interrupted, RetryError, Subscriber, SubscriberInfo,
     SubscriberOptions, SubscriberStatus, STALL_PAUSE_MAX,
@@ -86,6 +87,8 @@ impl SubscriberShared {
 struct Worker {
     subscriber: Box<dyn Subscriber>,
     store: Arc<dyn EventStore>,
+    /// The log, read through the reader all subscribers share.
+    reader: Arc<LogReader>,
     state: Arc<dyn StateStore>,
     /// The page's stored effects, committed with the checkpoint.
     writes: Arc<PageWrites>,
@@ -118,12 +121,12 @@ impl Worker {
             return Pumped::AtHead;
         }
         let page = self.options.page_events.get();
-        let events = match self.store.read_all(self.checkpoint.next(), page) {
+        let events = match self.reader.read(self.checkpoint.next(), page) {
             Ok(events) => events,
             Err(e) if is_transient(&e) => return self.stall(&format!("cannot read the log: {e}")),
             Err(e) => return self.fail(&format!("cannot read the log: {e}")),
         };
-        for event in &events {
+        for event in events.iter() {
             let handled = self.handle_with_retries(event).await;
             if let Err((error, _)) = &handled {
                 if error.downcast_ref::<Interrupted>().is_some() {
@@ -380,6 +383,7 @@ impl SubscriberActor {
     pub(crate) fn new(
         subscriber: Box<dyn Subscriber>,
         stores: &crate::store::Stores,
+        reader: Arc<LogReader>,
         writes: Arc<PageWrites>,
         shared: Arc<SubscriberShared>,
         options: SubscriberOptions,
@@ -390,6 +394,7 @@ impl SubscriberActor {
             worker: Some(Worker {
                 subscriber,
                 store: stores.log.clone(),
+                reader,
                 state: stores.state.clone(),
                 writes,
                 shared,

@@ -11,11 +11,12 @@
 //! together share whole chunks. Only acknowledged events are held (a read never goes past the
 //! head it saw), and acknowledged events never change, so a cached segment is never stale.
 //!
-//! **Bound**: at most [`CHUNKS_CACHED`] chunks are held, least recently used evicted (about
-//! `CHUNKS_CACHED × CHUNK_EVENTS` events, a few MiB with small events). A subscriber too far
-//! behind for the cache reads its chunks again from the store (and caches them for those behind
-//! it); a page is never more than the subscriber's `page_events`. The lock over the table is
-//! held only to find or insert a chunk; a chunk's own lock is held while it is being extended,
+//! **Bound**: at most [`CHUNKS_CACHED`] chunks are held, least recently used evicted: 16,384
+//! events, as many as four subscriber pages of the default size (the page size bounds a
+//! subscriber's memory in events the same way; with events of a few hundred bytes this is a few
+//! MiB). A subscriber too far behind for the cache reads its chunks again from the store (and
+//! caches them for those behind it). The lock over the table is held only to find or insert a
+//! chunk; a chunk's own lock is held while it is being extended (a store read, no await),
 //! so two subscribers never read the same positions from the store at the same time.
 
 use std::num::NonZeroUsize;
@@ -32,7 +33,7 @@ use crate::types::Position;
 /// Positions per chunk.
 pub(crate) const CHUNK_EVENTS: u64 = 1024;
 /// Chunks held at most.
-pub(crate) const CHUNKS_CACHED: usize = 32;
+pub(crate) const CHUNKS_CACHED: usize = 16;
 
 /// The filled part of one chunk: segments of events in position order, covering the chunk's
 /// positions below `filled` (positions need not be dense: a gap is simply not there).

@@ -60,6 +60,7 @@
 //! unacknowledged tail cut by the crash, and re-derives the index entries after the last
 //! durable index watermark. See that module for the details.
 
+mod body;
 mod disk;
 mod keys;
 mod record;
@@ -79,7 +80,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use self::record::{fingerprint_from, CommandRecord, CommitRecord, HeadEntry, SnapshotRecord};
+use self::record::{fingerprint_from, CommandRecord, EventBuilder, HeadEntry, SnapshotRecord};
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
     AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, HeadWatch, JournalStats,
@@ -847,11 +848,13 @@ pub(crate) fn locate(trees: &Trees, at: Locator) -> Result<Option<(Segment, usiz
     Ok(segment.find_start(at.commit).map(|i| (segment, i)))
 }
 
+fn missing_commit(at: Locator) -> StoreError {
+    record::corrupt_at(at.commit, "a stream's chain points at a missing commit")
+}
+
 /// The header of the commit at `at`, which must exist.
 fn header_at(trees: &Trees, at: Locator) -> Result<(Segment, usize, RecordHeader), StoreError> {
-    let (segment, i) = locate(trees, at)?.ok_or_else(|| {
-        record::corrupt_at(at.commit, "a stream's chain points at a missing commit")
-    })?;
+    let (segment, i) = locate(trees, at)?.ok_or_else(|| missing_commit(at))?;
     let (position, bytes) = segment.record(i)?;
     let (header, _, _) = RecordHeader::read(position, bytes)?;
     Ok((segment, i, header))
@@ -975,30 +978,48 @@ impl EventStore for SledStore {
         } else {
             self.skip_to(stream, &stream_key, end, head)?
         };
-        let mut walked = Vec::new();
+        // A group-commit batch puts consecutive commits of a stream in one segment: the walk
+        // keeps the segment it is in and fetches (and parses) another only when the chain
+        // leaves it, so a run of commits in one segment costs one sled `get`.
+        let mut walked: Vec<(Segment, usize)> = Vec::new();
+        let mut current: Option<Segment> = None;
         loop {
-            let (segment, i, header) = header_at(trees, commit)?;
-            walked.push((segment, i));
+            let (segment, i) = match current.take() {
+                Some(s) if s.first() == commit.segment => match s.find_start(commit.commit) {
+                    Some(i) => (s, i),
+                    None => return Err(missing_commit(commit)),
+                },
+                _ => locate(trees, commit)?.ok_or_else(|| missing_commit(commit))?,
+            };
+            let (position, bytes) = segment.record(i)?;
+            let (header, _, _) = RecordHeader::read(position, bytes)?;
+            walked.push((segment.clone(), i));
+            current = Some(segment);
             if header.first_version <= from || header.prev.is_none() {
                 break;
             }
             commit = header.prev;
         }
         let mut out = Vec::with_capacity(usize::try_from(end.0 - from.0 + 1).unwrap_or(0));
-        for (segment, i) in walked.into_iter().rev() {
-            let (position, bytes) = segment.record(i)?;
-            let (header, of, record) = CommitRecord::decode(position, bytes)?;
-            if of != *stream {
+        let mut builder = EventBuilder::default();
+        for (segment, i) in walked.iter().rev() {
+            let (position, bytes) = segment.record(*i)?;
+            let (header, of, commit) = record::decode_commit(position, bytes)?;
+            if of != stream_key.as_slice() {
+                let of = keys::parse_stream_key(of).unwrap_or_else(|_| stream.clone());
                 return Err(record::corrupt_at(
                     position,
                     &format!("the chain of {stream} leads to a commit of {of}"),
                 ));
             }
-            for event in record.into_events(stream, &header, position)? {
-                if event.version >= from && event.version <= end {
-                    out.push(event);
-                }
-            }
+            builder.push_events(
+                stream,
+                &header,
+                position,
+                &commit,
+                |version, _| version >= from && version <= end,
+                &mut out,
+            )?;
         }
         check_contiguous(stream, from, &out)?;
         Ok(out)
@@ -1017,6 +1038,7 @@ impl EventStore for SledStore {
         if limit == 0 || from > visible {
             return Ok(out);
         }
+        let mut builder = EventBuilder::default();
         // Live subscribers read the tail: find its segments by key from the writer's list of
         // recent segments (point gets). sled iterators copy whole leaf nodes, which at the rate
         // live subscribers poll the tail cost more than the reads themselves.
@@ -1035,7 +1057,7 @@ impl EventStore for SledStore {
                     break;
                 };
                 let segment = Segment::parse(first, bytes)?;
-                if collect_events(&segment, from, visible, limit, &mut out)? {
+                if collect_events(&segment, from, visible, limit, &mut builder, &mut out)? {
                     return Ok(out);
                 }
             }
@@ -1056,7 +1078,7 @@ impl EventStore for SledStore {
             if segment.first() > visible {
                 break;
             }
-            if collect_events(&segment, from, visible, limit, &mut out)? {
+            if collect_events(&segment, from, visible, limit, &mut builder, &mut out)? {
                 return Ok(out);
             }
         }
@@ -1203,6 +1225,7 @@ fn collect_events(
     from: Position,
     visible: Position,
     limit: usize,
+    builder: &mut EventBuilder,
     out: &mut Vec<RecordedEvent>,
 ) -> Result<bool, StoreError> {
     for i in segment.find_containing(from)..segment.len() {
@@ -1210,14 +1233,25 @@ fn collect_events(
         if position > visible {
             return Ok(true);
         }
-        let (header, stream, record) = CommitRecord::decode(position, bytes)?;
-        for event in record.into_events(&stream, &header, position)? {
-            if event.position >= from && event.position <= visible {
-                out.push(event);
-                if out.len() >= limit {
-                    return Ok(true);
-                }
-            }
+        let (header, key, commit) = record::decode_commit(position, bytes)?;
+        let stream = builder.stream(position, key)?;
+        // Keep at most the `limit - out.len()` events from `from` on (they are contiguous).
+        let room = limit.saturating_sub(out.len()) as u64;
+        let last = Position(
+            visible
+                .0
+                .min(from.max(position).0.saturating_add(room).saturating_sub(1)),
+        );
+        builder.push_events(
+            &stream,
+            &header,
+            position,
+            &commit,
+            |_, at| at >= from && at <= last,
+            out,
+        )?;
+        if out.len() >= limit {
+            return Ok(true);
         }
     }
     Ok(false)
@@ -1280,16 +1314,30 @@ pub(crate) fn lookup_command(
                 return Ok(None); // dangling: its commit was never made durable
             };
             let (_, bytes) = found.record(i)?;
-            let (header, stream, commit) = CommitRecord::decode(position, bytes)?;
-            if commit.command_id.as_deref() != Some(id.as_str()) {
+            let (header, key, commit) = record::decode_commit(position, bytes)?;
+            if commit.command_id() != Some(id.as_str()) {
                 return Ok(None); // dangling: the position now holds another commit
             }
-            let fingerprint = commit.fingerprint.map(super::Fingerprint).ok_or_else(|| {
-                record::corrupt_at(position, "commit with a command id has no fingerprint")
-            })?;
+            let fingerprint = commit
+                .fingerprint()
+                .map(super::Fingerprint)
+                .ok_or_else(|| {
+                    record::corrupt_at(position, "commit with a command id has no fingerprint")
+                })?;
+            let mut builder = EventBuilder::default();
+            let stream = builder.stream(position, key)?;
+            let mut events = Vec::with_capacity(header.count as usize);
+            builder.push_events(
+                &stream,
+                &header,
+                position,
+                &commit,
+                |_, _| true,
+                &mut events,
+            )?;
             StoredOutcome::Committed {
                 fingerprint,
-                events: commit.into_events(&stream, &header, position)?,
+                events,
             }
         }
         CommandRecord::Rejected {
@@ -1347,5 +1395,183 @@ pub(crate) fn validate_kind(request: &AppendRequest) -> Result<(), AppendError> 
             invalid("command key and metadata command id disagree")
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::CommitRecord;
+    use super::segment::SegmentBuilder;
+    use super::*;
+    use crate::envelope::{CommitMeta, EncodedPayload};
+    use crate::store::{AppendKind, CommandKey, Fingerprint, PendingEvent};
+    use crate::types::Timestamp;
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(SledOptions::new(dir).with_integrity_check(IntegrityCheck::Full))
+            .expect("the store opens")
+    }
+
+    /// A commit of `count` events; every third carries a command id and a correlation id.
+    fn request(stream: &StreamId, expected: Version, count: usize, n: usize) -> AppendRequest {
+        let command = n.is_multiple_of(3).then(|| CommandKey {
+            id: CommandId::new(format!("cmd-{n}")).expect("valid"),
+            fingerprint: Fingerprint([u8::try_from(n % 256).expect("small"); 16]),
+        });
+        AppendRequest {
+            stream: stream.clone(),
+            expected,
+            meta: CommitMeta {
+                recorded_at: Timestamp(1_000 + n as u64),
+                command_id: command.as_ref().map(|c| c.id.clone()),
+                correlation_id: command.as_ref().map(|_| Arc::from("corr")),
+                causation_id: None,
+            },
+            command,
+            kind: AppendKind::Events(
+                (0..count)
+                    .map(|i| PendingEvent {
+                        event_id: uuid::Uuid::new_v4(),
+                        event_type: Arc::from(if i % 2 == 0 { "Deposited" } else { "Withdrawn" }),
+                        schema_version: 1,
+                        payload: EncodedPayload(vec![0x18, u8::try_from(n % 200).expect("small")]),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Appends `rounds` commits to each of `streams`, queued together so that batches hold
+    /// several commits of one stream in one segment.
+    fn fill(store: &SledStore, streams: &[StreamId], rounds: usize, salt: usize) {
+        let mut versions: Vec<Version> = streams
+            .iter()
+            .map(|s| store.stream_head(s).expect("head"))
+            .collect();
+        let mut tickets = Vec::new();
+        for round in 0..rounds {
+            for (s, stream) in streams.iter().enumerate() {
+                let n = salt + round * streams.len() + s;
+                let count = 1 + n % 3;
+                tickets.push(store.append(request(stream, versions[s], count, n)));
+                versions[s] = versions[s].advance(count as u64);
+            }
+        }
+        for ticket in tickets {
+            futures::executor::block_on(ticket).expect("the append commits");
+        }
+    }
+
+    /// Rewrites every record of the log in format 1, as builds before format 2 wrote them
+    /// (same header, CBOR body); returns how many records it rewrote.
+    fn rewrite_in_format_1(store: &SledStore) -> usize {
+        let log = &store.inner.trees.log;
+        let mut rewritten = 0;
+        for item in log.iter() {
+            let (key, bytes) = item.expect("reads");
+            let first = Position(keys::read_u64(&key, "log key").expect("a log key"));
+            let segment = Segment::parse(first, bytes).expect("parses");
+            let mut builder = SegmentBuilder::default();
+            for i in 0..segment.len() {
+                let (position, bytes) = segment.record(i).expect("in bounds");
+                let (header, stream, record) =
+                    CommitRecord::decode(position, bytes).expect("decodes");
+                let mut old = record.encode_format_1(&stream).expect("encodes");
+                header.write_into(&mut old);
+                let relative = u32::try_from(position.0 - first.0).expect("small");
+                builder.push(relative, &old);
+                rewritten += 1;
+            }
+            log.insert(key, builder.finish()).expect("inserted");
+        }
+        rewritten
+    }
+
+    fn everything(store: &SledStore, streams: &[StreamId]) -> Vec<Vec<RecordedEvent>> {
+        let mut all: Vec<Vec<RecordedEvent>> = streams
+            .iter()
+            .map(|s| {
+                store
+                    .read_stream(s, Version(1), None, 100_000)
+                    .expect("reads")
+            })
+            .collect();
+        all.push(store.read_all(Position(1), 100_000).expect("reads"));
+        // A range that starts and ends inside commits, and a page of the global log.
+        all.push(
+            store
+                .read_stream(&streams[0], Version(4), Some(Version(20)), 9)
+                .expect("reads"),
+        );
+        all.push(store.read_all(Position(5), 7).expect("reads"));
+        all
+    }
+
+    #[test]
+    fn a_store_of_format_1_records_opens_reads_and_takes_appends() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let streams = [
+            StreamId::new("Account", "a-1").expect("valid"),
+            StreamId::new("Account", "a-2").expect("valid"),
+        ];
+        let store = open(dir.path());
+        fill(&store, &streams, 40, 0);
+        let before = everything(&store, &streams);
+        let outcome = store
+            .command_outcome(&CommandId::new("cmd-3").expect("valid"))
+            .expect("reads")
+            .expect("recorded");
+        assert!(rewrite_in_format_1(&store) >= 80);
+        store.shutdown().expect("shuts down");
+        drop(store);
+
+        let store = open(dir.path());
+        let (_, bytes) = store
+            .inner
+            .trees
+            .log
+            .first()
+            .expect("reads")
+            .expect("a segment");
+        let segment = Segment::parse(Position(1), bytes).expect("parses");
+        assert_eq!(
+            segment.record(0).expect("in bounds").1[0],
+            1,
+            "format 1 on disk"
+        );
+        assert_eq!(
+            everything(&store, &streams),
+            before,
+            "format 1 reads as it was written"
+        );
+        assert_eq!(
+            store
+                .command_outcome(&CommandId::new("cmd-3").expect("valid"))
+                .expect("reads"),
+            Some(outcome)
+        );
+
+        fill(&store, &streams, 10, 1_000);
+        let after = everything(&store, &streams);
+        for (s, stream) in streams.iter().enumerate() {
+            assert_eq!(after[s][..before[s].len()], before[s][..], "{stream}");
+            assert!(
+                after[s].len() >= before[s].len() + 10,
+                "{stream}: 10 more commits"
+            );
+            assert!(after[s]
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.version == Version(i as u64 + 1)));
+        }
+        store.shutdown().expect("shuts down");
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(
+            everything(&store, &streams),
+            after,
+            "both formats after a reopen"
+        );
+        store.shutdown().expect("shuts down");
     }
 }

@@ -190,9 +190,7 @@ pub(crate) fn replay<A: Aggregate>(
                 }
                 .into());
             }
-            for event in recorded.upcast::<A>()? {
-                state.apply(&event.payload);
-            }
+            recorded.upcast_each::<A>(|event| state.apply(event))?;
             *version = recorded.version;
         }
     }

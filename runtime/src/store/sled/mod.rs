@@ -852,6 +852,96 @@ fn missing_commit(at: Locator) -> StoreError {
     record::corrupt_at(at.commit, "a stream's chain points at a missing commit")
 }
 
+/// How far back, in positions, a walk along a stream's chain looks for the previous commit's
+/// segment by stepping a sled iterator rather than with a point `get`. Every segment holds at
+/// least one position, so the iterator steps over at most this many other segments.
+const CHAIN_SCAN_GAP_MAX: u64 = 16;
+
+/// The segments of a walk back along one stream's chain.
+///
+/// A segment is fetched once for a run of the stream's commits in it (a group-commit batch
+/// puts consecutive commits of a stream in one segment). A previous commit in a segment a few
+/// positions back — a stream written by one client, command after command — is reached by
+/// stepping a reverse sled iterator: the iterator keeps the leaf node it is in, so a step
+/// costs a small part of a point `get`, which descends the tree from the root. Farther back,
+/// a point `get`.
+struct ChainSegments<'t> {
+    log: &'t sled::Tree,
+    current: Option<Segment>,
+    /// A reverse iterator over the log below `current`, once the walk has used one.
+    scan: Option<sled::Iter>,
+}
+
+impl<'t> ChainSegments<'t> {
+    fn new(log: &'t sled::Tree) -> Self {
+        ChainSegments {
+            log,
+            current: None,
+            scan: None,
+        }
+    }
+
+    /// The segment holding the commit at `at`, and the record's index in it.
+    fn find(&mut self, at: Locator) -> Result<(Segment, usize), StoreError> {
+        let segment = match self.current.take() {
+            Some(s) if s.first() == at.segment => s,
+            Some(s)
+                if s.first() > at.segment && s.first().0 - at.segment.0 <= CHAIN_SCAN_GAP_MAX =>
+            {
+                match self.scan_back(s.first(), at.segment)? {
+                    Some(found) => found,
+                    None => self.get(at)?,
+                }
+            }
+            _ => {
+                self.scan = None;
+                self.get(at)?
+            }
+        };
+        let i = segment
+            .find_start(at.commit)
+            .ok_or_else(|| missing_commit(at))?;
+        self.current = Some(segment.clone());
+        Ok((segment, i))
+    }
+
+    fn get(&mut self, at: Locator) -> Result<Segment, StoreError> {
+        self.scan = None;
+        let bytes = self
+            .log
+            .get(keys::position_key(at.segment))
+            .map_err(io("reading the log"))?
+            .ok_or_else(|| missing_commit(at))?;
+        Segment::parse(at.segment, bytes)
+    }
+
+    /// The segment at `target`, stepping back from the one at `below` (`None`: not found
+    /// within [`CHAIN_SCAN_GAP_MAX`] steps).
+    fn scan_back(
+        &mut self,
+        below: Position,
+        target: Position,
+    ) -> Result<Option<Segment>, StoreError> {
+        let log = self.log;
+        let scan = self
+            .scan
+            .get_or_insert_with(|| log.range(..keys::position_key(below)));
+        for _ in 0..CHAIN_SCAN_GAP_MAX {
+            let Some(item) = scan.next_back() else { break };
+            let (key, bytes) = item.map_err(io("reading the log"))?;
+            let first = Position(keys::read_u64(&key, "log key")?);
+            if first == target {
+                return Segment::parse(first, bytes).map(Some);
+            }
+            if first < target {
+                break;
+            }
+        }
+        self.scan = None;
+        Ok(None)
+    }
+}
+
 /// The header of the commit at `at`, which must exist.
 fn header_at(trees: &Trees, at: Locator) -> Result<(Segment, usize, RecordHeader), StoreError> {
     let (segment, i) = locate(trees, at)?.ok_or_else(|| missing_commit(at))?;
@@ -978,23 +1068,13 @@ impl EventStore for SledStore {
         } else {
             self.skip_to(stream, &stream_key, end, head)?
         };
-        // A group-commit batch puts consecutive commits of a stream in one segment: the walk
-        // keeps the segment it is in and fetches (and parses) another only when the chain
-        // leaves it, so a run of commits in one segment costs one sled `get`.
+        let mut segments = ChainSegments::new(&trees.log);
         let mut walked: Vec<(Segment, usize)> = Vec::new();
-        let mut current: Option<Segment> = None;
         loop {
-            let (segment, i) = match current.take() {
-                Some(s) if s.first() == commit.segment => match s.find_start(commit.commit) {
-                    Some(i) => (s, i),
-                    None => return Err(missing_commit(commit)),
-                },
-                _ => locate(trees, commit)?.ok_or_else(|| missing_commit(commit))?,
-            };
+            let (segment, i) = segments.find(commit)?;
             let (position, bytes) = segment.record(i)?;
             let (header, _, _) = RecordHeader::read(position, bytes)?;
-            walked.push((segment.clone(), i));
-            current = Some(segment);
+            walked.push((segment, i));
             if header.first_version <= from || header.prev.is_none() {
                 break;
             }
@@ -1572,6 +1652,49 @@ mod tests {
             after,
             "both formats after a reopen"
         );
+        store.shutdown().expect("shuts down");
+    }
+
+    /// A stream's chain read back across every kind of step: commits in the same segment, a
+    /// few positions back (the iterator), and farther back than the iterator looks (a point
+    /// `get`), from every start and with every page size.
+    #[test]
+    fn a_chain_is_walked_across_near_and_far_segments() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = open(dir.path());
+        let a = StreamId::new("Account", "a").expect("valid");
+        let noise = StreamId::new("Account", "noise").expect("valid");
+        let (mut va, mut vn) = (Version(0), Version(0));
+        for n in 0..60usize {
+            // 0, 1, … noise commits between two of `a`'s: gaps of up to 3 × 19 positions.
+            for k in 0..n % 20 {
+                let count = 1 + k % 3;
+                let r = store.append(request(&noise, vn, count, 10_000 + n * 100 + k));
+                futures::executor::block_on(r).expect("commits");
+                vn = vn.advance(count as u64);
+            }
+            let count = 1 + n % 3;
+            futures::executor::block_on(store.append(request(&a, va, count, n))).expect("commits");
+            va = va.advance(count as u64);
+        }
+        let all = store
+            .read_stream(&a, Version(1), None, 100_000)
+            .expect("reads");
+        assert_eq!(all.len() as u64, va.0);
+        for from in (1..=va.0).step_by(7) {
+            for limit in [1, 5, 64, 1_000] {
+                let page = store
+                    .read_stream(&a, Version(from), None, limit)
+                    .expect("reads");
+                let expected: Vec<_> = all
+                    .iter()
+                    .skip(usize::try_from(from - 1).expect("small"))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(page, expected, "from {from}, limit {limit}");
+            }
+        }
         store.shutdown().expect("shuts down");
     }
 }

@@ -72,6 +72,7 @@ mod writer;
 pub use self::state::{SledState, COMPACTION_INTERVAL, PENDING_BYTES_MAX};
 
 use std::num::NonZeroUsize;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -83,8 +84,8 @@ use parking_lot::Mutex;
 use self::record::{fingerprint_from, CommandRecord, EventBuilder, HeadEntry, SnapshotRecord};
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
-    AppendError, AppendKind, AppendRequest, AppendTicket, EventStore, HeadWatch, JournalStats,
-    Snapshot, StoreError, StoreHealth, StoredOutcome,
+    AppendError, AppendKind, AppendRequest, AppendTicket, EventRef, EventStore, HeadWatch,
+    JournalStats, Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use crate::envelope::RecordedEvent;
 use crate::types::{CommandId, Position, StreamId, Version};
@@ -695,6 +696,48 @@ impl SledStore {
         Some(recent.range(i..).copied().collect())
     }
 
+    /// The commits of `stream` holding versions `from..=to` (at most `limit` of them), found by
+    /// walking back from the commit holding the last one (through a skip entry, or from the
+    /// head) to the one holding the first; `None` if there is nothing to read.
+    fn walk(
+        &self,
+        stream: &StreamId,
+        stream_key: &[u8],
+        from: Version,
+        to: Option<Version>,
+        limit: usize,
+    ) -> Result<Option<Walk>, StoreError> {
+        let from = from.max(Version(1));
+        let trees = &self.inner.trees;
+        let visible = self.visible();
+        let Some(head) = visible_head(trees, &self.inner.shared, stream_key, visible)? else {
+            return Ok(None);
+        };
+        let to = to.unwrap_or(head.version).min(head.version);
+        if limit == 0 || from > to {
+            return Ok(None);
+        }
+        let end = to.min(from.advance(limit as u64 - 1));
+        let mut commit = if end == head.version {
+            head.at
+        } else {
+            self.skip_to(stream, stream_key, end, head)?
+        };
+        let mut segments = ChainSegments::new(&trees.log);
+        let mut commits: Vec<(Segment, usize)> = Vec::new();
+        loop {
+            let (segment, i) = segments.find(commit)?;
+            let (position, bytes) = segment.record(i)?;
+            let (header, _, _) = RecordHeader::read(position, bytes)?;
+            commits.push((segment, i));
+            if header.first_version <= from || header.prev.is_none() {
+                break;
+            }
+            commit = header.prev;
+        }
+        Ok(Some(Walk { commits, from, end }))
+    }
+
     /// The commit to start a backward walk from to reach version `end`: the commit named by the
     /// first skip entry at or after `end`, if it checks out, otherwise the head.
     fn skip_to(
@@ -846,6 +889,35 @@ pub(crate) fn locate(trees: &Trees, at: Locator) -> Result<Option<(Segment, usiz
     };
     let segment = Segment::parse(at.segment, bytes)?;
     Ok(segment.find_start(at.commit).map(|i| (segment, i)))
+}
+
+/// The commits a read of one stream decodes, newest first, and the versions it returns.
+struct Walk {
+    commits: Vec<(Segment, usize)>,
+    from: Version,
+    end: Version,
+}
+
+/// Decodes record `i` of `segment`, a commit on the chain of `stream`.
+fn commit_of<'s>(
+    stream: &StreamId,
+    stream_key: &[u8],
+    segment: &'s Segment,
+    i: usize,
+) -> Result<(Position, RecordHeader, record::Commit<'s>), StoreError> {
+    let (position, bytes) = segment.record(i)?;
+    let (header, of, commit) = record::decode_commit(position, bytes)?;
+    if of != stream_key {
+        let of = keys::parse_stream_key(of).map_or_else(
+            |_| "an unreadable stream key".to_string(),
+            |s| s.to_string(),
+        );
+        return Err(record::corrupt_at(
+            position,
+            &format!("the chain of {stream} leads to a commit of {of}"),
+        ));
+    }
+    Ok((position, header, commit))
 }
 
 fn missing_commit(at: Locator) -> StoreError {
@@ -1049,49 +1121,15 @@ impl EventStore for SledStore {
         to: Option<Version>,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = from.max(Version(1));
-        let trees = &self.inner.trees;
         let stream_key = keys::stream_key(stream);
-        let visible = self.visible();
-        let Some(head) = visible_head(trees, &self.inner.shared, &stream_key, visible)? else {
+        let Some(walk) = self.walk(stream, &stream_key, from, to, limit)? else {
             return Ok(Vec::new());
         };
-        let to = to.unwrap_or(head.version).min(head.version);
-        if limit == 0 || from > to {
-            return Ok(Vec::new());
-        }
-        let end = to.min(from.advance(limit as u64 - 1));
-        // Walk back from the commit holding `end` (found by a skip entry, or the head) to the one
-        // holding `from`, then decode forward.
-        let mut commit = if end == head.version {
-            head.at
-        } else {
-            self.skip_to(stream, &stream_key, end, head)?
-        };
-        let mut segments = ChainSegments::new(&trees.log);
-        let mut walked: Vec<(Segment, usize)> = Vec::new();
-        loop {
-            let (segment, i) = segments.find(commit)?;
-            let (position, bytes) = segment.record(i)?;
-            let (header, _, _) = RecordHeader::read(position, bytes)?;
-            walked.push((segment, i));
-            if header.first_version <= from || header.prev.is_none() {
-                break;
-            }
-            commit = header.prev;
-        }
+        let (from, end) = (walk.from, walk.end);
         let mut out = Vec::with_capacity(usize::try_from(end.0 - from.0 + 1).unwrap_or(0));
         let mut builder = EventBuilder::default();
-        for (segment, i) in walked.iter().rev() {
-            let (position, bytes) = segment.record(*i)?;
-            let (header, of, commit) = record::decode_commit(position, bytes)?;
-            if of != stream_key.as_slice() {
-                let of = keys::parse_stream_key(of).unwrap_or_else(|_| stream.clone());
-                return Err(record::corrupt_at(
-                    position,
-                    &format!("the chain of {stream} leads to a commit of {of}"),
-                ));
-            }
+        for (segment, i) in walk.commits.iter().rev() {
+            let (position, header, commit) = commit_of(stream, &stream_key, segment, *i)?;
             builder.push_events(
                 stream,
                 &header,
@@ -1103,6 +1141,56 @@ impl EventStore for SledStore {
         }
         check_contiguous(stream, from, &out)?;
         Ok(out)
+    }
+
+    fn visit_stream(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        to: Option<Version>,
+        limit: usize,
+        visit: &mut dyn FnMut(EventRef<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, StoreError> {
+        let stream_key = keys::stream_key(stream);
+        let Some(walk) = self.walk(stream, &stream_key, from, to, limit)? else {
+            return Ok(0);
+        };
+        let (from, end) = (walk.from, walk.end);
+        let mut expected = from;
+        let mut stopped = false;
+        for (segment, i) in walk.commits.iter().rev() {
+            let (position, header, commit) = commit_of(stream, &stream_key, segment, *i)?;
+            let mut version = header.first_version;
+            commit.for_each_event(position, |e| {
+                let this = version;
+                version = version.next();
+                if stopped || this < from || this > end {
+                    return Ok(());
+                }
+                if this != expected {
+                    return Err(StoreError::Corrupt {
+                        what: format!("stream {stream}"),
+                        reason: format!("read version {this} where version {expected} belongs"),
+                    });
+                }
+                let flow = visit(EventRef {
+                    version: this,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    payload: e.payload,
+                });
+                if flow.is_break() {
+                    stopped = true;
+                } else {
+                    expected = expected.next();
+                }
+                Ok(())
+            })?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(usize::try_from(expected.0 - from.0).unwrap_or(usize::MAX))
     }
 
     fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -16,6 +16,7 @@
 //! A store failure during an append stops the actor without acknowledging: it is not known
 //! whether the events were persisted, so the state is rebuilt from the store on next use.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,6 +168,14 @@ pub(crate) fn recorded_at(
 }
 
 /// Applies the events of `stream` after `version` up to `target`, checking contiguity.
+///
+/// Events at their current schema version are decoded straight from the bytes the store lends
+/// ([`EventStore::visit_stream`](crate::store::EventStore::visit_stream)), with no envelope.
+/// An event the lent path cannot take — written with an older schema version (it needs the
+/// upcaster and its envelope) or not decodable (the error must name it) — stops it; the rest
+/// of that page is read as envelopes ([`RecordedEvent::upcast_each`](crate::RecordedEvent)),
+/// then the lent path is tried again. Each time it stops, the envelope path takes twice as many
+/// pages before the next try, so a stream of old events costs at most a few wasted page walks.
 pub(crate) fn replay<A: Aggregate>(
     store: &dyn crate::store::EventStore,
     stream: &StreamId,
@@ -174,7 +183,44 @@ pub(crate) fn replay<A: Aggregate>(
     version: &mut Version,
     target: Version,
 ) -> Result<(), ExecuteError> {
+    let (mut envelope_pages, mut envelope_pages_next) = (0u32, 1u32);
     while *version < target {
+        if envelope_pages == 0 {
+            let mut stopped = false;
+            let lent = store.visit_stream(
+                stream,
+                version.next(),
+                Some(target),
+                REPLAY_PAGE_EVENTS,
+                &mut |e| {
+                    if e.version != version.next()
+                        || e.schema_version != A::Event::current_schema_version(e.event_type)
+                    {
+                        stopped = true;
+                        return ControlFlow::Break(());
+                    }
+                    match codec::decode_plain::<A::Event>(e.payload) {
+                        Ok(event) => {
+                            state.apply(&event);
+                            *version = e.version;
+                            ControlFlow::Continue(())
+                        }
+                        Err(_) => {
+                            stopped = true;
+                            ControlFlow::Break(())
+                        }
+                    }
+                },
+            )?;
+            if stopped {
+                envelope_pages = envelope_pages_next;
+                envelope_pages_next = envelope_pages_next.saturating_mul(2);
+            } else if lent == 0 {
+                break;
+            }
+            continue;
+        }
+        envelope_pages -= 1;
         let page = store.read_stream(stream, version.next(), Some(target), REPLAY_PAGE_EVENTS)?;
         if page.is_empty() {
             break;
@@ -190,9 +236,7 @@ pub(crate) fn replay<A: Aggregate>(
                 }
                 .into());
             }
-            for event in recorded.upcast::<A>()? {
-                state.apply(&event.payload);
-            }
+            recorded.upcast_each::<A>(|event| state.apply(event))?;
             *version = recorded.version;
         }
     }

@@ -18,7 +18,7 @@ pub use ciborium::Value;
 #[non_exhaustive]
 pub enum CodecError {
     /// The value could not be encoded.
-    #[error("cannot encode {what} as CBOR: {reason}")]
+    #[error("cannot encode {what}: {reason}")]
     Encode {
         /// What was being encoded.
         what: &'static str,

@@ -78,13 +78,7 @@ impl RecordedEvent {
     /// several, or none. Each result carries the stored event's version, position and ids, and
     /// the schema version it was brought to.
     pub fn upcast<A: Aggregate>(&self) -> Result<Vec<Envelope<A::Event>>, CodecError> {
-        let named = |e: CodecError| CodecError::Decode {
-            what: "event",
-            reason: format!(
-                "{} (schema version {}) at position {} of {}: {e}",
-                self.event_type, self.schema_version, self.position, self.stream
-            ),
-        };
+        let named = |e| self.named(&e);
         let current = A::Event::current_schema_version(&self.event_type);
         if self.schema_version == current {
             return Ok(vec![self.decode::<A::Event>().map_err(named)?]);
@@ -151,6 +145,36 @@ impl RecordedEvent {
                 Ok(envelope)
             })
             .collect()
+    }
+
+    /// Hands each event [`RecordedEvent::upcast`] would return to `f`, payload only: an event
+    /// at its current schema version (the common case) is decoded straight from the stored
+    /// bytes, with no envelope and no `Vec` around it. The path of replay.
+    pub(crate) fn upcast_each<A: Aggregate>(
+        &self,
+        mut f: impl FnMut(&A::Event),
+    ) -> Result<(), CodecError> {
+        if self.schema_version == A::Event::current_schema_version(&self.event_type) {
+            let event: A::Event =
+                codec::decode_plain(&self.payload.0).map_err(|e| self.named(&e))?;
+            f(&event);
+            return Ok(());
+        }
+        for envelope in self.upcast::<A>()? {
+            f(&envelope.payload);
+        }
+        Ok(())
+    }
+
+    /// `e`, naming this event.
+    fn named(&self, e: &CodecError) -> CodecError {
+        CodecError::Decode {
+            what: "event",
+            reason: format!(
+                "{} (schema version {}) at position {} of {}: {e}",
+                self.event_type, self.schema_version, self.position, self.stream
+            ),
+        }
     }
 
     fn with_payload<E>(&self, payload: E) -> Envelope<E> {

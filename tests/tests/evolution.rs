@@ -313,3 +313,58 @@ async fn state_as_of_a_version_or_an_instant_never_uses_a_later_snapshot() {
     assert_eq!(later.version, Version(10));
     runtime.shutdown().await.expect("shutdown");
 }
+
+/// Replay decodes current events from the bytes the store lends and hands old ones to the
+/// upcaster through envelopes; a stream mixing both across many replay pages (1,024 events)
+/// folds to the same state as the sum of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_mixing_old_and_new_events_replays_across_pages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let runtime = Runtime::open(RuntimeOptions::new(dir.path())).expect("opens");
+    runtime.register::<Ledger>().expect("registers");
+    let store = runtime.store().clone();
+    let new = |amount: u64| {
+        let mut payload = Vec::new();
+        let event = LedgerEvent::Added {
+            amount,
+            currency: "USD".into(),
+        };
+        ciborium::into_writer(&event, &mut payload).expect("encodes");
+        PendingEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: Arc::from("Added"),
+            schema_version: 2,
+            payload: EncodedPayload(payload),
+        }
+    };
+    // Runs of new events, old events alone, and old events within a commit of new ones, in
+    // commits of 50, over 6,000 versions.
+    let (mut version, mut total, mut entries) = (0u64, 0u64, 0u64);
+    for commit in 0..120u64 {
+        let events: Vec<PendingEvent> = (0..50u64)
+            .map(|i| {
+                let v = commit * 50 + i + 1;
+                let old_event = (1_200..1_300).contains(&v) || v % 997 == 0 || v > 5_900;
+                let amount = v % 7 + 1;
+                total += amount;
+                entries += 1;
+                if old_event {
+                    old("Added", &OldEvent::Added { amount })
+                } else {
+                    new(amount)
+                }
+            })
+            .collect();
+        append_old(&store, "long", version, events, 1_000 + commit);
+        version += 50;
+    }
+    let state = runtime
+        .state::<Ledger>("long")
+        .expect("state")
+        .expect("exists");
+    assert_eq!(
+        (state.version, state.state.total, state.state.entries),
+        (Version(6_000), total, entries)
+    );
+    runtime.shutdown().await.expect("shutdown");
+}

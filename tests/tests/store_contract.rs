@@ -33,8 +33,8 @@ use std::time::Duration;
 use annals::envelope::EncodedPayload;
 use annals::store::sled::{Durability, SledOptions, SledStore};
 use annals::store::{
-    AppendError, AppendKind, AppendRequest, CommandKey, CommitReceipt, EventStore, Fingerprint,
-    PendingEvent, Snapshot, StoreError, StoreHealth, StoredOutcome,
+    AppendError, AppendKind, AppendRequest, CommandKey, CommitReceipt, EventRef, EventStore,
+    Fingerprint, PendingEvent, Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use annals::{CommandId, CommitMeta, Position, RecordedEvent, StreamId, Timestamp, Version};
 use futures::executor::block_on;
@@ -137,6 +137,7 @@ macro_rules! store_contract {
                 read_stream_limit_one_returns_one_event,
                 read_stream_limit_zero_returns_nothing,
                 read_stream_from_after_to_returns_nothing,
+                visit_stream_lends_what_read_stream_returns_until_told_to_stop,
                 a_long_stream_reads_correctly_at_every_bound,
                 streams_do_not_leak_into_each_other,
                 an_unknown_stream_is_empty_at_version_zero,
@@ -479,6 +480,71 @@ mod contract {
         assert_eq!(
             all[3].meta, all[5].meta,
             "versions 4 and 6 were committed together"
+        );
+    }
+
+    pub(super) fn visit_stream_lends_what_read_stream_returns_until_told_to_stop(
+        b: &mut dyn Backend,
+    ) {
+        let store = b.store();
+        let s = stream("visit");
+        seed(store, &s, &SEED_COMMITS);
+        let lent = |from: u64, to: Option<u64>, limit: usize, stop_at: Option<u64>| {
+            let mut seen = Vec::new();
+            let count = store
+                .visit_stream(
+                    &s,
+                    Version(from),
+                    to.map(Version),
+                    limit,
+                    &mut |e: EventRef<'_>| {
+                        if Some(e.version.0) == stop_at {
+                            return std::ops::ControlFlow::Break(());
+                        }
+                        seen.push((
+                            e.version,
+                            e.event_type.to_string(),
+                            e.schema_version,
+                            e.payload.to_vec(),
+                        ));
+                        std::ops::ControlFlow::Continue(())
+                    },
+                )
+                .expect("visits");
+            assert_eq!(count, seen.len(), "the count is of the events taken");
+            seen
+        };
+        let as_read = |from: u64, to: Option<u64>, limit: usize| -> Vec<_> {
+            read(store, &s, from, to, limit)
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.version,
+                        e.event_type.to_string(),
+                        e.schema_version,
+                        e.payload.0,
+                    )
+                })
+                .collect()
+        };
+        for (from, to, limit) in [
+            (1, None, usize::MAX),
+            (5, None, usize::MAX),
+            (1, Some(6), usize::MAX),
+            (5, Some(9), 3),
+            (11, None, usize::MAX),
+            (1, None, 0),
+        ] {
+            assert_eq!(
+                lent(from, to, limit, None),
+                as_read(from, to, limit),
+                "from {from}, to {to:?}, limit {limit}"
+            );
+        }
+        // Stopping inside a commit lends nothing more.
+        assert_eq!(
+            lent(1, None, usize::MAX, Some(5)),
+            as_read(1, Some(4), usize::MAX)
         );
     }
 

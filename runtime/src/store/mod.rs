@@ -421,6 +421,20 @@ impl std::future::Future for AppendTicket {
     }
 }
 
+/// A stored event lent by [`EventStore::visit_stream`]: what replaying it needs, borrowed from
+/// the store's own bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// The event's version within its stream.
+    pub version: Version,
+    /// The event's type name.
+    pub event_type: &'a str,
+    /// The schema version the event was written with.
+    pub schema_version: u16,
+    /// The encoded payload (CBOR).
+    pub payload: &'a [u8],
+}
+
 /// An event store. See the [module docs](self).
 ///
 /// All methods are callable from any thread. `append` never blocks: it queues and returns a
@@ -444,6 +458,35 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
 
     /// Events of the global log with positions `>= from`, at most `limit`, in position order.
     fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Lends the events [`EventStore::read_stream`] would return to `visit`, one at a time and
+    /// in version order, until `visit` breaks; returns how many `visit` took (not counting the
+    /// one it broke on). The path of replay: a
+    /// backend can lend its stored bytes instead of copying each event into an envelope. The
+    /// default implementation lends from `read_stream`.
+    fn visit_stream(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        to: Option<Version>,
+        limit: usize,
+        visit: &mut dyn FnMut(EventRef<'_>) -> std::ops::ControlFlow<()>,
+    ) -> Result<usize, StoreError> {
+        let mut lent = 0;
+        for event in self.read_stream(stream, from, to, limit)? {
+            let flow = visit(EventRef {
+                version: event.version,
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                payload: &event.payload.0,
+            });
+            if flow.is_break() {
+                break;
+            }
+            lent += 1;
+        }
+        Ok(lent)
+    }
 
     /// The version of the last acknowledged event of `stream` (`Version(0)` if none).
     fn stream_head(&self, stream: &StreamId) -> Result<Version, StoreError>;

@@ -16,14 +16,23 @@
 //! changed), `skips` lets a reader start a walk near any version, and committed `commands`
 //! entries find a command's commit; recovery re-derives all of them for the log after the
 //! watermark.
+//!
+//! A commit record is the binary header of [`segment`](super::segment) (stream, versions, chain
+//! link) and a body holding the commit's metadata and events. Records of format 2, written
+//! now, have the compact binary body of [`body`](super::body), read in place; records of
+//! format 1, written by earlier builds, have a CBOR [`CommitRecord`] (serde, short field
+//! names) and are still read — a store written by an earlier build opens, reads and takes
+//! appends, and then holds both. [`decode_commit`] reads either; [`EventBuilder`] turns the
+//! commits of one read into envelopes, sharing event type names and the stream among them.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::body::{self, CommitView, EventView};
 use super::keys;
-use super::segment::{Locator, RecordHeader, RECORD_FIXED_LEN};
+use super::segment::{Locator, RecordHeader, RECORD_FIXED_LEN, RECORD_FORMAT, RECORD_FORMAT_CBOR};
 use crate::codec::{self, CodecError};
 use crate::envelope::{CommitMeta, EncodedPayload, RecordedEvent};
 use crate::store::{Fingerprint, PendingEvent, Snapshot, StoreError};
@@ -34,9 +43,10 @@ pub(crate) const COMMAND_FORMAT: u8 = 1;
 /// Format byte of snapshot records.
 pub(crate) const SNAPSHOT_FORMAT: u8 = 1;
 
-/// One commit: the events of one command with their shared metadata (the CBOR part of a
-/// record; the stream, versions and chain link are in the record's binary header). Field names
-/// are short because they are repeated in every record.
+/// One commit: the events of one command with their shared metadata (the body of a record;
+/// the stream, versions and chain link are in the record's binary header). Encoded as CBOR in
+/// format 1 records — field names are short because they are repeated in every record — and
+/// by hand in format 2 (see [`body`](super::body)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CommitRecord {
     #[serde(rename = "at")]
@@ -121,15 +131,23 @@ impl CommitRecord {
         }
     }
 
-    /// Encodes the record of a commit to `stream` behind a zeroed header, which the writer
-    /// fills in once it knows the stream's previous commit.
+    /// Encodes the record of a commit to `stream` in format 2 (see [`body`](super::body))
+    /// behind a header that holds only the format byte so far: the writer fills in the rest
+    /// once it knows the stream's previous commit.
     pub(crate) fn encode(&self, stream: &StreamId) -> Result<Vec<u8>, CodecError> {
-        let key = keys::stream_key(stream);
-        let mut out = Vec::with_capacity(RECORD_FIXED_LEN + key.len() + 96);
-        out.resize(RECORD_FIXED_LEN - 2, 0);
-        // Stream keys are at most 1 + 64 + 2 + 256 bytes (StreamId's limits).
-        out.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_be_bytes());
-        out.extend_from_slice(&key);
+        let key_len = keys::stream_key_len(stream);
+        let mut out = Vec::with_capacity(RECORD_FIXED_LEN + key_len + body::len(self));
+        Self::encode_header_and_key(&mut out, RECORD_FORMAT, stream);
+        body::write(self, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes the record in format 1, with a CBOR body, as builds before format 2 wrote it:
+    /// kept to test that stores of such records still open, read and take appends.
+    #[cfg(test)]
+    pub(crate) fn encode_format_1(&self, stream: &StreamId) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        Self::encode_header_and_key(&mut out, RECORD_FORMAT_CBOR, stream);
         ciborium::into_writer(self, &mut out).map_err(|e| CodecError::Encode {
             what: "commit record",
             reason: e.to_string(),
@@ -137,66 +155,30 @@ impl CommitRecord {
         Ok(out)
     }
 
-    /// Decodes a record: its header, its stream and its body.
+    fn encode_header_and_key(out: &mut Vec<u8>, format: u8, stream: &StreamId) {
+        out.push(format);
+        out.resize(RECORD_FIXED_LEN - 2, 0);
+        // Stream keys are at most 1 + 64 + 2 + 256 bytes (StreamId's limits).
+        let key_len = keys::stream_key_len(stream);
+        out.extend_from_slice(&u16::try_from(key_len).unwrap_or(u16::MAX).to_be_bytes());
+        keys::push_stream_key(out, stream);
+    }
+
+    /// Decodes a record of either format into an owned record: its header, its stream and its
+    /// body. Readers of many records use [`decode_commit`], which copies less.
     pub(crate) fn decode(
         position: Position,
         bytes: &[u8],
     ) -> Result<(RecordHeader, StreamId, CommitRecord), StoreError> {
-        let (header, key, body) = RecordHeader::read(position, bytes)?;
+        let (header, key, commit) = decode_commit(position, bytes)?;
         let stream = keys::parse_stream_key(key).map_err(|reason| corrupt_at(position, &reason))?;
-        let record: CommitRecord = crate::codec::from_slice(body)
-            .map_err(|e| corrupt_at(position, &format!("cannot decode commit record: {e}")))?;
-        if record.events.len() != header.count as usize {
-            return Err(corrupt_at(
-                position,
-                "commit record disagrees with its header",
-            ));
-        }
+        let record = match commit {
+            Commit::Cbor(record) => record,
+            Commit::Binary(view) => view
+                .to_record()
+                .map_err(|e| corrupt_at(position, &e.to_string()))?,
+        };
         Ok((header, stream, record))
-    }
-
-    pub(crate) fn meta(&self) -> Result<CommitMeta, StoreError> {
-        Ok(CommitMeta {
-            recorded_at: Timestamp(self.recorded_at),
-            command_id: match &self.command_id {
-                Some(c) => {
-                    Some(
-                        CommandId::stored(c.as_str()).map_err(|e| StoreError::Corrupt {
-                            what: "commit record".into(),
-                            reason: e.to_string(),
-                        })?,
-                    )
-                }
-                None => None,
-            },
-            correlation_id: self.correlation_id.as_deref().map(Arc::from),
-            causation_id: self.causation_id.as_deref().map(Arc::from),
-        })
-    }
-
-    /// The record's events as envelopes.
-    pub(crate) fn into_events(
-        self,
-        stream: &StreamId,
-        header: &RecordHeader,
-        first_position: Position,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let meta = Arc::new(self.meta()?);
-        Ok(self
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| RecordedEvent {
-                event_id: e.event_id,
-                stream: stream.clone(),
-                version: header.first_version.advance(i as u64),
-                position: first_position.advance(i as u64),
-                event_type: Arc::from(e.event_type),
-                schema_version: e.schema_version,
-                meta: meta.clone(),
-                payload: e.payload,
-            })
-            .collect())
     }
 }
 
@@ -204,6 +186,204 @@ pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
     StoreError::Corrupt {
         what: format!("log record at position {position}"),
         reason: reason.to_string(),
+    }
+}
+
+/// A decoded commit body: format 1 decoded into an owned record, format 2 read in place.
+#[derive(Debug)]
+pub(crate) enum Commit<'a> {
+    Cbor(CommitRecord),
+    Binary(CommitView<'a>),
+}
+
+/// Decodes a record of either format: its header, its stream key and its body. The body is
+/// checked against the header's event count.
+pub(crate) fn decode_commit(
+    position: Position,
+    bytes: &[u8],
+) -> Result<(RecordHeader, &[u8], Commit<'_>), StoreError> {
+    let (header, key, body) = RecordHeader::read(position, bytes)?;
+    let cannot = |e: &dyn std::fmt::Display| {
+        corrupt_at(position, &format!("cannot decode commit record: {e}"))
+    };
+    // `RecordHeader::read` accepted the format byte, so `bytes` is not empty.
+    let commit = if bytes[0] == RECORD_FORMAT_CBOR {
+        let record: CommitRecord = crate::codec::from_slice(body).map_err(|e| cannot(&e))?;
+        if record.events.len() != header.count as usize {
+            return Err(corrupt_at(
+                position,
+                "commit record disagrees with its header",
+            ));
+        }
+        Commit::Cbor(record)
+    } else {
+        Commit::Binary(CommitView::parse(body, header.count).map_err(|e| cannot(&e))?)
+    };
+    Ok((header, key, commit))
+}
+
+impl Commit<'_> {
+    pub(crate) fn command_id(&self) -> Option<&str> {
+        match self {
+            Commit::Cbor(r) => r.command_id.as_deref(),
+            Commit::Binary(v) => v.command_id,
+        }
+    }
+
+    pub(crate) fn fingerprint(&self) -> Option<[u8; 16]> {
+        match self {
+            Commit::Cbor(r) => r.fingerprint,
+            Commit::Binary(v) => v.fingerprint,
+        }
+    }
+
+    pub(crate) fn meta(&self) -> Result<CommitMeta, StoreError> {
+        let (recorded_at, command_id, correlation_id, causation_id) = match self {
+            Commit::Cbor(r) => (
+                r.recorded_at,
+                r.command_id.as_deref(),
+                r.correlation_id.as_deref(),
+                r.causation_id.as_deref(),
+            ),
+            Commit::Binary(v) => (
+                v.recorded_at,
+                v.command_id,
+                v.correlation_id,
+                v.causation_id,
+            ),
+        };
+        Ok(CommitMeta {
+            recorded_at: Timestamp(recorded_at),
+            command_id: command_id
+                .map(|c| {
+                    CommandId::stored(c).map_err(|e| StoreError::Corrupt {
+                        what: "commit record".into(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()?,
+            correlation_id: correlation_id.map(Arc::from),
+            causation_id: causation_id.map(Arc::from),
+        })
+    }
+
+    /// Calls `f` with each event of the commit, in order.
+    pub(crate) fn for_each_event(
+        &self,
+        position: Position,
+        mut f: impl FnMut(EventView<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Commit::Cbor(r) => r.events.iter().try_for_each(|e| {
+                f(EventView {
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    schema_version: e.schema_version,
+                    payload: &e.payload.0,
+                })
+            }),
+            Commit::Binary(v) => v
+                .for_each_event(|e| f(e).map_err(Decoded::Store))
+                .map_err(|e| match e {
+                    Decoded::Codec(e) => {
+                        corrupt_at(position, &format!("cannot decode commit record: {e}"))
+                    }
+                    Decoded::Store(e) => e,
+                }),
+        }
+    }
+}
+
+/// An error while visiting the events of a format 2 body: the body's or the visitor's.
+enum Decoded {
+    Codec(CodecError),
+    Store(StoreError),
+}
+
+impl From<CodecError> for Decoded {
+    fn from(e: CodecError) -> Self {
+        Decoded::Codec(e)
+    }
+}
+
+/// Most event type names an [`EventBuilder`] keeps: a stream has a few types, a page of the
+/// global log a few dozen; a name past the bound is simply allocated per event.
+const EVENT_TYPES_SHARED_MAX: usize = 64;
+
+/// Builds envelopes from decoded commits for one read, sharing one `Arc<str>` per event type
+/// name (and per stream) among the events instead of allocating one per event.
+#[derive(Debug, Default)]
+pub(crate) struct EventBuilder {
+    types: Vec<Arc<str>>,
+    stream: Option<(Vec<u8>, StreamId)>,
+}
+
+impl EventBuilder {
+    fn event_type(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.types.iter().find(|t| ***t == *name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        if self.types.len() < EVENT_TYPES_SHARED_MAX {
+            self.types.push(t.clone());
+        }
+        t
+    }
+
+    /// The stream of `key`, parsed once for a run of commits of one stream.
+    pub(crate) fn stream(
+        &mut self,
+        position: Position,
+        key: &[u8],
+    ) -> Result<StreamId, StoreError> {
+        if let Some((k, stream)) = &self.stream {
+            if k.as_slice() == key {
+                return Ok(stream.clone());
+            }
+        }
+        let stream = keys::parse_stream_key(key).map_err(|reason| corrupt_at(position, &reason))?;
+        self.stream = Some((key.to_vec(), stream.clone()));
+        Ok(stream)
+    }
+
+    /// Appends to `out` the events of the commit at `position` that `keep` selects (by version
+    /// and position), as envelopes of `stream`; returns how many it appended.
+    pub(crate) fn push_events(
+        &mut self,
+        stream: &StreamId,
+        header: &RecordHeader,
+        position: Position,
+        commit: &Commit<'_>,
+        keep: impl Fn(Version, Position) -> bool,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<usize, StoreError> {
+        let mut meta: Option<Arc<CommitMeta>> = None;
+        let mut i = 0u64;
+        let mut pushed = 0;
+        commit.for_each_event(position, |e| {
+            let (version, at) = (header.first_version.advance(i), position.advance(i));
+            i += 1;
+            if !keep(version, at) {
+                return Ok(());
+            }
+            let meta = match &meta {
+                Some(m) => m.clone(),
+                None => meta.insert(Arc::new(commit.meta()?)).clone(),
+            };
+            out.push(RecordedEvent {
+                event_id: e.event_id,
+                stream: stream.clone(),
+                version,
+                position: at,
+                event_type: self.event_type(e.event_type),
+                schema_version: e.schema_version,
+                meta,
+                payload: EncodedPayload(e.payload.to_vec()),
+            });
+            pushed += 1;
+            Ok(())
+        })?;
+        Ok(pushed)
     }
 }
 
@@ -330,8 +510,7 @@ impl SnapshotRecord {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commit_record_round_trip() {
+    fn sample() -> (StreamId, CommitMeta, CommitRecord) {
         let stream = StreamId::new("Account", "a-1").expect("valid");
         let meta = CommitMeta {
             recorded_at: Timestamp(42),
@@ -339,40 +518,137 @@ mod tests {
             correlation_id: Some(Arc::from("corr")),
             causation_id: None,
         };
-        let events = vec![PendingEvent {
-            event_id: Uuid::new_v4(),
-            event_type: Arc::from("Deposited"),
-            schema_version: 2,
-            payload: EncodedPayload(vec![1, 2, 3]),
-        }];
+        let events: Vec<PendingEvent> = (0..3u8)
+            .map(|i| PendingEvent {
+                event_id: Uuid::new_v4(),
+                event_type: Arc::from(if i == 1 { "Withdrawn" } else { "Deposited" }),
+                schema_version: 2,
+                payload: EncodedPayload(vec![1, 2, i]),
+            })
+            .collect();
         let record = CommitRecord::new(&meta, Some(Fingerprint([9; 16])), &events);
-        let mut bytes = record.encode(&stream).expect("encodes");
-        let prev = Locator {
+        (stream, meta, record)
+    }
+
+    const HEADER: RecordHeader = RecordHeader {
+        prev: Locator {
             segment: Position(2),
             commit: Position(3),
-        };
-        let header = RecordHeader {
-            prev,
-            first_version: Version(5),
-            count: 1,
-        };
-        header.write_into(&mut bytes);
-        let (read, read_stream, back) =
-            CommitRecord::decode(Position(10), &bytes).expect("decodes");
-        assert_eq!((read, &read_stream), (header, &stream));
-        assert_eq!(back, record);
-        let recorded = back
-            .into_events(&stream, &header, Position(10))
-            .expect("valid");
-        assert_eq!(recorded[0].version, Version(5));
-        assert_eq!(recorded[0].position, Position(10));
-        assert_eq!(*recorded[0].meta, meta);
+        },
+        first_version: Version(5),
+        count: 3,
+    };
+
+    /// The record in both formats, header filled in.
+    fn both_formats(stream: &StreamId, record: &CommitRecord) -> [Vec<u8>; 2] {
+        [
+            record.encode(stream).expect("encodes"),
+            record.encode_format_1(stream).expect("encodes"),
+        ]
+        .map(|mut bytes| {
+            HEADER.write_into(&mut bytes);
+            bytes
+        })
+    }
+
+    #[test]
+    fn commit_record_round_trip_in_both_formats() {
+        let (stream, meta, record) = sample();
+        let [binary, cbor] = both_formats(&stream, &record);
+        assert_eq!((binary[0], cbor[0]), (RECORD_FORMAT, RECORD_FORMAT_CBOR));
+        assert!(
+            binary.len() < cbor.len(),
+            "{} vs {} bytes",
+            binary.len(),
+            cbor.len()
+        );
+        for bytes in [binary, cbor] {
+            let (read, read_stream, back) =
+                CommitRecord::decode(Position(10), &bytes).expect("decodes");
+            assert_eq!((read, &read_stream), (HEADER, &stream));
+            assert_eq!(back, record);
+            let mut recorded = Vec::new();
+            let (_, _, commit) = decode_commit(Position(10), &bytes).expect("decodes");
+            let mut builder = EventBuilder::default();
+            let kept = builder
+                .push_events(
+                    &stream,
+                    &HEADER,
+                    Position(10),
+                    &commit,
+                    |v, _| v > Version(5),
+                    &mut recorded,
+                )
+                .expect("valid");
+            assert_eq!(kept, 2, "the first event is filtered out");
+            assert_eq!(
+                (recorded[0].version, recorded[0].position),
+                (Version(6), Position(11))
+            );
+            assert_eq!(&*recorded[1].event_type, "Deposited");
+            assert_eq!(recorded[1].payload, record.events[2].payload);
+            assert_eq!(recorded[1].event_id, record.events[2].event_id);
+            assert_eq!(*recorded[0].meta, meta);
+            assert!(
+                Arc::ptr_eq(&recorded[0].meta, &recorded[1].meta),
+                "one meta per commit"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncated_record_is_an_error_in_both_formats() {
+        let (stream, _, record) = sample();
+        for bytes in both_formats(&stream, &record) {
+            for end in 0..bytes.len() {
+                assert!(
+                    CommitRecord::decode(Position(10), &bytes[..end]).is_err(),
+                    "format {} cut at {end} of {}",
+                    bytes[0],
+                    bytes.len()
+                );
+            }
+        }
     }
 
     #[test]
     fn corrupt_bytes_are_an_error_not_a_panic() {
-        for bytes in [&[][..], &[1][..], &[1, 0xff, 0x00][..], &[9, 1, 2][..]] {
+        for bytes in [
+            &[][..],
+            &[1][..],
+            &[1, 0xff, 0x00][..],
+            &[9, 1, 2][..],
+            &[2, 1][..],
+        ] {
             assert!(CommitRecord::decode(Position(1), bytes).is_err());
+        }
+        let (stream, _, record) = sample();
+        let mut bytes = both_formats(&stream, &record)[0].clone();
+        bytes[0] = 3;
+        let err = CommitRecord::decode(Position(10), &bytes).expect_err("format 3 is unknown");
+        assert!(
+            err.to_string().contains("unknown record format byte 3"),
+            "{err}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbled_records_never_panic(
+            format in 0usize..2,
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let (stream, _, record) = sample();
+            let mut bytes = both_formats(&stream, &record)[format].clone();
+            for (at, byte) in flips {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Ok((header, _, commit)) = decode_commit(Position(10), &bytes) {
+                let mut out = Vec::new();
+                let _ = EventBuilder::default()
+                    .push_events(&stream, &header, Position(10), &commit, |_, _| true, &mut out);
+            }
         }
     }
 }

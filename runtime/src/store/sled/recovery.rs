@@ -31,8 +31,8 @@
 //! [`IntegrityCheck::Structure`] (the default) reads the whole log: positions contiguous from
 //! 1, every segment and record header well-formed, each commit linked to its stream's previous
 //! commit with contiguous versions, and the checkpointed heads consistent with the log (this
-//! needs one map entry per stream while it runs); it decodes the CBOR bodies of the tail after
-//! the watermark. [`IntegrityCheck::Full`] also decodes every record's CBOR body.
+//! needs one map entry per stream while it runs); it decodes the record bodies of the tail after
+//! the watermark. [`IntegrityCheck::Full`] also decodes every record's body.
 //! [`IntegrityCheck::Tail`] checks only the log after the watermark, for very large stores
 //! where opening must be fast. A violation is reported as
 //! [`StoreError::Corrupt`], and recovery changes nothing when it finds one.
@@ -56,10 +56,10 @@ const LAYOUT_KEY: &[u8] = b"layout";
 /// How much of the log to check on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IntegrityCheck {
-    /// The whole log, decoding every commit record's CBOR body.
+    /// The whole log, decoding every commit record's body.
     Full,
     /// The whole log's structure — segments, record headers, positions, every stream's chain
-    /// and versions, checkpointed heads — decoding the CBOR bodies of the tail only. Bodies are
+    /// and versions, checkpointed heads — decoding the record bodies of the tail only. Bodies are
     /// still checked on every read.
     #[default]
     Structure,
@@ -151,7 +151,7 @@ pub(crate) fn recover(
                 ));
             }
             let (header, stream_key, _) = RecordHeader::read(position, bytes)?;
-            // The CBOR body is decoded where it is needed (the tail, for its command id) or
+            // The record body is decoded where it is needed (the tail, for its command id) or
             // asked for (a full check).
             let record = if check == IntegrityCheck::Full || position > watermark {
                 Some(CommitRecord::decode(position, bytes)?.2)

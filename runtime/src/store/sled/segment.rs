@@ -7,8 +7,8 @@
 //! segment = [format: u8 = 1][n: u32]
 //!           n × [relative position: u32][offset: u32][length: u32]
 //!           record bytes …
-//! record  = [format: u8 = 1][prev segment: u64][prev commit: u64][first version: u64]
-//!           [count: u32][stream key length: u16][stream key][CBOR CommitRecord]
+//! record  = [format: u8 = 2][prev segment: u64][prev commit: u64][first version: u64]
+//!           [count: u32][stream key length: u16][stream key][body]
 //! ```
 //!
 //! `prev` locates the previous commit of the same stream (segment key and commit position; all
@@ -16,8 +16,14 @@
 //! which readers walk, so no per-commit index entry has to be written (see the parent module
 //! for why that matters). A [`Locator`] names the segment as well as the commit so that a
 //! reader fetches it with a point `get` — sled range lookups copy whole leaf nodes. The binary
-//! header lets a walk, and the recovery scan, follow chains without decoding CBOR. All integers
-//! big-endian. Segments are validated lazily: opening one checks its header and table size,
+//! header lets a walk, and the recovery scan, follow chains without decoding the body. All
+//! integers of segments and headers big-endian.
+//!
+//! The record's format byte names its body's encoding: format 2 (written now) is the compact
+//! binary body of [`body`](super::body); format 1, written by earlier builds, has the same
+//! header and a CBOR [`CommitRecord`](super::record::CommitRecord) as its body, and is still
+//! read, so a store may hold records of both formats. A reader meets any other format byte as
+//! a [`StoreError::Corrupt`] naming it. Segments are validated lazily: opening one checks its header and table size,
 //! each record access checks its own bounds.
 
 use sled::IVec;
@@ -28,8 +34,12 @@ use crate::types::{Position, Version};
 
 /// Format byte of segments.
 pub(crate) const SEGMENT_FORMAT: u8 = 1;
-/// Format byte of records inside a segment.
-pub(crate) const RECORD_FORMAT: u8 = 1;
+/// Format byte of the records this build writes: the binary header below and a binary body
+/// (see [`body`](super::body)).
+pub(crate) const RECORD_FORMAT: u8 = 2;
+/// Format byte of records with a CBOR body ([`CommitRecord`](super::record::CommitRecord)),
+/// which builds before format 2 wrote; still read.
+pub(crate) const RECORD_FORMAT_CBOR: u8 = 1;
 /// Bytes of a record's fixed header, before the stream key.
 pub(crate) const RECORD_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 4 + 2;
 const SEGMENT_HEADER_LEN: usize = 1 + 4;
@@ -89,15 +99,15 @@ impl RecordHeader {
             .advance(u64::from(self.count).saturating_sub(1))
     }
 
-    /// Writes the header into the first bytes of `record` (which the encoder reserved).
+    /// Writes the header into the first bytes of `record` (which the encoder reserved), after
+    /// the format byte the encoder wrote.
     pub(crate) fn write_into(&self, record: &mut [u8]) {
-        record[0] = RECORD_FORMAT;
         record[1..17].copy_from_slice(&self.prev.encode());
         record[17..25].copy_from_slice(&self.first_version.0.to_be_bytes());
         record[25..29].copy_from_slice(&self.count.to_be_bytes());
     }
 
-    /// Reads a record's header and returns it with the stream key and the CBOR body;
+    /// Reads a record's header and returns it with the stream key and the body;
     /// `position` names the record in errors.
     pub(crate) fn read(
         position: Position,
@@ -106,11 +116,12 @@ impl RecordHeader {
         if record.len() < RECORD_FIXED_LEN {
             return Err(corrupt_at(position, "record shorter than its header"));
         }
-        if record[0] != RECORD_FORMAT {
+        if record[0] != RECORD_FORMAT && record[0] != RECORD_FORMAT_CBOR {
             return Err(corrupt_at(
                 position,
                 &format!(
-                    "unknown record format byte {} (this build reads {RECORD_FORMAT})",
+                    "unknown record format byte {} (this build reads {RECORD_FORMAT_CBOR} and \
+                     {RECORD_FORMAT})",
                     record[0]
                 ),
             ));
@@ -312,6 +323,7 @@ mod tests {
 
     fn record(prev: u64, first: u64, count: u32, body: &[u8]) -> Vec<u8> {
         let mut r = vec![0u8; RECORD_FIXED_LEN];
+        r[0] = RECORD_FORMAT;
         r[RECORD_FIXED_LEN - 2..].copy_from_slice(&1u16.to_be_bytes());
         r.push(b'k');
         let prev = Locator {

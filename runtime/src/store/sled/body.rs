@@ -28,12 +28,76 @@
 //! presence byte other than 0 or 1, or text that is not UTF-8 are [`CodecError::Decode`]
 //! errors, never a panic and never a guess.
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::record::CommitRecord;
 use crate::codec::CodecError;
+use crate::envelope::EncodedPayload;
 
 const WHAT: &str = "commit record";
+
+/// One commit: the events of one command with their shared metadata (the body of a record;
+/// the stream, versions and chain link are in the record's binary header). Encoded as CBOR in
+/// format 1 records — field names are short because they are repeated in every record — and
+/// by hand in format 2 (see [`body`](super::body)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CommitRecord {
+    #[serde(rename = "at")]
+    pub(crate) recorded_at: u64,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) command_id: Option<String>,
+    #[serde(
+        rename = "f",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_fingerprint"
+    )]
+    pub(crate) fingerprint: Option<[u8; 16]>,
+    #[serde(rename = "co", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) correlation_id: Option<String>,
+    #[serde(rename = "ca", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) causation_id: Option<String>,
+    #[serde(rename = "e")]
+    pub(crate) events: Vec<EventRecord>,
+}
+
+/// One event inside a [`CommitRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EventRecord {
+    #[serde(rename = "id")]
+    pub(crate) event_id: Uuid,
+    #[serde(rename = "t")]
+    pub(crate) event_type: String,
+    #[serde(rename = "s")]
+    pub(crate) schema_version: u16,
+    #[serde(rename = "p")]
+    pub(crate) payload: EncodedPayload,
+}
+
+mod opt_fingerprint {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => serde_bytes::serialize(&bytes[..], s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 16]>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => b
+                .into_vec()
+                .try_into()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom("fingerprint is not 16 bytes")),
+        }
+    }
+}
 
 /// A format 2 commit body, decoded in place. Its events are read by
 /// [`CommitView::for_each_event`].
@@ -107,7 +171,7 @@ impl<'a> CommitView<'a> {
     pub(crate) fn to_record(self) -> Result<CommitRecord, CodecError> {
         let mut events = Vec::with_capacity(usize::try_from(self.count).unwrap_or(0).min(1024));
         self.for_each_event(|e| {
-            events.push(super::record::EventRecord {
+            events.push(EventRecord {
                 event_id: e.event_id,
                 event_type: e.event_type.to_string(),
                 schema_version: e.schema_version,
@@ -276,7 +340,6 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::envelope::EncodedPayload;
-    use crate::store::sled::record::EventRecord;
     use proptest::prelude::*;
 
     fn sample(events: usize, ids: bool) -> CommitRecord {

@@ -912,7 +912,7 @@ fn commit_of<'s>(
             |_| "an unreadable stream key".to_string(),
             |s| s.to_string(),
         );
-        return Err(record::corrupt_at(
+        return Err(segment::corrupt_at(
             position,
             &format!("the chain of {stream} leads to a commit of {of}"),
         ));
@@ -921,7 +921,7 @@ fn commit_of<'s>(
 }
 
 fn missing_commit(at: Locator) -> StoreError {
-    record::corrupt_at(at.commit, "a stream's chain points at a missing commit")
+    segment::corrupt_at(at.commit, "a stream's chain points at a missing commit")
 }
 
 /// How far back, in positions, a walk along a stream's chain looks for the previous commit's
@@ -1490,7 +1490,7 @@ pub(crate) fn lookup_command(
                 .fingerprint()
                 .map(super::Fingerprint)
                 .ok_or_else(|| {
-                    record::corrupt_at(position, "commit with a command id has no fingerprint")
+                    segment::corrupt_at(position, "commit with a command id has no fingerprint")
                 })?;
             let mut builder = EventBuilder::default();
             let stream = builder.stream(position, key)?;

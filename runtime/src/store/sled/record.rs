@@ -28,11 +28,13 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::body::{self, CommitView, EventView};
+pub(crate) use super::body::{CommitRecord, EventRecord};
 use super::keys;
-use super::segment::{Locator, RecordHeader, RECORD_FIXED_LEN, RECORD_FORMAT, RECORD_FORMAT_CBOR};
+use super::segment::{
+    corrupt_at, Locator, RecordHeader, RECORD_FIXED_LEN, RECORD_FORMAT, RECORD_FORMAT_CBOR,
+};
 use crate::codec::{self, CodecError};
 use crate::envelope::{CommitMeta, EncodedPayload, RecordedEvent};
 use crate::store::{Fingerprint, PendingEvent, Snapshot, StoreError};
@@ -42,69 +44,6 @@ use crate::types::{CommandId, Position, StreamId, Timestamp, Version};
 pub(crate) const COMMAND_FORMAT: u8 = 1;
 /// Format byte of snapshot records.
 pub(crate) const SNAPSHOT_FORMAT: u8 = 1;
-
-/// One commit: the events of one command with their shared metadata (the body of a record;
-/// the stream, versions and chain link are in the record's binary header). Encoded as CBOR in
-/// format 1 records — field names are short because they are repeated in every record — and
-/// by hand in format 2 (see [`body`](super::body)).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CommitRecord {
-    #[serde(rename = "at")]
-    pub(crate) recorded_at: u64,
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) command_id: Option<String>,
-    #[serde(
-        rename = "f",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_fingerprint"
-    )]
-    pub(crate) fingerprint: Option<[u8; 16]>,
-    #[serde(rename = "co", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) correlation_id: Option<String>,
-    #[serde(rename = "ca", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) causation_id: Option<String>,
-    #[serde(rename = "e")]
-    pub(crate) events: Vec<EventRecord>,
-}
-
-/// One event inside a [`CommitRecord`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct EventRecord {
-    #[serde(rename = "id")]
-    pub(crate) event_id: Uuid,
-    #[serde(rename = "t")]
-    pub(crate) event_type: String,
-    #[serde(rename = "s")]
-    pub(crate) schema_version: u16,
-    #[serde(rename = "p")]
-    pub(crate) payload: EncodedPayload,
-}
-
-mod opt_fingerprint {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(v: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(bytes) => serde_bytes::serialize(&bytes[..], s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<[u8; 16]>, D::Error> {
-        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
-        match bytes {
-            None => Ok(None),
-            Some(b) => b
-                .into_vec()
-                .try_into()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom("fingerprint is not 16 bytes")),
-        }
-    }
-}
 
 impl CommitRecord {
     /// Builds the record of an append.
@@ -179,13 +118,6 @@ impl CommitRecord {
                 .map_err(|e| corrupt_at(position, &e.to_string()))?,
         };
         Ok((header, stream, record))
-    }
-}
-
-pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
-    StoreError::Corrupt {
-        what: format!("log record at position {position}"),
-        reason: reason.to_string(),
     }
 }
 
@@ -520,7 +452,7 @@ mod tests {
         };
         let events: Vec<PendingEvent> = (0..3u8)
             .map(|i| PendingEvent {
-                event_id: Uuid::new_v4(),
+                event_id: uuid::Uuid::new_v4(),
                 event_type: Arc::from(if i == 1 { "Withdrawn" } else { "Deposited" }),
                 schema_version: 2,
                 payload: EncodedPayload(vec![1, 2, i]),

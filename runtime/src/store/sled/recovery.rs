@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use super::disk::Disk;
 use super::keys;
-use super::record::{corrupt_at, CommandRecord, CommitRecord, HeadEntry};
-use super::segment::{Locator, RecordHeader, Segment};
+use super::record::{CommandRecord, CommitRecord, HeadEntry};
+use super::segment::{corrupt_at, Locator, RecordHeader, Segment};
 use super::writer::{BATCH_KEY, WATERMARK_KEY};
 use super::{io, locate, Faults, Trees, SKIP_EVERY, SKIP_STEP};
 use crate::store::StoreError;

@@ -28,7 +28,6 @@
 
 use sled::IVec;
 
-use super::record::corrupt_at;
 use crate::store::StoreError;
 use crate::types::{Position, Version};
 
@@ -314,6 +313,14 @@ impl Segment {
             }
         }
         lo
+    }
+}
+
+/// A damaged log record at `position`.
+pub(crate) fn corrupt_at(position: Position, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("log record at position {position}"),
+        reason: reason.to_string(),
     }
 }
 

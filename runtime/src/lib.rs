@@ -89,7 +89,7 @@
 //! | `testkit` (feature `testkit`) | given/when/then tests for aggregates |
 //!
 //! # Guarantees
-//! - **Durability.** In the default [`Durability::Durable`](store::sled::Durability) mode an
+//! - **Durability.** In the default [`Durability::Durable`](store::Durability) mode an
 //!   acknowledged command's events were fsynced before the reply — a real `fdatasync`/`fsync`
 //!   of every file and directory that holds them, not sled's `flush` alone. A crash of the
 //!   process or a power cut loses nothing acknowledged, duplicates nothing and leaves no version
@@ -109,7 +109,7 @@
 //!   nothing — stored with it; a retry returns that outcome without running again, after
 //!   restarts too; the same id with a different command is [`ExecuteError::CommandIdReused`].
 //! - **Bounded resources.** Every queue and cache has a limit ([`RuntimeOptions`],
-//!   [`store::sled::SledOptions`]); at a limit a command gets a typed error
+//!   [`store::SledOptions`]); at a limit a command gets a typed error
 //!   ([`ExecuteError::Overloaded`] with a retry-after hint, [`ExecuteError::LimitExceeded`])
 //!   or, for live actors, the least recently used one is evicted. A command that waited longer
 //!   than [`RuntimeOptions::queue_time_max`] for its aggregate is refused unexecuted (load is

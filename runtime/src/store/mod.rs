@@ -20,7 +20,7 @@
 pub mod sled;
 pub mod state;
 
-pub use self::sled::SledOptions;
+pub use self::sled::{Durability, SledOptions};
 pub use self::state::{Changes, MemoryState, StateStore};
 
 use std::fmt;

@@ -139,15 +139,17 @@ impl LogReader {
 mod tests {
     use super::*;
     use crate::envelope::{CommitMeta, EncodedPayload};
-    use crate::store::sled::{SledOptions, SledStore};
-    use crate::store::{AppendKind, AppendRequest, PendingEvent};
+    use crate::store::{AppendKind, AppendRequest, PendingEvent, SledOptions};
     use crate::types::{StreamId, Timestamp, Version};
 
     /// A real sled store in a temporary directory with `commits` commits of `per_commit`
     /// events each, spread over a few streams.
     fn store_with(commits: u64, per_commit: u64) -> (tempfile::TempDir, Arc<dyn EventStore>) {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = SledStore::open(SledOptions::new(dir.path())).expect("the store opens");
+        let store = SledOptions::new(dir.path())
+            .open()
+            .expect("the store opens")
+            .log;
         let mut versions = [0u64; 3];
         for i in 0..commits {
             let s = usize::try_from(i % 3).expect("small");
@@ -173,7 +175,7 @@ mod tests {
             futures::executor::block_on(store.append(request)).expect("the append commits");
             versions[s] += per_commit;
         }
-        (dir, Arc::new(store))
+        (dir, store)
     }
 
     fn positions(page: &LogPage) -> Vec<u64> {

@@ -245,6 +245,12 @@ impl WeakRuntime {
 }
 
 impl CommandSink for WeakRuntime {
+    fn keep_alive(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.0
+            .upgrade()
+            .map(|inner| inner as Arc<dyn std::any::Any + Send + Sync>)
+    }
+
     fn dispatch<'a>(
         &'a self,
         outgoing: &'a Outgoing,

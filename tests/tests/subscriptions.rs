@@ -2000,11 +2000,13 @@ async fn invalid_and_duplicate_names_are_refused() {
 }
 
 /// Pays `amount: n` to account `target` on the n-th deposit on account `source`, and is
-/// complete after `rounds` of them.
+/// complete after `rounds` of them. A deposit of `poison` fails while `failing` is set.
 struct RoundsPm {
     source: String,
     target: String,
     rounds: u64,
+    poison: u64,
+    failing: Arc<AtomicBool>,
 }
 
 impl ProcessManager for RoundsPm {
@@ -2014,7 +2016,12 @@ impl ProcessManager for RoundsPm {
         (event.stream == account(&self.source)).then(|| self.source.clone())
     }
 
-    fn react(&self, paid: &mut u64, _event: &RecordedEvent) -> Result<Vec<Action>, HandlerError> {
+    fn react(&self, paid: &mut u64, event: &RecordedEvent) -> Result<Vec<Action>, HandlerError> {
+        if let AccountEvent::Deposited { amount } = event.decode::<AccountEvent>()?.payload {
+            if amount == self.poison && self.failing.load(Ordering::SeqCst) {
+                return Err(format!("deposit of {amount} refused for now").into());
+            }
+        }
         *paid += 1;
         let command = AccountCommand::Deposit { amount: *paid };
         Ok(vec![Action::command::<Account>(&self.target, &command)?])
@@ -2025,8 +2032,10 @@ impl ProcessManager for RoundsPm {
     }
 }
 
-/// The stored process instances of process manager `name`: key → stored bytes.
-fn pm_instances(rt: &Runtime, name: &str) -> Vec<Vec<u8>> {
+/// The stored process instances of process manager `name`: key, and whether it is a live
+/// record (`true`) or a tombstone (a view record is a format byte, the position of the last
+/// event applied, and 0 for a tombstone or 1 and the value).
+fn pm_instances(rt: &Runtime, name: &str) -> Vec<(Vec<u8>, bool)> {
     rt.state_store()
         .range(
             &format!("view/#pm-{name}/0/instances"),
@@ -2036,24 +2045,30 @@ fn pm_instances(rt: &Runtime, name: &str) -> Vec<Vec<u8>> {
         )
         .expect("the instances read")
         .into_iter()
-        .map(|(key, _)| key)
+        .map(|(key, value)| (key, value.get(9) == Some(&1)))
         .collect()
 }
 
-/// A complete process instance is removed once its last command is delivered, in the page
-/// commit; a later event for the same instance starts a new one from the default state; and
-/// a restart does not bring the removed one back or send its commands again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn process_manager_removes_a_complete_instance_once_its_commands_are_delivered() {
-    let dir = temp_dir();
-    let pm = || RoundsPm {
+fn rounds_pm(failing: &Arc<AtomicBool>) -> RoundsPm {
+    RoundsPm {
         source: "x".into(),
         target: "paid".into(),
         rounds: 3,
-    };
+        poison: 13,
+        failing: failing.clone(),
+    }
+}
+
+/// A complete process instance is reduced to a tombstone once its last command is delivered,
+/// in the page commit; a later event for the same instance starts a new one from the default
+/// state; and a restart does not bring the old one back or send its commands again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_manager_ends_a_complete_instance_once_its_commands_are_delivered() {
+    let dir = temp_dir();
+    let failing = Arc::new(AtomicBool::new(false));
     {
         let rt = open(&dir);
-        rt.process_manager("rounds-pm", pm(), quick_retries())
+        rt.process_manager("rounds-pm", rounds_pm(&failing), quick_retries())
             .expect("the process manager registers");
         for _ in 0..2 {
             deposit(&rt, "x", 10).await;
@@ -2061,23 +2076,24 @@ async fn process_manager_removes_a_complete_instance_once_its_commands_are_deliv
         wait_for_head(&rt, "rounds-pm").await;
         assert_eq!(
             pm_instances(&rt, "rounds-pm"),
-            vec![b"x".to_vec()],
+            vec![(b"x".to_vec(), true)],
             "an unfinished instance is kept"
         );
         deposit(&rt, "x", 10).await;
         wait_for_head(&rt, "rounds-pm").await;
         assert_eq!(deposited_amounts(&rt, "paid"), vec![1, 2, 3]);
-        assert!(
-            pm_instances(&rt, "rounds-pm").is_empty(),
-            "the complete instance is gone once its last command was sent"
+        assert_eq!(
+            pm_instances(&rt, "rounds-pm"),
+            vec![(b"x".to_vec(), false)],
+            "the complete instance is a tombstone once its last command was sent"
         );
         close(rt).await;
     }
     let rt = open(&dir);
-    rt.process_manager("rounds-pm", pm(), quick_retries())
+    rt.process_manager("rounds-pm", rounds_pm(&failing), quick_retries())
         .expect("the process manager registers again");
     wait_for_head(&rt, "rounds-pm").await;
-    assert!(pm_instances(&rt, "rounds-pm").is_empty());
+    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![(b"x".to_vec(), false)]);
     deposit(&rt, "x", 10).await;
     wait_for_head(&rt, "rounds-pm").await;
     assert_eq!(
@@ -2085,6 +2101,45 @@ async fn process_manager_removes_a_complete_instance_once_its_commands_are_deliv
         vec![1, 2, 3, 1],
         "nothing was sent again after the restart, and a later event started a new instance"
     );
-    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![b"x".to_vec()]);
+    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![(b"x".to_vec(), true)]);
+    close(rt).await;
+}
+
+/// An event parked before its instance completed, retried after, is not reacted to: the
+/// instance's tombstone remembers the position it reached (with the record deleted outright,
+/// the retry would start the process again from the default state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_retried_after_its_instance_completed_does_not_restart_it() {
+    let dir = temp_dir();
+    let failing = Arc::new(AtomicBool::new(true));
+    let rt = open(&dir);
+    rt.process_manager("rounds-pm", rounds_pm(&failing), quick_retries())
+        .expect("the process manager registers");
+    let poison = position_of(&deposit(&rt, "x", 13).await);
+    for _ in 0..3 {
+        deposit(&rt, "x", 10).await;
+    }
+    wait_for_head(&rt, "rounds-pm").await;
+    assert_eq!(
+        rt.parked("rounds-pm")
+            .expect("the parked list")
+            .iter()
+            .map(|p| p.position)
+            .collect::<Vec<_>>(),
+        vec![poison]
+    );
+    assert_eq!(deposited_amounts(&rt, "paid"), vec![1, 2, 3]);
+    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![(b"x".to_vec(), false)]);
+    failing.store(false, Ordering::SeqCst);
+    rt.retry_parked("rounds-pm", poison)
+        .await
+        .expect("the retry goes through");
+    assert!(rt.parked("rounds-pm").expect("the parked list").is_empty());
+    assert_eq!(
+        deposited_amounts(&rt, "paid"),
+        vec![1, 2, 3],
+        "the finished process was not started again"
+    );
+    assert_eq!(pm_instances(&rt, "rounds-pm"), vec![(b"x".to_vec(), false)]);
     close(rt).await;
 }

@@ -37,11 +37,15 @@
 //!
 //! # Instances that end
 //! After each reaction the runtime also asks [`ProcessManager::is_complete`]; once it says yes
-//! and the instance's outbox is delivered (including the cancellation of its deadlines), the
-//! instance's record is removed in the same page commit, so a finished process costs no
-//! storage. The removal commits with the checkpoint, so no event up to it is delivered again;
-//! an event for the same instance *after* it starts a new instance from `State::default()`,
-//! which a manager should treat as "nothing known" (and may declare complete at once).
+//! and the instance's outbox is delivered, the instance's record — state, outbox, deadline keys
+//! — is replaced, in the same page commit, by a *tombstone*: a few bytes holding the position
+//! of the last event applied. The tombstone is what keeps "never a step twice" true: an event
+//! at or below it is not reacted to, however it comes back (a page whose checkpoint was moved
+//! back after an interrupted command, a parked event retried later). An event of the instance
+//! *after* it starts a new instance from `State::default()`, which a manager should treat as
+//! "nothing known" (and may declare complete at once). Deadlines the instance did not cancel
+//! stay scheduled and fire.
+//!
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,6 +86,11 @@ pub(crate) trait CommandSink: Send + Sync {
         &'a self,
         outgoing: &'a Outgoing,
     ) -> futures::future::LocalBoxFuture<'a, Result<(), ExecuteError>>;
+
+    /// A handle that keeps the runtime alive while it is held (`None` once it is gone): the
+    /// deadline timer holds one for each tick, so a tick never runs on after the runtime
+    /// stopped its store.
+    fn keep_alive(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>>;
 }
 
 /// A process manager. See the [module docs](self).
@@ -327,7 +336,8 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                 complete,
             };
             reacted = Some(next.clone());
-            Ok::<_, HandlerError>(Some(next))
+            // Over, and nothing to send: only a tombstone with the event's position stays.
+            Ok::<_, HandlerError>((!next.is_done()).then_some(next))
         })?;
         // A failed reaction wrote nothing: the event is retried or parked, and reacts again.
         result?;
@@ -337,8 +347,6 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
             None => self.instances.get(key)?.unwrap_or_default(),
         };
         if instance.is_done() {
-            // Over, and nothing to send: the record goes with this page.
-            self.instances.remove(key)?;
             return Ok(());
         }
         // Sent at the end of the page (see `flush`), concurrently across instances.
@@ -412,7 +420,7 @@ impl<P: ProcessManager> ProcessSubscriber<P> {
                     stored
                         .outbox
                         .retain(|o| !done.contains(o.command_id.as_str()));
-                    // A complete process whose last commands are delivered is removed.
+                    // A complete process whose last commands are delivered leaves a tombstone.
                     (!stored.is_done()).then_some(stored)
                 });
                 if let Err(e) = cleared {

@@ -273,7 +273,7 @@ impl<V: Serialize + DeserializeOwned> View<V> {
     }
 
     /// Rewrites the value at `key` keeping its position (no-op if absent); `f` returning
-    /// `None` [removes](View::remove) the record.
+    /// `None` leaves a tombstone at that position, as [`View::update`] does.
     pub(crate) fn replace(
         &self,
         key: &[u8],
@@ -283,26 +283,8 @@ impl<V: Serialize + DeserializeOwned> View<V> {
             return Ok(());
         };
         if let Some(value) = stored.value {
-            match f(value) {
-                Some(next) => self.write(key, Self::encode(stored.position, Some(&next))?)?,
-                None => self.remove(key)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the record at `key` altogether, position included (unlike an update to `None`,
-    /// which keeps a tombstone). Only for records that no redelivered event can reach again:
-    /// in a page, the removal commits with the checkpoint, so the events before it are never
-    /// delivered again.
-    pub(crate) fn remove(&self, key: &[u8]) -> Result<(), ViewError> {
-        match &self.buffer {
-            Some(buffer) => buffer.delete(&self.space, key),
-            None => {
-                let mut changes = Changes::default();
-                changes.delete(&self.space, key);
-                self.state.commit(changes)?;
-            }
+            let next = f(value);
+            self.write(key, Self::encode(stored.position, next.as_ref())?)?;
         }
         Ok(())
     }

@@ -543,6 +543,9 @@ impl Registry {
                     let Some(registry) = weak.upgrade() else {
                         return;
                     };
+                    let Some(_alive) = registry.sink.keep_alive() else {
+                        return;
+                    };
                     if let Err(e) = fire_due(&*registry.state, &*registry.sink).await {
                         tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
                     }

@@ -14,8 +14,10 @@
 //! **Bound**: at most [`CHUNKS_CACHED`] chunks are held, least recently used evicted: 16,384
 //! events, as many as four subscriber pages of the default size (the page size bounds a
 //! subscriber's memory in events the same way; with events of a few hundred bytes this is a few
-//! MiB). A subscriber too far behind for the cache reads its chunks again from the store (and
-//! caches them for those behind it). The lock over the table is held only to find or insert a
+//! MiB). A page handed to a subscriber holds its segments until the page is done, so what is
+//! alive at a time is the cache plus, per subscriber, the segments its current page touches
+//! (at most its page and the rest of the chunks that page spans). A subscriber too far behind
+//! for the cache reads its chunks again from the store (and caches them for those behind it). The lock over the table is held only to find or insert a
 //! chunk; a chunk's own lock is held while it is being extended (a store read, no await),
 //! so two subscribers never read the same positions from the store at the same time.
 

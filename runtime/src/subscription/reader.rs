@@ -69,6 +69,9 @@ impl LogPage {
 pub(crate) struct LogReader {
     log: Arc<dyn EventStore>,
     chunks: Mutex<LruCache<u64, Arc<Mutex<Chunk>>>>,
+    /// Most events one store read brings into a chunk ([`CHUNK_EVENTS`]; less in tests, to
+    /// take the path of a store that answers short).
+    fill_max: usize,
 }
 
 impl LogReader {
@@ -77,6 +80,7 @@ impl LogReader {
         LogReader {
             log,
             chunks: Mutex::new(LruCache::new(capacity)),
+            fill_max: usize::try_from(CHUNK_EVENTS).unwrap_or(usize::MAX),
         }
     }
 
@@ -104,16 +108,26 @@ impl LogReader {
             let mut chunk = chunk.lock();
             if chunk.filled <= chunk_last {
                 // Read what the chunk lacks, up to its end or the head: the readers behind
-                // this one will want the rest of it too. `read_all` returns every
-                // acknowledged event from `filled` on, so the chunk is then covered up to
-                // `chunk_last` (the head this read saw, at most).
-                let n = usize::try_from(chunk_last + 1 - chunk.filled).unwrap_or(usize::MAX);
+                // this one will want the rest of it too.
+                let missing = usize::try_from(chunk_last + 1 - chunk.filled).unwrap_or(usize::MAX);
+                let n = missing.min(self.fill_max);
                 let mut events = self.log.read_all(Position(chunk.filled), n)?;
+                let complete = events.len() >= missing
+                    || events.last().is_some_and(|e| e.position.0 >= chunk_last);
                 events.retain(|e| e.position.0 <= chunk_last);
+                // All missing positions came back (or the last one): the chunk is covered up to
+                // `chunk_last`. A shorter answer covers only up to its last event — the store
+                // may have gaps, or have answered short — and the rest is read again next time
+                // rather than taken for empty.
+                let covered = match events.last() {
+                    _ if complete => chunk_last,
+                    Some(last) => last.position.0,
+                    None => chunk.filled - 1,
+                };
                 if !events.is_empty() {
                     chunk.segments.push(events.into());
                 }
-                chunk.filled = chunk_last + 1;
+                chunk.filled = chunk.filled.max(covered + 1);
             }
             for segment in &chunk.segments {
                 if left == 0 {
@@ -128,6 +142,10 @@ impl LogReader {
                     position = segment[stop - 1].position.0 + 1;
                     page.parts.push((segment.clone(), start..stop));
                 }
+            }
+            if chunk.filled <= chunk_last {
+                // Not covered to the head: the page ends here, never past what was read.
+                break;
             }
             if left > 0 {
                 position = position.max(chunk_last + 1);
@@ -219,6 +237,28 @@ mod tests {
             .iter()
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn a_short_store_answer_ends_the_page_where_it_ends_and_nothing_is_skipped() {
+        let (_dir, store) = store_with(300, 4);
+        let head = store.head_position().0;
+        let mut reader = LogReader::new(store);
+        // Every store read brings at most 7 events: each page stops where its read stopped,
+        // and the next read goes on from there.
+        reader.fill_max = 7;
+        for page_events in [1usize, 5, 100, 4096] {
+            let mut next = 1;
+            while next <= head {
+                let page = reader.read(Position(next), page_events).expect("the read");
+                let got = positions(&page);
+                assert!(!got.is_empty(), "progress from {next}");
+                assert_eq!(got, (next..next + got.len() as u64).collect::<Vec<_>>());
+                assert!(got.len() <= page_events);
+                next += got.len() as u64;
+            }
+            assert_eq!(next, head + 1);
+        }
     }
 
     #[test]

@@ -329,21 +329,16 @@ fn on_credit(
                 Some(OrderStatus::Approved | OrderStatus::Shipped) | None => Vec::new(),
             }
         }
-        CustomerEvent::CreditLimitExceeded { .. } => {
+        CustomerEvent::CreditLimitExceeded { .. }
+        | CustomerEvent::CreditCurrencyMismatch { .. } => {
+            // The customer refused the reservation: the check is answered either way.
             state.reservation_settled = true;
+            let reason = match event {
+                CustomerEvent::CreditLimitExceeded { .. } => REASON_CREDIT_LIMIT_EXCEEDED,
+                _ => REASON_CURRENCY_MISMATCH,
+            };
             match state.status {
-                Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
-                    reason: REASON_CREDIT_LIMIT_EXCEEDED,
-                }],
-                _ => Vec::new(),
-            }
-        }
-        CustomerEvent::CreditCurrencyMismatch { .. } => {
-            state.reservation_settled = true;
-            match state.status {
-                Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder {
-                    reason: REASON_CURRENCY_MISMATCH,
-                }],
+                Some(OrderStatus::Pending) => vec![SagaStep::RejectOrder { reason }],
                 _ => Vec::new(),
             }
         }

@@ -20,7 +20,8 @@ use crate::error::{ExecuteError, Overload, RuntimeError};
 use crate::host::Host;
 use crate::shared::{Counters, Limits, Routing, TypeShared};
 use crate::store::{
-    EventStore, JournalStats, ParkedEvent, SledOptions, StateStore, StoreError, StoreHealth, Stores,
+    EventStore, JournalStats, ParkedEvent, SledOptions, StateStore, StoreError, StoreHealth,
+    StoreOptions, Stores,
 };
 use crate::subscription::process::{CommandSink, Outgoing, ProcessManager};
 use crate::subscription::projection::{Projection, View, ViewError, ViewSet};
@@ -34,8 +35,8 @@ use crate::types::{Position, StreamId, Version};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RuntimeOptions {
-    /// The embedded store [`Runtime::open`] opens (the default backend).
-    pub store: SledOptions,
+    /// The store [`Runtime::open`] opens: the embedded sled store by default, or PostgreSQL.
+    pub store: StoreOptions,
     /// Arbiter threads that run the aggregate actors (default: one per core).
     pub arbiters: NonZeroUsize,
     /// Shards of each routing table.
@@ -87,8 +88,12 @@ impl RuntimeOptions {
         RuntimeOptions::with_store(SledOptions::new(path))
     }
 
-    /// Defaults around the given store options.
-    pub fn with_store(store: SledOptions) -> RuntimeOptions {
+    /// Defaults around the given store options ([`SledOptions`], or [`PgOptions`] with the
+    /// `postgres` feature).
+    ///
+    /// [`PgOptions`]: crate::store::PgOptions
+    pub fn with_store(store: impl Into<StoreOptions>) -> RuntimeOptions {
+        let store = store.into();
         let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
         RuntimeOptions {
             store,
@@ -321,8 +326,8 @@ pub(crate) struct Inner {
 }
 
 impl Runtime {
-    /// Opens the default, embedded store at `options.store.path` (recovering it) and starts
-    /// the actors' threads.
+    /// Opens the store `options.store` chooses (the embedded sled store by default, recovering
+    /// it) and starts the actors' threads.
     pub fn open(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         let stores = options.store.open()?;
         Runtime::with_stores(stores, options)

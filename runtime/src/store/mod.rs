@@ -17,9 +17,13 @@
 //! already encoded. It owns what must be decided in one place: version checks, position
 //! assignment, command-id records, durability and the order of acknowledgements.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sled;
 pub mod state;
 
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PgOptions, PgStore};
 pub use self::sled::{Durability, SledOptions};
 pub use self::state::{Changes, MemoryState, StateStore};
 
@@ -328,6 +332,20 @@ pub enum StoreError {
     /// A value could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] Arc<CodecError>),
+    /// The store's configuration cannot work (a malformed database URL, an invalid schema
+    /// name); nothing was opened.
+    #[error("invalid store configuration: {reason}")]
+    Config {
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
+    /// The stored data was written by a newer build, in a layout this one does not know; it is
+    /// left untouched.
+    #[error("incompatible store: {reason}")]
+    Incompatible {
+        /// What was found.
+        reason: String,
+    },
 }
 
 fn lost_positions(found: Position, acknowledged: Position) -> String {
@@ -526,6 +544,86 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// A watch of [`EventStore::head_position`]: it changes after every acknowledged batch.
     /// Subscribers wait on it instead of polling.
     fn watch_head(&self) -> HeadWatch;
+}
+
+/// Checks what any backend refuses before queueing an append: an empty event list, too many
+/// events, an outcome without a command id, a command key that disagrees with the metadata.
+pub(crate) fn validate_append(request: &AppendRequest) -> Result<(), AppendError> {
+    let invalid = |reason| {
+        Err(AppendError::Invalid {
+            stream: request.stream.clone(),
+            reason,
+        })
+    };
+    match &request.kind {
+        AppendKind::Events(events) if events.is_empty() => {
+            invalid("an append needs at least one event")
+        }
+        AppendKind::Events(events) if u32::try_from(events.len()).is_err() => {
+            invalid("too many events")
+        }
+        AppendKind::Rejection(_) | AppendKind::NoEvents if request.command.is_none() => {
+            invalid("only a command with a command id records an outcome without events")
+        }
+        _ if request.command.is_some() != request.meta.command_id.is_some() => {
+            invalid("command key and metadata command id disagree")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Which backend a runtime opens, and its options: what [`Runtime::open`](crate::Runtime::open)
+/// and the service's configuration choose between.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StoreOptions {
+    /// The embedded sled store (the default).
+    Sled(SledOptions),
+    /// A PostgreSQL database, which several nodes can share.
+    #[cfg(feature = "postgres")]
+    Postgres(PgOptions),
+}
+
+impl StoreOptions {
+    /// Opens the chosen backend: its log and its state store.
+    pub fn open(&self) -> Result<Stores, StoreError> {
+        match self {
+            StoreOptions::Sled(options) => options.open(),
+            #[cfg(feature = "postgres")]
+            StoreOptions::Postgres(options) => options.open(),
+        }
+    }
+
+    /// The sled options, when sled is the backend.
+    pub fn sled(&self) -> Option<&SledOptions> {
+        match self {
+            StoreOptions::Sled(options) => Some(options),
+            #[cfg(feature = "postgres")]
+            StoreOptions::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL options, when PostgreSQL is the backend.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&PgOptions> {
+        match self {
+            StoreOptions::Postgres(options) => Some(options),
+            StoreOptions::Sled(_) => None,
+        }
+    }
+}
+
+impl From<SledOptions> for StoreOptions {
+    fn from(options: SledOptions) -> Self {
+        StoreOptions::Sled(options)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<PgOptions> for StoreOptions {
+    fn from(options: PgOptions) -> Self {
+        StoreOptions::Postgres(options)
+    }
 }
 
 /// The two halves of a backend, as a runtime runs on them: the log and the read side's state,

@@ -84,7 +84,7 @@ use parking_lot::Mutex;
 use self::record::{fingerprint_from, CommandRecord, EventBuilder, HeadEntry, SnapshotRecord};
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
-    AppendError, AppendKind, AppendRequest, AppendTicket, EventRef, EventStore, HeadWatch,
+    AppendError, AppendRequest, AppendTicket, EventRef, EventStore, HeadWatch,
     JournalStats, Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use crate::envelope::RecordedEvent;
@@ -1539,31 +1539,6 @@ fn stream_of(ty: String, id: String) -> Result<StreamId, StoreError> {
         what: "command record".into(),
         reason: e.to_string(),
     })
-}
-
-/// Kind checks shared by `append` and the writer.
-pub(crate) fn validate_kind(request: &AppendRequest) -> Result<(), AppendError> {
-    let invalid = |reason| {
-        Err(AppendError::Invalid {
-            stream: request.stream.clone(),
-            reason,
-        })
-    };
-    match &request.kind {
-        AppendKind::Events(events) if events.is_empty() => {
-            invalid("an append needs at least one event")
-        }
-        AppendKind::Events(events) if u32::try_from(events.len()).is_err() => {
-            invalid("too many events")
-        }
-        AppendKind::Rejection(_) | AppendKind::NoEvents if request.command.is_none() => {
-            invalid("only a command with a command id records an outcome without events")
-        }
-        _ if request.command.is_some() != request.meta.command_id.is_some() => {
-            invalid("command key and metadata command id disagree")
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::keys;
 use super::record::{CommandRecord, CommitRecord, HeadEntry};
 use super::segment::{Locator, RecordHeader, SegmentBuilder};
 use super::{
-    head_at_or_below, io, lookup_command, lookup_head, validate_kind, Durability, Shared, Trees,
+    head_at_or_below, io, lookup_command, lookup_head, Durability, Shared, Trees,
     SKIP_EVERY, SKIP_STEP,
 };
 use crate::store::{
@@ -62,7 +62,7 @@ enum Body {
 
 impl Prepared {
     pub(crate) fn new(request: AppendRequest) -> Result<Prepared, AppendError> {
-        validate_kind(&request)?;
+        crate::store::validate_append(&request)?;
         let fingerprint = request.command.as_ref().map(|c| c.fingerprint);
         let outcome = |record: CommandRecord| -> Result<Body, AppendError> {
             Ok(Body::Outcome {

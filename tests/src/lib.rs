@@ -162,3 +162,52 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A PostgreSQL schema of its own for one test, dropped when it goes out of scope.
+///
+/// The server is the one at `ANNALS_TEST_PG_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`, the machine's local PostgreSQL). A server that
+/// cannot be reached fails the test with the reason: the PostgreSQL tests never skip silently
+/// (`.ci/run` starts the server before the tests).
+#[derive(Debug)]
+pub struct PgSchema {
+    /// Options naming the schema (defaults otherwise).
+    pub options: annals::store::PgOptions,
+}
+
+/// The URL of the test server.
+pub fn pg_test_url() -> String {
+    std::env::var("ANNALS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+impl PgSchema {
+    /// A new, empty schema (created by the first store opened on it), with a small pool so that
+    /// tests running in parallel stay within the server's connection limit.
+    pub fn fresh() -> PgSchema {
+        let schema = format!("annals_t_{}", uuid::Uuid::new_v4().simple());
+        let options = annals::store::PgOptions::new(pg_test_url())
+            .with_schema(schema)
+            .with_pool_size(std::num::NonZeroUsize::new(3).expect("3 is not zero"));
+        PgSchema { options }
+    }
+
+    /// Opens a store on the schema, or fails the test saying why (PostgreSQL unreachable).
+    pub fn open(&self) -> annals::store::PgStore {
+        annals::store::PgStore::open(self.options.clone()).unwrap_or_else(|e| {
+            panic!(
+                "cannot open a PostgreSQL store at {} (set ANNALS_TEST_PG_URL, or start the \
+                 server: .ci/run does): {e}",
+                annals::store::postgres::redacted_url(&self.options.url)
+            )
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Err(e) = annals::store::postgres::drop_schema(&self.options) {
+            eprintln!("could not drop test schema {}: {e}", self.options.schema);
+        }
+    }
+}

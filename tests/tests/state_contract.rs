@@ -3,8 +3,8 @@
 //!
 //! Like the event store's suite (`store_contract.rs`), each contract is a plain function in
 //! [`contract`] taking a `&mut dyn Backend`, and [`state_contract!`] turns the list into one
-//! `#[test]` per contract for one backend. A new backend adds one line:
-//! `state_contract!(postgres: PgStateBackend::fresh());`.
+//! `#[test]` per contract for one backend. A new backend adds one line, as PostgreSQL's does:
+//! `state_contract!(postgres_state: PgBackend::fresh());`.
 //!
 //! Instantiated for the sled state store (the default backend) and for [`MemoryState`] (the
 //! read side of a runtime over a log without one; it is not durable, so for it "reopen" keeps
@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use annals::store::sled::{SledOptions, SledStore};
 use annals::store::state::{prefix_end, DEADLINES, PARKED};
-use annals::store::{Changes, EventStore, MemoryState, ParkedEvent, StateStore};
+use annals::store::{Changes, EventStore, MemoryState, ParkedEvent, PgStore, StateStore};
 use annals::{Position, Timestamp};
+use annals_tests::PgSchema;
 use tempfile::TempDir;
 
 /// A state store under test.
@@ -112,6 +113,38 @@ macro_rules! state_contract {
 
 state_contract!(sled_state: SledBackend::fresh());
 state_contract!(memory_state: MemoryBackend::fresh());
+state_contract!(postgres_state: PgBackend::fresh());
+
+/// The PostgreSQL backend: a store in a schema of its own on the test server, dropped after the
+/// test.
+struct PgBackend {
+    // Field order matters: the store shuts down before its schema is dropped.
+    store: Option<PgStore>,
+    schema: PgSchema,
+}
+
+impl PgBackend {
+    fn fresh() -> PgBackend {
+        let schema = PgSchema::fresh();
+        PgBackend {
+            store: Some(schema.open()),
+            schema,
+        }
+    }
+}
+
+impl Backend for PgBackend {
+    fn state(&self) -> Arc<dyn StateStore> {
+        self.store.as_ref().expect("open between reopens").state()
+    }
+
+    fn reopen(&mut self) {
+        let store = self.store.take().expect("open between reopens");
+        store.shutdown().expect("shut down cleanly");
+        drop(store);
+        self.store = Some(self.schema.open());
+    }
+}
 
 fn put(changes: &mut Changes, space: &str, key: &str, value: &str) {
     changes.put(space, key.as_bytes(), value.as_bytes());

@@ -165,6 +165,28 @@ impl PgOptions {
     }
 }
 
+/// Removes the schema `options` names, with every table in it: all the data of that store.
+/// For tests and for tearing down a store on purpose; refuses the `public` schema.
+pub fn drop_schema(options: &PgOptions) -> Result<(), StoreError> {
+    if options.schema == "public" {
+        return Err(StoreError::Config {
+            reason: "refusing to drop the schema \"public\"".to_string(),
+        });
+    }
+    let pg = Pg::connect(options)?;
+    let schema_name = options.schema.clone();
+    pg.block({
+        let pg = pg.clone();
+        async move {
+            let client = pg.client().await?;
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema_name}\" CASCADE"))
+                .await
+                .map_err(|e| db_error("dropping a schema", &e))
+        }
+    })
+}
+
 /// The URL with any password replaced, for messages and logs.
 pub fn redacted_url(url: &str) -> String {
     // postgres://user:password@host/…: hide what is between the first ':' after the scheme
@@ -257,10 +279,7 @@ impl Pg {
         }
         let mut config: tokio_postgres::Config =
             options.url.parse().map_err(|e| StoreError::Config {
-                reason: format!(
-                    "invalid PostgreSQL URL {}: {e}",
-                    redacted_url(&options.url)
-                ),
+                reason: format!("invalid PostgreSQL URL {}: {e}", redacted_url(&options.url)),
             })?;
         config.options(format!(
             "-c synchronous_commit=on -c search_path={}",
@@ -582,13 +601,19 @@ fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     let position = Position(to_u64(get(row, 0, "annals_events.position")?)?);
     let aggregate_type: String = get(row, 1, "annals_events.aggregate_type")?;
     let aggregate_id: String = get(row, 2, "annals_events.aggregate_id")?;
-    let stream = StreamId::stored(aggregate_type, aggregate_id)
-        .map_err(|e| corrupt(&format!("the stream of the event at {position}"), e.to_string()))?;
+    let stream = StreamId::stored(aggregate_type, aggregate_id).map_err(|e| {
+        corrupt(
+            &format!("the stream of the event at {position}"),
+            e.to_string(),
+        )
+    })?;
     let command_id: Option<String> = get(row, 9, "annals_events.command_id")?;
-    let command_id = command_id
-        .map(CommandId::new)
-        .transpose()
-        .map_err(|e| corrupt(&format!("the command id of the event at {position}"), e.to_string()))?;
+    let command_id = command_id.map(CommandId::new).transpose().map_err(|e| {
+        corrupt(
+            &format!("the command id of the event at {position}"),
+            e.to_string(),
+        )
+    })?;
     let schema_version: i32 = get(row, 6, "annals_events.schema_version")?;
     Ok(RecordedEvent {
         event_id: get(row, 4, "annals_events.event_id")?,
@@ -618,6 +643,12 @@ fn limit_param(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// A bound of a query (a version or position to read from or up to): one beyond `bigint`
+/// means "no bound", which `i64::MAX` says as well, since nothing stored is above it.
+fn bound_param(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 impl EventStore for PgStore {
     fn append(&self, request: AppendRequest) -> AppendTicket {
         if self.inner.shared.closed.load(Ordering::Acquire) {
@@ -627,7 +658,11 @@ impl EventStore for PgStore {
             return AppendTicket::ready(Err(e));
         }
         let (reply, ticket) = AppendTicket::pending();
-        match self.inner.jobs.try_send(writer::Job::Append(request, reply)) {
+        match self
+            .inner
+            .jobs
+            .try_send(writer::Job::Append(request, reply))
+        {
             Ok(()) => ticket,
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 AppendTicket::ready(Err(AppendError::Store(StoreError::Overloaded {
@@ -654,8 +689,8 @@ impl EventStore for PgStore {
             stream.aggregate_type().to_string(),
             stream.aggregate_id().to_string(),
         );
-        let from = to_i64(from.0)?;
-        let to = to_i64(to.map_or(i64::MAX.unsigned_abs(), |v| v.0))?;
+        let from = bound_param(from.0);
+        let to = to.map_or(i64::MAX, |v| bound_param(v.0));
         let limit = limit_param(limit);
         self.query(move |client| async move {
             let rows = client
@@ -678,7 +713,7 @@ impl EventStore for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let from = to_i64(from.0)?;
+        let from = bound_param(from.0);
         let limit = limit_param(limit);
         self.query(move |client| async move {
             let rows = client
@@ -838,7 +873,7 @@ impl EventStore for PgStore {
             stream.aggregate_type().to_string(),
             stream.aggregate_id().to_string(),
         );
-        let at_or_below = to_i64(at_or_below.0)?;
+        let at_or_below = bound_param(at_or_below.0);
         self.query(move |client| async move {
             let Some(row) = client
                 .query_opt(
@@ -855,11 +890,9 @@ impl EventStore for PgStore {
             let schema_version: i64 = get(&row, 1, "annals_snapshots.schema_version")?;
             Ok(Some(Snapshot {
                 version: Version(to_u64(get(&row, 0, "annals_snapshots.version")?)?),
-                schema_version: u32::try_from(schema_version).map_err(|_| {
-                    StoreError::Corrupt {
-                        what: "a snapshot's schema version".to_string(),
-                        reason: format!("{schema_version} is out of range"),
-                    }
+                schema_version: u32::try_from(schema_version).map_err(|_| StoreError::Corrupt {
+                    what: "a snapshot's schema version".to_string(),
+                    reason: format!("{schema_version} is out of range"),
                 })?,
                 taken_at: Timestamp(to_u64(get(&row, 2, "annals_snapshots.taken_at")?)?),
                 state: get(&row, 3, "annals_snapshots.state")?,

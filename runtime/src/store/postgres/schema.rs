@@ -131,9 +131,12 @@ pub(super) async fn migrate(tx: &Transaction<'_>, schema: &str) -> Result<(), St
         tx.execute("DELETE FROM annals_schema", &[])
             .await
             .map_err(sql("recording the schema version"))?;
-        tx.execute("INSERT INTO annals_schema (version) VALUES ($1)", &[&version])
-            .await
-            .map_err(sql("recording the schema version"))?;
+        tx.execute(
+            "INSERT INTO annals_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(sql("recording the schema version"))?;
         tracing::info!(schema, version, "migrated the PostgreSQL schema");
     }
     Ok(())
@@ -160,7 +163,15 @@ mod tests {
         for good in ["public", "annals", "annals_t_0a1b", "_x"] {
             assert!(valid_schema_name(good), "{good}");
         }
-        for bad in ["", "1abc", "Public", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "Public",
+            "a-b",
+            "a\"b",
+            "a;drop",
+            &"x".repeat(64),
+        ] {
             assert!(!valid_schema_name(bad), "{bad}");
         }
     }

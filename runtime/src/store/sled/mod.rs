@@ -84,8 +84,8 @@ use parking_lot::Mutex;
 use self::record::{fingerprint_from, CommandRecord, EventBuilder, HeadEntry, SnapshotRecord};
 use self::segment::{Locator, RecordHeader, Segment};
 use super::{
-    AppendError, AppendRequest, AppendTicket, EventRef, EventStore, HeadWatch,
-    JournalStats, Snapshot, StoreError, StoreHealth, StoredOutcome,
+    AppendError, AppendRequest, AppendTicket, EventRef, EventStore, HeadWatch, JournalStats,
+    Snapshot, StoreError, StoreHealth, StoredOutcome,
 };
 use crate::envelope::RecordedEvent;
 use crate::types::{CommandId, Position, StreamId, Version};

@@ -19,8 +19,8 @@ use super::keys;
 use super::record::{CommandRecord, CommitRecord, HeadEntry};
 use super::segment::{Locator, RecordHeader, SegmentBuilder};
 use super::{
-    head_at_or_below, io, lookup_command, lookup_head, Durability, Shared, Trees,
-    SKIP_EVERY, SKIP_STEP,
+    head_at_or_below, io, lookup_command, lookup_head, Durability, Shared, Trees, SKIP_EVERY,
+    SKIP_STEP,
 };
 use crate::store::{
     AppendError, AppendKind, AppendReply, AppendRequest, CommandKey, CommitReceipt, Fingerprint,

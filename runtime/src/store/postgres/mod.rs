@@ -97,6 +97,84 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// How often the head is read from the database, to see other nodes' commits.
     pub poll_interval: Duration,
+    /// Hooks for tests: hold the writer's next transaction open before its commit.
+    pub hooks: Arc<PgHooks>,
+}
+
+/// Test hooks of the writer, after the sled backend's fault injection: a test arms a gate and
+/// the writer's next transaction that writes events stops just before `COMMIT` — its positions
+/// taken, its rows inserted — until the test lets it commit or roll back. This is how the
+/// ordering tests hold a transaction open through the real append path.
+#[derive(Debug, Default)]
+pub struct PgHooks {
+    gate: Mutex<Option<GateInner>>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    held: tokio::sync::oneshot::Sender<()>,
+    verdict: tokio::sync::oneshot::Receiver<bool>,
+}
+
+/// The test's side of an armed gate (see [`PgHooks::hold_next_commit`]).
+#[derive(Debug)]
+pub struct CommitGate {
+    held: Option<tokio::sync::oneshot::Receiver<()>>,
+    verdict: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl PgHooks {
+    /// Arms the gate: the writer's next transaction that writes events waits before its
+    /// commit until the returned gate says what to do.
+    pub fn hold_next_commit(&self) -> CommitGate {
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+        *self.gate.lock() = Some(GateInner {
+            held: held_tx,
+            verdict: verdict_rx,
+        });
+        CommitGate {
+            held: Some(held_rx),
+            verdict: Some(verdict_tx),
+        }
+    }
+
+    /// The armed gate, taken by the writer.
+    fn take(&self) -> Option<GateInner> {
+        self.gate.lock().take()
+    }
+}
+
+impl CommitGate {
+    /// Blocks until the writer's transaction is waiting at the gate (it holds the head row).
+    pub fn wait_until_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            let _ = futures::executor::block_on(held);
+        }
+    }
+
+    /// Lets the held transaction commit.
+    pub fn commit(mut self) {
+        if let Some(verdict) = self.verdict.take() {
+            let _ = verdict.send(true);
+        }
+    }
+
+    /// Makes the held transaction roll back: its appends are refused, nothing of it is written.
+    pub fn roll_back(mut self) {
+        if let Some(verdict) = self.verdict.take() {
+            let _ = verdict.send(false);
+        }
+    }
+}
+
+impl Drop for CommitGate {
+    fn drop(&mut self) {
+        // A gate dropped without a verdict lets the transaction commit.
+        if let Some(verdict) = self.verdict.take() {
+            let _ = verdict.send(true);
+        }
+    }
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -110,7 +188,7 @@ impl std::fmt::Debug for PgOptions {
             .field("batch_appends_max", &self.batch_appends_max)
             .field("connect_timeout", &self.connect_timeout)
             .field("poll_interval", &self.poll_interval)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,6 +220,7 @@ impl PgOptions {
             batch_appends_max: nonzero(BATCH_APPENDS_MAX_DEFAULT),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             poll_interval: POLL_INTERVAL_DEFAULT,
+            hooks: Arc::default(),
         }
     }
 
@@ -438,6 +517,7 @@ impl PgStore {
             shared.clone(),
             queue,
             options.batch_appends_max.get(),
+            options.hooks.clone(),
         ));
         let poller = pg
             .handle

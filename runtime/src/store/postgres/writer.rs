@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{db_error, to_i64, to_u64, Pg, Shared};
+use super::{db_error, to_i64, to_u64, Pg, PgHooks, Shared};
 use crate::store::{
     AppendError, AppendKind, AppendReply, AppendRequest, CommitReceipt, Fingerprint, StoreError,
 };
@@ -40,6 +40,7 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     mut queue: tokio::sync::mpsc::Receiver<Job>,
     batch_max: usize,
+    hooks: Arc<PgHooks>,
 ) {
     let mut batch: Vec<(AppendRequest, AppendReply)> = Vec::with_capacity(batch_max);
     loop {
@@ -62,7 +63,7 @@ pub(super) async fn run(
             next = queue.try_recv().ok();
         }
         if !batch.is_empty() {
-            commit(&pg, &shared, &mut batch).await;
+            commit(&pg, &shared, &hooks, &mut batch).await;
         }
         if let Some(done) = stop {
             let _ = done.send(());
@@ -72,11 +73,16 @@ pub(super) async fn run(
 }
 
 /// Commits one batch and answers every append in it.
-async fn commit(pg: &Pg, shared: &Shared, batch: &mut Vec<(AppendRequest, AppendReply)>) {
+async fn commit(
+    pg: &Pg,
+    shared: &Shared,
+    hooks: &PgHooks,
+    batch: &mut Vec<(AppendRequest, AppendReply)>,
+) {
     let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
     let mut attempt = 1;
     let outcome = loop {
-        match try_commit(pg, &requests).await {
+        match try_commit(pg, hooks, &requests).await {
             Err(Failure::Retry(e)) if attempt < BATCH_ATTEMPTS => {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(attempt, error = %e, "redoing a batch after a concurrent commit");
@@ -203,6 +209,7 @@ type Answers = Vec<Result<CommitReceipt, AppendError>>;
 /// written.
 async fn try_commit(
     pg: &Pg,
+    hooks: &PgHooks,
     requests: &[&AppendRequest],
 ) -> Result<(Answers, Option<Position>), Failure> {
     let mut client = pg.client().await?;
@@ -493,6 +500,20 @@ async fn try_commit(
     // Sent together: the connection pipelines them.
     futures::try_join!(insert_events, insert_commands)
         .map_err(Failure::of("inserting the batch"))?;
+    if event_total > 0 {
+        if let Some(gate) = hooks.take() {
+            let _ = gate.held.send(());
+            if gate.verdict.await == Ok(false) {
+                tx.rollback()
+                    .await
+                    .map_err(Failure::of("rolling back at a test's request"))?;
+                return Err(Failure::Store(StoreError::Io {
+                    op: "committing a batch",
+                    reason: "rolled back at a test's request".to_string(),
+                }));
+            }
+        }
+    }
     match tx.commit().await {
         Ok(()) => {}
         Err(e) if e.code().is_some() => return Err(Failure::of(COMMIT_OP)(e)),

@@ -342,3 +342,235 @@ fn concurrent_writers_on_three_nodes_give_one_gap_free_order_that_no_reader_skip
         node.shutdown().expect("a clean shutdown");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ownership of subscribers among nodes
+// ---------------------------------------------------------------------------------------------
+
+/// Ends node `node`'s lease session from the server's side, as PostgreSQL does when the node
+/// goes silent past its lease (or its connection dies).
+fn terminate_lease_session(store: &PgStore, node: &str) {
+    let name = annals::store::postgres::lease::lease_session_name(node);
+    let url = store.options().url.clone();
+    let killed = std::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-tAc",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{name}'"
+            ),
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        String::from_utf8_lossy(&killed.stdout).trim() == "1",
+        "one lease session of {node} was ended: {:?}",
+        killed
+    );
+}
+
+#[test]
+fn one_node_owns_a_subscriber_and_a_fenced_out_owner_writes_nothing() {
+    use annals::store::{Changes, StateStore, StoreError};
+    let schema = PgSchema::fresh();
+    // Node names of this test only: tests run in parallel on one server.
+    let (name_a, name_b) = (
+        format!("a-{}", schema.options.schema),
+        format!("b-{}", schema.options.schema),
+    );
+    let node_a = PgStore::open(schema.options.clone().with_node_id(&name_a)).expect("open a");
+    let node_b = PgStore::open(schema.options.clone().with_node_id(&name_b)).expect("open b");
+    let (state_a, state_b) = (node_a.state(), node_b.state());
+
+    let lease_a = state_a
+        .claim("orders-view")
+        .expect("claim")
+        .expect("the first claim is granted");
+    assert!(
+        state_b.claim("orders-view").expect("claim").is_none(),
+        "a second node cannot take what the first holds"
+    );
+    let mut page = Changes::default();
+    page.put("view", b"k".to_vec(), b"from a".to_vec());
+    page.fence("orders-view", &lease_a);
+    state_a.commit(page).expect("the owner commits");
+
+    // Node A goes silent: the server ends its lease session; B takes over with a new epoch.
+    terminate_lease_session(&node_a, &name_a);
+    let lease_b = state_b
+        .claim("orders-view")
+        .expect("claim")
+        .expect("the lock is free once A's session ended");
+    assert!(lease_b.epoch > lease_a.epoch, "a takeover bumps the epoch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lease_a.is_valid() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!lease_a.is_valid(), "A learns that its lease session ended");
+    let owners = state_b.owners().expect("owners");
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].node, name_b);
+
+    // A wakes up and commits a page with its old lease: refused, nothing written.
+    let mut late = Changes::default();
+    late.put("view", b"k".to_vec(), b"from a, too late".to_vec());
+    late.fence("orders-view", &lease_a);
+    let refused = state_a.commit(late);
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { .. })),
+        "a fenced-out owner's commit must be refused: {refused:?}"
+    );
+    assert_eq!(
+        state_b.get("view", b"k").expect("read"),
+        Some(b"from a".to_vec()),
+        "nothing of the refused page was written"
+    );
+    let mut page = Changes::default();
+    page.put("view", b"k".to_vec(), b"from b".to_vec());
+    page.fence("orders-view", &lease_b);
+    state_b.commit(page).expect("the new owner commits");
+    for node in [node_a, node_b] {
+        node.shutdown().expect("a clean shutdown");
+    }
+}
+
+/// Records the positions it is handed, tagged with its node.
+struct Recorder {
+    node: &'static str,
+    seen: Arc<std::sync::Mutex<Vec<(&'static str, u64)>>>,
+}
+
+impl annals::Subscriber for Recorder {
+    fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> annals::HandleFuture<'a> {
+        self.seen
+            .lock()
+            .expect("the recorder's lock is not poisoned")
+            .push((self.node, event.position.0));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn runtime_on(schema: &PgSchema, node: &str) -> annals::Runtime {
+    let options = annals::RuntimeOptions::with_store(schema.options.clone().with_node_id(node))
+        .with_arbiters(std::num::NonZeroUsize::new(2).expect("2 is not zero"));
+    let rt = annals::Runtime::open(options).expect("a runtime opens on PostgreSQL");
+    rt.register::<annals_domain::bank::Account>()
+        .expect("Account registers");
+    rt
+}
+
+async fn deposit_many(rt: &annals::Runtime, prefix: &str, n: usize) {
+    for i in 0..n {
+        let id = format!("{prefix}-{}", i % 5);
+        match rt
+            .execute::<annals_domain::bank::Account>(
+                &id,
+                annals_domain::bank::AccountCommand::Deposit { amount: 1 },
+            )
+            .await
+        {
+            Ok(Ok(_)) => {}
+            other => panic!("a deposit on {id} must commit: {other:?}"),
+        }
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two runtimes on one database register the same subscriber: one runs it, the other stands
+/// by; when the first stops, the second takes over from the checkpoint the first committed.
+/// Every position is handled once, in order, across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_runs_on_one_node_and_another_takes_over_when_it_stops() {
+    use annals::SubscriberStatus;
+    let schema = PgSchema::fresh();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let node_a = runtime_on(&schema, "node-a");
+    node_a
+        .subscribe(
+            "audit",
+            Recorder {
+                node: "a",
+                seen: seen.clone(),
+            },
+            annals::SubscriberOptions::default(),
+        )
+        .expect("subscribe on a");
+    wait_until("node a runs the subscriber", || {
+        node_a
+            .subscribers()
+            .iter()
+            .any(|s| s.name == "audit" && s.status == SubscriberStatus::Live)
+    })
+    .await;
+    let node_b = runtime_on(&schema, "node-b");
+    node_b
+        .subscribe(
+            "audit",
+            Recorder {
+                node: "b",
+                seen: seen.clone(),
+            },
+            annals::SubscriberOptions::default(),
+        )
+        .expect("subscribe on b");
+
+    deposit_many(&node_a, "first", 40).await;
+    deposit_many(&node_b, "first-b", 40).await;
+    wait_until("node b stands by", || {
+        node_b
+            .subscribers()
+            .iter()
+            .any(|s| s.name == "audit" && s.status == SubscriberStatus::Standby)
+    })
+    .await;
+    let head = node_b.head_position().0.max(node_a.head_position().0);
+    wait_until("node a has handled the first writes", || {
+        seen.lock().expect("lock").len() as u64 >= head
+    })
+    .await;
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .all(|(node, _)| *node == "a"),
+        "only the owner handles events"
+    );
+    let owners = node_b.stores().state.owners().expect("read the owners");
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.name == "audit" && o.node == "node-a"),
+        "the owners table names node a: {owners:?}"
+    );
+
+    node_a.shutdown().await.expect("node a stops cleanly");
+    deposit_many(&node_b, "second", 40).await;
+    let head = node_b.head_position().0;
+    wait_until("node b has taken over and caught up", || {
+        seen.lock().expect("lock").len() as u64 >= head
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    let positions: Vec<u64> = seen.iter().map(|(_, p)| *p).collect();
+    let expected: Vec<u64> = (1..=head).collect();
+    assert_eq!(
+        positions, expected,
+        "every position once, in order, across both nodes"
+    );
+    assert!(
+        seen.iter().any(|(node, _)| *node == "b"),
+        "node b took over"
+    );
+    node_b.shutdown().await.expect("node b stops cleanly");
+}

@@ -25,7 +25,7 @@ pub mod state;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PgOptions, PgStore};
 pub use self::sled::{Durability, SledOptions};
-pub use self::state::{Changes, MemoryState, StateStore};
+pub use self::state::{Changes, Lease, MemoryState, Owner, StateStore};
 
 use std::fmt;
 use std::sync::Arc;
@@ -338,6 +338,15 @@ pub enum StoreError {
     Config {
         /// What is wrong, and how to fix it.
         reason: String,
+    },
+    /// The commit was fenced by a subscriber's lease whose epoch is no longer current: another
+    /// process took the subscriber over (see [`Lease`]). Nothing was written.
+    #[error("subscriber {name} is owned by another node now (this node's epoch {epoch} is past); nothing was written")]
+    Fenced {
+        /// The subscriber.
+        name: String,
+        /// The epoch the commit carried.
+        epoch: u64,
     },
     /// The stored data was written by a newer build, in a layout this one does not know; it is
     /// left untouched.

@@ -113,6 +113,29 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
             .collect()
     }
 
+    /// Tries to make this process the owner of the subscriber stored under `name`, among the
+    /// processes that share this store (see [`Lease`]): `Ok(Some(lease))` when it is, and
+    /// `Ok(None)` when another process holds it. Every commit of the owner's pages then
+    /// carries the lease's fence ([`Changes::fence`]). A store that only one process can open
+    /// (sled, memory) grants every claim at once, with a lease that never ends.
+    fn claim(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let _ = name;
+        Ok(Some(Lease::sole()))
+    }
+
+    /// Gives up ownership of `name` (a subscriber that stopped), so another process can take
+    /// it at once.
+    fn release(&self, name: &str) -> Result<(), StoreError> {
+        let _ = name;
+        Ok(())
+    }
+
+    /// Which process owns each subscriber, for operators: empty for a store only one process
+    /// can open.
+    fn owners(&self) -> Result<Vec<Owner>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Removes a parked event; `false` if it was not parked.
     fn unpark(&self, name: &str, position: Position) -> Result<bool, StoreError> {
         let key = parked_key(name, position);
@@ -126,12 +149,62 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Ownership of a subscriber by one process among those that share a store: granted by
+/// [`StateStore::claim`], with a *fencing epoch* that grows with every new owner.
+///
+/// Only the owner pumps the subscriber, and each of its page commits carries the epoch
+/// ([`Changes::fence`]); a store shared by several processes refuses a commit whose epoch is
+/// no longer the current one ([`StoreError::Fenced`]). So a process that lost ownership without
+/// noticing — paused past its lease, cut off from the database — cannot write once another has
+/// taken over: its page is refused whole, and the new owner redoes it from the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The fencing epoch.
+    pub epoch: u64,
+    /// Cleared when the store knows the lease is gone (its session with the database ended).
+    valid: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lease {
+    /// A lease of a store only one process can open: epoch 0, never ends.
+    pub fn sole() -> Lease {
+        Lease::new(0, Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// A lease with `epoch` that holds while `valid` is set.
+    pub fn new(epoch: u64, valid: Arc<std::sync::atomic::AtomicBool>) -> Lease {
+        Lease { epoch, valid }
+    }
+
+    /// Whether the store still knows it as held. A lease that is no longer valid must be
+    /// claimed again before the next page; one that is valid may still be fenced out (the
+    /// commit says so).
+    pub fn is_valid(&self) -> bool {
+        self.valid.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Who owns a subscriber (see [`StateStore::owners`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The subscriber's storage name.
+    pub name: String,
+    /// The owning node's id.
+    pub node: String,
+    /// The current fencing epoch.
+    pub epoch: u64,
+    /// When the owner last committed a page or claimed it.
+    pub renewed_at: crate::types::Timestamp,
+}
+
 /// A set of changes committed together: the last put or delete of each key wins. Cheap to
 /// build; bounded by what its builder puts in (a subscriber's page).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     spaces: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     bytes: usize,
+    /// The subscriber and epoch the commit is fenced by (see [`Lease`]).
+    fence: Option<(String, u64)>,
 }
 
 impl Changes {
@@ -157,6 +230,19 @@ impl Changes {
         self.spaces
             .get_mut(space)
             .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Makes the commit of these changes conditional on `lease` still being the current owner
+    /// of subscriber `name` (see [`Lease`]).
+    pub fn fence(&mut self, name: &str, lease: &Lease) {
+        self.fence = Some((name.to_string(), lease.epoch));
+    }
+
+    /// The fence set by [`Changes::fence`]: the subscriber and the epoch.
+    pub fn fenced_by(&self) -> Option<(&str, u64)> {
+        self.fence
+            .as_ref()
+            .map(|(name, epoch)| (name.as_str(), *epoch))
     }
 
     /// Saves subscriber `name`'s checkpoint with these changes.

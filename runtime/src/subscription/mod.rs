@@ -54,3 +54,4 @@ pub use self::subscriber::{
     FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,
     SubscriberInfo, SubscriberOptions, SubscriberStatus, STALL_PAUSE_MAX,
 };
+pub use self::worker::CLAIM_INTERVAL;

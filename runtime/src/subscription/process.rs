@@ -59,7 +59,7 @@ use crate::command::ExecuteOptions;
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
 use crate::store::state::{DEADLINES, DEADLINES_FAILED};
-use crate::store::{Changes, StateStore};
+use crate::store::{Changes, Lease, StateStore};
 use crate::types::Position;
 
 use super::page::PageWrites;
@@ -534,6 +534,7 @@ pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
 pub(crate) async fn fire_due(
     state: &dyn StateStore,
     sink: &dyn CommandSink,
+    lease: &Lease,
 ) -> Result<usize, HandlerError> {
     let now = Timestamp::now();
     let end = deadline_key(Timestamp(now.0.saturating_add(1)), "");
@@ -584,7 +585,8 @@ pub(crate) async fn fire_due(
         }
     }
     // A crash before this sends the tick's deadlines again: their command ids make that
-    // harmless.
+    // harmless. So does a takeover by another node, which this commit's fence then refuses.
+    changes.fence(super::registry::DEADLINE_LEASE, lease);
     state.commit(changes)?;
     Ok(sent)
 }

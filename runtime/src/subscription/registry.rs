@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::envelope::RecordedEvent;
 use crate::store::state::GENERATIONS;
-use crate::store::{Changes, EventStore, ParkedEvent, StateStore, StoreError, Stores};
+use crate::store::{Changes, EventStore, Lease, ParkedEvent, StateStore, StoreError, Stores};
 use crate::types::Position;
 
 use super::page::PageWrites;
@@ -33,6 +33,9 @@ pub const NAME_LEN_MAX: usize = 64;
 
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
+
+/// The lease whose owner fires the deadlines, among nodes sharing a store.
+pub(crate) const DEADLINE_LEASE: &str = "annals:deadline-timer";
 
 /// How long the views of a projection's previous generation stay after a rebuild is swapped
 /// in, so that queries that resolved the old generation just before the swap can finish.
@@ -538,6 +541,8 @@ impl Registry {
         // Built on the arbiter's thread: sending commands is not a `Send` future.
         let start = move || {
             actix_rt::spawn(async move {
+                // Among nodes sharing a store, one fires the deadlines: the owner of this lease.
+                let mut lease: Option<Lease> = None;
                 loop {
                     tokio::time::sleep(DEADLINE_TICK).await;
                     let Some(registry) = weak.upgrade() else {
@@ -546,8 +551,30 @@ impl Registry {
                     let Some(_alive) = registry.sink.keep_alive() else {
                         return;
                     };
-                    if let Err(e) = fire_due(&*registry.state, &*registry.sink).await {
-                        tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
+                    if !lease.as_ref().is_some_and(Lease::is_valid) {
+                        lease = match registry.state.claim(DEADLINE_LEASE) {
+                            Ok(lease) => lease,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot claim the deadline timer; trying again next tick");
+                                None
+                            }
+                        };
+                    }
+                    let Some(held) = &lease else {
+                        continue;
+                    };
+                    match fire_due(&*registry.state, &*registry.sink, held).await {
+                        Ok(_) => {}
+                        Err(e)
+                            if e.downcast_ref::<StoreError>()
+                                .is_some_and(|e| matches!(e, StoreError::Fenced { .. })) =>
+                        {
+                            tracing::info!("another node fires the deadlines now");
+                            lease = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "firing deadlines failed; trying again next tick");
+                        }
                     }
                 }
             });

@@ -112,6 +112,9 @@ pub enum SubscriberStatus {
     Rebuilding,
     /// Stopped on request.
     Stopped,
+    /// Waiting while another node that shares the store runs it; takes over when that node
+    /// stops or goes silent (see [`Lease`](crate::store::Lease)).
+    Standby,
     /// Waiting to try again after a store error that may pass (a failed read, a full queue):
     /// the reason. It resumes by itself from its checkpoint, with growing pauses (up to
     /// [`STALL_PAUSE_MAX`]).

@@ -17,7 +17,7 @@ use super::subscriber::{
     SubscriberOptions, SubscriberStatus, STALL_PAUSE_MAX,
 };
 use crate::envelope::RecordedEvent;
-use crate::store::{Changes, EventStore, HeadWatch, ParkedEvent, StateStore, StoreError};
+use crate::store::{Changes, EventStore, HeadWatch, Lease, ParkedEvent, StateStore, StoreError};
 use crate::types::{Position, Timestamp};
 
 /// State shared between a subscriber actor and the runtime.
@@ -101,7 +101,13 @@ struct Worker {
     /// Store errors in a row (0 once a page goes through): the pause before the next attempt
     /// doubles with each.
     stalls: u32,
+    /// This node's ownership of the subscriber (see [`Lease`]): claimed before the first page,
+    /// and again after it is lost.
+    lease: Option<Lease>,
 }
+
+/// How often a subscriber that another node owns tries to take it over.
+pub const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
 
 enum Pumped {
     More,
@@ -113,8 +119,45 @@ enum Pumped {
 }
 
 impl Worker {
+    /// Makes sure this node owns the subscriber before it pumps: `Some` if it does not (it
+    /// waits, and tries again).
+    fn own(&mut self) -> Option<Pumped> {
+        if self.lease.as_ref().is_some_and(Lease::is_valid) {
+            return None;
+        }
+        match self.state.claim(&self.shared.name) {
+            Ok(Some(lease)) => {
+                // A previous owner may have moved the checkpoint on: go on from where it is.
+                let checkpoint = match self.state.load_checkpoint(&self.shared.name) {
+                    Ok(checkpoint) => checkpoint,
+                    Err(e) => {
+                        let _ = self.state.release(&self.shared.name);
+                        return Some(self.stall(&format!("cannot read the checkpoint: {e}")));
+                    }
+                };
+                drop(self.writes.take());
+                self.checkpoint = checkpoint;
+                self.committed = checkpoint;
+                self.shared.checkpoint.send_replace(checkpoint);
+                self.lease = Some(lease);
+                None
+            }
+            Ok(None) => {
+                self.shared.set_status(SubscriberStatus::Standby);
+                Some(Pumped::Interrupted(CLAIM_INTERVAL))
+            }
+            Err(e) if is_transient(&e) => {
+                Some(self.stall(&format!("cannot claim the subscriber: {e}")))
+            }
+            Err(e) => Some(self.fail(&format!("cannot claim the subscriber: {e}"))),
+        }
+    }
+
     /// Processes one page of the log.
     async fn pump(&mut self) -> Pumped {
+        if let Some(pumped) = self.own() {
+            return pumped;
+        }
         let head = self.store.head_position();
         if self.checkpoint >= head {
             self.shared.set_status(SubscriberStatus::Live);
@@ -303,11 +346,22 @@ impl Worker {
             return Ok(());
         }
         changes.save_checkpoint(&self.shared.name, self.checkpoint);
+        if let Some(lease) = &self.lease {
+            changes.fence(&self.shared.name, lease);
+        }
         match self.state.commit(changes) {
             Ok(()) => {
                 self.committed = self.checkpoint;
                 self.shared.checkpoint.send_replace(self.checkpoint);
                 Ok(())
+            }
+            Err(StoreError::Fenced { .. }) => {
+                // Another node took the subscriber over: nothing of this page was written.
+                tracing::info!(subscriber = %self.shared.name, "another node owns the subscriber now; standing by");
+                self.checkpoint = self.committed;
+                self.lease = None;
+                self.shared.set_status(SubscriberStatus::Standby);
+                Err(Pumped::Interrupted(CLAIM_INTERVAL))
             }
             Err(e) => {
                 self.checkpoint = self.committed;
@@ -354,6 +408,15 @@ impl Worker {
         }
         let mut changes: Changes = self.writes.take();
         changes.unpark(&self.shared.name, position);
+        match &self.lease {
+            Some(lease) => changes.fence(&self.shared.name, lease),
+            None => {
+                return Err(RetryError::Failed(
+                    "this node does not own the subscriber; retry on the node that does"
+                        .to_string(),
+                ))
+            }
+        }
         self.state.commit(changes)?;
         Ok(())
     }
@@ -402,6 +465,7 @@ impl SubscriberActor {
                 checkpoint,
                 committed: checkpoint,
                 stalls: 0,
+                lease: None,
             }),
             head,
             pump_pending: false,
@@ -431,6 +495,17 @@ impl Actor for SubscriberActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.notify(Pump);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // Another node can take the subscriber at once.
+        if let Some(worker) = &self.worker {
+            if worker.lease.is_some() {
+                if let Err(e) = worker.state.release(&worker.shared.name) {
+                    tracing::debug!(subscriber = %worker.shared.name, error = %e, "could not release the subscriber");
+                }
+            }
+        }
     }
 }
 

@@ -54,6 +54,7 @@
 //! A poll that fails makes [`EventStore::health`] report the database unreachable (the
 //! service's `/readyz` answers 503) until one succeeds again.
 
+pub mod lease;
 mod schema;
 mod state;
 mod writer;
@@ -97,6 +98,13 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// How often the head is read from the database, to see other nodes' commits.
     pub poll_interval: Duration,
+    /// This node's name among the nodes sharing the database (shown as the owner of the
+    /// subscribers it runs). Default: the host name and the process id.
+    pub node_id: String,
+    /// How long a node that stops answering (paused, cut off) keeps the subscribers it owns:
+    /// the database ends its lease session once it has been silent this long, and another
+    /// node takes them over. The node renews it four times per period.
+    pub lease_timeout: Duration,
     /// Hooks for tests: hold the writer's next transaction open before its commit.
     pub hooks: Arc<PgHooks>,
 }
@@ -188,6 +196,8 @@ impl std::fmt::Debug for PgOptions {
             .field("batch_appends_max", &self.batch_appends_max)
             .field("connect_timeout", &self.connect_timeout)
             .field("poll_interval", &self.poll_interval)
+            .field("node_id", &self.node_id)
+            .field("lease_timeout", &self.lease_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -204,6 +214,18 @@ pub const BATCH_APPENDS_MAX_DEFAULT: usize = 2048;
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Default head poll interval.
 pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
+/// Default lease timeout.
+pub const LEASE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// `{host name}-{process id}`.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string());
+    format!("{host}-{}", std::process::id())
+}
 
 fn nonzero(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
@@ -220,6 +242,8 @@ impl PgOptions {
             batch_appends_max: nonzero(BATCH_APPENDS_MAX_DEFAULT),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             poll_interval: POLL_INTERVAL_DEFAULT,
+            node_id: default_node_id(),
+            lease_timeout: LEASE_TIMEOUT_DEFAULT,
             hooks: Arc::default(),
         }
     }
@@ -228,6 +252,20 @@ impl PgOptions {
     #[must_use]
     pub fn with_schema(mut self, schema: impl Into<String>) -> PgOptions {
         self.schema = schema.into();
+        self
+    }
+
+    /// Sets the node id.
+    #[must_use]
+    pub fn with_node_id(mut self, node_id: impl Into<String>) -> PgOptions {
+        self.node_id = node_id.into();
+        self
+    }
+
+    /// Sets the lease timeout.
+    #[must_use]
+    pub fn with_lease_timeout(mut self, timeout: Duration) -> PgOptions {
+        self.lease_timeout = timeout;
         self
     }
 
@@ -335,6 +373,8 @@ pub(crate) struct Pg {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     pool: deadpool_postgres::Pool,
+    /// The sessions' configuration, for connections outside the pool (the lease session).
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for Pg {
@@ -369,7 +409,7 @@ impl Pg {
             config.application_name("annals");
         }
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -397,6 +437,7 @@ impl Pg {
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
             pool,
+            config,
         }))
     }
 
@@ -522,7 +563,10 @@ impl PgStore {
         let poller = pg
             .handle
             .spawn(poll_head(pg.clone(), shared.clone(), options.poll_interval));
-        let state = Arc::new(PgState::new(pg.clone()));
+        let state = Arc::new(PgState::new(
+            pg.clone(),
+            lease::Leases::new(pg.clone(), &options.node_id, options.lease_timeout),
+        ));
         tracing::info!(url = %redacted_url(&options.url), schema = %options.schema, head = %head, "opened the PostgreSQL store");
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -1033,6 +1077,7 @@ impl EventStore for PgStore {
         if let Some(poller) = self.inner.poller.lock().take() {
             poller.abort();
         }
+        self.inner.state.close_leases();
         self.inner.pg.pool.close();
         Ok(())
     }

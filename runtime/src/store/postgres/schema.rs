@@ -18,6 +18,8 @@
 //! - `annals_snapshots`: snapshots by (stream, version).
 //! - `annals_state` and `annals_spaces`: the read side's keyed records by space, and the
 //!   names of the spaces that hold any.
+//! - `annals_owners`: which node owns each subscriber, and its fencing epoch (see
+//!   [`Lease`](crate::store::Lease)).
 
 use tokio_postgres::Transaction;
 
@@ -91,6 +93,13 @@ CREATE TABLE annals_state (
 
 CREATE TABLE annals_spaces (
     space text PRIMARY KEY
+);
+
+CREATE TABLE annals_owners (
+    name       text   PRIMARY KEY,
+    node       text   NOT NULL,
+    epoch      bigint NOT NULL,
+    renewed_at bigint NOT NULL
 );
 "];
 

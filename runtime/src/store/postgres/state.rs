@@ -8,6 +8,10 @@
 //! order; a deadlock PostgreSQL breaks anyway, or a unique key taken by a concurrent commit,
 //! redoes the transaction. Nothing is held in memory between commits, so there is nothing to
 //! bound but the commit itself (its builder's page).
+//!
+//! A commit fenced by a subscriber's lease ([`Changes::fence`]) first renews the owner row
+//! *if* its epoch is still the commit's; if another node took the subscriber over, nothing is
+//! written and the commit fails with [`StoreError::Fenced`] (see [`super::lease`]).
 
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -18,9 +22,10 @@ use parking_lot::RwLock;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::lease::Leases;
 use super::{db_error, Pg};
 use crate::store::state::{Changes, Records, StateStore, SPACE_LEN_MAX};
-use crate::store::StoreError;
+use crate::store::{Lease, Owner, StoreError};
 
 /// Attempts at a commit that PostgreSQL aborted for a deadlock or a concurrent insert.
 const COMMIT_ATTEMPTS: u32 = 8;
@@ -31,14 +36,26 @@ pub struct PgState {
     pg: Arc<Pg>,
     /// Spaces known to be recorded in `annals_spaces`: their commits skip that insert.
     known_spaces: RwLock<HashSet<String>>,
+    /// Which subscribers this node owns.
+    leases: Arc<Leases>,
 }
 
 impl PgState {
-    pub(super) fn new(pg: Arc<Pg>) -> PgState {
+    pub(super) fn new(pg: Arc<Pg>, leases: Leases) -> PgState {
         PgState {
             pg,
             known_spaces: RwLock::new(HashSet::new()),
+            leases: Arc::new(leases),
         }
+    }
+
+    /// Ends this node's lease session: the subscribers it owned are free for other nodes.
+    pub(super) fn close_leases(&self) {
+        let leases = self.leases.clone();
+        let _ = self.pg.block(async move {
+            leases.close().await;
+            Ok(())
+        });
     }
 
     fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
@@ -77,6 +94,8 @@ struct Rows {
     delete_spaces: Vec<String>,
     delete_keys: Vec<Vec<u8>>,
     new_spaces: Vec<String>,
+    /// The subscriber and epoch the commit is fenced by.
+    fence: Option<(String, i64)>,
 }
 
 impl StateStore for PgState {
@@ -143,6 +162,9 @@ impl StateStore for PgState {
             return Ok(());
         }
         let mut rows = Rows::default();
+        if let Some((name, epoch)) = changes.fenced_by() {
+            rows.fence = Some((name.to_string(), super::to_i64(epoch)?));
+        }
         {
             let known = self.known_spaces.read();
             for space in changes.spaces() {
@@ -171,7 +193,14 @@ impl StateStore for PgState {
             let mut attempt = 1;
             loop {
                 match commit_once(&mut client, &rows).await {
-                    Ok(()) => return Ok(()),
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {
+                        let (name, epoch) = rows.fence.clone().unwrap_or_default();
+                        return Err(StoreError::Fenced {
+                            name,
+                            epoch: epoch.unsigned_abs(),
+                        });
+                    }
                     Err(e) if attempt < COMMIT_ATTEMPTS && retryable(&e) => {
                         tracing::debug!(attempt, error = %e, "redoing a read-side commit");
                         tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
@@ -201,6 +230,21 @@ impl StateStore for PgState {
                 .map(|row| super::get(row, 0, "annals_spaces.space"))
                 .collect()
         })
+    }
+
+    fn claim(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let (leases, name) = (self.leases.clone(), name.to_string());
+        self.pg.block(async move { leases.claim(&name).await })
+    }
+
+    fn release(&self, name: &str) -> Result<(), StoreError> {
+        let (leases, name) = (self.leases.clone(), name.to_string());
+        self.pg.block(async move { leases.release(&name).await })
+    }
+
+    fn owners(&self) -> Result<Vec<Owner>, StoreError> {
+        let leases = self.leases.clone();
+        self.pg.block(async move { leases.owners().await })
     }
 
     fn drop_space(&self, space: &str) -> Result<(), StoreError> {
@@ -233,11 +277,27 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// One attempt at a commit: `Ok(false)` if its fence refused it (nothing written).
 async fn commit_once(
     client: &mut deadpool_postgres::Object,
     rows: &Rows,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    if let Some((name, epoch)) = &rows.fence {
+        // First, so that the owner row's lock orders this commit against a takeover: one that
+        // bumped the epoch before makes this match nothing.
+        let now = i64::try_from(crate::types::Timestamp::now().0).unwrap_or(i64::MAX);
+        let renewed = tx
+            .execute(
+                "UPDATE annals_owners SET renewed_at = $3 WHERE name = $1 AND epoch = $2",
+                &[name, epoch, &now],
+            )
+            .await?;
+        if renewed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
     if !rows.delete_keys.is_empty() {
         let statement = tx
             .prepare_cached(
@@ -270,5 +330,6 @@ async fn commit_once(
         )
         .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }

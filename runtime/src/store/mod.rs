@@ -521,6 +521,13 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// The position of the last acknowledged event (`Position(0)` if none).
     fn head_position(&self) -> Position;
 
+    /// The head as the storage engine has it now: for a store that other processes write to
+    /// (PostgreSQL), [`EventStore::head_position`] follows their commits with a delay, and this
+    /// asks. The default is [`EventStore::head_position`].
+    fn fresh_head(&self) -> Result<Position, StoreError> {
+        Ok(self.head_position())
+    }
+
     /// The recorded outcome of the command with this id, if any.
     fn command_outcome(&self, id: &CommandId) -> Result<Option<StoredOutcome>, StoreError>;
 

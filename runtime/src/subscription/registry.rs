@@ -225,7 +225,9 @@ impl Registry {
         status: SubscriberStatus,
     ) -> Result<Entry, SubscribeError> {
         let mut checkpoint = self.state.load_checkpoint(storage_name)?;
-        let head = self.log.head_position();
+        // Fresh: on a store other nodes write to, they may have moved both on since this node
+        // last looked.
+        let head = self.log.fresh_head()?;
         if checkpoint > head {
             // The log lost a tail this subscriber had seen (a crash in relaxed mode): go on
             // from the head, so that the events given the lost positions are not skipped.
@@ -339,7 +341,7 @@ impl Registry {
         views: &ViewSet,
     ) -> Result<(), SubscribeError> {
         let state = &self.state;
-        let head = self.log.head_position();
+        let head = self.log.fresh_head()?;
         let checkpoint = state.load_checkpoint(storage)?;
         let written = state.load_checkpoint(&written_key(storage))?;
         if checkpoint.max(written) <= head {

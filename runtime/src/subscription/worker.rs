@@ -104,10 +104,16 @@ struct Worker {
     /// This node's ownership of the subscriber (see [`Lease`]): claimed before the first page,
     /// and again after it is lost.
     lease: Option<Lease>,
+    /// When this node last tried to claim the subscriber (on standby).
+    claimed_at: Option<std::time::Instant>,
 }
 
 /// How often a subscriber that another node owns tries to take it over.
 pub const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a subscriber on standby reads the owner's checkpoint, so that read-your-writes
+/// waits (and lag) on this node follow the owner's progress.
+const STANDBY_POLL: Duration = Duration::from_millis(20);
 
 enum Pumped {
     More,
@@ -125,6 +131,13 @@ impl Worker {
         if self.lease.as_ref().is_some_and(Lease::is_valid) {
             return None;
         }
+        if self
+            .claimed_at
+            .is_some_and(|at| at.elapsed() < CLAIM_INTERVAL)
+        {
+            return Some(self.follow_owner());
+        }
+        self.claimed_at = Some(std::time::Instant::now());
         match self.state.claim(&self.shared.name) {
             Ok(Some(lease)) => {
                 // A previous owner may have moved the checkpoint on: go on from where it is.
@@ -144,13 +157,28 @@ impl Worker {
             }
             Ok(None) => {
                 self.shared.set_status(SubscriberStatus::Standby);
-                Some(Pumped::Interrupted(CLAIM_INTERVAL))
+                Some(self.follow_owner())
             }
             Err(e) if is_transient(&e) => {
                 Some(self.stall(&format!("cannot claim the subscriber: {e}")))
             }
             Err(e) => Some(self.fail(&format!("cannot claim the subscriber: {e}"))),
         }
+    }
+
+    /// On standby: takes the owner's committed checkpoint as this node's view of the
+    /// subscriber's progress, and waits a little.
+    fn follow_owner(&mut self) -> Pumped {
+        if let Ok(checkpoint) = self.state.load_checkpoint(&self.shared.name) {
+            self.checkpoint = checkpoint;
+            self.committed = checkpoint;
+            self.shared.checkpoint.send_if_modified(|current| {
+                let moved = *current != checkpoint;
+                *current = checkpoint;
+                moved
+            });
+        }
+        Pumped::Interrupted(STANDBY_POLL)
     }
 
     /// Processes one page of the log.
@@ -360,8 +388,9 @@ impl Worker {
                 tracing::info!(subscriber = %self.shared.name, "another node owns the subscriber now; standing by");
                 self.checkpoint = self.committed;
                 self.lease = None;
+                self.claimed_at = Some(std::time::Instant::now());
                 self.shared.set_status(SubscriberStatus::Standby);
-                Err(Pumped::Interrupted(CLAIM_INTERVAL))
+                Err(Pumped::Interrupted(STANDBY_POLL))
             }
             Err(e) => {
                 self.checkpoint = self.committed;
@@ -466,6 +495,7 @@ impl SubscriberActor {
                 committed: checkpoint,
                 stalls: 0,
                 lease: None,
+                claimed_at: None,
             }),
             head,
             pump_pending: false,

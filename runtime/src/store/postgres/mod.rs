@@ -879,6 +879,12 @@ impl EventStore for PgStore {
         *self.inner.shared.head.borrow()
     }
 
+    fn fresh_head(&self) -> Result<Position, StoreError> {
+        let head = self.query(|client| async move { read_head(&client).await })?;
+        self.inner.shared.advance_head(head);
+        Ok(self.head_position())
+    }
+
     fn command_outcome(&self, id: &CommandId) -> Result<Option<StoredOutcome>, StoreError> {
         let id = id.as_str().to_string();
         self.query(move |client| async move {

@@ -1,5 +1,5 @@
 //! The Annals service as a library (package `annals-app`): the HTTP API ([`http`]), the server
-//! around it ([`server`]), the administrative commands on a data directory ([`admin`]) and the
+//! around it ([`server`]), the administrative commands on a store ([`admin`]) and the
 //! load-test harness ([`load`]) behind the `annals` binary. Tests and other programs start the
 //! same server in-process with [`server::Server::start`].
 

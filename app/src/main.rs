@@ -1,6 +1,6 @@
 //! The `annals` binary: the HTTP service (`serve`), its effective configuration (`config`), the
-//! administrative commands on a data directory (`verify`, `export`, `import`, `stats`) and the
-//! load-test harness (`load`). Each subcommand lives in the `annals_app` library; this file only
+//! administrative commands on a store — a data directory, or a PostgreSQL schema — (`verify`,
+//! `export`, `import`, `stats`) and the load-test harness (`load`). Each subcommand lives in the `annals_app` library; this file only
 //! parses the command line and turns results into exit codes (0 success, 1 failure found, 2 bad
 //! usage or configuration).
 
@@ -24,21 +24,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the HTTP service with an embedded store.
+    /// Run the HTTP service on the configured store (embedded sled by default, or PostgreSQL).
     Serve(annals_app::server::ServeArgs),
     /// Print the effective configuration (defaults < file < environment < flags), secrets
     /// redacted.
     Config(annals_app::server::ServeArgs),
-    /// Open a data directory, recover it and check its integrity.
+    /// Open a store (a data directory, or a PostgreSQL schema), recover it and check its
+    /// integrity.
     Verify(annals_app::admin::VerifyArgs),
-    /// Write the global log of a data directory to stdout as JSON lines.
+    /// Write the global log of a store to stdout as JSON lines.
     Export(annals_app::admin::ExportArgs),
-    /// Read JSON lines written by `export` into an empty data directory.
+    /// Read JSON lines written by `export` into an empty store.
     Import(annals_app::admin::ImportArgs),
-    /// Print counts, sizes and heads of a data directory.
+    /// Print counts, sizes and heads of a store.
     Stats(annals_app::admin::StatsArgs),
     /// Measure throughput and latency in-process or against a running server.
-    Load(annals_app::load::LoadArgs),
+    // Boxed: its many flags would make every command as large as it.
+    Load(Box<annals_app::load::LoadArgs>),
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,6 @@
-//! `annals serve`: the HTTP service with an embedded store, and [`Server`], the same server
-//! started from a program or a test.
+//! `annals serve`: the HTTP service on the store the configuration names — the embedded sled
+//! store (the default) or PostgreSQL (`--set store.backend=postgres --set
+//! store.postgres_url=…`) — and [`Server`], the same server started from a program or a test.
 //!
 //! Start-up order: the configuration is loaded and validated first (a mistake exits with code
 //! 2 before any port is bound); then the listener binds and the store is opened and recovered
@@ -14,7 +15,12 @@
 //! write or fsync error, most often a full disk) refuses writes until its store is opened
 //! again, so once the data directory's disk has room the supervisor reopens the store in the
 //! same process (see `supervise`); meanwhile commands get 503 with `Retry-After` and
-//! `/readyz` says why.
+//! `/readyz` says why. On PostgreSQL, a failed health is a database that does not answer,
+//! which passes by itself once it answers again: nothing is reopened.
+//!
+//! Opening fails with one line naming the store and why — a refused connection, a wrong
+//! password or database (PostgreSQL's own message), a schema written by a newer build — and
+//! `annals serve` exits 1; the URL in it has its password replaced by `***`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +30,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use actix_web::{middleware::from_fn, web, App, HttpServer};
+use annals::store::{EventStore, PgStore};
 use annals::{Runtime, RuntimeError};
-use annals_config::{Config, Flag, LogFormat, Sources};
+use annals_config::{Config, Flag, LogFormat, Sources, StoreBackend};
 use anyhow::Context as _;
 
 use crate::http::{self, AppState};
@@ -43,7 +50,8 @@ pub struct ServeArgs {
     /// The data directory (store.data_dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Sets any key, such as `--set store.durability=relaxed`; repeatable, applied last.
+    /// Sets any key, such as `--set store.durability=relaxed` or `--set
+    /// store.backend=postgres --set store.postgres_url=postgres://…`; repeatable, applied last.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 }
@@ -62,12 +70,7 @@ impl ServeArgs {
                 "--data-dir",
             ));
         }
-        for setting in &self.set {
-            let (key, value) = setting.split_once('=').ok_or_else(|| {
-                UsageError(format!("--set {setting:?}: expected SECTION.KEY=VALUE"))
-            })?;
-            flags.push(flag(key.trim(), value.to_owned(), "--set"));
-        }
+        flags.extend(set_flags(&self.set)?);
         let mut sources = Sources::default();
         sources.file.clone_from(&self.config);
         sources.env = annals_config::environment();
@@ -81,11 +84,41 @@ impl ServeArgs {
     }
 }
 
-fn flag(key: &str, value: String, name: &str) -> Flag {
+pub(crate) fn flag(key: &str, value: String, name: &str) -> Flag {
     Flag {
         key: key.to_owned(),
         value,
         name: name.to_owned(),
+    }
+}
+
+/// The flags of `--set SECTION.KEY=VALUE` arguments, in order. The value is never echoed in
+/// a message: it may be a token or a database password.
+pub(crate) fn set_flags(set: &[String]) -> Result<Vec<Flag>, UsageError> {
+    set.iter()
+        .map(|setting| {
+            let (key, value) = setting.split_once('=').ok_or_else(|| {
+                UsageError(format!("--set {setting:?}: expected SECTION.KEY=VALUE"))
+            })?;
+            Ok(flag(key.trim(), value.to_owned(), "--set"))
+        })
+        .collect()
+}
+
+/// Where the configured store is, for messages and logs: the data directory, or the
+/// PostgreSQL schema and the URL with its password replaced by `***`.
+pub fn describe_store(config: &Config) -> String {
+    let store = &config.store;
+    match store.backend {
+        StoreBackend::Postgres => format!(
+            "PostgreSQL schema {} at {}",
+            store.postgres_schema,
+            store
+                .postgres_url
+                .as_ref()
+                .map_or_else(|| "(no store.postgres_url)".to_owned(), ToString::to_string)
+        ),
+        _ => format!("{} (sled)", store.data_dir.display()),
     }
 }
 
@@ -119,7 +152,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let server = Server::start(config.clone()).await?;
         tracing::info!(
             addr = %server.addr(),
-            data_dir = %config.store.data_dir.display(),
+            store = %describe_store(&config),
             "annals listening on http://{}", server.addr()
         );
         let signal = wait_for_signal();
@@ -173,22 +206,73 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// Opens the runtime the configuration describes, with the reference domain registered.
-pub fn open_runtime(config: &Config) -> Result<Runtime, String> {
-    let runtime = Runtime::open(config.runtime_options()).map_err(|e| e.to_string())?;
+/// A runtime opened from the configuration.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The runtime, with the reference domain registered.
+    pub runtime: Runtime,
+    /// The PostgreSQL store under it, when that is the backend: `/metrics` shows its pool.
+    pub postgres: Option<PgStore>,
+}
+
+/// Opens the runtime the configuration describes (on the configured backend), with the
+/// reference domain registered. The error is one line naming the store and why.
+pub fn open_runtime(config: &Config) -> Result<Opened, String> {
+    let options = config.runtime_options();
+    // One line: PostgreSQL's detail may span several.
+    let cannot_open = |e: &dyn std::fmt::Display| {
+        format!("cannot open the store ({}): {e}", describe_store(config)).replace('\n', " ")
+    };
+    let opened = match options.store.postgres() {
+        Some(pg) => {
+            let store = PgStore::open(pg.clone()).map_err(|e| cannot_open(&e))?;
+            match Runtime::with_stores(store.clone().into_stores(), options) {
+                Ok(runtime) => Opened {
+                    runtime,
+                    postgres: Some(store),
+                },
+                Err(e) => {
+                    let _ = store.shutdown();
+                    return Err(cannot_open(&e));
+                }
+            }
+        }
+        None => Opened {
+            runtime: Runtime::open(options).map_err(|e| cannot_open(&e))?,
+            postgres: None,
+        },
+    };
+    let runtime = &opened.runtime;
     let registered = (|| -> Result<(), String> {
         let options = annals_domain::DomainOptions::default()
             .with_decision_timeout(config.domain.decision_timeout);
-        annals_domain::register(&runtime, &options).map_err(|e| format!("{e:#}"))?;
+        annals_domain::register(runtime, &options).map_err(|e| format!("{e:#}"))?;
         runtime
             .register::<annals_domain::bank::Account>()
             .map_err(|e: RuntimeError| e.to_string())
     })();
     if let Err(why) = registered {
-        let _ = futures::executor::block_on(runtime.shutdown());
+        shut_down_blocking(&opened.runtime);
         return Err(why);
     }
-    Ok(runtime)
+    Ok(opened)
+}
+
+/// Shuts a runtime down from a thread that runs no executor. Not with
+/// `futures::executor::block_on`: the PostgreSQL store's own blocking calls cannot run inside
+/// it.
+fn shut_down_blocking(runtime: &Runtime) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(executor) => {
+            if let Err(e) = executor.block_on(runtime.shutdown()) {
+                tracing::warn!(error = %e, "the runtime did not shut down cleanly");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot start an executor to shut the runtime down"),
+    }
 }
 
 /// A running server. Needs an actix system (`actix_rt::System`, `#[actix_rt::test]`).
@@ -245,13 +329,14 @@ impl Server {
                 let started = Instant::now();
                 let result = open_runtime(&opening_state.config);
                 match &result {
-                    Ok(runtime) => {
+                    Ok(opened) => {
                         tracing::info!(
                             took_ms = started.elapsed().as_millis(),
-                            head_position = runtime.head_position().0,
+                            head_position = opened.runtime.head_position().0,
                             "store opened and recovered"
                         );
-                        opening_state.set_runtime(runtime.clone());
+                        opening_state
+                            .set_runtime_on(opened.runtime.clone(), opened.postgres.clone());
                     }
                     Err(why) => {
                         tracing::error!(error = %why, "the store could not be opened");
@@ -293,7 +378,7 @@ impl Server {
             .map_err(|_| anyhow::anyhow!("the store-opening thread ended without a result"))?;
         match result {
             Some(Ok(())) => Ok(()),
-            Some(Err(why)) => Err(anyhow::anyhow!("cannot open the store: {why}")),
+            Some(Err(why)) => Err(anyhow::anyhow!(why)),
             None => Err(anyhow::anyhow!("the store is not open")),
         }
     }
@@ -372,6 +457,11 @@ async fn supervise(state: web::Data<AppState>) {
         if *stopping.borrow() {
             return;
         }
+        // A PostgreSQL store that fails its health check is a database that does not answer:
+        // the store sees it answer again by itself, and reopening would not help.
+        if state.config.store.backend != StoreBackend::Sled {
+            continue;
+        }
         let Some(runtime) = state.try_runtime() else {
             continue;
         };
@@ -420,13 +510,16 @@ async fn reopen(state: &web::Data<AppState>, stopping: &mut tokio::sync::watch::
             Err(e) => Err(format!("cannot start a thread to reopen the store: {e}")),
         };
         match opened {
-            Ok(runtime) if *stopping.borrow() => {
-                let _ = runtime.shutdown().await;
+            Ok(opened) if *stopping.borrow() => {
+                let _ = opened.runtime.shutdown().await;
                 return;
             }
-            Ok(runtime) => {
-                tracing::info!(head_position = runtime.head_position().0, "store reopened");
-                state.set_runtime(runtime);
+            Ok(opened) => {
+                tracing::info!(
+                    head_position = opened.runtime.head_position().0,
+                    "store reopened"
+                );
+                state.set_runtime_on(opened.runtime, opened.postgres);
                 return;
             }
             // The old runtime's last handles (requests that were in flight) may still hold

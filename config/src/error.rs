@@ -41,6 +41,9 @@ pub enum ErrorKind {
     OutOfRange,
     /// Two values that contradict each other.
     Conflict,
+    /// A value that another one needs is not set (`store.backend = "postgres"` without
+    /// `store.postgres_url`).
+    Missing,
 }
 
 impl ConfigError {

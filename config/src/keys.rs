@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, ErrorKind, Problem};
 use crate::raw::Raw;
-use crate::secret::REDACTED;
+use crate::secret::{is_redacted_url, DatabaseUrl, REDACTED};
 use crate::source::Origin;
 use crate::token::{self, Token};
-use crate::{Config, DurabilityMode, IntegrityCheck, LogFormat};
+use crate::{Config, DurabilityMode, IntegrityCheck, LogFormat, StoreBackend};
 
 /// The sections, in the order the file and [`Config::render`] list them.
 pub(crate) const SECTIONS: &[&str] = &["server", "store", "runtime", "domain", "auth", "log"];
@@ -80,6 +80,13 @@ const TOKENS_MAX: usize = 1024;
 pub(crate) const TOKEN_CHARS_MIN: usize = 16;
 const TOKEN_CHARS_MAX: usize = 4096;
 const LOG_LEVEL_CHARS_MAX: usize = 4096;
+/// Longest PostgreSQL URL: far beyond any real one, short enough to stay one line of a log.
+const POSTGRES_URL_CHARS_MAX: usize = 4096;
+/// Most PostgreSQL connections of one node: a server's default `max_connections` is 100, so
+/// more than this is a typo, not a pool.
+const POSTGRES_POOL_SIZE_MAX: u64 = 1000;
+/// PostgreSQL's identifier limit (`NAMEDATALEN - 1`), in bytes.
+const POSTGRES_SCHEMA_BYTES_MAX: usize = 63;
 
 /// Every key, in the order the file and [`Config::render`] list them.
 #[rustfmt::skip]
@@ -104,6 +111,10 @@ pub(crate) static KEYS: &[Key] = &[
     key!(server.rebuilds_max => server.rebuilds_max = count(1024, "rebuilds")),
     key!(server.reads_in_flight_max => server.reads_in_flight_max = count(100_000, "reads")),
 
+    key!(store.backend => store.backend = choice(&[
+        ("sled", StoreBackend::Sled),
+        ("postgres", StoreBackend::Postgres),
+    ])),
     key!(store.data_dir => store.data_dir = data_dir()),
     key!(store.durability => store.durability = choice(&[
         ("durable", DurabilityMode::Durable),
@@ -121,6 +132,10 @@ pub(crate) static KEYS: &[Key] = &[
         store.cache_capacity_bytes = bounded(MIB, 1024 * 1024 * MIB, "bytes")),
     key!(store.disk_free_bytes_min =>
         store.disk_free_bytes_min = bounded(0, 1024 * 1024 * 1024 * MIB, "bytes")),
+    key!(store.postgres_url => store.postgres_url = postgres_url()),
+    key!(store.postgres_schema => store.postgres_schema = postgres_schema()),
+    key!(store.postgres_pool_size =>
+        store.postgres_pool_size = count(POSTGRES_POOL_SIZE_MAX, "connections")),
 
     key!(runtime.arbiters => runtime.arbiters = per_core()),
     key!(runtime.live_actors_max => runtime.live_actors_max = count(100_000_000, "actors")),
@@ -229,6 +244,23 @@ pub(crate) fn check_relations(config: &Config) -> Result<(), ConfigError> {
             (
                 "server.request_deadline_ms",
                 millis_of(server.request_deadline),
+            ),
+        ));
+    }
+    // The sled-only keys are ignored with PostgreSQL, and the postgres_* keys with sled: a
+    // configuration can name both stores and switch with `backend` alone.
+    let store = &config.store;
+    if store.backend == StoreBackend::Postgres && store.postgres_url.is_none() {
+        let origin = config.origin("store.backend");
+        return Err(ConfigError::new(
+            ErrorKind::Missing,
+            Some("store.backend".to_owned()),
+            Some(origin.clone()),
+            format!(
+                "store.backend = \"postgres\" (from {origin}) needs store.postgres_url, which is \
+                 not set: give the database's URL, such as \
+                 postgres://USER:PASSWORD@HOST:5432/DATABASE (in the file, \
+                 ANNALS_STORE_POSTGRES_URL or --set store.postgres_url=…)"
             ),
         ));
     }
@@ -417,6 +449,65 @@ fn data_dir(raw: &Raw) -> Result<PathBuf, Problem> {
         ));
     }
     Ok(PathBuf::from(path))
+}
+
+/// A PostgreSQL URL, or none for the empty string. Never echoed (it may hold a password):
+/// an error says what is wrong with it.
+fn postgres_url(raw: &Raw) -> Result<Option<DatabaseUrl>, Problem> {
+    let url = text(raw)?.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    if is_redacted_url(url) {
+        return Err(Problem::invalid(
+            "holds the password placeholder *** that `annals config` prints; put the real \
+             password here"
+                .to_owned(),
+        ));
+    }
+    let chars = url.chars().count();
+    if chars > POSTGRES_URL_CHARS_MAX {
+        return Err(Problem::out_of_range(format!(
+            "is {chars} characters long: must be at most {POSTGRES_URL_CHARS_MAX} characters"
+        )));
+    }
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    // The other form libpq takes: `host=… user=… dbname=…`.
+    let is_key_value = !url.contains("://") && url.contains('=');
+    if !(is_url || is_key_value) {
+        return Err(Problem::invalid(
+            "is not a PostgreSQL connection URL: write postgres://USER[:PASSWORD]@HOST[:PORT]/\
+             DATABASE, or key=value pairs such as \"host=HOST user=USER dbname=DATABASE\""
+                .to_owned(),
+        ));
+    }
+    Ok(Some(DatabaseUrl::new(url)))
+}
+
+/// A PostgreSQL schema name the store can use unquoted: the same rule the store applies when
+/// it connects, checked here so that a mistake stops the start, not the first connection.
+fn postgres_schema(raw: &Raw) -> Result<String, Problem> {
+    let schema = text(raw)?;
+    let plain = !schema.is_empty()
+        && schema.len() <= POSTGRES_SCHEMA_BYTES_MAX
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        let shown: String = schema.chars().take(POSTGRES_SCHEMA_BYTES_MAX + 1).collect();
+        return Err(Problem::invalid(format!(
+            "{shown:?} is not a usable schema name: use 1 to {POSTGRES_SCHEMA_BYTES_MAX} \
+             lower-case letters, digits and '_', not starting with a digit"
+        )));
+    }
+    if schema.starts_with("pg_") {
+        return Err(Problem::invalid(format!(
+            "{schema:?} is not a usable schema name: names starting with pg_ are reserved by \
+             PostgreSQL"
+        )));
+    }
+    Ok(schema.to_owned())
 }
 
 /// Bearer tokens, each `TOKEN` or `TOKEN:SCOPE+SCOPE` (see `token.rs`). Never echoes one: an

@@ -3,7 +3,8 @@
 //! Four layers, each overriding the one before:
 //!
 //! 1. the built-in defaults ([`Config::default`]; the runtime's come from
-//!    [`annals::RuntimeOptions`] and [`SledOptions`], so they cannot drift from it);
+//!    [`annals::RuntimeOptions`], [`SledOptions`] and [`PgOptions`], so they cannot drift
+//!    from it);
 //! 2. a TOML file (`--config PATH`); `config/annals.toml` documents every key with its default
 //!    and unit, and a test checks that it loads to exactly the defaults;
 //! 3. environment variables `ANNALS_{SECTION}_{KEY}`, e.g. `ANNALS_SERVER_ADDR`;
@@ -53,13 +54,13 @@
 //! # Layout
 //! | module | what it holds |
 //! |---|---|
-//! | this file | [`Config`] and its sections, the defaults, [`Config::runtime_options`] |
+//! | this file | [`Config`] and its sections, the defaults, [`Config::runtime_options`], [`Config::store_options`] |
 //! | `source` | [`Sources`], [`Flag`], [`Origin`] |
 //! | `raw` | reading the file, the environment and the flags into raw settings |
 //! | `keys` | every key: its section, its name, how it is parsed and bounded |
 //! | `render` | [`Config::render`]: the effective configuration as TOML |
 //! | `error` | [`ConfigError`], [`ErrorKind`] |
-//! | `secret` | [`Secret`]: a string that never prints |
+//! | `secret` | [`Secret`]: a string that never prints; [`DatabaseUrl`]: a URL that never prints its password |
 //! | `token` | [`Token`], [`Scope`], [`Scopes`]: bearer tokens and what each may do |
 
 mod error;
@@ -77,14 +78,16 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use annals::store::postgres::PgOptions;
 use annals::store::sled::{Durability, SledOptions};
+use annals::store::StoreOptions;
 use annals::RuntimeOptions;
 use serde::{Serialize, Serializer};
 
 pub use annals::store::sled::IntegrityCheck;
 
 pub use crate::error::{ConfigError, ErrorKind};
-pub use crate::secret::Secret;
+pub use crate::secret::{DatabaseUrl, Secret};
 pub use crate::source::{environment, Flag, Origin, Sources};
 pub use crate::token::{Scope, Scopes, Token};
 
@@ -170,20 +173,11 @@ impl Config {
     }
 
     /// The runtime options: the `[store]` and `[runtime]` sections mapped onto
-    /// [`RuntimeOptions`] and [`SledOptions`]. Options this configuration does not expose keep
-    /// the runtime's defaults.
+    /// [`RuntimeOptions`] and the backend's options ([`Config::store_options`]). Options this
+    /// configuration does not expose keep the runtime's defaults.
     pub fn runtime_options(&self) -> RuntimeOptions {
-        let store = &self.store;
-        let mut sled = SledOptions::new(store.data_dir.clone());
-        sled.durability = store.sled_durability();
-        sled.integrity_check = store.integrity_check;
-        sled.batch_appends_max = store.batch_appends_max;
-        sled.queue_capacity = store.queue_capacity;
-        sled.cache_capacity_bytes = store.cache_capacity_bytes;
-        sled.disk_free_bytes_min = store.disk_free_bytes_min;
-
         let runtime = &self.runtime;
-        let mut options = RuntimeOptions::with_store(sled);
+        let mut options = RuntimeOptions::with_store(self.store_options());
         options.arbiters = runtime.arbiters;
         options.live_actors_max = runtime.live_actors_max;
         options.mailbox_capacity = runtime.mailbox_capacity;
@@ -195,6 +189,16 @@ impl Config {
         options.queue_time_max = runtime.queue_time_max;
         options.drain_timeout = runtime.drain_timeout;
         options
+    }
+
+    /// The store the `[store]` section describes: [`SledOptions`] for `backend = "sled"`,
+    /// [`PgOptions`] for `backend = "postgres"`. The keys of the other backend are ignored;
+    /// `queue_capacity` and `batch_appends_max` apply to both.
+    pub fn store_options(&self) -> StoreOptions {
+        match self.store.backend {
+            StoreBackend::Sled => StoreOptions::from(self.store.sled_options()),
+            StoreBackend::Postgres => StoreOptions::from(self.store.pg_options()),
+        }
     }
 }
 
@@ -291,9 +295,11 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[store]`: the embedded event store.
+/// `[store]`: the event store — the embedded sled database (the default) or PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoreConfig {
+    /// Which store to use (`backend`).
+    pub backend: StoreBackend,
     /// The database directory, created if missing (`data_dir`).
     #[serde(serialize_with = "path")]
     pub data_dir: PathBuf,
@@ -314,9 +320,44 @@ pub struct StoreConfig {
     /// Free disk space below which the service reports itself unready and refuses commands
     /// with 507 until space is freed (`disk_free_bytes_min`; 0 disables the check).
     pub disk_free_bytes_min: u64,
+    /// The PostgreSQL database (`postgres_url`; an empty string in the file: none). Needed
+    /// with `backend = "postgres"`, ignored otherwise.
+    #[serde(serialize_with = "optional_url")]
+    pub postgres_url: Option<DatabaseUrl>,
+    /// The PostgreSQL schema holding Annals' tables, created if missing (`postgres_schema`).
+    pub postgres_schema: String,
+    /// Connections to PostgreSQL (`postgres_pool_size`).
+    pub postgres_pool_size: NonZeroUsize,
 }
 
 impl StoreConfig {
+    /// The sled store's options (whatever the backend).
+    pub fn sled_options(&self) -> SledOptions {
+        let mut sled = SledOptions::new(self.data_dir.clone());
+        sled.durability = self.sled_durability();
+        sled.integrity_check = self.integrity_check;
+        sled.batch_appends_max = self.batch_appends_max;
+        sled.queue_capacity = self.queue_capacity;
+        sled.cache_capacity_bytes = self.cache_capacity_bytes;
+        sled.disk_free_bytes_min = self.disk_free_bytes_min;
+        sled
+    }
+
+    /// The PostgreSQL store's options (whatever the backend; an empty URL when none is set,
+    /// which a loaded configuration with `backend = "postgres"` never has).
+    pub fn pg_options(&self) -> PgOptions {
+        let url = self
+            .postgres_url
+            .as_ref()
+            .map_or(String::new(), |url| url.expose().to_owned());
+        let mut pg = PgOptions::new(url)
+            .with_schema(self.postgres_schema.clone())
+            .with_pool_size(self.postgres_pool_size);
+        pg.batch_appends_max = self.batch_appends_max;
+        pg.queue_capacity = self.queue_capacity;
+        pg
+    }
+
     /// The durability mode as the store takes it.
     pub fn sled_durability(&self) -> Durability {
         match self.durability {
@@ -335,7 +376,9 @@ impl Default for StoreConfig {
             Durability::Durable => (DurabilityMode::Durable, RELAXED_FLUSH_INTERVAL_DEFAULT),
             Durability::Relaxed { flush_interval } => (DurabilityMode::Relaxed, flush_interval),
         };
+        let pg = PgOptions::new("");
         StoreConfig {
+            backend: StoreBackend::Sled,
             data_dir: sled.path,
             durability,
             relaxed_flush_interval,
@@ -344,6 +387,30 @@ impl Default for StoreConfig {
             queue_capacity: sled.queue_capacity,
             cache_capacity_bytes: sled.cache_capacity_bytes,
             disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
+            postgres_url: None,
+            postgres_schema: pg.schema,
+            postgres_pool_size: pg.pool_size,
+        }
+    }
+}
+
+/// Which store the service runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The embedded sled database in `data_dir`: one process on one machine.
+    Sled,
+    /// A PostgreSQL database (`postgres_url`, `postgres_schema`), which several nodes can
+    /// share.
+    Postgres,
+}
+
+impl StoreBackend {
+    /// The word the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Sled => "sled",
+            StoreBackend::Postgres => "postgres",
         }
     }
 }
@@ -500,6 +567,17 @@ fn millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S:
 /// Serializes a path as a string, lossily when it is not UTF-8 (the config only reads UTF-8).
 fn path<S: Serializer>(path: &std::path::Path, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&path.to_string_lossy())
+}
+
+/// Serializes an optional URL redacted, an absent one as the empty string the file writes.
+fn optional_url<S: Serializer>(
+    url: &Option<DatabaseUrl>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => url.serialize(serializer),
+        None => serializer.serialize_str(""),
+    }
 }
 
 fn integrity_check<S: Serializer>(

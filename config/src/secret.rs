@@ -1,8 +1,10 @@
 //! [`Secret`]: a string (an API token) that `Debug`, `Display` and `Serialize` never reveal,
-//! so it cannot leak into logs, `annals config` or error messages by accident.
+//! so it cannot leak into logs, `annals config` or error messages by accident; and
+//! [`DatabaseUrl`]: a connection URL that shows where it points but never its password.
 
 use std::fmt;
 
+use annals::store::postgres::redacted_url;
 use serde::{Serialize, Serializer};
 
 /// What every secret prints as.
@@ -65,6 +67,54 @@ impl Serialize for Secret {
     }
 }
 
+/// A PostgreSQL connection URL (`postgres://user:password@host:port/database`, or the
+/// key=value form). `Debug`, `Display` and `Serialize` show it with the password replaced by
+/// `***` (the runtime's [`redacted_url`]), so `annals config` still says which database is
+/// used; read the real one with [`expose`](DatabaseUrl::expose) only to connect.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redacted_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// Whether `url` is what [`DatabaseUrl::redacted`] makes of a URL with a password: a rendered
+/// configuration loaded again, whose password must be put back.
+pub(crate) fn is_redacted_url(url: &str) -> bool {
+    url.contains(":***@") || url.split_whitespace().any(|part| part == "password=***")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +140,33 @@ mod tests {
         assert!(!secret.matches("Abcdefghijklmnop"));
         assert!(!secret.matches("abcdefghijklmno"));
         assert!(!secret.matches(""));
+    }
+
+    #[test]
+    fn a_database_url_never_prints_its_password() {
+        let url = DatabaseUrl::new("postgres://annals:s3cr3t@db.internal:5432/events");
+        let shown = "postgres://annals:***@db.internal:5432/events";
+        assert_eq!(url.to_string(), shown);
+        assert_eq!(format!("{url:?}"), format!("{shown:?}"));
+        assert_eq!(
+            toml::Value::try_from(&url).expect("a string serializes"),
+            toml::Value::String(shown.to_owned())
+        );
+        assert_eq!(
+            url.expose(),
+            "postgres://annals:s3cr3t@db.internal:5432/events"
+        );
+        assert!(is_redacted_url(shown));
+        assert!(!is_redacted_url(url.expose()));
+
+        let keyed = DatabaseUrl::new("host=db user=annals password=s3cr3t dbname=events");
+        assert_eq!(
+            keyed.to_string(),
+            "host=db user=annals password=*** dbname=events"
+        );
+        assert!(is_redacted_url(&keyed.to_string()));
+
+        let plain = DatabaseUrl::new("postgres://postgres@127.0.0.1:5432/test");
+        assert_eq!(plain.to_string(), plain.expose());
     }
 }

@@ -100,9 +100,14 @@ impl Flag {
 
 impl fmt::Debug for Flag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A flag may carry a token (`--set auth.tokens=…`).
+        // A flag may carry a token (`--set auth.tokens=…`) or a database password
+        // (`--set store.postgres_url=…`).
+        let url;
         let value: &dyn fmt::Debug = if self.key.starts_with("auth.") {
             &"<redacted>"
+        } else if self.key == "store.postgres_url" {
+            url = annals::store::postgres::redacted_url(&self.value);
+            &url
         } else {
             &self.value
         };

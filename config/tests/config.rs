@@ -1,7 +1,8 @@
 //! Black-box tests of `annals-config`: the defaults and the documented default file, the
 //! precedence of the layers, every bound, every kind of error message (asserted on its text:
-//! the key and the source must be named), `render` round-tripping through `load`, and secrets
-//! never printed.
+//! the key and the source must be named), `render` round-tripping through `load`, secrets
+//! never printed, and the PostgreSQL backend's keys down to a runtime opened on the local
+//! PostgreSQL (`ANNALS_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use annals::store::sled::{self as sled, Durability};
 use annals_config::{
-    Config, ConfigError, DurabilityMode, ErrorKind, Flag, IntegrityCheck, LogFormat, Origin, Scope,
-    Scopes, Sources, Token,
+    Config, ConfigError, DatabaseUrl, DurabilityMode, ErrorKind, Flag, IntegrityCheck, LogFormat,
+    Origin, Scope, Scopes, Sources, StoreBackend, Token,
 };
 
 const TOKEN_A: &str = "tok-AAAAAAAAAAAAAAAAAAAA";
@@ -136,6 +137,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(server.reads_in_flight_max.get(), 64);
 
     let store = &config.store;
+    assert_eq!(store.backend, StoreBackend::Sled);
     assert_eq!(store.data_dir, PathBuf::from("./data"));
     assert_eq!(store.durability, DurabilityMode::Durable);
     assert_eq!(store.relaxed_flush_interval, Duration::from_millis(10));
@@ -150,6 +152,17 @@ fn defaults_are_the_documented_values() {
         sled::CACHE_CAPACITY_BYTES_DEFAULT
     );
     assert_eq!(store.disk_free_bytes_min, 104_857_600);
+    assert_eq!(store.postgres_url, None);
+    assert_eq!(
+        store.postgres_schema,
+        annals::store::postgres::SCHEMA_DEFAULT
+    );
+    assert_eq!(store.postgres_schema, "annals");
+    assert_eq!(
+        store.postgres_pool_size.get(),
+        annals::store::postgres::POOL_SIZE_DEFAULT
+    );
+    assert_eq!(store.postgres_pool_size.get(), 8);
 
     let runtime = &config.runtime;
     assert_eq!(runtime.arbiters, cores());
@@ -212,7 +225,7 @@ fn the_default_file_lists_every_key_of_the_struct_and_no_other() {
         "config/annals.toml and Config have drifted"
     );
     assert_eq!(from_render, from_struct, "render and Config have drifted");
-    assert_eq!(from_struct.len(), 39);
+    assert_eq!(from_struct.len(), 43);
 }
 
 #[test]
@@ -232,7 +245,7 @@ fn the_default_file_documents_every_key_with_a_comment() {
             i + 1
         );
     }
-    assert_eq!(keys, 39);
+    assert_eq!(keys, 43);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,6 +386,7 @@ const BOUNDS: &[(&str, u64, u64)] = &[
     ("store.queue_capacity", 1, 10_000_000),
     ("store.cache_capacity_bytes", 1_048_576, 1_099_511_627_776),
     ("store.disk_free_bytes_min", 0, 1_125_899_906_842_624),
+    ("store.postgres_pool_size", 1, 1000),
     ("runtime.arbiters", 0, 1024),
     ("runtime.live_actors_max", 1, 100_000_000),
     ("runtime.mailbox_capacity", 1, 1_000_000),
@@ -639,17 +653,19 @@ fn runtime_options_carry_the_store_and_runtime_sections() {
         ("runtime.drain_timeout_ms", "18"),
     ]));
     let options = config.runtime_options();
-    assert_eq!(options.store.path, PathBuf::from("/tmp/annals-x"));
+    let store = options.store.sled().expect("sled is the default backend");
+    assert!(options.store.postgres().is_none());
+    assert_eq!(store.path, PathBuf::from("/tmp/annals-x"));
     assert_eq!(
-        options.store.durability,
+        store.durability,
         Durability::Relaxed {
             flush_interval: Duration::from_millis(25)
         }
     );
-    assert_eq!(options.store.integrity_check, IntegrityCheck::Tail);
-    assert_eq!(options.store.batch_appends_max, nz(7));
-    assert_eq!(options.store.queue_capacity, nz(77));
-    assert_eq!(options.store.cache_capacity_bytes, 2_097_152);
+    assert_eq!(store.integrity_check, IntegrityCheck::Tail);
+    assert_eq!(store.batch_appends_max, nz(7));
+    assert_eq!(store.queue_capacity, nz(77));
+    assert_eq!(store.cache_capacity_bytes, 2_097_152);
     assert_eq!(options.arbiters, nz(3));
     assert_eq!(options.live_actors_max, nz(11));
     assert_eq!(options.mailbox_capacity, nz(12));
@@ -663,8 +679,12 @@ fn runtime_options_carry_the_store_and_runtime_sections() {
 
     let defaults = Config::default().runtime_options();
     let runtime = annals::RuntimeOptions::new("./data");
-    assert_eq!(defaults.store.durability, Durability::Durable);
-    assert_eq!(defaults.store.path, runtime.store.path);
+    let (store, runtime_store) = (
+        defaults.store.sled().expect("sled by default"),
+        runtime.store.sled().expect("sled"),
+    );
+    assert_eq!(store.durability, Durability::Durable);
+    assert_eq!(store.path, runtime_store.path);
     assert_eq!(defaults.mailbox_capacity, runtime.mailbox_capacity);
     assert_eq!(defaults.shards, runtime.shards);
     assert_eq!(defaults.retry_after, runtime.retry_after);
@@ -1140,4 +1160,339 @@ fn set_flags_parse_key_equals_value() {
          not \"server.workers\""
     );
     assert!(Flag::parse_set("=4").is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store backend: sled (the default) or PostgreSQL
+
+const PG_URL_WITH_PASSWORD: &str = "postgres://annals:hunter2-s3cr3t@db.internal:5432/events";
+const PG_URL_REDACTED: &str = "postgres://annals:***@db.internal:5432/events";
+
+#[test]
+fn the_postgres_backend_takes_its_keys_and_the_shared_queue_keys() {
+    let config = load(&flags(&[
+        ("store.backend", "postgres"),
+        ("store.postgres_url", PG_URL_WITH_PASSWORD),
+        ("store.postgres_schema", "annals_blue"),
+        ("store.postgres_pool_size", "16"),
+        ("store.queue_capacity", "99"),
+        ("store.batch_appends_max", "9"),
+        // Ignored with PostgreSQL, accepted all the same.
+        ("store.durability", "relaxed"),
+    ]));
+    assert_eq!(config.store.backend, StoreBackend::Postgres);
+    assert_eq!(
+        config.store.postgres_url,
+        Some(DatabaseUrl::new(PG_URL_WITH_PASSWORD))
+    );
+    let options = config.runtime_options();
+    assert!(options.store.sled().is_none());
+    let pg = options.store.postgres().expect("the PostgreSQL backend");
+    assert_eq!(pg.url, PG_URL_WITH_PASSWORD);
+    assert_eq!(pg.schema, "annals_blue");
+    assert_eq!(pg.pool_size, nz(16));
+    assert_eq!(pg.queue_capacity, nz(99));
+    assert_eq!(pg.batch_appends_max, nz(9));
+    // What the configuration does not expose keeps the runtime's defaults.
+    let defaults = annals::store::PgOptions::new("");
+    assert_eq!(pg.connect_timeout, defaults.connect_timeout);
+    assert_eq!(pg.poll_interval, defaults.poll_interval);
+
+    // The same from the environment and from the file.
+    let from_env = load(&env(&[
+        ("ANNALS_STORE_BACKEND", "postgres"),
+        ("ANNALS_STORE_POSTGRES_URL", PG_URL_WITH_PASSWORD),
+        ("ANNALS_STORE_POSTGRES_SCHEMA", "annals_blue"),
+        ("ANNALS_STORE_POSTGRES_POOL_SIZE", "16"),
+    ]));
+    assert_eq!(from_env.store.pg_options().url, PG_URL_WITH_PASSWORD);
+    assert_eq!(from_env.store.postgres_pool_size, nz(16));
+    let f = file(&format!(
+        "[store]\nbackend = \"postgres\"\npostgres_url = \"{PG_URL_WITH_PASSWORD}\"\n\
+         postgres_schema = \"annals_blue\"\npostgres_pool_size = 16\n"
+    ));
+    let from_file = load(&from_file(&f));
+    assert_eq!(from_file, from_env);
+    assert_eq!(
+        from_file.origin("store.postgres_url"),
+        &Origin::File {
+            path: f.path.clone(),
+            line: Some(3)
+        }
+    );
+}
+
+#[test]
+fn the_sled_backend_ignores_a_postgres_url() {
+    let config = load(&flags(&[("store.postgres_url", PG_URL_WITH_PASSWORD)]));
+    assert_eq!(config.store.backend, StoreBackend::Sled);
+    let options = config.store_options();
+    assert!(options.postgres().is_none());
+    assert_eq!(
+        options.sled().expect("sled").path,
+        PathBuf::from(annals_config::DATA_DIR_DEFAULT)
+    );
+    // An empty URL is no URL.
+    let config = load(&env(&[("ANNALS_STORE_POSTGRES_URL", "  ")]));
+    assert_eq!(config.store.postgres_url, None);
+}
+
+#[test]
+fn postgres_without_a_url_names_both_keys() {
+    let error = load_err(&flags(&[("store.backend", "postgres")]));
+    assert_eq!(error.kind(), ErrorKind::Missing);
+    assert_eq!(error.key(), Some("store.backend"));
+    assert_eq!(
+        error.origin(),
+        Some(&Origin::Flag {
+            name: "--set".to_owned()
+        })
+    );
+    assert_eq!(
+        error.to_string(),
+        "store.backend = \"postgres\" (from flag --set) needs store.postgres_url, which is not \
+         set: give the database's URL, such as postgres://USER:PASSWORD@HOST:5432/DATABASE (in \
+         the file, ANNALS_STORE_POSTGRES_URL or --set store.postgres_url=…)"
+    );
+
+    let error = load_err(&env(&[
+        ("ANNALS_STORE_BACKEND", "postgres"),
+        ("ANNALS_STORE_POSTGRES_URL", ""),
+    ]));
+    assert!(
+        error
+            .to_string()
+            .starts_with("store.backend = \"postgres\" (from environment variable ANNALS_STORE_BACKEND) needs store.postgres_url"),
+        "{error}"
+    );
+
+    let error = load_err(&flags(&[("store.backend", "mysql")]));
+    assert_eq!(
+        error.to_string(),
+        "store.backend: \"mysql\" is not one of \"sled\", \"postgres\" (from flag --set)"
+    );
+}
+
+#[test]
+fn a_bad_schema_name_is_refused_at_load_with_the_rule() {
+    let rule = "is not a usable schema name: use 1 to 63 lower-case letters, digits and '_', \
+                not starting with a digit (from flag --set)";
+    let too_long = "x".repeat(64);
+    for bad in [
+        "",
+        "Annals",
+        "1annals",
+        "annals-blue",
+        "a\"b",
+        "a;drop",
+        &too_long,
+    ] {
+        let error = load_err(&flags(&[("store.postgres_schema", bad)]));
+        assert_eq!(error.kind(), ErrorKind::InvalidValue, "{bad}: {error}");
+        assert_eq!(error.key(), Some("store.postgres_schema"));
+        assert_eq!(
+            error.to_string(),
+            format!("store.postgres_schema: {bad:?} {rule}"),
+        );
+    }
+    let error = load_err(&flags(&[("store.postgres_schema", "pg_annals")]));
+    assert_eq!(
+        error.to_string(),
+        "store.postgres_schema: \"pg_annals\" is not a usable schema name: names starting with \
+         pg_ are reserved by PostgreSQL (from flag --set)"
+    );
+    // Checked whatever the backend: it is a mistake wherever it is.
+    for good in ["annals", "_x", "annals_t_0a1b", &"x".repeat(63)] {
+        let config = load(&flags(&[("store.postgres_schema", good)]));
+        assert_eq!(config.store.postgres_schema, good);
+    }
+}
+
+#[test]
+fn a_bad_url_is_refused_without_echoing_it() {
+    for bad in [
+        "mysql://annals:hunter2-s3cr3t@db/events",
+        "db.internal:5432",
+        "hunter2-s3cr3t",
+    ] {
+        let error = load_err(&flags(&[("store.postgres_url", bad)]));
+        assert_eq!(error.kind(), ErrorKind::InvalidValue, "{error}");
+        assert_eq!(error.key(), Some("store.postgres_url"));
+        let message = error.to_string();
+        assert!(
+            message.starts_with("store.postgres_url: is not a PostgreSQL connection URL"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+    let long = format!("postgres://u@h/{}", "d".repeat(5000));
+    let error = load_err(&flags(&[("store.postgres_url", &long)]));
+    assert_eq!(error.kind(), ErrorKind::OutOfRange);
+    load(&flags(&[(
+        "store.postgres_url",
+        "host=db user=annals password=hunter2 dbname=events",
+    )]));
+    load(&flags(&[("store.postgres_url", "postgresql://db/events")]));
+}
+
+#[test]
+fn the_url_password_is_never_printed() {
+    let sources = Sources {
+        env: vec![(
+            "ANNALS_STORE_POSTGRES_URL".to_owned(),
+            PG_URL_WITH_PASSWORD.to_owned(),
+        )],
+        flags: vec![
+            set("store.backend", "postgres"),
+            set("store.postgres_url", PG_URL_WITH_PASSWORD),
+        ],
+        ..Sources::default()
+    };
+    let config = load(&sources);
+    let text = config.render();
+    let debug = format!("{config:?} {sources:?}");
+    let serialized = toml::to_string(&config).expect("serializes");
+    for output in [&text, &debug, &serialized] {
+        assert!(!output.contains("hunter2"), "{output}");
+    }
+    assert!(
+        text.contains(&format!(
+            "\npostgres_url = \"{PG_URL_REDACTED}\"  # from flag --set\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nbackend = \"postgres\"  # from flag --set\n"));
+    assert!(text.contains("\npostgres_schema = \"annals\"\n"), "{text}");
+    assert!(text.contains("\npostgres_pool_size = 8\n"), "{text}");
+    assert_eq!(
+        config.store.postgres_url.as_ref().map(DatabaseUrl::expose),
+        Some(PG_URL_WITH_PASSWORD)
+    );
+
+    // Loading the rendered file says what to do with the placeholder.
+    let error = load_err(&from_file(&file(&text)));
+    assert_eq!(error.key(), Some("store.postgres_url"));
+    assert!(
+        error.to_string().starts_with(
+            "store.postgres_url: holds the password placeholder *** that `annals config` prints"
+        ),
+        "{error}"
+    );
+    // A URL without a password has nothing to hide, and round-trips.
+    let config = load(&flags(&[
+        ("store.backend", "postgres"),
+        (
+            "store.postgres_url",
+            "postgres://postgres@127.0.0.1:5432/test",
+        ),
+    ]));
+    assert_eq!(load(&from_file(&file(&config.render()))), config);
+}
+
+/// The local PostgreSQL (`ANNALS_TEST_PG_URL`): an unreachable server fails the test with the
+/// reason, never skips it.
+fn pg_test_url() -> String {
+    std::env::var("ANNALS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Drops the schema when the test ends, passed or not.
+struct DropSchema(annals::store::PgOptions);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        if let Err(e) = annals::store::postgres::drop_schema(&self.0) {
+            eprintln!("could not drop the test schema {}: {e}", self.0.schema);
+        }
+    }
+}
+
+#[test]
+fn a_postgres_configuration_opens_a_working_runtime() {
+    use annals::envelope::EncodedPayload;
+    use annals::store::{AppendKind, AppendRequest, PendingEvent, StoreHealth};
+    use annals::{CommitMeta, Position, StreamId, Timestamp, Version};
+
+    let schema = format!("annals_t_{}", uuid::Uuid::new_v4().simple());
+    let url = pg_test_url();
+    let config = load(&flags(&[
+        ("store.backend", "postgres"),
+        ("store.postgres_url", &url),
+        ("store.postgres_schema", &schema),
+        ("store.postgres_pool_size", "2"),
+        ("runtime.arbiters", "1"),
+    ]));
+    let options = config.runtime_options();
+    let _drop = DropSchema(options.store.postgres().expect("postgres").clone());
+    let runtime = annals::Runtime::open(options).unwrap_or_else(|e| {
+        panic!(
+            "cannot open a runtime on PostgreSQL at {} (set ANNALS_TEST_PG_URL, or start the \
+             server): {e}",
+            annals::store::postgres::redacted_url(&url)
+        )
+    });
+    assert_eq!(runtime.health(), StoreHealth::Ready);
+    assert_eq!(runtime.head_position(), Position(0));
+
+    let stream = StreamId::new("Probe", "p-1").expect("a stream id");
+    let executor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("an executor");
+    let appended = executor
+        .block_on(runtime.store().append(AppendRequest {
+            stream: stream.clone(),
+            expected: Version(0),
+            meta: CommitMeta {
+                recorded_at: Timestamp::now(),
+                command_id: None,
+                correlation_id: None,
+                causation_id: None,
+            },
+            command: None,
+            kind: AppendKind::Events(vec![PendingEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: "Probed".into(),
+                schema_version: 1,
+                payload: EncodedPayload(vec![0xa0]),
+            }]),
+        }))
+        .expect("the append is acknowledged");
+    assert_eq!(appended.first_position, Some(Position(1)));
+    let events = runtime
+        .store()
+        .read_stream(&stream, Version(1), None, 10)
+        .expect("the stream reads back");
+    assert_eq!(events.len(), 1);
+    assert_eq!(&*events[0].event_type, "Probed");
+    assert_eq!(runtime.head_position(), Position(1));
+    executor
+        .block_on(runtime.shutdown())
+        .expect("the runtime shuts down");
+
+    // Opening again finds what was written: it went to the database, not to a directory.
+    let again = annals::Runtime::open(config.runtime_options()).expect("the runtime reopens");
+    assert_eq!(again.head_position(), Position(1));
+    executor
+        .block_on(again.shutdown())
+        .expect("the runtime shuts down");
+}
+
+#[test]
+fn a_wrong_postgres_url_is_a_clear_error_when_opening() {
+    // Nothing listens on port 1: refused at once.
+    let config = load(&flags(&[
+        ("store.backend", "postgres"),
+        (
+            "store.postgres_url",
+            "postgres://annals:hunter2@127.0.0.1:1/none",
+        ),
+    ]));
+    let error = match annals::Runtime::open(config.runtime_options()) {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("connecting to PostgreSQL"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
 }

@@ -7,18 +7,22 @@
 //! writes). A command's fingerprint is looked up once per commit that carries a command id. A
 //! reader that stops early (`annals export | head`) ends the export quietly with exit 0, as
 //! other Unix filters do.
+//!
+//! From PostgreSQL only the event lines are written: listing the outcomes of commands without
+//! events is the sled store's ([`SledStore::outcomes_without_events`]); the summary on stderr
+//! says that they were left out.
 
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
 use annals::codec::Value;
 use annals::store::sled::{IntegrityCheck, SledStore};
-use annals::store::{EventStore, StoredOutcome};
+use annals::store::StoredOutcome;
 use annals::{CommandId, RecordedEvent};
 use serde::Serialize;
 
 use super::json::{to_hex, Json};
+use super::store::{self, Store};
 use super::ExportArgs;
 
 /// Bytes buffered before a write to stdout.
@@ -69,42 +73,54 @@ fn output(e: io::Error) -> Stop {
 }
 
 pub(super) fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.as_path();
-    super::require_store(dir)?;
-    let store = super::open_store(dir, IntegrityCheck::Structure)?;
+    let target = args.store.target()?;
+    store::require_store(&target)?;
+    let store = store::open(&target, IntegrityCheck::Structure)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
-    let written = write_log(&store, dir, &mut out).and_then(|events| {
-        let outcomes = write_outcomes(&store, dir, &mut out)?;
+    let written = write_log(&store, &mut out).and_then(|events| {
+        let outcomes = match store.sled() {
+            Some(sled) => Some(write_outcomes(sled, store.place(), &mut out)?),
+            None => None,
+        };
         out.flush().map_err(output)?;
         Ok((events, outcomes))
     });
     match written {
         Ok((events, outcomes)) => {
-            super::close(&store, dir, Ok(()))?;
-            let recovery = super::verify::describe_recovery(store.recovery_report());
-            eprintln!(
-                "annals export: wrote {events} events ({}) and {outcomes} command outcomes \
-                 without events from {}; recovery: {recovery}",
-                super::positions(events),
-                dir.display()
-            );
+            store::close(&store, Ok(()))?;
+            let place = store.place();
+            let positions = super::positions(events);
+            match (outcomes, store.sled()) {
+                (Some(outcomes), Some(sled)) => {
+                    let recovery = super::verify::describe_recovery(sled.recovery_report());
+                    eprintln!(
+                        "annals export: wrote {events} events ({positions}) and {outcomes} \
+                         command outcomes without events from {place}; recovery: {recovery}"
+                    );
+                }
+                _ => eprintln!(
+                    "annals export: wrote {events} events ({positions}) from {place}; command \
+                     outcomes without events (refused commands, commands without events) are \
+                     not exported from PostgreSQL: the store offers no listing of them"
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(Stop::BrokenPipe) => {
-            super::close(&store, dir, Ok(()))?;
+            store::close(&store, Ok(()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(Stop::Failed(e)) => super::close(&store, dir, Err(e)),
+        Err(Stop::Failed(e)) => store::close(&store, Err(e)),
     }
 }
 
 /// Writes every event of the log; returns how many.
-fn write_log(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64, Stop> {
+fn write_log(store: &Store, out: &mut impl Write) -> Result<u64, Stop> {
     let mut fingerprints = Fingerprints::default();
     let mut failure = None;
-    let scanned = super::scan_log(store, dir, |event| {
-        let fingerprint = fingerprints.of(store, dir, event)?;
+    let scanned = super::scan_log(store, |event| {
+        let fingerprint = fingerprints.of(store, event)?;
         match write_line(out, event, fingerprint.as_deref()) {
             Ok(()) => Ok(()),
             Err(stop) => {
@@ -122,13 +138,13 @@ fn write_log(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64,
 
 /// Writes the stored outcome of every command that carried a command id and committed no event
 /// (refused, or accepted without events), in command-id order; returns how many.
-fn write_outcomes(store: &SledStore, dir: &Path, out: &mut impl Write) -> Result<u64, Stop> {
+fn write_outcomes(store: &SledStore, place: &str, out: &mut impl Write) -> Result<u64, Stop> {
     let mut after: Option<CommandId> = None;
     let mut written = 0u64;
     loop {
         let page = store
             .outcomes_without_events(after.as_ref(), PAGE_OUTCOMES)
-            .map_err(|e| Stop::Failed(super::read_error(dir, e)))?;
+            .map_err(|e| Stop::Failed(super::read_error(place, e)))?;
         let last_page = page.len() < PAGE_OUTCOMES;
         for (id, stored) in &page {
             super::outcome::write(&mut *out, id, stored).map_err(|e| match e.io_error_kind() {
@@ -195,12 +211,7 @@ struct Fingerprints {
 }
 
 impl Fingerprints {
-    fn of(
-        &mut self,
-        store: &SledStore,
-        dir: &Path,
-        event: &RecordedEvent,
-    ) -> anyhow::Result<Option<String>> {
+    fn of(&mut self, store: &Store, event: &RecordedEvent) -> anyhow::Result<Option<String>> {
         let Some(id) = &event.meta.command_id else {
             return Ok(None);
         };
@@ -210,8 +221,9 @@ impl Fingerprints {
             }
         }
         let outcome = store
+            .log()
             .command_outcome(id)
-            .map_err(|e| super::read_error(dir, e))?;
+            .map_err(|e| super::read_error(store.place(), e))?;
         let fingerprint = match outcome {
             Some(StoredOutcome::Committed {
                 fingerprint,

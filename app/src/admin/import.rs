@@ -1,10 +1,12 @@
-//! `annals import`: the JSON lines of `annals export` from stdin into an empty data directory
-//! (the format, and what it does not carry, are in the [parent module](super)).
+//! `annals import`: the JSON lines of `annals export` from stdin into an empty store (the
+//! format, and what it does not carry, are in the [parent module](super)).
 //!
 //! Event lines come first and are appended as commits (below); the command outcome lines that
 //! follow them (`"kind":"outcome"`, see `outcome.rs`) are restored once every commit is
-//! acknowledged, one record each, beside the journal (the import holds the directory, so
-//! nothing else writes). An outcome line must be in command-id order (so each id appears once,
+//! acknowledged, one record each: on sled beside the journal (the import holds the directory,
+//! so nothing else writes), on PostgreSQL through an append of the outcome, which records it at
+//! its stream's current version (counted when that is not the version of the line). An
+//! outcome line must be in command-id order (so each id appears once,
 //! checked without remembering them), name a stream version the imported events reached, and
 //! use a command id no imported commit uses. An export without outcome lines (written before
 //! they existed) imports as it did.
@@ -41,16 +43,18 @@ use std::sync::Arc;
 
 use annals::codec::Value;
 use annals::envelope::{EncodedPayload, TRACE_ID_LEN_MAX};
-use annals::store::sled::{IntegrityCheck, SledStore};
+use annals::store::sled::IntegrityCheck;
+use annals::store::state::CHECKPOINTS;
 use annals::store::{
-    AppendError, AppendKind, AppendRequest, AppendTicket, CommandKey, EventStore, Fingerprint,
-    PendingEvent,
+    AppendError, AppendKind, AppendRequest, AppendTicket, CommandKey, Fingerprint, PendingEvent,
+    StoredOutcome,
 };
 use annals::{CommandId, CommitMeta, Position, StreamId, Timestamp, Version};
 use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 
 use super::outcome::{self, Restored};
+use super::store::{self, Store, Target};
 use super::ImportArgs;
 
 /// Longest input line, in bytes. Far above an event at the runtime's default limits (64 KiB of
@@ -263,6 +267,9 @@ struct Done {
     last_position: Position,
     /// Command outcomes restored.
     outcomes: u64,
+    /// Of those, the ones restored at a later version of their stream than their line's
+    /// (PostgreSQL).
+    outcomes_moved: u64,
     /// The last input line of the last commit acknowledged or outcome restored.
     through_line: u64,
 }
@@ -284,7 +291,7 @@ enum Failure {
 }
 
 struct Importer<'a> {
-    store: &'a SledStore,
+    store: &'a Store,
     /// The position the next line must have.
     next_position: Position,
     commit: Option<Commit>,
@@ -302,10 +309,10 @@ struct Importer<'a> {
 }
 
 impl<'a> Importer<'a> {
-    fn new(store: &'a SledStore) -> Importer<'a> {
+    fn new(store: &'a Store) -> Importer<'a> {
         Importer {
             store,
-            next_position: store.head_position().next(),
+            next_position: store.log().head_position().next(),
             commit: None,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
@@ -446,6 +453,7 @@ impl<'a> Importer<'a> {
             let used = self.ids_in_flight.contains(id)
                 || self
                     .store
+                    .log()
                     .command_outcome(id)
                     .map_err(|e| Failure::Read(e.to_string()))?
                     .is_some();
@@ -491,23 +499,59 @@ impl<'a> Importer<'a> {
                 restored.version
             )));
         }
-        self.store
-            .restore_outcome(&restored.id, &restored.outcome)
-            .map_err(|e| match e {
-                AppendError::CommandIdUsed { id, .. } => bad(format!(
-                    "command id {:?} is used by an imported commit: a command id names one \
+        let moved = self.restore_outcome(&restored, head).map_err(|e| match e {
+            AppendError::CommandIdUsed { id, .. } => bad(format!(
+                "command id {:?} is used by an imported commit: a command id names one \
                      command",
-                    id.as_str()
-                )),
-                e => Failure::Restore {
-                    line,
-                    reason: e.to_string(),
-                },
-            })?;
+                id.as_str()
+            )),
+            e => Failure::Restore {
+                line,
+                reason: e.to_string(),
+            },
+        })?;
         self.last_outcome = Some(restored.id);
         self.done.outcomes += 1;
+        self.done.outcomes_moved += u64::from(moved);
         self.done.through_line = line;
         Ok(())
+    }
+
+    /// Restores an outcome whose stream is at `head`: on sled as it was recorded, on
+    /// PostgreSQL by appending it, which records it at `head`. Returns whether that is another
+    /// version than the line's.
+    fn restore_outcome(&self, restored: &Restored, head: Version) -> Result<bool, AppendError> {
+        if let Some(sled) = self.store.sled() {
+            sled.restore_outcome(&restored.id, &restored.outcome)?;
+            return Ok(false);
+        }
+        let kind = match &restored.outcome {
+            StoredOutcome::Rejected { rejection, .. } => AppendKind::Rejection(rejection.clone()),
+            StoredOutcome::NoEvents { .. } => AppendKind::NoEvents,
+            StoredOutcome::Committed { .. } => {
+                return Err(AppendError::Invalid {
+                    stream: restored.stream.clone(),
+                    reason: "a committed outcome is restored by importing its events",
+                })
+            }
+        };
+        let ticket = self.store.log().append(AppendRequest {
+            stream: restored.stream.clone(),
+            expected: head,
+            meta: CommitMeta {
+                recorded_at: Timestamp::now(),
+                command_id: Some(restored.id.clone()),
+                correlation_id: None,
+                causation_id: None,
+            },
+            command: Some(CommandKey {
+                id: restored.id.clone(),
+                fingerprint: restored.outcome.fingerprint(),
+            }),
+            kind,
+        });
+        futures::executor::block_on(ticket)?;
+        Ok(head != restored.version)
     }
 
     /// The stream's version and the time of its last event.
@@ -517,12 +561,13 @@ impl<'a> Importer<'a> {
         }
         // No append of this stream is in flight: the store knows its head.
         let read = |e: annals::store::StoreError| Failure::Read(e.to_string());
-        let head = self.store.stream_head(stream).map_err(read)?;
+        let head = self.store.log().stream_head(stream).map_err(read)?;
         if head == Version(0) {
             return Ok((head, None));
         }
         let last = self
             .store
+            .log()
             .read_stream(stream, head, Some(head), 1)
             .map_err(read)?;
         Ok((head, last.first().map(|e| e.meta.recorded_at)))
@@ -537,7 +582,7 @@ impl<'a> Importer<'a> {
             .zip(commit.fingerprint)
             .map(|(id, fingerprint)| CommandKey { id, fingerprint });
         let events = commit.events.len() as u64;
-        let ticket = self.store.append(AppendRequest {
+        let ticket = self.store.log().append(AppendRequest {
             stream: commit.stream.clone(),
             expected: Version(commit.first_version.0 - 1),
             meta: commit.meta.clone(),
@@ -604,6 +649,7 @@ impl<'a> Importer<'a> {
             commits: self.done.commits + 1,
             last_position: append.first_position.advance(append.events - 1),
             outcomes: self.done.outcomes,
+            outcomes_moved: self.done.outcomes_moved,
             through_line: append.last_line,
         };
         if self
@@ -688,11 +734,13 @@ fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Read> {
 }
 
 pub(super) fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.as_path();
-    prepare_target(dir)?;
-    let store = super::open_store(dir, IntegrityCheck::Structure)?;
-    if let Err(e) = require_empty(&store, dir) {
-        return super::close(&store, dir, Err(e));
+    let target = args.store.target()?;
+    if let Target::Sled(dir) = &target {
+        prepare_target(dir)?;
+    }
+    let store = store::open(&target, IntegrityCheck::Structure)?;
+    if let Err(e) = require_empty(&store) {
+        return store::close(&store, Err(e));
     }
     let mut importer = Importer::new(&store);
     let result = match importer.run(&mut io::stdin().lock()) {
@@ -711,25 +759,36 @@ pub(super) fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let done = importer.done;
     let outcome = match result {
         Ok(()) => {
+            let moved = if done.outcomes_moved > 0 {
+                format!(
+                    " ({} of them at their stream's version after the import, not the one of \
+                     their line: the PostgreSQL store records an outcome at its stream's \
+                     current version)",
+                    done.outcomes_moved
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "annals import: imported {} events in {} ({}) and {} command outcomes without \
-                 events into {}",
+                 events{moved} into {}",
                 done.events,
                 commits(done.commits),
                 super::positions(done.last_position.0),
                 done.outcomes,
-                dir.display()
+                store.place()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(failure) => Err(explain(dir, &failure, done, stray)),
+        Err(failure) => Err(explain(&store, &failure, done, stray)),
     };
-    super::close(&store, dir, outcome)
+    store::close(&store, outcome)
 }
 
 /// The error message of a failed import: what went wrong, and what was imported.
-fn explain(dir: &Path, failure: &Failure, done: Done, stray: usize) -> anyhow::Error {
-    let shown = dir.display();
+fn explain(store: &Store, failure: &Failure, done: Done, stray: usize) -> anyhow::Error {
+    let shown = store.place();
+    let empty_it = store.how_to_empty();
     let what = match failure {
         Failure::Input { line, reason } => format!("line {line}: {reason}"),
         Failure::Store {
@@ -747,7 +806,7 @@ fn explain(dir: &Path, failure: &Failure, done: Done, stray: usize) -> anyhow::E
     } else {
         format!(
             "imported {} events in {} (positions 1 to {}) and {} command outcomes (input lines \
-             1 to {}) into {shown}; nothing after line {}. Fix the input, remove {shown} and \
+             1 to {}) into {shown}; nothing after line {}. Fix the input, {empty_it} and \
              import again",
             done.events,
             commits(done.commits),
@@ -760,7 +819,7 @@ fn explain(dir: &Path, failure: &Failure, done: Done, stray: usize) -> anyhow::E
     let stray = if stray > 0 {
         format!(
             "\nwarning: {stray} commits queued after the failure were written anyway: {shown} \
-             is not a faithful prefix of the input; remove it"
+             is not a faithful prefix of the input; {empty_it}"
         )
     } else {
         String::new()
@@ -784,7 +843,7 @@ fn prepare_target(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create the directory {shown}")),
         Err(e) => Err(super::usage(format!("{shown}: {e}"))),
         Ok(meta) if !meta.is_dir() => Err(super::usage(format!("{shown} is not a directory"))),
-        Ok(_) if super::holds_database(dir) => Ok(()),
+        Ok(_) if store::holds_database(dir) => Ok(()),
         Ok(_) => {
             let mut entries = std::fs::read_dir(dir)
                 .with_context(|| format!("cannot list the directory {shown}"))?;
@@ -800,15 +859,41 @@ fn prepare_target(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Refuses a store with any event or record (its `meta` tree aside, which opening writes).
-fn require_empty(store: &SledStore, dir: &Path) -> anyhow::Result<()> {
-    let head = store.head_position();
+/// Refuses a store with any event or record: on sled any entry of any tree (its `meta` tree
+/// aside, which opening writes); on PostgreSQL, whose store cannot list its records, any event
+/// or subscriber checkpoint.
+fn require_empty(store: &Store) -> anyhow::Result<()> {
+    let head = store.log().head_position();
+    let Some(sled) = store.sled() else {
+        let checkpoints = store
+            .state()
+            .range(
+                CHECKPOINTS,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                1,
+            )
+            .map_err(|e| super::read_error(store.place(), e))?;
+        if head == Position(0) && checkpoints.is_empty() {
+            return Ok(());
+        }
+        return Err(super::usage(format!(
+            "{} already holds an Annals store with {head} events{}: import only into a schema \
+             without events",
+            store.place(),
+            if checkpoints.is_empty() {
+                ""
+            } else {
+                " and subscriber checkpoints"
+            }
+        )));
+    };
     let mut holding = Vec::new();
-    for name in store.database().tree_names() {
+    for name in sled.database().tree_names() {
         if name.as_ref() == b"meta" {
             continue;
         }
-        let entries = store.database().open_tree(&name)?.len();
+        let entries = sled.database().open_tree(&name)?.len();
         if entries > 0 {
             holding.push(format!("{} {entries}", String::from_utf8_lossy(&name)));
         }
@@ -819,7 +904,7 @@ fn require_empty(store: &SledStore, dir: &Path) -> anyhow::Result<()> {
     Err(super::usage(format!(
         "{} already holds an Annals store with {} events (records in trees: {}): import only \
          into a new or empty directory",
-        dir.display(),
+        store.place(),
         head,
         holding.join(", ")
     )))

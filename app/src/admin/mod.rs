@@ -1,13 +1,34 @@
-//! Administrative commands on a data directory: `annals verify`, `annals export`,
-//! `annals import` and `annals stats`.
+//! Administrative commands on a store: `annals verify`, `annals export`, `annals import` and
+//! `annals stats`.
 //!
-//! The data directory is the sled database of the embedded store, the directory `annals serve
-//! --data-dir DIR` runs on. Each command opens it with [`SledStore::open`] — the store, not a
-//! [`Runtime`](annals::Runtime): no aggregate, projection or process manager runs, so nothing
-//! but the store's own recovery writes to it — and needs it to itself: while `annals serve`
-//! runs on the directory, sled's lock refuses a second process (exit 2).
+//! The store is the one `annals serve` runs on, named the same way (`store.rs`): by default
+//! the sled database of the embedded store in a data directory (`--data-dir DIR`), or with
+//! `--set store.backend=postgres --set store.postgres_url=…` (or `--config FILE`, or the
+//! `ANNALS_STORE_*` variables) a PostgreSQL schema. Each command opens the store itself — not
+//! a [`Runtime`](annals::Runtime): no aggregate, projection or process manager runs, so
+//! nothing but the store's own recovery writes to it. A sled directory must be the command's
+//! alone: while `annals serve` runs on it, sled's lock refuses a second process (exit 2). A
+//! PostgreSQL schema has no such lock: `export`, `verify` and `stats` read what is committed
+//! when they start (the head is fixed when the store opens), and `import` refuses a schema
+//! that holds any event.
 //!
-//! # Opening is recovery
+//! # What is sled-only
+//! - the recovery report and the integrity check run on open (PostgreSQL's transactions leave
+//!   nothing to recover; `verify` checks the log through the store's API instead: positions
+//!   dense from 1 to the head, with `--full` every payload and every event's command-id record);
+//! - `verify --full`'s reading of every command-id record, and `stats`' counts of snapshots,
+//!   command-id records, trees and bytes on disk (the PostgreSQL store offers no listing of
+//!   them; `stats` leaves them out);
+//! - `export`'s command outcomes without events (listed by the sled store only: an export of
+//!   a PostgreSQL store has the events alone, and says so on stderr).
+//!
+//! `import` into PostgreSQL restores the outcome lines through ordinary appends of the outcome
+//! (`AppendKind::Rejection` or `NoEvents` with the command's id and fingerprint), which record
+//! it at its stream's current version: a retry gets the same rejection, and an accepted
+//! command without events is answered with the stream's version after the import rather than
+//! the one it had (the summary counts such outcomes).
+//!
+//! # Opening is recovery (sled)
 //! Opening a store runs its recovery and integrity check (see [`annals::store::sled`]): after
 //! an unclean shutdown it re-derives the index entries (stream heads, command ids, skips)
 //! of the log written after the last durable watermark and removes unacknowledged segments a
@@ -78,7 +99,7 @@
 //! - **commit boundaries**, as such: the import rebuilds them (see below).
 //!
 //! # Import
-//! `annals import` reads those lines from stdin into an empty (or new) data directory and keeps
+//! `annals import` reads those lines from stdin into an empty (or new) store and keeps
 //! every field: event ids, versions, positions, times, command and trace ids, command outcomes.
 //! Outcome lines follow every event line, in command-id order; each must name a version its
 //! stream reached and a command id no imported commit uses. Consecutive lines
@@ -91,8 +112,9 @@
 //! imported: a commit is whole or absent.
 //!
 //! # Exit codes
-//! 0 success; 1 a failure found at run time (damage, a bad input line, a failed write); 2 a
-//! mistake in the invocation (bad arguments, a directory without a store, a store in use, a
+//! 0 success; 1 a failure found at run time (damage, a bad input line, a failed write, a
+//! database that cannot be reached or holds a newer layout); 2 a mistake in the invocation
+//! (bad arguments or configuration, a directory or schema without a store, a store in use, a
 //! non-empty import target).
 
 mod export;
@@ -100,17 +122,18 @@ mod import;
 mod json;
 mod outcome;
 mod stats;
+mod store;
 mod time;
 mod verify;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use annals::store::sled::{IntegrityCheck, SledOptions, SledStore};
 use annals::store::state::CHECKPOINTS;
-use annals::store::{EventStore, StateStore, StoreError};
+use annals::store::StoreError;
 use annals::{Position, RecordedEvent};
 
+use self::store::Store;
+pub use self::store::StoreArgs;
 use crate::UsageError;
 
 /// Events read from the log per page by the commands that scan it: memory stays bounded by a
@@ -143,8 +166,12 @@ record and every event payload (Customer, Order and Account events as their type
 upcasters; other types as CBOR) and every command-id record. Both check subscriber checkpoints
 and parked events.
 
-Exit status: 0 no damage found; 1 damage found (the message names the record); 2 bad usage, no
-store in the directory, or the store is in use.";
+With store.backend=postgres (--set, --config or ANNALS_STORE_*): the log's positions are
+checked to run from 1 to the head; --full also decodes every payload and checks every event's
+command-id record; no recovery runs (PostgreSQL's transactions leave none to do).
+
+Exit status: 0 no damage found; 1 damage found (the message names the record), or the database
+cannot be reached; 2 bad usage, no store in the directory or schema, or the store is in use.";
 
 const EXPORT_HELP: &str = "\
 One JSON object per line. First the events, in position order: event_id, aggregate, id,
@@ -159,10 +186,12 @@ either rejection (as JSON) or rejection_cbor (the stored bytes in hex, when JSON
 them back exactly). A summary goes to stderr.
 
 Not exported: snapshots, read models, process-manager state, subscriber checkpoints and parked
-events (rebuilt from the log after an import).";
+events (rebuilt from the log after an import). From PostgreSQL (store.backend=postgres), the
+events only: the outcome lines need a listing of outcomes the PostgreSQL store does not offer.";
 
 const IMPORT_HELP: &str = "\
-The target must not exist, be empty, or hold an Annals store without any record. Every field is
+The target directory must not exist, be empty, or hold an Annals store without any record; a
+PostgreSQL schema (store.backend=postgres) must hold no event and no checkpoint. Every field is
 kept (event ids, versions, positions, times, command and trace ids, command outcomes).
 Consecutive lines of one stream with the same recorded_at, command and trace ids become one
 atomic commit.
@@ -172,7 +201,8 @@ times not going back within a stream, command ids used once, outcome lines after
 command-id order); the first bad line stops the import with its line number, and what came
 before it stays imported (the message says up to which position and line). Command outcomes
 (refused commands, or commands without events) are restored, so their retries are answered as
-before. Snapshots, read models and checkpoints are rebuilt when the service starts.
+before (into PostgreSQL, at their stream's version after the import). Snapshots, read models
+and checkpoints are rebuilt when the service starts.
 
 Exit status: 0 imported; 1 a bad line or a failed write; 2 bad usage or a non-empty target.";
 
@@ -180,15 +210,16 @@ const STATS_HELP: &str = "\
 Counts events and streams per aggregate type (one scan of the log), snapshots, command-id
 records and the entries of every tree (read models included), shows each subscriber's
 checkpoint, lag and parked events, and the directory's size on disk. Nothing is written but
-what opening the store writes (recovery after an unclean shutdown, reported).";
+what opening the store writes (recovery after an unclean shutdown, reported). With
+store.backend=postgres: the events, streams and subscribers (the rest is sled's).";
 
 /// Arguments of `annals verify`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = VERIFY_HELP)]
 pub struct VerifyArgs {
-    /// The data directory (the store of `annals serve --data-dir`).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Also decode every record and event payload, not only the log's structure.
     #[arg(long)]
     pub full: bool,
@@ -198,34 +229,35 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = EXPORT_HELP)]
 pub struct ExportArgs {
-    /// The data directory to export (it is opened, never changed beyond recovery).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// The store to export (it is opened, never changed beyond recovery).
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Arguments of `annals import`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = IMPORT_HELP)]
 pub struct ImportArgs {
-    /// The data directory to create: missing, empty, or an Annals store without records.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// The store to fill: a data directory that is missing, empty, or an Annals store without
+    /// records; or a PostgreSQL schema without events.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Arguments of `annals stats`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = STATS_HELP)]
 pub struct StatsArgs {
-    /// The data directory.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
-/// `annals verify`: opens the store in `--data-dir` (running its recovery), checks its
-/// integrity, and prints a report. Exits 1 naming the damaged record when it finds damage.
+/// `annals verify`: opens the store (running its recovery), checks its integrity, and prints
+/// a report. Exits 1 naming the damaged record when it finds damage.
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     verify::run(args)
 }
@@ -236,13 +268,13 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     export::run(args)
 }
 
-/// `annals import`: reads the JSON lines of `export` from stdin into an empty data directory
-/// (see the [module docs](self)).
+/// `annals import`: reads the JSON lines of `export` from stdin into an empty store (see the
+/// [module docs](self)).
 pub fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     import::run(args)
 }
 
-/// `annals stats`: counts, sizes and heads of a data directory, as text or JSON.
+/// `annals stats`: counts, sizes and heads of a store, as text or JSON.
 pub fn stats(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     stats::run(args)
 }
@@ -251,84 +283,35 @@ fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
 }
 
-/// Whether `dir` holds a sled database: the files sled writes when it creates one. A sled
-/// database that is not an Annals store passes too (opening it would add the store's empty
-/// trees); telling the two apart would need sled itself before the store opens the directory.
-fn holds_database(dir: &Path) -> bool {
-    dir.join("conf").is_file() && dir.join("db").is_file()
-}
-
-/// Refuses (exit 2) a `dir` that is missing, not a directory or without a store, before
-/// anything opens it: opening would create a store there.
-fn require_store(dir: &Path) -> anyhow::Result<()> {
-    let shown = dir.display();
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(usage(format!("{shown}: no such directory")))
-        }
-        Err(e) => Err(usage(format!("{shown}: {e}"))),
-        Ok(meta) if !meta.is_dir() => Err(usage(format!("{shown} is not a directory"))),
-        Ok(_) if !holds_database(dir) => Err(usage(format!(
-            "{shown} holds no Annals store (no sled database: its files conf and db are \
-             missing); nothing was created"
-        ))),
-        Ok(_) => Ok(()),
-    }
-}
-
-/// Opens the store in `dir`, running recovery and the integrity `check`. A store locked by
-/// another process is a usage error; damage is an error naming the record (exit 1).
-fn open_store(dir: &Path, check: IntegrityCheck) -> anyhow::Result<SledStore> {
-    SledStore::open(SledOptions::new(dir).with_integrity_check(check)).map_err(|e| match e {
-        StoreError::Locked { .. } => usage(format!(
-            "{} is in use by another process (a running `annals serve`?): stop it first, \
-             or use the HTTP API",
-            dir.display()
-        )),
-        e @ StoreError::Corrupt { .. } => damaged(dir, &e),
-        e => anyhow::Error::new(e).context(format!("cannot open the store in {}", dir.display())),
-    })
-}
-
-/// The error for damage found in the store in `dir`.
-fn damaged(dir: &Path, what: &dyn std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{} is damaged: {what}", dir.display())
-}
-
-/// Shuts the store down (flushing it) whatever `result` is; an error of `result` wins over
-/// one of the shutdown.
-fn close<T>(store: &SledStore, dir: &Path, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    let closed = store.shutdown();
-    let value = result?;
-    closed.map_err(|e| {
-        anyhow::Error::new(e).context(format!("cannot close the store in {}", dir.display()))
-    })?;
-    Ok(value)
+/// The error for damage found in the store at `place` (its directory, or its schema).
+fn damaged(place: &str, what: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{place} is damaged: {what}")
 }
 
 /// Calls `each` on every event of the log up to its head, in position order, reading a page
 /// at a time; checks that positions run from 1 without a gap. Returns the number of events.
 fn scan_log(
-    store: &SledStore,
-    dir: &Path,
+    store: &Store,
     mut each: impl FnMut(&RecordedEvent) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let head = store.head_position();
+    let place = store.place();
+    let head = store.log().head_position();
     let mut next = Position(1);
     while next <= head {
         let page = store
+            .log()
             .read_all(next, PAGE_EVENTS)
-            .map_err(|e| read_error(dir, e))?;
+            .map_err(|e| read_error(place, e))?;
         if page.is_empty() {
             return Err(damaged(
-                dir,
+                place,
                 &format!("the log ends before position {next} (head {head})"),
             ));
         }
         for event in &page {
             if event.position != next {
                 return Err(damaged(
-                    dir,
+                    place,
                     &format!(
                         "the log has position {} where position {next} belongs",
                         event.position
@@ -343,15 +326,16 @@ fn scan_log(
 }
 
 /// A failed read: damage when the store says so, an I/O error otherwise.
-fn read_error(dir: &Path, error: StoreError) -> anyhow::Error {
+fn read_error(place: &str, error: StoreError) -> anyhow::Error {
     match error {
-        e @ (StoreError::Corrupt { .. } | StoreError::Codec(_)) => damaged(dir, &e),
-        e => anyhow::Error::new(e).context(format!("cannot read the store in {}", dir.display())),
+        e @ (StoreError::Corrupt { .. } | StoreError::Codec(_)) => damaged(place, &e),
+        e => anyhow::Error::new(e).context(format!("cannot read the store in {place}")),
     }
 }
 
 /// The names of the subscribers with a stored checkpoint.
-fn subscriber_names(store: &SledStore, dir: &Path) -> anyhow::Result<Vec<String>> {
+fn subscriber_names(store: &Store) -> anyhow::Result<Vec<String>> {
+    let place = store.place();
     let state = store.state();
     let mut names = Vec::new();
     let mut after: Option<Vec<u8>> = None;
@@ -361,7 +345,7 @@ fn subscriber_names(store: &SledStore, dir: &Path) -> anyhow::Result<Vec<String>
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let page = state
             .range(CHECKPOINTS, from, std::ops::Bound::Unbounded, 1024)
-            .map_err(|e| read_error(dir, e))?;
+            .map_err(|e| read_error(place, e))?;
         let Some((last, _)) = page.last() else {
             break;
         };
@@ -374,7 +358,7 @@ fn subscriber_names(store: &SledStore, dir: &Path) -> anyhow::Result<Vec<String>
                 Ok(name) => names.push(name.to_string()),
                 Err(_) => {
                     return Err(damaged(
-                        dir,
+                        place,
                         &format!("a subscriber checkpoint has a name that is not UTF-8: {key:?}"),
                     ))
                 }
@@ -394,6 +378,6 @@ fn positions(events: u64) -> String {
 }
 
 /// Entries of the tree `name` (which must exist: opening the store made the journal's trees).
-fn tree_len(store: &SledStore, name: &str) -> anyhow::Result<usize> {
+fn tree_len(store: &annals::store::sled::SledStore, name: &str) -> anyhow::Result<usize> {
     Ok(store.database().open_tree(name)?.len())
 }

@@ -1,4 +1,4 @@
-//! `annals stats`: counts, sizes and heads of a data directory, as text or JSON (`--json`).
+//! `annals stats`: counts, sizes and heads of a store, as text or JSON (`--json`).
 //!
 //! Events and streams per aggregate type come from one scan of the log (a stream is counted at
 //! its version 1), page by page, so the command reads the whole log but holds one page and one
@@ -10,16 +10,21 @@
 //!
 //! Nothing is written beyond what opening the store writes: recovery after an unclean
 //! shutdown, which the output reports (`recovery`).
+//!
+//! On PostgreSQL (`store.backend = "postgres"`) the counts that come from the log and the
+//! checkpoints are the same; the directory, its size, the trees, snapshots, command-id records
+//! and recovery are sled's and are left out (absent from the JSON), and `database` names the
+//! schema and the URL without its password.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
 use annals::store::sled::{IntegrityCheck, SledStore};
-use annals::store::{EventStore, StateStore};
 use annals::Timestamp;
 use serde::Serialize;
 
+use super::store::{self, Store, Target};
 use super::StatsArgs;
 
 /// Deepest directory level the disk-size walk descends to (sled uses two).
@@ -28,18 +33,34 @@ const DIRECTORY_DEPTH_MAX: usize = 8;
 /// Everything `stats` reports; `--json` prints it as is.
 #[derive(Debug, Serialize)]
 struct Stats {
-    data_dir: String,
-    /// Bytes of every file under the directory.
-    disk_bytes: u64,
+    /// `"sled"` or `"postgres"`.
+    backend: &'static str,
+    /// The data directory (sled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<String>,
+    /// The schema and the URL without its password (PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    /// Bytes of every file under the directory (sled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_bytes: Option<u64>,
     head_position: u64,
     events: u64,
     first_recorded_at: Option<String>,
     last_recorded_at: Option<String>,
     /// Per aggregate type, by name.
     aggregates: Vec<AggregateStats>,
+    subscribers: Vec<SubscriberStats>,
+    /// What only the sled store has.
+    #[serde(flatten)]
+    sled: Option<SledStats>,
+}
+
+/// The counts of the sled store's trees, and its recovery.
+#[derive(Debug, Serialize)]
+struct SledStats {
     snapshots: usize,
     command_ids: usize,
-    subscribers: Vec<SubscriberStats>,
     trees: Vec<TreeStats>,
     recovery: RecoveryStats,
 }
@@ -81,11 +102,14 @@ struct RecoveryStats {
 }
 
 pub(super) fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.as_path();
-    super::require_store(dir)?;
-    let disk_bytes = directory_bytes(dir, 0)?;
-    let store = super::open_store(dir, IntegrityCheck::Structure)?;
-    let stats = super::close(&store, dir, collect(&store, dir, disk_bytes))?;
+    let target = args.store.target()?;
+    store::require_store(&target)?;
+    let disk_bytes = match &target {
+        Target::Sled(dir) => Some(directory_bytes(dir, 0)?),
+        Target::Postgres(_) => None,
+    };
+    let store = store::open(&target, IntegrityCheck::Structure)?;
+    let stats = store::close(&store, collect(&store, disk_bytes))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -94,11 +118,12 @@ pub(super) fn run(args: &StatsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Stats> {
+fn collect(store: &Store, disk_bytes: Option<u64>) -> anyhow::Result<Stats> {
+    let place = store.place();
     let mut aggregates: BTreeMap<String, AggregateStats> = BTreeMap::new();
     let mut first_recorded_at: Option<Timestamp> = None;
     let mut last_recorded_at: Option<Timestamp> = None;
-    let events = super::scan_log(store, dir, |event| {
+    let events = super::scan_log(store, |event| {
         let ty = event.stream.aggregate_type();
         if !aggregates.contains_key(ty) {
             aggregates.insert(ty.to_string(), AggregateStats::default());
@@ -117,17 +142,17 @@ fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Sta
         last_recorded_at = Some(event.meta.recorded_at);
         Ok(())
     })?;
-    let head = store.head_position();
+    let head = store.log().head_position();
     let mut subscribers = Vec::new();
-    for name in super::subscriber_names(store, dir)? {
+    for name in super::subscriber_names(store)? {
         let checkpoint = store
             .state()
             .load_checkpoint(&name)
-            .map_err(|e| super::read_error(dir, e))?;
+            .map_err(|e| super::read_error(place, e))?;
         let parked = store
             .state()
             .parked(&name, annals::subscription::PARKED_LISTED_MAX)
-            .map_err(|e| super::read_error(dir, e))?
+            .map_err(|e| super::read_error(place, e))?
             .len();
         subscribers.push(SubscriberStats {
             behind_head: head.0.saturating_sub(checkpoint.0),
@@ -136,6 +161,30 @@ fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Sta
             parked,
         });
     }
+    let sled = store.sled().map(collect_sled).transpose()?;
+    let (data_dir, database) = match sled {
+        Some(_) => (Some(place.to_owned()), None),
+        None => (None, Some(place.to_owned())),
+    };
+    Ok(Stats {
+        backend: store.backend_name(),
+        data_dir,
+        database,
+        disk_bytes,
+        head_position: head.0,
+        events,
+        first_recorded_at: first_recorded_at.map(super::time::format),
+        last_recorded_at: last_recorded_at.map(super::time::format),
+        aggregates: aggregates
+            .into_iter()
+            .map(|(aggregate, a)| AggregateStats { aggregate, ..a })
+            .collect(),
+        subscribers,
+        sled,
+    })
+}
+
+fn collect_sled(store: &SledStore) -> anyhow::Result<SledStats> {
     let mut trees = Vec::new();
     for name in store.database().tree_names() {
         let name = String::from_utf8_lossy(&name).into_owned();
@@ -150,20 +199,9 @@ fn collect(store: &SledStore, dir: &Path, disk_bytes: u64) -> anyhow::Result<Sta
     }
     trees.sort_by(|a, b| (!a.journal, &a.name).cmp(&(!b.journal, &b.name)));
     let recovery = store.recovery_report();
-    Ok(Stats {
-        data_dir: dir.display().to_string(),
-        disk_bytes,
-        head_position: head.0,
-        events,
-        first_recorded_at: first_recorded_at.map(super::time::format),
-        last_recorded_at: last_recorded_at.map(super::time::format),
-        aggregates: aggregates
-            .into_iter()
-            .map(|(aggregate, a)| AggregateStats { aggregate, ..a })
-            .collect(),
+    Ok(SledStats {
         snapshots: super::tree_len(store, "snapshots")?,
         command_ids: super::tree_len(store, "commands")?,
-        subscribers,
         trees,
         recovery: RecoveryStats {
             changed_the_store: recovery.records_reindexed > 0 || recovery.records_removed > 0,
@@ -195,12 +233,15 @@ fn directory_bytes(dir: &Path, depth: usize) -> anyhow::Result<u64> {
 }
 
 fn print(s: &Stats) {
-    println!("data directory   {}", s.data_dir);
-    println!(
-        "disk size        {} ({} bytes)",
-        human_bytes(s.disk_bytes),
-        s.disk_bytes
-    );
+    if let Some(dir) = &s.data_dir {
+        println!("data directory   {dir}");
+    }
+    if let Some(database) = &s.database {
+        println!("database         {database}");
+    }
+    if let Some(bytes) = s.disk_bytes {
+        println!("disk size        {} ({bytes} bytes)", human_bytes(bytes));
+    }
     println!("head position    {}", s.head_position);
     match (&s.first_recorded_at, &s.last_recorded_at) {
         (Some(first), Some(last)) => {
@@ -228,8 +269,10 @@ fn print(s: &Stats) {
             );
         }
     }
-    println!("snapshots        {}", s.snapshots);
-    println!("command ids      {} records", s.command_ids);
+    if let Some(sled) = &s.sled {
+        println!("snapshots        {}", sled.snapshots);
+        println!("command ids      {} records", sled.command_ids);
+    }
     if s.subscribers.is_empty() {
         println!("subscribers      none with a checkpoint");
     } else {
@@ -250,8 +293,11 @@ fn print(s: &Stats) {
             );
         }
     }
+    let Some(sled) = &s.sled else {
+        return;
+    };
     let list = |journal: bool| {
-        s.trees
+        sled.trees
             .iter()
             .filter(|t| t.journal == journal)
             .map(|t| format!("{} {}", t.name, t.entries))
@@ -264,7 +310,7 @@ fn print(s: &Stats) {
         "other trees      {}",
         if others.is_empty() { "none" } else { &others }
     );
-    println!("recovery         {}", s.recovery.summary);
+    println!("recovery         {}", sled.recovery.summary);
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -2,8 +2,9 @@
 //!
 //! Label values are bounded: aggregate types are the registered ones, command types only the
 //! variants the aggregate knows (anything else counts as `invalid`), outcomes a fixed set.
-//! The journal's and the runtime's counters and the subscribers' lag are read when `/metrics`
-//! is scraped, so they cost nothing per command.
+//! The journal's and the runtime's counters, the subscribers' lag and, on PostgreSQL, the
+//! connection pool's gauges are read when `/metrics` is scraped, so they cost nothing per
+//! command.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use annals::store::PgStore;
 use annals::Runtime;
 use parking_lot::Mutex;
 
@@ -106,8 +108,9 @@ impl Metrics {
     }
 
     /// The exposition text: these metrics plus the runtime's, the journal's and the
-    /// subscribers' (when the runtime is open).
-    pub fn render(&self, runtime: Option<&Runtime>) -> String {
+    /// subscribers' (when the runtime is open), and the PostgreSQL pool's (when `postgres`, the
+    /// store under the runtime, is given).
+    pub fn render(&self, runtime: Option<&Runtime>, postgres: Option<&PgStore>) -> String {
         let mut out = String::with_capacity(4096);
         self.render_commands(&mut out);
         self.render_latency(&mut out);
@@ -127,6 +130,9 @@ impl Metrics {
         }
         if let Some(runtime) = runtime {
             render_runtime(&mut out, runtime);
+        }
+        if let Some(postgres) = postgres {
+            render_postgres(&mut out, postgres);
         }
         out
     }
@@ -189,6 +195,39 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+fn render_postgres(out: &mut String, store: &PgStore) {
+    let (open, free, waiting) = store.pool_status();
+    gauge(
+        out,
+        "annals_postgres_connections_open",
+        "gauge",
+        "Connections the PostgreSQL pool holds open (at most store.postgres_pool_size).",
+        open,
+    );
+    gauge(
+        out,
+        "annals_postgres_connections_free",
+        "gauge",
+        "Open PostgreSQL connections not in use.",
+        free,
+    );
+    gauge(
+        out,
+        "annals_postgres_connections_waiting",
+        "gauge",
+        "Calls waiting for a PostgreSQL connection: above 0 for long, the pool is too small \
+         or the database too slow.",
+        waiting,
+    );
+    gauge(
+        out,
+        "annals_postgres_batch_retries_total",
+        "counter",
+        "Batches redone because another node committed to the same stream or command id first.",
+        store.batch_retries(),
+    );
 }
 
 fn render_runtime(out: &mut String, runtime: &Runtime) {
@@ -347,7 +386,7 @@ mod tests {
             Outcome::Invalid,
             Duration::from_secs(60),
         );
-        let text = m.render(None);
+        let text = m.render(None, None);
         assert!(text.contains(
             "annals_commands_total{aggregate=\"Order\",command=\"CreateOrder\",outcome=\"ok\"} 2"
         ));

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
+use annals::store::PgStore;
 use annals::Runtime;
 use annals_config::Config;
 use parking_lot::{Mutex, RwLock};
@@ -66,6 +67,8 @@ pub struct AppState {
     /// The runtime: `None` while the store is being opened, or reopened after its journal
     /// failed (see `server.rs`).
     runtime: RwLock<Option<Runtime>>,
+    /// The PostgreSQL store under the runtime, when that is the backend (for `/metrics`).
+    postgres: RwLock<Option<PgStore>>,
     open_failure: Mutex<Option<String>>,
     /// Set while the store is being reopened after a journal failure.
     reopening: AtomicBool,
@@ -96,6 +99,7 @@ impl AppState {
             reads,
             rebuild_start: tokio::sync::Mutex::new(()),
             runtime: RwLock::new(None),
+            postgres: RwLock::new(None),
             open_failure: Mutex::new(None),
             reopening: AtomicBool::new(false),
             epoch: tokio::sync::watch::channel(0).0,
@@ -183,15 +187,28 @@ impl AppState {
 
     /// Makes the runtime available to the handlers (again, after a reopen).
     pub fn set_runtime(&self, runtime: Runtime) {
+        self.set_runtime_on(runtime, None);
+    }
+
+    /// [`AppState::set_runtime`] for a runtime on `postgres`, the PostgreSQL store it was
+    /// started over (`None` for another backend).
+    pub fn set_runtime_on(&self, runtime: Runtime, postgres: Option<PgStore>) {
+        *self.postgres.write() = postgres;
         *self.runtime.write() = Some(runtime);
         *self.open_failure.lock() = None;
         self.reopening.store(false, Ordering::Release);
+    }
+
+    /// The PostgreSQL store under the runtime, when that is the backend and it is open.
+    pub fn postgres_store(&self) -> Option<PgStore> {
+        self.postgres.read().clone()
     }
 
     /// Takes the runtime out to reopen its store: handlers answer 503 meanwhile, and live
     /// feeds of this runtime end.
     pub fn take_runtime_for_reopen(&self) -> Option<Runtime> {
         self.reopening.store(true, Ordering::Release);
+        *self.postgres.write() = None;
         let taken = self.runtime.write().take();
         self.epoch.send_modify(|n| *n += 1);
         taken

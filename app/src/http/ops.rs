@@ -2,8 +2,9 @@
 //!
 //! `/livez` answers 200 as long as the process serves HTTP. `/readyz` answers 200 only when
 //! commands can succeed and read models follow: the store is open (not still recovering, not
-//! failed to open), the journal has not failed, no projection or process manager has failed,
-//! and the data directory's file system has at least `store.disk_free_bytes_min` bytes free;
+//! failed to open), the journal has not failed (on PostgreSQL: the database answers the
+//! store's head poll), no projection or process manager has failed, and, on the sled backend,
+//! the data directory's file system has at least `store.disk_free_bytes_min` bytes free;
 //! otherwise 503 naming every failing check.
 //!
 //! Both are open to anyone, so a check names what failed and never how: no path, no engine
@@ -17,6 +18,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use annals::store::StoreHealth;
 use annals::SubscriberStatus;
+use annals_config::StoreBackend;
 use serde_json::json;
 
 use super::problem::{Kind, Problem};
@@ -46,8 +48,13 @@ fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
         }
         None => failing.push("recovering".to_owned()),
         Some(runtime) => {
+            let postgres = state.config.store.backend == StoreBackend::Postgres;
             match runtime.health() {
                 StoreHealth::Ready => {}
+                StoreHealth::Failed(_) if postgres => failing.push(
+                    "database unreachable (PostgreSQL does not answer; see the server log)"
+                        .to_owned(),
+                ),
                 StoreHealth::Failed(_) => failing.push(
                     "journal failed (write or fsync error; reopened once the disk has room)"
                         .to_owned(),
@@ -62,6 +69,10 @@ fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
         }
     }
     let store = &state.config.store;
+    if store.backend != StoreBackend::Sled {
+        // No data directory: the database's disk is the database server's to watch.
+        return (failing, None);
+    }
     let free = match disk_free_bytes(&store.data_dir) {
         Ok(free) => {
             if free < store.disk_free_bytes_min {
@@ -103,5 +114,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         ))
-        .body(state.metrics.render(state.try_runtime().as_ref()))
+        .body(state.metrics.render(
+            state.try_runtime().as_ref(),
+            state.postgres_store().as_ref(),
+        ))
 }

@@ -46,6 +46,7 @@ fn status_json(info: &SubscriberInfo) -> Value {
         SubscriberStatus::Live => ("live", None),
         SubscriberStatus::Rebuilding => ("rebuilding", None),
         SubscriberStatus::Stopped => ("stopped", None),
+        SubscriberStatus::Standby => ("standby", None),
         SubscriberStatus::Retrying(why) => ("retrying", Some(why.as_str())),
         SubscriberStatus::Failed(why) => ("failed", Some(why.as_str())),
     };

@@ -6,7 +6,12 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use annals::store::sled::Durability;
+use annals::store::StoreOptions;
+use annals_config::{Config, Origin, Sources, StoreBackend};
+
 use super::workload::WorkloadKind;
+use crate::server::set_flags;
 use crate::UsageError;
 
 /// The run length when neither `--duration` nor `--commands` is given.
@@ -78,12 +83,21 @@ pub struct LoadArgs {
     /// the saga and the read models to settle after the run).
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) saga_timeout: Duration,
-    /// In-process: `durable` (acknowledge after the fsync) or `relaxed` (fsync every 50 ms).
+    /// In-process, sled: `durable` (acknowledge after the fsync) or `relaxed` (fsync every
+    /// 50 ms).
     #[arg(long, value_enum, value_name = "MODE")]
     pub(crate) durability: Option<DurabilityArg>,
-    /// In-process: open the runtime in this directory instead of a temporary one.
+    /// In-process, sled: open the runtime in this directory instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// In-process: a TOML configuration file, as `annals serve --config` reads it (its
+    /// `[store]` and `[runtime]` sections apply; the flags of `load` win over it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// In-process: sets a configuration key, such as `--set store.backend=postgres --set
+    /// store.postgres_url=postgres://USER:PASSWORD@HOST/DATABASE`; repeatable, applied last.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub(crate) set: Vec<String>,
     /// In-process: the aggregates' mailbox capacity (the runtime's default otherwise).
     #[arg(long, value_name = "N")]
     pub(crate) mailbox_capacity: Option<usize>,
@@ -121,15 +135,18 @@ pub(crate) enum DurabilityArg {
 }
 
 /// Where the commands go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TargetSpec {
     /// A runtime in this process.
     Inproc {
-        /// The data directory (`None`: a temporary one).
+        /// The configuration of `--config` and `--set` (defaults without them): the store and
+        /// the runtime, under the flags below.
+        config: Box<Config>,
+        /// The sled store's data directory (`None`: a temporary one). `None` on PostgreSQL.
         data_dir: Option<PathBuf>,
-        /// Relaxed durability.
-        relaxed: bool,
-        /// The mailbox capacity, if not the runtime's default.
+        /// The sled store's durability (PostgreSQL: always durable, `synchronous_commit`).
+        durability: Durability,
+        /// The mailbox capacity, if not the configuration's.
         mailbox_capacity: Option<NonZeroUsize>,
     },
     /// A running server.
@@ -146,6 +163,50 @@ impl TargetSpec {
             TargetSpec::Inproc { .. } => "inproc".into(),
             TargetSpec::Http { base } => base.clone(),
         }
+    }
+
+    /// In-process: the store's backend, as `store.backend` writes it; `None` over HTTP.
+    pub(crate) fn backend(&self) -> Option<StoreBackend> {
+        match self {
+            TargetSpec::Inproc { config, .. } => Some(config.store.backend),
+            TargetSpec::Http { .. } => None,
+        }
+    }
+
+    /// In-process: `durable` or `relaxed` (PostgreSQL is durable); `None` over HTTP.
+    pub(crate) fn durability_name(&self) -> Option<&'static str> {
+        match self {
+            TargetSpec::Inproc { config, .. } if config.store.backend != StoreBackend::Sled => {
+                Some("durable")
+            }
+            TargetSpec::Inproc {
+                durability: Durability::Relaxed { .. },
+                ..
+            } => Some("relaxed"),
+            TargetSpec::Inproc { .. } => Some("durable"),
+            TargetSpec::Http { .. } => None,
+        }
+    }
+
+    /// In-process: the store to open, `dir` standing for the data directory when none was
+    /// named (a temporary one). `None` over HTTP.
+    pub(crate) fn store_options(&self, dir: &std::path::Path) -> Option<StoreOptions> {
+        let TargetSpec::Inproc {
+            config,
+            data_dir,
+            durability,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if config.store.backend != StoreBackend::Sled {
+            return Some(config.store_options());
+        }
+        let mut sled = config.store.sled_options();
+        sled.path = data_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        sled.durability = *durability;
+        Some(StoreOptions::from(sled))
     }
 }
 
@@ -311,18 +372,7 @@ impl LoadArgs {
     fn target_spec(&self) -> Result<TargetSpec, UsageError> {
         let target = self.target.trim();
         if target == "inproc" {
-            let mailbox_capacity = match self.mailbox_capacity {
-                None => None,
-                Some(n) => Some(
-                    NonZeroUsize::new(n)
-                        .ok_or_else(|| usage("--mailbox-capacity must be at least 1"))?,
-                ),
-            };
-            return Ok(TargetSpec::Inproc {
-                data_dir: self.data_dir.clone(),
-                relaxed: self.durability == Some(DurabilityArg::Relaxed),
-                mailbox_capacity,
-            });
+            return self.inproc();
         }
         let Some(rest) = target.strip_prefix("http://") else {
             return Err(usage(if target.starts_with("https://") {
@@ -344,6 +394,8 @@ impl LoadArgs {
             ("--data-dir", self.data_dir.is_some()),
             ("--durability", self.durability.is_some()),
             ("--mailbox-capacity", self.mailbox_capacity.is_some()),
+            ("--config", self.config.is_some()),
+            ("--set", !self.set.is_empty()),
         ] {
             if given {
                 return Err(usage(format!(
@@ -353,6 +405,60 @@ impl LoadArgs {
         }
         Ok(TargetSpec::Http {
             base: format!("http://{authority}"),
+        })
+    }
+
+    /// The in-process target: the configuration of `--config` and `--set` (never the
+    /// environment: a load test touches only what its command line names), then the flags of
+    /// `load` on top. The sled store goes in `--data-dir`, else in a `store.data_dir` the
+    /// configuration sets, else in a temporary directory.
+    fn inproc(&self) -> Result<TargetSpec, UsageError> {
+        let mailbox_capacity = match self.mailbox_capacity {
+            None => None,
+            Some(n) => Some(
+                NonZeroUsize::new(n)
+                    .ok_or_else(|| usage("--mailbox-capacity must be at least 1"))?,
+            ),
+        };
+        let sources = Sources {
+            file: self.config.clone(),
+            env: Vec::new(),
+            flags: set_flags(&self.set)?,
+        };
+        let config = Config::load(&sources).map_err(|e| usage(format!("configuration: {e}")))?;
+        if config.store.backend != StoreBackend::Sled {
+            for (flag, given) in [
+                ("--data-dir", self.data_dir.is_some()),
+                ("--durability", self.durability.is_some()),
+            ] {
+                if given {
+                    return Err(usage(format!(
+                        "{flag} applies to the sled store; with store.backend={} the store is \
+                         the schema store.postgres_schema at store.postgres_url",
+                        config.store.backend.name()
+                    )));
+                }
+            }
+        }
+        let data_dir = match &self.data_dir {
+            Some(dir) => Some(dir.clone()),
+            None if *config.origin("store.data_dir") != Origin::Default => {
+                Some(config.store.data_dir.clone())
+            }
+            None => None,
+        };
+        let durability = match self.durability {
+            Some(DurabilityArg::Durable) => Durability::Durable,
+            Some(DurabilityArg::Relaxed) => Durability::Relaxed {
+                flush_interval: RELAXED_FLUSH_INTERVAL,
+            },
+            None => config.store.sled_durability(),
+        };
+        Ok(TargetSpec::Inproc {
+            config: Box::new(config),
+            data_dir,
+            durability,
+            mailbox_capacity,
         })
     }
 
@@ -459,6 +565,79 @@ mod tests {
         }
         let err = plan(&["--target", "http://h:1", "--durability", "relaxed"]).err();
         assert!(err.is_some_and(|e| e.contains("--durability")));
+        let err = plan(&["--target", "http://h:1", "--set", "store.backend=postgres"]).err();
+        assert!(err.is_some_and(|e| e.contains("--set applies to --target inproc only")));
+        Ok(())
+    }
+
+    #[test]
+    fn the_store_comes_from_set_under_the_flags_of_load() -> Result<(), String> {
+        let dir = std::path::Path::new("/tmp/elsewhere");
+        let sled = plan(&[])?;
+        assert_eq!(sled.target.backend(), Some(StoreBackend::Sled));
+        assert_eq!(sled.target.durability_name(), Some("durable"));
+        let options = sled.target.store_options(dir).ok_or("in-process")?;
+        assert_eq!(options.sled().map(|s| s.path.clone()), Some(dir.into()));
+
+        let relaxed = plan(&[
+            "--set",
+            "store.durability=relaxed",
+            "--durability",
+            "durable",
+        ])?;
+        assert_eq!(
+            relaxed.target.durability_name(),
+            Some("durable"),
+            "--durability wins"
+        );
+        let relaxed = plan(&["--set", "store.durability=relaxed"])?;
+        assert_eq!(relaxed.target.durability_name(), Some("relaxed"));
+        let named = plan(&["--set", "store.data_dir=/tmp/named"])?;
+        let options = named.target.store_options(dir).ok_or("in-process")?;
+        assert_eq!(
+            options.sled().map(|s| s.path.clone()),
+            Some("/tmp/named".into())
+        );
+
+        let url = "postgres://annals:hunter2@db:5432/events";
+        let pg = plan(&[
+            "--set",
+            "store.backend=postgres",
+            "--set",
+            &format!("store.postgres_url={url}"),
+            "--set",
+            "store.postgres_schema=annals_load",
+        ])?;
+        assert_eq!(pg.target.backend(), Some(StoreBackend::Postgres));
+        assert_eq!(pg.target.durability_name(), Some("durable"));
+        let options = pg.target.store_options(dir).ok_or("in-process")?;
+        let postgres = options.postgres().ok_or("the PostgreSQL store")?;
+        assert_eq!(
+            (postgres.url.as_str(), postgres.schema.as_str()),
+            (url, "annals_load")
+        );
+        assert!(!format!("{pg:?}").contains("hunter2"), "{pg:?}");
+
+        let err = plan(&["--set", "store.backend=postgres"]).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.contains("needs store.postgres_url")),
+            "{err:?}"
+        );
+        let err = plan(&[
+            "--set",
+            "store.backend=postgres",
+            "--set",
+            &format!("store.postgres_url={url}"),
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.contains("--data-dir applies to the sled store")),
+            "{err:?}"
+        );
         Ok(())
     }
 

@@ -42,11 +42,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::Runtime;
+use annals_config::StoreBackend;
 use futures::channel::oneshot;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use super::args::{Plan, Shape, TargetSpec};
+use super::args::{Plan, Shape};
 use super::progress::{Goal, Progress, Snapshot, TICK};
 use super::report::{self, Journal, Latency, Report, Saga, Setup, REPORT_VERSION};
 use super::saga::{self, Awaited, Board};
@@ -763,17 +764,13 @@ fn build_report(
             max_outstanding,
         } => ("open", None, Some(rate), Some(max_outstanding)),
     };
-    let durability = match &plan.target {
-        TargetSpec::Inproc { relaxed: true, .. } => Some("relaxed"),
-        TargetSpec::Inproc { relaxed: false, .. } => Some("durable"),
-        TargetSpec::Http { .. } => None,
-    };
     let orders = tally.orders;
     Report {
         report_version: REPORT_VERSION,
         target: plan.target.name(),
         workload: plan.workload.name(),
-        durability,
+        store: plan.target.backend().map(StoreBackend::name),
+        durability: plan.target.durability_name(),
         shape,
         concurrency,
         rate,

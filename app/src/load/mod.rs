@@ -8,6 +8,7 @@
 //!             [--concurrency N | --rate PER_SECOND [--max-outstanding N]]
 //!             [--duration 10s] [--commands N] [--timeout 10s] [--saga-timeout 30s]
 //!             [--durability durable|relaxed] [--data-dir DIR] [--mailbox-capacity N]
+//!             [--config FILE] [--set SECTION.KEY=VALUE]…
 //!             [--threads N] [--seed N] [--id-prefix PREFIX]
 //!             [--verify] [--json FILE] [--quiet]
 //! ```
@@ -20,7 +21,12 @@
 //!   directory (or `--data-dir`), in `--durability durable` (the default: acknowledged after
 //!   the fsync) or `relaxed` (fsync every 50 ms) mode, registers what the workload needs (the
 //!   bank account; or the reference domain with its saga and projections) and shuts it down
-//!   gracefully at the end.
+//!   gracefully at the end. `--config FILE` and `--set SECTION.KEY=VALUE` configure the store
+//!   and the runtime as they do for `annals serve` (the environment is not read: a load test
+//!   touches only what its command line names), under the flags of `load`; with
+//!   `--set store.backend=postgres --set store.postgres_url=postgres://…` the runtime runs on
+//!   the PostgreSQL schema `store.postgres_schema` (`annals` by default), which keeps its
+//!   events after the run as a `--data-dir` does.
 //! - `--target http://HOST:PORT` sends every request to that address and nowhere else; it
 //!   first checks `GET /readyz`. The `http` module lists the routes used.
 //!
@@ -59,7 +65,8 @@
 //! | `report_version` | 1 |
 //! | `target` | `"inproc"` or the server's base URL |
 //! | `workload` | `"bank"` or `"orders"` |
-//! | `durability` | `"durable"` or `"relaxed"` in-process; `null` over HTTP |
+//! | `store` | `"sled"` or `"postgres"` in-process; `null` over HTTP |
+//! | `durability` | `"durable"` or `"relaxed"` in-process (PostgreSQL: `"durable"`); `null` over HTTP |
 //! | `shape` | `"closed"` or `"open"` |
 //! | `concurrency` | closed loop: clients; else `null` |
 //! | `rate`, `max_outstanding` | open loop: sessions per second, outstanding bound; else `null` |
@@ -82,8 +89,7 @@
 
 use std::process::ExitCode;
 
-use annals::store::sled::{Durability, SledOptions};
-use annals::{Runtime, RuntimeOptions};
+use annals::Runtime;
 use anyhow::Context;
 
 mod args;
@@ -98,7 +104,7 @@ mod workload;
 
 pub use args::LoadArgs;
 
-use args::{Plan, TargetSpec, RELAXED_FLUSH_INTERVAL};
+use args::{Plan, TargetSpec};
 use target::Connect;
 use workload::WorkloadKind;
 
@@ -169,36 +175,41 @@ struct Opened {
 /// Opens the in-process runtime of an `inproc` plan (`None` over HTTP).
 fn open(plan: &Plan) -> anyhow::Result<Option<Opened>> {
     let TargetSpec::Inproc {
+        config,
         data_dir,
-        relaxed,
         mailbox_capacity,
+        ..
     } = &plan.target
     else {
         return Ok(None);
     };
-    let dir = match data_dir {
-        Some(_) => None,
-        None => Some(tempfile::tempdir().context("cannot create a temporary directory")?),
-    };
-    let path = match (data_dir, &dir) {
-        (Some(path), _) => path.clone(),
-        (None, Some(dir)) => dir.path().to_path_buf(),
-        (None, None) => anyhow::bail!("no data directory"),
-    };
-    let durability = if *relaxed {
-        Durability::Relaxed {
-            flush_interval: RELAXED_FLUSH_INTERVAL,
+    // A sled store in no named directory lives in a temporary one.
+    let dir = match (config.store.backend, data_dir) {
+        (annals_config::StoreBackend::Sled, None) => {
+            Some(tempfile::tempdir().context("cannot create a temporary directory")?)
         }
-    } else {
-        Durability::Durable
+        _ => None,
     };
-    let mut options =
-        RuntimeOptions::with_store(SledOptions::new(&path).with_durability(durability));
+    let scratch = dir.as_ref().map(tempfile::TempDir::path);
+    let mut options = config.runtime_options();
+    options.store = plan
+        .target
+        .store_options(scratch.unwrap_or(std::path::Path::new("")))
+        .context("no in-process store")?;
     if let Some(capacity) = mailbox_capacity {
         options = options.with_mailbox_capacity(*capacity);
     }
+    let place = match (options.store.sled(), options.store.postgres()) {
+        (Some(sled), _) => sled.path.display().to_string(),
+        (None, Some(pg)) => format!(
+            "PostgreSQL schema {} at {}",
+            pg.schema,
+            annals::store::postgres::redacted_url(&pg.url)
+        ),
+        (None, None) => "the configured store".to_owned(),
+    };
     let runtime = Runtime::open(options)
-        .with_context(|| format!("cannot open a runtime in {}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot open a runtime in {place}: {e}"))?;
     let registered = match plan.workload {
         WorkloadKind::Bank => runtime
             .register::<annals_domain::bank::Account>()

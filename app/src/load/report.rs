@@ -136,6 +136,8 @@ pub(crate) struct Report {
     pub(crate) target: String,
     /// `bank` or `orders`.
     pub(crate) workload: &'static str,
+    /// In-process: the store's backend, `sled` or `postgres`; `null` over HTTP.
+    pub(crate) store: Option<&'static str>,
     /// In-process: `durable` or `relaxed`; `null` over HTTP.
     pub(crate) durability: Option<&'static str>,
     /// `closed` or `open`.
@@ -200,9 +202,12 @@ impl Report {
             ),
             (None, None) => self.shape.to_string(),
         };
-        let target = match self.durability {
-            Some(durability) => format!("{} ({durability})", self.target),
-            None => self.target.clone(),
+        let target = match (self.store, self.durability) {
+            (Some(store), Some(durability)) if store != "sled" => {
+                format!("{} ({store}, {durability})", self.target)
+            }
+            (_, Some(durability)) => format!("{} ({durability})", self.target),
+            _ => self.target.clone(),
         };
         // Writing to a String cannot fail.
         let _ = writeln!(

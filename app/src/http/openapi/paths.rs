@@ -754,11 +754,13 @@ impl<'a> Paths<'a> {
                 "tags": ["operations"],
                 "summary": "Readiness: commands can succeed",
                 "description": "200 only when the store is open (not recovering, not failed to \
-                    open), the journal has not failed, no projection or process manager has \
-                    failed, and the data directory's file system has at least \
+                    open), the journal has not failed (with `store.backend = \"postgres\"`: \
+                    the database answers), no projection or process manager has failed, and, \
+                    with the sled backend, the data directory's file system has at least \
                     `store.disk_free_bytes_min` bytes free; otherwise 503 naming every failing \
                     check in `checks` (`recovering`, `store failed to open (see the server \
-                    log)`, `journal failed (write or fsync error)`, `journal shut down`, \
+                    log)`, `journal failed (write or fsync error)`, `database unreachable \
+                    (PostgreSQL does not answer; see the server log)`, `journal shut down`, \
                     `subscriber NAME failed`, `disk free below store.disk_free_bytes_min`, \
                     `disk free space cannot be read (see the server log)`). Open to anyone, so \
                     it names what failed, never how: the details are in the server log.",

@@ -463,7 +463,9 @@ impl Schemas {
                         "description": "Seconds since the oldest event it has not processed was \
                             recorded (0 at the head)."},
                     "status": {"enum": ["catching_up", "live", "rebuilding", "stopped", "retrying",
-                        "failed"]},
+                        "failed", "standby"],
+                        "description": "`standby`: another node sharing the database runs it \
+                            (PostgreSQL backend); this node takes over if that one stops."},
                     "reason": nullable("Why it failed (status `failed`), or the store error it \
                         waits to retry after (status `retrying`: it resumes by itself)."),
                 },

@@ -72,7 +72,7 @@ impl Leases {
     async fn connect(&self) -> Result<Session, StoreError> {
         let mut config = self.pg.config.clone();
         // Named after the node, so that an operator (or a test) can find it.
-        config.application_name(&lease_session_name(&self.node));
+        config.application_name(lease_session_name(&self.node));
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await

@@ -136,6 +136,9 @@ pub(crate) static KEYS: &[Key] = &[
     key!(store.postgres_schema => store.postgres_schema = postgres_schema()),
     key!(store.postgres_pool_size =>
         store.postgres_pool_size = count(POSTGRES_POOL_SIZE_MAX, "connections")),
+    key!(store.postgres_node_id => store.postgres_node_id = node_id()),
+    key!(store.postgres_lease_timeout_ms =>
+        store.postgres_lease_timeout = millis(1000, HOUR_MS)),
 
     key!(runtime.arbiters => runtime.arbiters = per_core()),
     key!(runtime.live_actors_max => runtime.live_actors_max = count(100_000_000, "actors")),
@@ -486,6 +489,24 @@ fn postgres_url(raw: &Raw) -> Result<Option<DatabaseUrl>, Problem> {
 
 /// A PostgreSQL schema name the store can use unquoted: the same rule the store applies when
 /// it connects, checked here so that a mistake stops the start, not the first connection.
+/// This node's name among nodes sharing a database: empty (the host name and process id), or
+/// up to 64 bytes of visible ASCII without spaces or quotes.
+fn node_id(raw: &Raw) -> Result<String, Problem> {
+    let id = text(raw)?;
+    let plain = id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '\'' && c != '"' && c != '\\');
+    if !plain {
+        let shown: String = id.chars().take(65).collect();
+        return Err(Problem::invalid(format!(
+            "{shown:?} is not a usable node id: use up to 64 visible ASCII characters without \
+             spaces or quotes (empty: the host name and the process id)"
+        )));
+    }
+    Ok(id.to_owned())
+}
+
 fn postgres_schema(raw: &Raw) -> Result<String, Problem> {
     let schema = text(raw)?;
     let plain = !schema.is_empty()

@@ -328,6 +328,13 @@ pub struct StoreConfig {
     pub postgres_schema: String,
     /// Connections to PostgreSQL (`postgres_pool_size`).
     pub postgres_pool_size: NonZeroUsize,
+    /// This node's name among the nodes sharing the database (`postgres_node_id`; empty: the
+    /// host name and the process id).
+    pub postgres_node_id: String,
+    /// How long a silent node keeps the subscribers it owns before another takes them over
+    /// (`postgres_lease_timeout_ms`).
+    #[serde(rename = "postgres_lease_timeout_ms", serialize_with = "millis")]
+    pub postgres_lease_timeout: Duration,
 }
 
 impl StoreConfig {
@@ -355,6 +362,10 @@ impl StoreConfig {
             .with_pool_size(self.postgres_pool_size);
         pg.batch_appends_max = self.batch_appends_max;
         pg.queue_capacity = self.queue_capacity;
+        pg.lease_timeout = self.postgres_lease_timeout;
+        if !self.postgres_node_id.is_empty() {
+            pg.node_id.clone_from(&self.postgres_node_id);
+        }
         pg
     }
 
@@ -390,6 +401,8 @@ impl Default for StoreConfig {
             postgres_url: None,
             postgres_schema: pg.schema,
             postgres_pool_size: pg.pool_size,
+            postgres_node_id: String::new(),
+            postgres_lease_timeout: pg.lease_timeout,
         }
     }
 }

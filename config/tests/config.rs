@@ -225,7 +225,7 @@ fn the_default_file_lists_every_key_of_the_struct_and_no_other() {
         "config/annals.toml and Config have drifted"
     );
     assert_eq!(from_render, from_struct, "render and Config have drifted");
-    assert_eq!(from_struct.len(), 43);
+    assert_eq!(from_struct.len(), 45);
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn the_default_file_documents_every_key_with_a_comment() {
             i + 1
         );
     }
-    assert_eq!(keys, 43);
+    assert_eq!(keys, 45);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,6 +387,7 @@ const BOUNDS: &[(&str, u64, u64)] = &[
     ("store.cache_capacity_bytes", 1_048_576, 1_099_511_627_776),
     ("store.disk_free_bytes_min", 0, 1_125_899_906_842_624),
     ("store.postgres_pool_size", 1, 1000),
+    ("store.postgres_lease_timeout_ms", 1000, 3_600_000),
     ("runtime.arbiters", 0, 1024),
     ("runtime.live_actors_max", 1, 100_000_000),
     ("runtime.mailbox_capacity", 1, 1_000_000),
@@ -1195,6 +1196,23 @@ fn the_postgres_backend_takes_its_keys_and_the_shared_queue_keys() {
     assert_eq!(pg.batch_appends_max, nz(9));
     // What the configuration does not expose keeps the runtime's defaults.
     let defaults = annals::store::PgOptions::new("");
+    assert_eq!(pg.lease_timeout, defaults.lease_timeout);
+    assert_eq!(pg.node_id, defaults.node_id, "the host name and the process id");
+    let named = load(&flags(&[
+        ("store.backend", "postgres"),
+        ("store.postgres_url", PG_URL_WITH_PASSWORD),
+        ("store.postgres_node_id", "node-2"),
+        ("store.postgres_lease_timeout_ms", "2500"),
+    ]));
+    let named = named.store.pg_options();
+    assert_eq!(named.node_id, "node-2");
+    assert_eq!(named.lease_timeout, std::time::Duration::from_millis(2500));
+    for bad in ["a b", "x\"y", &"n".repeat(65)] {
+        let error = load_err(&flags(&[("store.postgres_node_id", bad)]));
+        assert_eq!(error.key(), Some("store.postgres_node_id"), "{bad}");
+    }
+    let error = load_err(&flags(&[("store.postgres_lease_timeout_ms", "10")]));
+    assert_eq!(error.key(), Some("store.postgres_lease_timeout_ms"));
     assert_eq!(pg.connect_timeout, defaults.connect_timeout);
     assert_eq!(pg.poll_interval, defaults.poll_interval);
 

@@ -1197,7 +1197,10 @@ fn the_postgres_backend_takes_its_keys_and_the_shared_queue_keys() {
     // What the configuration does not expose keeps the runtime's defaults.
     let defaults = annals::store::PgOptions::new("");
     assert_eq!(pg.lease_timeout, defaults.lease_timeout);
-    assert_eq!(pg.node_id, defaults.node_id, "the host name and the process id");
+    assert_eq!(
+        pg.node_id, defaults.node_id,
+        "the host name and the process id"
+    );
     let named = load(&flags(&[
         ("store.backend", "postgres"),
         ("store.postgres_url", PG_URL_WITH_PASSWORD),

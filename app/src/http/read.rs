@@ -40,7 +40,18 @@ use super::AppState;
 /// bounded too: at most 1 + 8 × 255.)
 pub const VALUABLE_SCAN_PER_PAGE_ENTRY: usize = 10;
 
-fn status_json(info: &SubscriberInfo) -> Value {
+fn status_json(info: &SubscriberInfo, owners: &[annals::store::Owner]) -> Value {
+    // A projection's lease is held under its storage name, `{name}@{generation}`; the latest
+    // renewed one is the generation running.
+    let owner = owners
+        .iter()
+        .filter(|o| {
+            o.name == info.name
+                || o.name
+                    .strip_prefix(info.name.as_str())
+                    .is_some_and(|rest| rest.starts_with('@'))
+        })
+        .max_by_key(|o| o.renewed_at);
     let (status, reason) = match &info.status {
         SubscriberStatus::CatchingUp => ("catching_up", None),
         SubscriberStatus::Live => ("live", None),
@@ -58,6 +69,8 @@ fn status_json(info: &SubscriberInfo) -> Value {
         "lag_seconds": info.lag_seconds,
         "status": status,
         "reason": reason,
+        "owner": owner.map(|o| o.node.as_str()),
+        "owner_epoch": owner.map(|o| o.epoch),
     })
 }
 
@@ -88,7 +101,18 @@ fn check_customer_id(id: &str) -> Result<(), Problem> {
 /// `GET /v1/projections`: every subscriber (projections, process managers, rebuilds).
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let runtime = state.runtime()?;
-    let all: Vec<Value> = runtime.subscribers().iter().map(status_json).collect();
+    // Which node runs what, when nodes share a database (empty on the embedded store).
+    let owners = {
+        let state = runtime.stores().state;
+        web::block(move || state.owners())
+            .await
+            .map_err(|e| Problem::internal(format!("reading the owners failed: {e}")))??
+    };
+    let all: Vec<Value> = runtime
+        .subscribers()
+        .iter()
+        .map(|info| status_json(info, &owners))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "subscribers": all })))
 }
 

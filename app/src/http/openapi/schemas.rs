@@ -468,8 +468,14 @@ impl Schemas {
                             (PostgreSQL backend); this node takes over if that one stops."},
                     "reason": nullable("Why it failed (status `failed`), or the store error it \
                         waits to retry after (status `retrying`: it resumes by itself)."),
+                    "owner": nullable("The node that runs it, when several nodes share a \
+                        PostgreSQL database (`store.postgres_node_id`); null on the embedded \
+                        store."),
+                    "owner_epoch": {"type": ["integer", "null"], "minimum": 0,
+                        "description": "The owner's fencing epoch: it grows with every \
+                            takeover, and a commit of an older owner is refused."},
                 },
-                "required": ["name", "checkpoint", "head", "lag_events", "lag_seconds", "status", "reason"],
+                "required": ["name", "checkpoint", "head", "lag_events", "lag_seconds", "status", "reason", "owner", "owner_epoch"],
             }),
         );
         self.add(

@@ -443,15 +443,25 @@ impl Pg {
 
     /// Runs `work` on the backend's runtime and waits for it on this thread. Must not be
     /// called from the backend's own runtime (nothing in it does).
+    ///
+    /// The answer comes back through a plain channel, not by polling the task's `JoinHandle`:
+    /// a caller on an actor's thread runs inside that thread's Tokio runtime, and a
+    /// `JoinHandle` polled there draws on the actor task's cooperative budget. Once an actor
+    /// has made enough calls in one poll (a projection's page of reads), the handle answers
+    /// "not yet" and defers its wake-up to that runtime's scheduler, which never runs again
+    /// while this thread waits: the call would hang for good.
     pub(crate) fn block<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let task = self.handle.spawn(work);
-        futures::executor::block_on(task).map_err(|e| StoreError::Io {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = answer.send(work.await);
+        });
+        answered.recv().map_err(|_| StoreError::Io {
             op: "running a database call",
-            reason: e.to_string(),
+            reason: "the call ended without an answer (the backend is shutting down)".to_string(),
         })?
     }
 

@@ -389,6 +389,14 @@ async fn three_nodes_with_one_killed_mid_load_lose_nothing_and_converge() {
             let mut table = BTreeMap::new();
             for api in &survivors {
                 table = subscribers(api).await;
+                settled &= !table.is_empty()
+                    && table.values().all(|(status, owner, lag)| {
+                        owner
+                            .as_deref()
+                            .is_some_and(|o| o == "node-1" || o == "node-2")
+                            && (status == "live" || status == "standby")
+                            && *lag == 0
+                    });
             }
             settled.then_some(table)
         },

@@ -32,6 +32,8 @@ use crate::types::Timestamp;
 pub(crate) struct Leases {
     pg: Arc<Pg>,
     node: String,
+    /// The store's schema, part of every lock key.
+    schema: String,
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Session>>,
     held: parking_lot::Mutex<HashMap<String, Lease>>,
@@ -50,17 +52,19 @@ pub fn lease_session_name(node: &str) -> String {
     format!("annals-lease:{node}")
 }
 
-/// The advisory lock key of a subscriber name.
-fn lock_key(name: &str) -> i64 {
-    let hash = xxhash_rust::xxh3::xxh3_64(format!("annals-lease:{name}").as_bytes());
+/// The advisory lock key of subscriber `name` of the store in `schema`. Advisory locks are
+/// per database, not per schema: stores in two schemas of one database must not share keys.
+fn lock_key(schema: &str, name: &str) -> i64 {
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("annals-lease:{schema}:{name}").as_bytes());
     i64::from_be_bytes(hash.to_be_bytes())
 }
 
 impl Leases {
-    pub(crate) fn new(pg: Arc<Pg>, node: &str, timeout: Duration) -> Leases {
+    pub(crate) fn new(pg: Arc<Pg>, node: &str, schema: &str, timeout: Duration) -> Leases {
         Leases {
             pg,
             node: node.to_string(),
+            schema: schema.to_string(),
             timeout,
             session: tokio::sync::Mutex::new(None),
             held: parking_lot::Mutex::new(HashMap::new()),
@@ -130,7 +134,10 @@ impl Leases {
         if !already {
             let row = current
                 .client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1)",
+                    &[&lock_key(&self.schema, name)],
+                )
                 .await
                 .map_err(|e| db_error("claiming a subscriber", &e))?;
             let locked: bool = super::get(&row, 0, "pg_try_advisory_lock")?;
@@ -168,7 +175,10 @@ impl Leases {
             if current.valid.load(Ordering::Acquire) {
                 current
                     .client
-                    .query_one("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])
+                    .query_one(
+                        "SELECT pg_advisory_unlock($1)",
+                        &[&lock_key(&self.schema, name)],
+                    )
                     .await
                     .map_err(|e| db_error("releasing a subscriber", &e))?;
             }

@@ -400,8 +400,12 @@ impl Pg {
             options.url.parse().map_err(|e| StoreError::Config {
                 reason: format!("invalid PostgreSQL URL {}: {e}", redacted_url(&options.url)),
             })?;
+        // A node that stops in the middle of a transaction (paused, cut off) must not hold
+        // its row locks — the head row, a subscriber's owner row — longer than its lease: the
+        // server ends such a transaction after the lease timeout, and the others go on.
+        let idle_ms = options.lease_timeout.as_millis().max(1);
         config.options(format!(
-            "-c synchronous_commit=on -c search_path={}",
+            "-c synchronous_commit=on -c search_path={} -c idle_in_transaction_session_timeout={idle_ms}",
             options.schema
         ));
         config.connect_timeout(options.connect_timeout);
@@ -575,7 +579,12 @@ impl PgStore {
             .spawn(poll_head(pg.clone(), shared.clone(), options.poll_interval));
         let state = Arc::new(PgState::new(
             pg.clone(),
-            lease::Leases::new(pg.clone(), &options.node_id, options.lease_timeout),
+            lease::Leases::new(
+                pg.clone(),
+                &options.node_id,
+                &options.schema,
+                options.lease_timeout,
+            ),
         ));
         tracing::info!(url = %redacted_url(&options.url), schema = %options.schema, head = %head, "opened the PostgreSQL store");
         Ok(PgStore {

@@ -72,7 +72,7 @@
 //! | [`runtime`] | the embedding API: [`Runtime`], [`RuntimeOptions`] — the one entry point |
 //! | [`command`] | what a command is sent with and answered with: [`ExecuteOptions`], [`Executed`], [`Answered`] |
 //! | `actor`, `host`, `shared` (private) | the aggregate actor, the sharded routing table, and what an aggregate type's actors share with it |
-//! | [`store`] | the storage boundary: the [`EventStore`](store::EventStore) log and the [`StateStore`](store::StateStore) read-side state, and their sled implementation (nothing else names sled) |
+//! | [`store`] | the storage boundary: the [`EventStore`](store::EventStore) log and the [`StateStore`](store::StateStore) read-side state; their sled implementation (the default; nothing else names sled) and, with the `postgres` feature (on by default), the PostgreSQL one that several nodes share ([`store::postgres`]) |
 //! | [`subscription`] | subscribers: the [`Subscriber`] trait, the actors that read the log from a checkpoint and commit each page atomically with it, and the registry behind the runtime's subscriber methods (lag, read-your-writes, parked events, rebuilds) |
 //! | [`projection`] (in `subscription/`) | read models: [`View`]s with per-record positions, rebuilt beside the live one |
 //! | [`process`] (in `subscription/`) | process managers (sagas): state and outbox per instance, deadlines |
@@ -130,6 +130,11 @@
 //!   managers** never apply a step twice: state and outbox are stored per instance, and each
 //!   command's id derives from the triggering event. A command's reply carries its position, and
 //!   [`Runtime::wait_for`] waits (bounded) until a subscriber has reached it.
+//! - **Several nodes** (the PostgreSQL backend): any node takes any command (the version check
+//!   is in the database; a stale actor reloads and decides again); positions stay dense and in
+//!   commit order across nodes; each subscriber runs on one node at a time, claimed with a
+//!   [`Lease`](store::Lease) whose fencing epoch every page commit carries, so an owner that
+//!   lost its lease without knowing cannot write. See [`store::postgres`].
 //!
 //! # Threads
 //! [`Runtime::open`] starts its own actix system: one arbiter thread per core for the actors

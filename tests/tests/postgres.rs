@@ -398,10 +398,18 @@ fn one_node_owns_a_subscriber_and_a_fenced_out_owner_writes_nothing() {
 
     // Node A goes silent: the server ends its lease session; B takes over with a new epoch.
     terminate_lease_session(&node_a, &name_a);
-    let lease_b = state_b
-        .claim("orders-view")
-        .expect("claim")
-        .expect("the lock is free once A's session ended");
+    // The server frees the session's locks as its backend exits, just after the signal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lease_b = loop {
+        if let Some(lease) = state_b.claim("orders-view").expect("claim") {
+            break lease;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock is free once A's session ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(lease_b.epoch > lease_a.epoch, "a takeover bumps the epoch");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while lease_a.is_valid() && std::time::Instant::now() < deadline {

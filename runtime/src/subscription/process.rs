@@ -246,6 +246,9 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The lease whose owner fires the deadlines, among nodes sharing a store.
+pub(crate) const DEADLINE_LEASE: &str = "annals:deadline-timer";
+
 /// Most due deadlines sent per tick of the deadline timer.
 pub const DEADLINES_PER_TICK: usize = 256;
 /// The first pause before a deadline whose command failed is tried again; it doubles.
@@ -586,7 +589,7 @@ pub(crate) async fn fire_due(
     }
     // A crash before this sends the tick's deadlines again: their command ids make that
     // harmless. So does a takeover by another node, which this commit's fence then refuses.
-    changes.fence(super::registry::DEADLINE_LEASE, lease);
+    changes.fence(DEADLINE_LEASE, lease);
     state.commit(changes)?;
     Ok(sent)
 }

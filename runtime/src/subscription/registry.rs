@@ -20,7 +20,7 @@ use crate::store::{Changes, EventStore, Lease, ParkedEvent, StateStore, StoreErr
 use crate::types::Position;
 
 use super::page::PageWrites;
-use super::process::{fire_due, CommandSink, ProcessManager, ProcessSubscriber};
+use super::process::{fire_due, CommandSink, ProcessManager, ProcessSubscriber, DEADLINE_LEASE};
 use super::projection::{drop_generations_below, Projection, View, ViewError, ViewSet};
 use super::reader::LogReader;
 use super::subscriber::{
@@ -34,8 +34,6 @@ pub const NAME_LEN_MAX: usize = 64;
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
-/// The lease whose owner fires the deadlines, among nodes sharing a store.
-pub(crate) const DEADLINE_LEASE: &str = "annals:deadline-timer";
 
 /// How long the views of a projection's previous generation stay after a rebuild is swapped
 /// in, so that queries that resolved the old generation just before the swap can finish.

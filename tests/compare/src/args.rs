@@ -16,21 +16,23 @@ aggregate, each awaiting its reply) on Annals and on its PostgreSQL-backed Rust 
 options:
   --aggregates N        aggregates, one client each                        [default: 1000]
   --commands N          commands per aggregate                             [default: 100]
-  --only LIST           comma-separated: annals (both modes), annals-durable, annals-relaxed,
-                        cqrs-es, eventsourced            [default: annals,cqrs-es,eventsourced]
+  --only LIST           comma-separated: annals (all three rows), annals-durable,
+                        annals-relaxed, annals-postgres, cqrs-es, eventsourced
+                                                 [default: annals,cqrs-es,eventsourced]
   --warmup N            aggregates of an untimed warm-up of 10 commands each, run on other
                         aggregates before each system's timed window (0: none)   [default: 100]
   --client-threads N    worker threads of the tokio runtime the clients and peers run on
                                                                    [default: number of cores]
-  --pg-connections N    PostgreSQL connections per peer: cqrs-es's sqlx pool size; for
-                        eventsourced, rounded up to whole pools of 10 (its fixed pool size)
-                                                          [default: 10, both crates' default]
+  --pg-connections N    PostgreSQL connections per system: the pool size of annals postgres
+                        and of cqrs-es's sqlx pool; for eventsourced, rounded up to whole
+                        pools of 10 (its fixed pool size)  [default: 10, the peers' default]
   --pg-host HOST        [default: 127.0.0.1]
   --pg-port PORT        [default: 5432]
   --pg-user USER        [default: postgres]
   --pg-password PASS    [default: empty, for trust authentication]
-  --pg-db NAME          [default: test]; the schema annals_compare in it is dropped and
-                        created again on every run
+  --pg-db NAME          [default: test]; the schemas annals_compare (the peers) and
+                        annals_compare_pg (annals postgres) in it are dropped and created
+                        again on every run
   -h, --help            this text";
 
 /// Which systems to run.
@@ -38,6 +40,7 @@ options:
 pub(crate) struct Selection {
     pub(crate) annals_durable: bool,
     pub(crate) annals_relaxed: bool,
+    pub(crate) annals_postgres: bool,
     pub(crate) cqrs_es: bool,
     pub(crate) eventsourced: bool,
 }
@@ -45,7 +48,7 @@ pub(crate) struct Selection {
 impl Selection {
     /// Whether any system needs PostgreSQL.
     pub(crate) fn needs_postgres(self) -> bool {
-        self.cqrs_es || self.eventsourced
+        self.annals_postgres || self.cqrs_es || self.eventsourced
     }
 }
 
@@ -59,20 +62,27 @@ impl FromStr for Selection {
                 "annals" => {
                     s.annals_durable = true;
                     s.annals_relaxed = true;
+                    s.annals_postgres = true;
                 }
                 "annals-durable" => s.annals_durable = true,
                 "annals-relaxed" => s.annals_relaxed = true,
+                "annals-postgres" => s.annals_postgres = true,
                 "cqrs-es" => s.cqrs_es = true,
                 "eventsourced" => s.eventsourced = true,
                 other => {
                     return Err(format!(
                         "--only: unknown system {other:?}; expected annals, annals-durable, \
-                         annals-relaxed, cqrs-es or eventsourced"
+                         annals-relaxed, annals-postgres, cqrs-es or eventsourced"
                     ))
                 }
             }
         }
-        if !(s.annals_durable || s.annals_relaxed || s.cqrs_es || s.eventsourced) {
+        if !(s.annals_durable
+            || s.annals_relaxed
+            || s.annals_postgres
+            || s.cqrs_es
+            || s.eventsourced)
+        {
             return Err("--only: name at least one system".to_string());
         }
         Ok(s)
@@ -180,7 +190,9 @@ mod tests {
         assert_eq!(args.aggregates.get(), 1000);
         assert_eq!(args.commands.get(), 100);
         assert!(args.only.annals_durable && args.only.annals_relaxed);
+        assert!(args.only.annals_postgres);
         assert!(args.only.cqrs_es && args.only.eventsourced);
+        assert!(args.only.needs_postgres());
     }
 
     #[test]
@@ -192,6 +204,15 @@ mod tests {
         assert!(!args.only.cqrs_es && args.only.eventsourced);
         assert_eq!(args.commands.get(), 5);
         assert!(parse_all(&["--only", "axon"]).is_err());
+        let sled_only = parse_all(&["--only", "annals-durable,annals-relaxed"])
+            .expect("valid")
+            .expect("not help");
+        assert!(!sled_only.only.annals_postgres && !sled_only.only.needs_postgres());
+        let pg = parse_all(&["--only", "annals-postgres"])
+            .expect("valid")
+            .expect("not help");
+        assert!(pg.only.annals_postgres && !pg.only.annals_durable && !pg.only.annals_relaxed);
+        assert!(pg.only.needs_postgres());
         assert!(parse_all(&["--aggregates", "0"]).is_err());
         assert!(parse_all(&["--commands"]).is_err());
     }

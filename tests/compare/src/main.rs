@@ -22,20 +22,24 @@
 //!   fsync of the group commit that holds its event.
 //! - **annals relaxed**: the same, a reply after the write, an fsync every 50 ms (a crash can
 //!   lose the last 50 ms of acknowledged commands; not durable, shown for scale).
+//! - **annals postgres**: in process, on Annals's PostgreSQL backend (schema
+//!   `annals_compare_pg` of the peers' database), a reply after the `COMMIT` of the batch
+//!   transaction (group commit) holding its event.
 //! - **cqrs-es** 0.5.0 + postgres-es 0.5.0 (sqlx 0.8): a reply after the transaction's
 //!   `COMMIT`.
 //! - **eventsourced** 0.27.1 + eventsourced-postgres 0.14.2 (tokio-postgres + bb8): a reply
 //!   after the autocommitted `INSERT`.
 //!
 //! The PostgreSQL server is used as configured: the run prints its `fsync` and
-//! `synchronous_commit` settings and marks the PostgreSQL rows durable only if both are on.
+//! `synchronous_commit` settings and marks the peers' rows durable only if both are on, and
+//! annals postgres's if `fsync` is (its backend sets `synchronous_commit = on` per session).
 //!
 //! # How it measures
 //! All clients (and the PostgreSQL peers' own tasks) run on one tokio multi-thread runtime.
 //! Annals's actors and journal run on its own threads, as they do in production. Before each
 //! system's timed window, an untimed warm-up runs 10 commands on each of `--warmup` other
 //! aggregates (connections opened, statements prepared, threads started). Before each
-//! PostgreSQL peer's window the server is checkpointed. A window runs from the first send to
+//! PostgreSQL-backed system's window the server is checkpointed. A window runs from the first send to
 //! the last reply; latency per command goes to an HDR histogram (µs, 3 significant digits).
 //! The setup outside the window: opening Annals, the connection pools, and spawning
 //! eventsourced's entities (which Annals does on demand, inside its window).
@@ -51,6 +55,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use annals::store::sled::Durability;
+use annals::store::PgOptions;
 use anyhow::{bail, Context as _};
 
 use crate::args::{Args, WARMUP_COMMANDS};
@@ -123,7 +128,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         rt.block_on(pg::reset_schema(&admin))?;
         rt.block_on(admin.batch_execute(&cqrs::ddl()))
             .context("cannot create cqrs-es's tables")?;
-        Some((admin, durability.is_durable()))
+        Some((admin, durability))
     } else {
         None
     };
@@ -147,14 +152,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         };
         record("annals relaxed", run_annals(&rt, args, relaxed));
     }
-    if let Some((admin, pg_durable)) = &admin {
+    if let Some((admin, durability)) = &admin {
+        if args.only.annals_postgres {
+            record(
+                "annals postgres",
+                run_annals_postgres(&rt, args, admin, durability.fsync_is_on()),
+            );
+        }
+        let pg_durable = durability.is_durable();
         if args.only.cqrs_es {
-            record("cqrs-es", run_cqrs(&rt, args, admin, *pg_durable));
+            record("cqrs-es", run_cqrs(&rt, args, admin, pg_durable));
         }
         if args.only.eventsourced {
             record(
                 "eventsourced",
-                run_eventsourced(&rt, args, admin, *pg_durable),
+                run_eventsourced(&rt, args, admin, pg_durable),
             );
         }
     }
@@ -199,32 +211,17 @@ fn run_annals(
     durability: Durability,
 ) -> anyhow::Result<Row> {
     let durable = matches!(durability, Durability::Durable);
-    let (warmup, timed) = ranges(args);
+    let (_, timed) = ranges(args);
     let peer = Arc::new(AnnalsPeer::open(durability, timed.end)?);
     let name = if durable {
         "annals durable"
     } else {
         "annals relaxed"
     };
-    println!("{name}: sled in {}", peer.path().display());
-    let windows = (|| {
-        let warm = rt.block_on(drive(&peer, warmup, WARMUP_COMMANDS))?;
-        let before = peer.journal();
-        let measured = rt.block_on(drive(&peer, timed, args.commands.get()))?;
-        anyhow::Ok((warm, before, measured, peer.journal()))
-    })();
-    // Shut down (final flush, threads stopped) whether or not the windows succeeded.
-    let shutdown = rt.block_on(peer.shutdown());
-    let (warm, (events_before, fsyncs_before), measured, (events_after, fsyncs_after)) = windows?;
-    shutdown?;
-    let stored = events_after;
-    let expected = warm.accepted() + measured.accepted();
-    if stored != expected {
-        bail!("{name} committed {stored} events, but {expected} commands were accepted");
+    if let Some(path) = peer.path() {
+        println!("{name}: sled in {}", path.display());
     }
-    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-    let events_per_fsync =
-        (events_after - events_before) as f64 / (fsyncs_after - fsyncs_before).max(1) as f64;
+    let (_, measured, events_per_fsync) = measure_annals(rt, args, &peer, name, None)?;
     Ok(Row {
         peer: name.to_string(),
         acknowledged: if durable {
@@ -240,6 +237,88 @@ fn run_annals(
         measured,
         events_per_fsync: Some(events_per_fsync),
     })
+}
+
+/// Annals on its PostgreSQL backend, in the schema [`pg::ANNALS_SCHEMA`] of the peers'
+/// database (dropped by `pg::reset_schema`, created by the backend when it opens).
+fn run_annals_postgres(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    admin: &tokio_postgres::Client,
+    pg_durable: bool,
+) -> anyhow::Result<Row> {
+    let (_, timed) = ranges(args);
+    let options = PgOptions::new(args.pg.annals_url())
+        .with_schema(pg::ANNALS_SCHEMA)
+        .with_pool_size(args.pg_connections);
+    let name = "annals postgres";
+    // Opened here, on the main thread: the backend's set-up blocks on its own runtime.
+    let peer = Arc::new(AnnalsPeer::open_postgres(options, timed.end)?);
+    println!(
+        "{name}: schema {} in database {} at {}:{}, pool of {} connections",
+        pg::ANNALS_SCHEMA,
+        args.pg.dbname,
+        args.pg.host,
+        args.pg.port,
+        args.pg_connections
+    );
+    let (expected, measured, events_per_fsync) =
+        measure_annals(rt, args, &peer, name, Some(admin))?;
+    // The journal's counters said it; the table must say it too.
+    let stored = rt.block_on(pg::count(admin, pg::ANNALS_EVENTS_TABLE))?;
+    if stored != expected {
+        bail!(
+            "{name} stored {stored} events in {}, but {expected} commands were accepted",
+            pg::ANNALS_EVENTS_TABLE
+        );
+    }
+    Ok(Row {
+        peer: name.to_string(),
+        acknowledged: pg_acknowledged(pg_durable, "batch COMMIT"),
+        durable: pg_durable,
+        is_peer: false,
+        measured,
+        events_per_fsync: Some(events_per_fsync),
+    })
+}
+
+/// The windows of an Annals runtime (warm-up, then timed), then its shutdown, and the check
+/// that its journal committed exactly one event per accepted command. With `checkpoint`, the
+/// PostgreSQL server is checkpointed before the timed window, as for the peers. Returns the
+/// events expected in the store, the timed window and its events per fsync (from the
+/// journal's counters: on PostgreSQL one per batch transaction).
+fn measure_annals(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    peer: &Arc<AnnalsPeer>,
+    name: &str,
+    checkpoint: Option<&tokio_postgres::Client>,
+) -> anyhow::Result<(u64, workload::Measured, f64)> {
+    let (warmup, timed) = ranges(args);
+    let windows = (|| {
+        let warm = rt.block_on(drive(peer, warmup, WARMUP_COMMANDS))?;
+        if let Some(admin) = checkpoint {
+            if !rt.block_on(pg::checkpoint(admin)) {
+                println!("{name}: CHECKPOINT refused (not a superuser); the window may hold one");
+            }
+        }
+        let before = peer.journal();
+        let measured = rt.block_on(drive(peer, timed, args.commands.get()))?;
+        anyhow::Ok((warm, before, measured, peer.journal()))
+    })();
+    // Shut down (final flush, threads stopped) whether or not the windows succeeded.
+    let shutdown = rt.block_on(peer.shutdown());
+    let (warm, (events_before, fsyncs_before), measured, (events_after, fsyncs_after)) = windows?;
+    shutdown?;
+    let stored = events_after;
+    let expected = warm.accepted() + measured.accepted();
+    if stored != expected {
+        bail!("{name} committed {stored} events, but {expected} commands were accepted");
+    }
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let events_per_fsync =
+        (events_after - events_before) as f64 / (fsyncs_after - fsyncs_before).max(1) as f64;
+    Ok((expected, measured, events_per_fsync))
 }
 
 /// The window of a PostgreSQL peer: checkpoint first, count WAL syncs around it, and check

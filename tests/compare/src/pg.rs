@@ -1,8 +1,9 @@
 //! The PostgreSQL side: where the server is, what it promises about durability, and the
 //! benchmark's own schema, dropped and created again on every run so runs repeat.
 //!
-//! Everything the peers write lives in the schema [`SCHEMA`] of the target database; nothing
-//! else in that database is touched, and no server setting is changed.
+//! Everything the peers write lives in the schema [`SCHEMA`] of the target database, and what
+//! Annals's PostgreSQL backend writes in [`ANNALS_SCHEMA`]; nothing else in that database is
+//! touched, and no server setting is changed.
 
 use std::fmt;
 
@@ -10,8 +11,15 @@ use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use tokio_postgres::{Client, NoTls};
 
-/// The schema that holds every table of the benchmark.
+/// The schema that holds every table of the peers.
 pub(crate) const SCHEMA: &str = "annals_compare";
+
+/// The schema of the "annals postgres" row: Annals's backend creates and migrates its tables in
+/// it (a name of lower-case letters, digits and `_`, as the backend requires).
+pub(crate) const ANNALS_SCHEMA: &str = "annals_compare_pg";
+
+/// Annals's event table, in [`ANNALS_SCHEMA`].
+pub(crate) const ANNALS_EVENTS_TABLE: &str = "annals_compare_pg.annals_events";
 
 /// The server and database the peers use.
 #[derive(Debug, Clone)]
@@ -42,6 +50,26 @@ impl PgTarget {
         } else {
             options.password(&self.password)
         }
+    }
+
+    /// The same target as a connection string for Annals's backend (`PgOptions::new`), in the
+    /// key=value form, every value quoted, so that no character of a password needs encoding.
+    pub(crate) fn annals_url(&self) -> String {
+        fn quoted(value: &str) -> String {
+            format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let mut url = format!(
+            "host={} port={} user={} dbname={}",
+            quoted(&self.host),
+            self.port,
+            quoted(&self.user),
+            quoted(&self.dbname)
+        );
+        if !self.password.is_empty() {
+            url.push_str(" password=");
+            url.push_str(&quoted(&self.password));
+        }
+        url
     }
 
     /// An administrative connection (tokio-postgres), driven on the current runtime.
@@ -107,6 +135,12 @@ impl Durability {
     pub(crate) fn is_durable(&self) -> bool {
         self.fsync == "on" && matches!(self.synchronous_commit.as_str(), "on" | "remote_apply")
     }
+
+    /// The same for Annals's backend, which sets `synchronous_commit = on` on each of its
+    /// sessions whatever the server's default: only `fsync` decides.
+    pub(crate) fn fsync_is_on(&self) -> bool {
+        self.fsync == "on"
+    }
 }
 
 impl fmt::Display for Durability {
@@ -129,14 +163,16 @@ impl fmt::Display for Durability {
     }
 }
 
-/// Drops the benchmark's schema with everything in it and creates it again, empty.
+/// Drops the benchmark's schemas with everything in them and creates the peers' again, empty;
+/// Annals's backend creates its own ([`ANNALS_SCHEMA`]) when it opens.
 pub(crate) async fn reset_schema(client: &Client) -> anyhow::Result<()> {
     client
         .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};"
+            "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}; \
+             DROP SCHEMA IF EXISTS {ANNALS_SCHEMA} CASCADE;"
         ))
         .await
-        .with_context(|| format!("cannot drop and create the schema {SCHEMA}"))
+        .with_context(|| format!("cannot drop and create the schemas {SCHEMA}, {ANNALS_SCHEMA}"))
 }
 
 /// Rows in `table` (schema-qualified).
@@ -164,4 +200,31 @@ pub(crate) async fn wal_syncs(client: &Client) -> Option<u64> {
 /// (or `pg_checkpoint`); without one the run goes on and says so.
 pub(crate) async fn checkpoint(client: &Client) -> bool {
     client.batch_execute("CHECKPOINT").await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annals_url_parses_back_to_the_same_target() {
+        let target = PgTarget {
+            host: "127.0.0.1".to_string(),
+            port: 5433,
+            user: "o'neil".to_string(),
+            password: r"p@ss w\rd'".to_string(),
+            dbname: "test".to_string(),
+        };
+        let config: tokio_postgres::Config = target.annals_url().parse().expect("parses");
+        assert_eq!(config.get_user(), Some("o'neil"));
+        assert_eq!(config.get_password(), Some(&br"p@ss w\rd'"[..]));
+        assert_eq!(config.get_dbname(), Some("test"));
+        assert_eq!(config.get_ports(), &[5433]);
+        let trust = PgTarget {
+            password: String::new(),
+            ..target
+        };
+        let config: tokio_postgres::Config = trust.annals_url().parse().expect("parses");
+        assert_eq!(config.get_password(), None);
+    }
 }

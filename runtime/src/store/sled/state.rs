@@ -148,8 +148,14 @@ impl SledState {
 
     /// Compacts what is pending and stops the compactor (at shutdown). Idempotent.
     pub(crate) fn close(&self) -> Result<(), StoreError> {
-        self.shared.closing.store(true, Ordering::SeqCst);
-        self.shared.work.notify_all();
+        {
+            // Under the lock the compactor checks `closing` under before it waits: set and
+            // notified outside it, the wake-up could fall between its check and its wait, and
+            // it would wait for good (seen: a test hung in `close`).
+            let _pending = self.shared.pending.lock();
+            self.shared.closing.store(true, Ordering::SeqCst);
+            self.shared.work.notify_all();
+        }
         if let Some(thread) = self.compactor.lock().take() {
             if thread.join().is_err() {
                 return Err(StoreError::Io {

@@ -34,7 +34,6 @@ pub const NAME_LEN_MAX: usize = 64;
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
-
 /// How long the views of a projection's previous generation stay after a rebuild is swapped
 /// in, so that queries that resolved the old generation just before the swap can finish.
 pub const OLD_GENERATION_GRACE: Duration = Duration::from_secs(30);

@@ -44,7 +44,7 @@
 //! and reloads from the database on its next command.
 //!
 //! # Reads
-//! The [`EventStore`] and [`StateStore`] traits are synchronous: a call runs its query on the
+//! The [`EventStore`] and [`StateStore`](crate::store::StateStore) traits are synchronous: a call runs its query on the
 //! backend's own Tokio runtime (a pool of [`PgOptions::pool_size`] connections) and blocks the
 //! calling thread until it answers, as a sled read blocks on the disk.
 //!

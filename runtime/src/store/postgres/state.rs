@@ -30,7 +30,8 @@ use crate::store::{Lease, Owner, StoreError};
 /// Attempts at a commit that PostgreSQL aborted for a deadlock or a concurrent insert.
 const COMMIT_ATTEMPTS: u32 = 8;
 
-/// The PostgreSQL state store (see the [module docs](self)).
+/// The PostgreSQL state store: one table of keyed records by space, one transaction per commit
+/// (see the [backend's docs](super)).
 #[derive(Debug)]
 pub struct PgState {
     pg: Arc<Pg>,

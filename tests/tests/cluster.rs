@@ -116,6 +116,32 @@ async fn eventually<T>(
     }
 }
 
+/// Places five orders of customer `c-1` named `{prefix}-{i}` on node `node`, and waits until the
+/// saga has approved each (read on the same node).
+async fn place_five_orders(apis: &[Api], node: usize, prefix: &str, what: &str) {
+    let alive = vec![true; apis.len()];
+    for i in 0..5 {
+        let id = format!("{prefix}-{i}");
+        let command = json!({"type": "CreateOrder", "customer_id": "c-1", "total": 100});
+        send_to_any(
+            apis,
+            &alive,
+            &[node],
+            &format!("/v1/orders/{id}/commands"),
+            &id,
+            &command,
+        )
+        .await;
+    }
+    for i in 0..5 {
+        let id = format!("{prefix}-{i}");
+        eventually(what, Duration::from_secs(30), async || {
+            (order_status(&apis[node], &id).await? == "Approved").then_some(())
+        })
+        .await;
+    }
+}
+
 async fn order_status(api: &Api, id: &str) -> Option<String> {
     let reply = api
         .try_send(Method::GET, &format!("/v1/orders/{id}"), &[], None)
@@ -438,18 +464,7 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
         &command,
     )
     .await;
-    for i in 0..5 {
-        let command = json!({"type": "CreateOrder", "customer_id": "c-1", "total": 100});
-        send_to_any(
-            &apis,
-            &alive,
-            &[1],
-            &format!("/v1/orders/a-{i}/commands"),
-            &format!("a-{i}"),
-            &command,
-        )
-        .await;
-    }
+    place_five_orders(&apis, 1, "a", "the first orders to be decided").await;
     let before = eventually(
         "node 0 to own the saga",
         Duration::from_secs(30),
@@ -462,15 +477,6 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
         },
     )
     .await;
-    for i in 0..5 {
-        eventually(
-            "the first orders to be decided",
-            Duration::from_secs(30),
-            async || (order_status(&apis[1], &format!("a-{i}")).await? == "Approved").then_some(()),
-        )
-        .await;
-    }
-
     // Pause the owner past its lease: node 1 takes everything over.
     let pid = first.pid().to_string();
     let stopped = std::process::Command::new("kill")
@@ -489,26 +495,13 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
         },
     )
     .await;
-    for i in 0..5 {
-        let command = json!({"type": "CreateOrder", "customer_id": "c-1", "total": 100});
-        send_to_any(
-            &apis,
-            &alive,
-            &[1],
-            &format!("/v1/orders/b-{i}/commands"),
-            &format!("b-{i}"),
-            &command,
-        )
-        .await;
-    }
-    for i in 0..5 {
-        eventually(
-            "orders placed during the pause to be decided",
-            Duration::from_secs(30),
-            async || (order_status(&apis[1], &format!("b-{i}")).await? == "Approved").then_some(()),
-        )
-        .await;
-    }
+    place_five_orders(
+        &apis,
+        1,
+        "b",
+        "orders placed during the pause to be decided",
+    )
+    .await;
 
     // Wake the old owner: its next commits hit the fence; it stands by.
     let resumed = std::process::Command::new("kill")
@@ -525,24 +518,13 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
         },
     )
     .await;
-    for i in 0..5 {
-        let command = json!({"type": "CreateOrder", "customer_id": "c-1", "total": 100});
-        send_to_any(
-            &apis,
-            &alive,
-            &[0],
-            &format!("/v1/orders/c-{i}/commands"),
-            &format!("c-{i}"),
-            &command,
-        )
-        .await;
-        eventually(
-            "orders placed after the wake-up to be decided",
-            Duration::from_secs(30),
-            async || (order_status(&apis[0], &format!("c-{i}")).await? == "Approved").then_some(()),
-        )
-        .await;
-    }
+    place_five_orders(
+        &apis,
+        0,
+        "c",
+        "orders placed after the wake-up to be decided",
+    )
+    .await;
     let log = check_log(&[&apis[0], &apis[1]]).await;
     let orders = orders_in(&log);
     assert_eq!(orders.len(), 15);

@@ -582,3 +582,85 @@ async fn a_subscriber_runs_on_one_node_and_another_takes_over_when_it_stops() {
     );
     node_b.shutdown().await.expect("node b stops cleanly");
 }
+
+/// A projection rebuilt on one node is followed by the others: once the rebuild is swapped in,
+/// no node runs the old generation any more (its lease is released, never taken over), the new
+/// generation has one owner, and every node reads the new generation's views, which follow new
+/// events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_rebuilt_on_one_node_is_followed_by_the_others() {
+    use annals_domain::customer::{Customer, CustomerCommand};
+    use annals_domain::views::{CustomerSummaries, CUSTOMER_SUMMARIES};
+    let schema = PgSchema::fresh();
+    let options = annals_domain::DomainOptions::default();
+    let node_a = runtime_on(&schema, "node-a");
+    annals_domain::register(&node_a, &options).expect("the domain registers on a");
+    wait_until("node a runs the summaries", || {
+        node_a
+            .subscribers()
+            .iter()
+            .any(|s| s.name == CUSTOMER_SUMMARIES && s.status == annals::SubscriberStatus::Live)
+    })
+    .await;
+    let node_b = runtime_on(&schema, "node-b");
+    annals_domain::register(&node_b, &options).expect("the domain registers on b");
+    let create = |n: u64| CustomerCommand::CreateCustomer {
+        name: format!("Customer {n}"),
+        credit_limit: 1_000 * n,
+        currency: None,
+    };
+    for n in 1..=5 {
+        match node_a
+            .execute::<Customer>(&format!("c-{n}"), create(n))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            other => panic!("customer {n}: {other:?}"),
+        }
+    }
+    node_a
+        .rebuild(CUSTOMER_SUMMARIES)
+        .expect("the rebuild starts");
+    let owned = |rt: &annals::Runtime| -> Vec<(String, String)> {
+        rt.stores()
+            .state
+            .owners()
+            .expect("read the owners")
+            .into_iter()
+            .filter(|o| o.name.starts_with(CUSTOMER_SUMMARIES))
+            .map(|o| (o.name, o.node))
+            .collect()
+    };
+    wait_until("the rebuilt generation to be the only one running", || {
+        owned(&node_b) == vec![(format!("{CUSTOMER_SUMMARIES}@1"), "node-a".to_string())]
+    })
+    .await;
+    // Long enough for node b's standby of the old generation to have claimed it, had it not
+    // followed the swap.
+    tokio::time::sleep(annals::subscription::CLAIM_INTERVAL * 3).await;
+    assert_eq!(
+        owned(&node_b),
+        vec![(format!("{CUSTOMER_SUMMARIES}@1"), "node-a".to_string())],
+        "nobody runs the old generation after the swap"
+    );
+    match node_b.execute::<Customer>("c-6", create(6)).await {
+        Ok(Ok(_)) => {}
+        other => panic!("customer 6: {other:?}"),
+    }
+    let head = node_b.head_position();
+    for rt in [&node_a, &node_b] {
+        rt.wait_for(CUSTOMER_SUMMARIES, head, Duration::from_secs(30))
+            .await
+            .expect("the summaries reach the head on every node");
+        let summaries = CustomerSummaries::open(rt).expect("open the summaries");
+        for n in 1..=6 {
+            let summary = summaries
+                .summary(&format!("c-{n}"))
+                .expect("read a summary")
+                .unwrap_or_else(|| panic!("customer c-{n} is in the rebuilt view"));
+            assert_eq!(summary.credit_limit, 1_000 * n);
+        }
+    }
+    node_b.shutdown().await.expect("node b stops cleanly");
+    node_a.shutdown().await.expect("node a stops cleanly");
+}

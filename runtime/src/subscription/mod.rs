@@ -48,7 +48,8 @@ mod subscriber;
 mod worker;
 
 pub use self::registry::{
-    SubscribeError, WaitError, DEADLINE_TICK, NAME_LEN_MAX, OLD_GENERATION_GRACE, PARKED_LISTED_MAX,
+    SubscribeError, WaitError, DEADLINE_TICK, GENERATION_POLL, NAME_LEN_MAX, OLD_GENERATION_GRACE,
+    PARKED_LISTED_MAX,
 };
 pub use self::subscriber::{
     FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,

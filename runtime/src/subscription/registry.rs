@@ -34,6 +34,9 @@ pub const NAME_LEN_MAX: usize = 64;
 /// How often due deadlines are looked for.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
+/// How often a node looks for projection generations another node swapped in.
+pub const GENERATION_POLL: Duration = Duration::from_millis(250);
+
 /// How long the views of a projection's previous generation stay after a rebuild is swapped
 /// in, so that queries that resolved the old generation just before the swap can finish.
 pub const OLD_GENERATION_GRACE: Duration = Duration::from_secs(30);
@@ -114,6 +117,8 @@ pub(crate) struct Registry {
     swaps: tokio::sync::watch::Sender<u64>,
     projections: Mutex<HashMap<String, ProjectionEntry>>,
     deadline_timer: AtomicBool,
+    /// Whether the watch for rebuilds swapped in by other nodes runs.
+    generation_watch: AtomicBool,
     next_arbiter: AtomicUsize,
 }
 
@@ -190,6 +195,7 @@ impl Registry {
             swaps: tokio::sync::watch::Sender::default(),
             projections: Mutex::default(),
             deadline_timer: AtomicBool::new(false),
+            generation_watch: AtomicBool::new(false),
             next_arbiter: AtomicUsize::new(0),
         })
     }
@@ -322,6 +328,98 @@ impl Registry {
                 options,
                 rebuilding: false,
             },
+        );
+        self.start_generation_watch();
+        Ok(())
+    }
+
+    /// Starts (once) the watch that follows rebuilds other nodes sharing the store swap in.
+    fn start_generation_watch(&self) {
+        if self.generation_watch.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = self.me.clone();
+        let start = move || {
+            actix_rt::spawn(async move {
+                loop {
+                    tokio::time::sleep(GENERATION_POLL).await;
+                    let Some(registry) = weak.upgrade() else {
+                        return;
+                    };
+                    let Some(_alive) = registry.sink.keep_alive() else {
+                        return;
+                    };
+                    registry.follow_generations();
+                }
+            });
+        };
+        if let Some(arbiter) = self.arbiter() {
+            arbiter.spawn_fn(start);
+        }
+    }
+
+    /// Adopts every projection generation that another node swapped in (its rebuild caught
+    /// up): this node's subscriber of the old generation stops (so no node runs it any more)
+    /// and one of the new generation starts — on standby, as the rebuilding node owns it — and
+    /// queries read the new generation. The rebuilding node drops the old views after
+    /// [`OLD_GENERATION_GRACE`]. On a store only one process opens, the stored generation is
+    /// always this node's own, and this does nothing.
+    fn follow_generations(&self) {
+        let current: Vec<(String, u64)> = self
+            .projections
+            .lock()
+            .iter()
+            .filter(|(_, p)| !p.rebuilding)
+            .map(|(name, p)| (name.clone(), p.generation))
+            .collect();
+        for (name, generation) in current {
+            let stored = match active_generation(&*self.state, &name) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::debug!(projection = %name, error = %e, "cannot read the active generation");
+                    continue;
+                }
+            };
+            if stored <= generation {
+                continue;
+            }
+            if let Err(e) = self.adopt_generation(&name, stored) {
+                tracing::warn!(projection = %name, generation = stored, error = %e, "cannot follow the generation another node swapped in; trying again");
+            }
+        }
+    }
+
+    fn adopt_generation(&self, name: &str, generation: u64) -> Result<(), SubscribeError> {
+        let Some((factory, options)) = self
+            .projections
+            .lock()
+            .get(name)
+            .map(|p| (p.factory.clone(), p.options.clone()))
+        else {
+            return Ok(());
+        };
+        let views = ViewSet::new(self.state.clone(), name, generation);
+        let writes = Arc::new(PageWrites::default());
+        let projection = factory(&views.with_buffer(writes.clone()))?;
+        let entry = self.start_subscriber(
+            &format!("{name}@{generation}"),
+            Box::new(ProjectionSubscriber { projection }),
+            writes,
+            options,
+            SubscriberStatus::CatchingUp,
+        )?;
+        let old = self.subscribers.lock().insert(name.to_string(), entry);
+        if let Some(p) = self.projections.lock().get_mut(name) {
+            p.generation = generation;
+        }
+        self.swaps.send_modify(|n| *n += 1);
+        if let Some(old) = old {
+            old.addr.do_send(Stop);
+        }
+        tracing::info!(
+            projection = name,
+            generation,
+            "following the rebuilt projection another node swapped in"
         );
         Ok(())
     }

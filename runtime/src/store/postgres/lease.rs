@@ -183,6 +183,17 @@ impl Leases {
                     .map_err(|e| db_error("releasing a subscriber", &e))?;
             }
         }
+        drop(session);
+        // Released, not deleted: the epoch must keep growing, or a fenced-out owner of an
+        // earlier epoch could match a new one.
+        let client = self.pg.client().await?;
+        client
+            .execute(
+                "UPDATE annals_owners SET node = '' WHERE name = $1 AND node = $2",
+                &[&name, &self.node],
+            )
+            .await
+            .map_err(|e| db_error("releasing a subscriber", &e))?;
         Ok(())
     }
 
@@ -204,7 +215,8 @@ impl Leases {
         let client = self.pg.client().await?;
         let rows = client
             .query(
-                "SELECT name, node, epoch, renewed_at FROM annals_owners ORDER BY name",
+                "SELECT name, node, epoch, renewed_at FROM annals_owners WHERE node <> '' \
+                 ORDER BY name",
                 &[],
             )
             .await

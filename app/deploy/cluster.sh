@@ -10,10 +10,11 @@
 # moved to the survivors. Needs nginx (installed from Debian's packages if missing) and the
 # PostgreSQL server of .ci/postgres. Everything it starts is stopped on exit.
 set -euo pipefail
-cd "$(dirname "$0")"
-deploy="$PWD"
-annals="${1:-../../target/debug/annals}"
+deploy="$(cd "$(dirname "$0")" && pwd)"
+# The binary, relative to where the script is called from (default: the debug build).
+annals="${1:-$deploy/../../target/debug/annals}"
 annals="$(cd "$(dirname "$annals")" && pwd)/$(basename "$annals")"
+cd "$deploy"
 url="${ANNALS_CLUSTER_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 schema=annals_cluster_demo
 work="$(mktemp -d)"

@@ -240,9 +240,26 @@ async fn serve_runs_on_postgres_with_readiness_and_pool_gauges() {
         "annals_postgres_connections_free ",
         "annals_postgres_connections_waiting ",
         "annals_postgres_batch_retries_total ",
+        "annals_postgres_commit_seconds_sum ",
+        "annals_postgres_commit_seconds_max ",
+        "annals_postgres_ownership_claims_total ",
     ] {
         assert!(text.contains(gauge), "{gauge} missing:\n{text}");
     }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} has a value:\n{text}"))
+    };
+    assert!(
+        value("annals_postgres_commit_seconds_count ") >= 1.0,
+        "the command's batch was timed:\n{text}"
+    );
+    assert!(
+        value("annals_postgres_subscribers_owned ") >= 1.0,
+        "the only node owns the read side:\n{text}"
+    );
     server.stop().await.expect("the server stops");
 
     // The command went to the database: a second server on the schema sees it.

@@ -228,6 +228,47 @@ fn render_postgres(out: &mut String, store: &PgStore) {
         "Batches redone because another node committed to the same stream or command id first.",
         store.batch_retries(),
     );
+    let times = store.commit_times();
+    header(
+        out,
+        "annals_postgres_commit_seconds",
+        "summary",
+        "Transaction time of each committed batch, from its first statement to its COMMIT \
+         returning (the WAL flush included).",
+    );
+    let _ = writeln!(
+        out,
+        "annals_postgres_commit_seconds_sum {}",
+        times.total.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "annals_postgres_commit_seconds_count {}",
+        times.batches
+    );
+    gauge(
+        out,
+        "annals_postgres_commit_seconds_max",
+        "gauge",
+        "The longest batch transaction since the node started.",
+        times.max.as_secs_f64(),
+    );
+    let (owned, claims) = store.ownership();
+    gauge(
+        out,
+        "annals_postgres_subscribers_owned",
+        "gauge",
+        "Projections, process managers and the deadline timer this node runs now (the others \
+         stand by).",
+        owned,
+    );
+    gauge(
+        out,
+        "annals_postgres_ownership_claims_total",
+        "counter",
+        "Times this node took ownership of a subscriber (at start, and in each takeover).",
+        claims,
+    );
 }
 
 fn render_runtime(out: &mut String, runtime: &Runtime) {

@@ -37,6 +37,8 @@ pub(crate) struct Leases {
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Session>>,
     held: parking_lot::Mutex<HashMap<String, Lease>>,
+    /// Claims granted since the store opened.
+    claims: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,7 @@ impl Leases {
             timeout,
             session: tokio::sync::Mutex::new(None),
             held: parking_lot::Mutex::new(HashMap::new()),
+            claims: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -161,8 +164,21 @@ impl Leases {
         let epoch = super::to_u64(super::get(&row, 0, "annals_owners.epoch")?)?;
         let lease = Lease::new(epoch, current.valid.clone());
         self.held.lock().insert(name.to_string(), lease.clone());
+        self.claims.fetch_add(1, Ordering::Relaxed);
         tracing::info!(subscriber = name, node = %self.node, epoch, "this node owns the subscriber now");
         Ok(Some(lease))
+    }
+
+    /// Leases held now (those of a session that ended count until the next claim notices),
+    /// and claims granted since the store opened.
+    pub(crate) fn ownership(&self) -> (usize, u64) {
+        let held = self
+            .held
+            .lock()
+            .values()
+            .filter(|lease| lease.is_valid())
+            .count();
+        (held, self.claims.load(Ordering::Relaxed))
     }
 
     /// See [`StateStore::release`](crate::store::StateStore::release).

@@ -508,6 +508,17 @@ struct Inner {
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Committed batches' transaction times (see [`PgStore::commit_times`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitTimes {
+    /// Batches committed.
+    pub batches: u64,
+    /// Their transaction times, summed.
+    pub total: Duration,
+    /// The longest.
+    pub max: Duration,
+}
+
 /// What the store, the writer and the head poller share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -521,6 +532,10 @@ pub(crate) struct Shared {
     pub(crate) batch_appends_max: AtomicU64,
     /// Batches redone after another node's concurrent commit broke a unique key.
     pub(crate) retries: AtomicU64,
+    /// Committed batches' transaction times (begin to commit returned), in microseconds: sum
+    /// and largest.
+    pub(crate) commit_micros_total: AtomicU64,
+    pub(crate) commit_micros_max: AtomicU64,
 }
 
 impl Shared {
@@ -565,6 +580,8 @@ impl PgStore {
             batches: AtomicU64::new(0),
             batch_appends_max: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            commit_micros_total: AtomicU64::new(0),
+            commit_micros_max: AtomicU64::new(0),
         });
         let (jobs, queue) = tokio::sync::mpsc::channel(options.queue_capacity.get());
         let writer = pg.handle.spawn(writer::run(
@@ -629,6 +646,22 @@ impl PgStore {
     /// command id first.
     pub fn batch_retries(&self) -> u64 {
         self.inner.shared.retries.load(Ordering::Relaxed)
+    }
+
+    /// The committed batches' transaction times since the store opened, for metrics: how many
+    /// (the journal's batch count), their sum and the longest.
+    pub fn commit_times(&self) -> CommitTimes {
+        let shared = &self.inner.shared;
+        CommitTimes {
+            batches: shared.batches.load(Ordering::Relaxed),
+            total: Duration::from_micros(shared.commit_micros_total.load(Ordering::Relaxed)),
+            max: Duration::from_micros(shared.commit_micros_max.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Subscribers this node owns now, and how many times it took ownership since it opened.
+    pub fn ownership(&self) -> (usize, u64) {
+        self.inner.state.ownership()
     }
 
     fn query<T, F, Fut>(&self, work: F) -> Result<T, StoreError>

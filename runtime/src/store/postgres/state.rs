@@ -50,6 +50,11 @@ impl PgState {
         }
     }
 
+    /// Subscribers this node owns now, and how many times it took ownership.
+    pub(super) fn ownership(&self) -> (usize, u64) {
+        self.leases.ownership()
+    }
+
     /// Ends this node's lease session: the subscribers it owned are free for other nodes.
     pub(super) fn close_leases(&self) {
         let leases = self.leases.clone();

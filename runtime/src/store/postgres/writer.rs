@@ -80,6 +80,7 @@ async fn commit(
     batch: &mut Vec<(AppendRequest, AppendReply)>,
 ) {
     let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
+    let started = std::time::Instant::now();
     let mut attempt = 1;
     let outcome = loop {
         match try_commit(pg, hooks, &requests).await {
@@ -104,6 +105,13 @@ async fn commit(
                 .filter_map(|a| a.as_ref().ok())
                 .map(|r| u64::from(r.event_count))
                 .sum();
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared
+                .commit_micros_total
+                .fetch_add(micros, Ordering::Relaxed);
+            shared
+                .commit_micros_max
+                .fetch_max(micros, Ordering::Relaxed);
             shared.batches.fetch_add(1, Ordering::Relaxed);
             shared
                 .appends

@@ -23,7 +23,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::lease::Leases;
-use super::{db_error, Pg};
+use super::{db_error, prepared, Pg};
 use crate::store::state::{Changes, Records, StateStore, SPACE_LEN_MAX};
 use crate::store::{Lease, Owner, StoreError};
 
@@ -110,7 +110,11 @@ impl StateStore for PgState {
         self.run(move |client| async move {
             let row = client
                 .query_opt(
-                    "SELECT value FROM annals_state WHERE space = $1 AND key = $2",
+                    &prepared(
+                        &client,
+                        "SELECT value FROM annals_state WHERE space = $1 AND key = $2",
+                    )
+                    .await?,
                     &[&space, &key],
                 )
                 .await
@@ -149,7 +153,7 @@ impl StateStore for PgState {
             args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
             args.push(&limit);
             let rows = client
-                .query(&sql, &args)
+                .query(&prepared(&client, &sql).await?, &args)
                 .await
                 .map_err(|e| db_error("reading the read side", &e))?;
             rows.iter()
@@ -227,7 +231,9 @@ impl StateStore for PgState {
         self.run(move |client| async move {
             let rows = client
                 .query(
-                    "SELECT space FROM annals_spaces WHERE starts_with(space, $1) ORDER BY space",
+                    &prepared(&client,
+                    "SELECT space FROM annals_spaces WHERE starts_with(space, $1) ORDER BY space"
+                    ).await?,
                     &[&prefix],
                 )
                 .await
@@ -293,12 +299,12 @@ async fn commit_once(
         // First, so that the owner row's lock orders this commit against a takeover: one that
         // bumped the epoch before makes this match nothing.
         let now = i64::try_from(crate::types::Timestamp::now().0).unwrap_or(i64::MAX);
-        let renewed = tx
-            .execute(
+        let renew = tx
+            .prepare_cached(
                 "UPDATE annals_owners SET renewed_at = $3 WHERE name = $1 AND epoch = $2",
-                &[name, epoch, &now],
             )
             .await?;
+        let renewed = tx.execute(&renew, &[name, epoch, &now]).await?;
         if renewed == 0 {
             tx.rollback().await?;
             return Ok(false);

@@ -1254,3 +1254,39 @@ fn a_store_in_use_is_refused() {
     assert_exit(&output, 2, &["is in use by another process"]);
     block_on(runtime.shutdown()).expect("shuts down");
 }
+
+/// An export of the sled fixture — events, then the outcomes of refused and eventless commands
+/// — imports into PostgreSQL and exports from there byte for byte the same: both backends list
+/// outcomes in the same (command-id) order and restore them at their recorded versions.
+#[test]
+fn an_export_round_trips_through_postgres_with_its_outcomes() {
+    let export = &fixture().export;
+    assert!(
+        !outcome_lines(export).is_empty(),
+        "the fixture has outcome lines"
+    );
+    let schema = annals_tests::PgSchema::fresh();
+    let set = |key: &str, value: &str| format!("{key}={value}");
+    let url = set("store.postgres_url", &schema.options.url);
+    let name = set("store.postgres_schema", &schema.options.schema);
+    let pg = [
+        "--set",
+        "store.backend=postgres",
+        "--set",
+        url.as_str(),
+        "--set",
+        name.as_str(),
+    ];
+    let import: Vec<&str> = ["import"].iter().chain(pg.iter()).copied().collect();
+    let output = annals(&import, Some(export));
+    assert!(output.status.success(), "import: {}", stderr(&output));
+    let export_args: Vec<&str> = ["export"].iter().chain(pg.iter()).copied().collect();
+    let output = annals(&export_args, None);
+    assert!(output.status.success(), "export: {}", stderr(&output));
+    assert!(
+        output.stdout == *export,
+        "the PostgreSQL copy exports the same lines ({} outcome lines in, {} out)",
+        outcome_lines(export).len(),
+        outcome_lines(&output.stdout).len()
+    );
+}

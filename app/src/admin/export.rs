@@ -8,15 +8,14 @@
 //! reader that stops early (`annals export | head`) ends the export quietly with exit 0, as
 //! other Unix filters do.
 //!
-//! From PostgreSQL only the event lines are written: listing the outcomes of commands without
-//! events is the sled store's ([`SledStore::outcomes_without_events`]); the summary on stderr
-//! says that they were left out.
+//! Both backends list those outcomes in command-id order (bytes), so an export of either
+//! imports into either.
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
 use annals::codec::Value;
-use annals::store::sled::{IntegrityCheck, SledStore};
+use annals::store::sled::IntegrityCheck;
 use annals::store::StoredOutcome;
 use annals::{CommandId, RecordedEvent};
 use serde::Serialize;
@@ -79,10 +78,7 @@ pub(super) fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
     let written = write_log(&store, &mut out).and_then(|events| {
-        let outcomes = match store.sled() {
-            Some(sled) => Some(write_outcomes(sled, store.place(), &mut out)?),
-            None => None,
-        };
+        let outcomes = write_outcomes(&store, &mut out)?;
         out.flush().map_err(output)?;
         Ok((events, outcomes))
     });
@@ -91,18 +87,17 @@ pub(super) fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
             store::close(&store, Ok(()))?;
             let place = store.place();
             let positions = super::positions(events);
-            match (outcomes, store.sled()) {
-                (Some(outcomes), Some(sled)) => {
+            match store.sled() {
+                Some(sled) => {
                     let recovery = super::verify::describe_recovery(sled.recovery_report());
                     eprintln!(
                         "annals export: wrote {events} events ({positions}) and {outcomes} \
                          command outcomes without events from {place}; recovery: {recovery}"
                     );
                 }
-                _ => eprintln!(
-                    "annals export: wrote {events} events ({positions}) from {place}; command \
-                     outcomes without events (refused commands, commands without events) are \
-                     not exported from PostgreSQL: the store offers no listing of them"
+                None => eprintln!(
+                    "annals export: wrote {events} events ({positions}) and {outcomes} command \
+                     outcomes without events from {place}"
                 ),
             }
             Ok(ExitCode::SUCCESS)
@@ -138,7 +133,8 @@ fn write_log(store: &Store, out: &mut impl Write) -> Result<u64, Stop> {
 
 /// Writes the stored outcome of every command that carried a command id and committed no event
 /// (refused, or accepted without events), in command-id order; returns how many.
-fn write_outcomes(store: &SledStore, place: &str, out: &mut impl Write) -> Result<u64, Stop> {
+fn write_outcomes(store: &super::store::Store, out: &mut impl Write) -> Result<u64, Stop> {
+    let place = store.place();
     let mut after: Option<CommandId> = None;
     let mut written = 0u64;
     loop {

@@ -3,9 +3,8 @@
 //!
 //! Event lines come first and are appended as commits (below); the command outcome lines that
 //! follow them (`"kind":"outcome"`, see `outcome.rs`) are restored once every commit is
-//! acknowledged, one record each: on sled beside the journal (the import holds the directory,
-//! so nothing else writes), on PostgreSQL through an append of the outcome, which records it at
-//! its stream's current version (counted when that is not the version of the line). An
+//! acknowledged, one record each, at the version the line names: on sled beside the journal (the
+//! import holds the directory, so nothing else writes), on PostgreSQL in the command table. An
 //! outcome line must be in command-id order (so each id appears once,
 //! checked without remembering them), name a stream version the imported events reached, and
 //! use a command id no imported commit uses. An export without outcome lines (written before
@@ -47,7 +46,6 @@ use annals::store::sled::IntegrityCheck;
 use annals::store::state::CHECKPOINTS;
 use annals::store::{
     AppendError, AppendKind, AppendRequest, AppendTicket, CommandKey, Fingerprint, PendingEvent,
-    StoredOutcome,
 };
 use annals::{CommandId, CommitMeta, Position, StreamId, Timestamp, Version};
 use anyhow::Context as _;
@@ -267,9 +265,6 @@ struct Done {
     last_position: Position,
     /// Command outcomes restored.
     outcomes: u64,
-    /// Of those, the ones restored at a later version of their stream than their line's
-    /// (PostgreSQL).
-    outcomes_moved: u64,
     /// The last input line of the last commit acknowledged or outcome restored.
     through_line: u64,
 }
@@ -499,59 +494,25 @@ impl<'a> Importer<'a> {
                 restored.version
             )));
         }
-        let moved = self.restore_outcome(&restored, head).map_err(|e| match e {
-            AppendError::CommandIdUsed { id, .. } => bad(format!(
-                "command id {:?} is used by an imported commit: a command id names one \
+        // Recorded as it was, at its version: on sled beside the journal, on PostgreSQL in
+        // the command table (the import is the only writer).
+        self.store
+            .restore_outcome(&restored.id, &restored.outcome)
+            .map_err(|e| match e {
+                AppendError::CommandIdUsed { id, .. } => bad(format!(
+                    "command id {:?} is used by an imported commit: a command id names one \
                      command",
-                id.as_str()
-            )),
-            e => Failure::Restore {
-                line,
-                reason: e.to_string(),
-            },
-        })?;
+                    id.as_str()
+                )),
+                e => Failure::Restore {
+                    line,
+                    reason: e.to_string(),
+                },
+            })?;
         self.last_outcome = Some(restored.id);
         self.done.outcomes += 1;
-        self.done.outcomes_moved += u64::from(moved);
         self.done.through_line = line;
         Ok(())
-    }
-
-    /// Restores an outcome whose stream is at `head`: on sled as it was recorded, on
-    /// PostgreSQL by appending it, which records it at `head`. Returns whether that is another
-    /// version than the line's.
-    fn restore_outcome(&self, restored: &Restored, head: Version) -> Result<bool, AppendError> {
-        if let Some(sled) = self.store.sled() {
-            sled.restore_outcome(&restored.id, &restored.outcome)?;
-            return Ok(false);
-        }
-        let kind = match &restored.outcome {
-            StoredOutcome::Rejected { rejection, .. } => AppendKind::Rejection(rejection.clone()),
-            StoredOutcome::NoEvents { .. } => AppendKind::NoEvents,
-            StoredOutcome::Committed { .. } => {
-                return Err(AppendError::Invalid {
-                    stream: restored.stream.clone(),
-                    reason: "a committed outcome is restored by importing its events",
-                })
-            }
-        };
-        let ticket = self.store.log().append(AppendRequest {
-            stream: restored.stream.clone(),
-            expected: head,
-            meta: CommitMeta {
-                recorded_at: Timestamp::now(),
-                command_id: Some(restored.id.clone()),
-                correlation_id: None,
-                causation_id: None,
-            },
-            command: Some(CommandKey {
-                id: restored.id.clone(),
-                fingerprint: restored.outcome.fingerprint(),
-            }),
-            kind,
-        });
-        futures::executor::block_on(ticket)?;
-        Ok(head != restored.version)
     }
 
     /// The stream's version and the time of its last event.
@@ -649,7 +610,6 @@ impl<'a> Importer<'a> {
             commits: self.done.commits + 1,
             last_position: append.first_position.advance(append.events - 1),
             outcomes: self.done.outcomes,
-            outcomes_moved: self.done.outcomes_moved,
             through_line: append.last_line,
         };
         if self
@@ -759,19 +719,9 @@ pub(super) fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let done = importer.done;
     let outcome = match result {
         Ok(()) => {
-            let moved = if done.outcomes_moved > 0 {
-                format!(
-                    " ({} of them at their stream's version after the import, not the one of \
-                     their line: the PostgreSQL store records an outcome at its stream's \
-                     current version)",
-                    done.outcomes_moved
-                )
-            } else {
-                String::new()
-            };
             println!(
                 "annals import: imported {} events in {} ({}) and {} command outcomes without \
-                 events{moved} into {}",
+                 events into {}",
                 done.events,
                 commits(done.commits),
                 super::positions(done.last_position.0),

@@ -148,6 +148,33 @@ impl Store {
         }
     }
 
+    /// The stored outcomes of commands that wrote no event, in command-id order, after
+    /// `after`, at most `limit` (what an export writes beside the events).
+    pub(super) fn outcomes_without_events(
+        &self,
+        after: Option<&annals::CommandId>,
+        limit: usize,
+    ) -> Result<Vec<(annals::CommandId, annals::store::StoredOutcome)>, annals::store::StoreError>
+    {
+        match &self.backend {
+            Backend::Sled(store) => store.outcomes_without_events(after, limit),
+            Backend::Postgres(store) => store.outcomes_without_events(after, limit),
+        }
+    }
+
+    /// Restores a rejection or no-event outcome from an export, at the version it was recorded
+    /// at.
+    pub(super) fn restore_outcome(
+        &self,
+        id: &annals::CommandId,
+        outcome: &annals::store::StoredOutcome,
+    ) -> Result<(), annals::store::AppendError> {
+        match &self.backend {
+            Backend::Sled(store) => store.restore_outcome(id, outcome),
+            Backend::Postgres(store) => store.restore_outcome(id, outcome),
+        }
+    }
+
     /// The sled store, for what only sled has (its trees, its recovery report).
     pub(super) fn sled(&self) -> Option<&SledStore> {
         match &self.backend {

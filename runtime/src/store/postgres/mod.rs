@@ -659,6 +659,122 @@ impl PgStore {
         }
     }
 
+    /// The stored outcomes of commands that wrote no event — rejections and accepted commands
+    /// without events — in command-id order (bytes, as on sled), from the first id after
+    /// `after`, at most `limit`: what an export carries beside the events.
+    pub fn outcomes_without_events(
+        &self,
+        after: Option<&CommandId>,
+        limit: usize,
+    ) -> Result<Vec<(CommandId, StoredOutcome)>, StoreError> {
+        let after = after.map(|id| id.as_str().to_string());
+        let limit = limit_param(limit);
+        self.query(move |client| async move {
+            let rows = client
+                .query(
+                    &prepared(
+                        &client,
+                        "SELECT command_id, fingerprint, outcome, aggregate_type, aggregate_id, \
+                                version, rejection \
+                         FROM annals_commands \
+                         WHERE outcome <> 0 \
+                           AND ($1::text IS NULL OR command_id COLLATE \"C\" > $1::text COLLATE \"C\") \
+                         ORDER BY command_id COLLATE \"C\" LIMIT $2",
+                    )
+                    .await?,
+                    &[&after, &limit],
+                )
+                .await
+                .map_err(|e| db_error("listing command outcomes", &e))?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = get(row, 0, "annals_commands.command_id")?;
+                    let command_id =
+                        CommandId::new(id.as_str()).map_err(|e| StoreError::Corrupt {
+                            what: format!("command id {id:?}"),
+                            reason: e.to_string(),
+                        })?;
+                    let outcome = outcome_without_events(row, &id)?;
+                    Ok((command_id, outcome))
+                })
+                .collect()
+        })
+    }
+
+    /// Restores a rejection or no-event outcome read from an export (`annals import`), with
+    /// the version it was recorded at; refused if the command id is already used.
+    pub fn restore_outcome(
+        &self,
+        id: &CommandId,
+        outcome: &StoredOutcome,
+    ) -> Result<(), AppendError> {
+        let (kind, stream, fingerprint, version, rejection) = match outcome {
+            StoredOutcome::Committed { .. } => {
+                return Err(AppendError::Store(StoreError::Config {
+                    reason: "a committed outcome is restored by importing its events".into(),
+                }))
+            }
+            StoredOutcome::Rejected {
+                stream,
+                fingerprint,
+                version,
+                rejection,
+            } => (
+                writer::OUTCOME_REJECTED,
+                stream,
+                fingerprint,
+                version,
+                Some(rejection.clone()),
+            ),
+            StoredOutcome::NoEvents {
+                stream,
+                fingerprint,
+                version,
+            } => (
+                writer::OUTCOME_NO_EVENTS,
+                stream,
+                fingerprint,
+                version,
+                None,
+            ),
+        };
+        if let Some(used) = self.command_outcome(id)? {
+            return Err(AppendError::CommandIdUsed {
+                id: id.clone(),
+                same_command: used.fingerprint() == outcome.fingerprint(),
+            });
+        }
+        let (command_id, aggregate_type, aggregate_id) = (
+            id.as_str().to_string(),
+            stream.aggregate_type().to_string(),
+            stream.aggregate_id().to_string(),
+        );
+        let fingerprint = fingerprint.0.to_vec();
+        let version = to_i64(version.0)?;
+        self.query(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO annals_commands (command_id, fingerprint, outcome, \
+                       aggregate_type, aggregate_id, version, first_position, event_count, \
+                       rejection) \
+                     VALUES ($1, $2, $3, $4, $5, $6, NULL, 0, $7)",
+                    &[
+                        &command_id,
+                        &fingerprint,
+                        &kind,
+                        &aggregate_type,
+                        &aggregate_id,
+                        &version,
+                        &rejection,
+                    ],
+                )
+                .await
+                .map_err(|e| db_error("restoring a command outcome", &e))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Subscribers this node owns now, and how many times it took ownership since it opened.
     pub fn ownership(&self) -> (usize, u64) {
         self.inner.state.ownership()
@@ -763,6 +879,42 @@ pub(crate) fn to_i64(value: u64) -> Result<i64, StoreError> {
         op: "encoding a number for PostgreSQL",
         reason: format!("{value} is beyond PostgreSQL's bigint"),
     })
+}
+
+/// A rejection or no-event outcome from a row of `command_id, fingerprint, outcome,
+/// aggregate_type, aggregate_id, version, rejection`.
+fn outcome_without_events(row: &Row, id: &str) -> Result<StoredOutcome, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("the outcome of command {id}"),
+        reason,
+    };
+    let fingerprint: &[u8] = get(row, 1, "annals_commands.fingerprint")?;
+    let fingerprint = Fingerprint(
+        fingerprint
+            .try_into()
+            .map_err(|_| corrupt("the fingerprint is not 16 bytes".to_string()))?,
+    );
+    let stream = StreamId::stored(
+        get::<String>(row, 3, "annals_commands.aggregate_type")?,
+        get::<String>(row, 4, "annals_commands.aggregate_id")?,
+    )
+    .map_err(|e| corrupt(e.to_string()))?;
+    let version = Version(to_u64(get(row, 5, "annals_commands.version")?)?);
+    match get::<i16>(row, 2, "annals_commands.outcome")? {
+        writer::OUTCOME_REJECTED => Ok(StoredOutcome::Rejected {
+            stream,
+            fingerprint,
+            version,
+            rejection: get::<Option<Vec<u8>>>(row, 6, "annals_commands.rejection")?
+                .unwrap_or_default(),
+        }),
+        writer::OUTCOME_NO_EVENTS => Ok(StoredOutcome::NoEvents {
+            stream,
+            fingerprint,
+            version,
+        }),
+        other => Err(corrupt(format!("unexpected outcome kind {other}"))),
+    }
 }
 
 /// The columns of an event, in the order [`event_from_row`] reads them.

@@ -135,7 +135,7 @@ async fn place_five_orders(apis: &[Api], node: usize, prefix: &str, what: &str) 
     }
     for i in 0..5 {
         let id = format!("{prefix}-{i}");
-        eventually(what, Duration::from_secs(30), async || {
+        eventually(what, Duration::from_secs(60), async || {
             (order_status(&apis[node], &id).await? == "Approved").then_some(())
         })
         .await;
@@ -467,7 +467,7 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
     place_five_orders(&apis, 1, "a", "the first orders to be decided").await;
     let before = eventually(
         "node 0 to own the saga",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             let table = owners(&apis[1]).await;
             table
@@ -485,7 +485,7 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
     assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP sent");
     let after = eventually(
         "node 1 to take the read side over",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             let table = owners(&apis[1]).await;
             table
@@ -510,7 +510,7 @@ async fn a_paused_owner_is_fenced_out_and_decides_nothing_twice() {
     assert!(resumed.is_ok_and(|s| s.success()), "SIGCONT sent");
     let woke = eventually(
         "the woken node to stand by",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             let table = owners(&apis[0]).await;
             (!table.is_empty() && table.values().all(|(status, _)| status == "standby"))

@@ -888,12 +888,7 @@ fn outcome_without_events(row: &Row, id: &str) -> Result<StoredOutcome, StoreErr
         what: format!("the outcome of command {id}"),
         reason,
     };
-    let fingerprint: &[u8] = get(row, 1, "annals_commands.fingerprint")?;
-    let fingerprint = Fingerprint(
-        fingerprint
-            .try_into()
-            .map_err(|_| corrupt("the fingerprint is not 16 bytes".to_string()))?,
-    );
+    let fingerprint = fingerprint_of(row, id)?;
     let stream = StreamId::stored(
         get::<String>(row, 3, "annals_commands.aggregate_type")?,
         get::<String>(row, 4, "annals_commands.aggregate_id")?,
@@ -915,6 +910,18 @@ fn outcome_without_events(row: &Row, id: &str) -> Result<StoredOutcome, StoreErr
         }),
         other => Err(corrupt(format!("unexpected outcome kind {other}"))),
     }
+}
+
+/// The fingerprint in column 1 of a row of `annals_commands`.
+fn fingerprint_of(row: &Row, id: &str) -> Result<Fingerprint, StoreError> {
+    let bytes: &[u8] = get(row, 1, "annals_commands.fingerprint")?;
+    bytes
+        .try_into()
+        .map(Fingerprint)
+        .map_err(|_| StoreError::Corrupt {
+            what: format!("the outcome of command {id}"),
+            reason: "the fingerprint is not 16 bytes".to_string(),
+        })
 }
 
 /// The columns of an event, in the order [`event_from_row`] reads them.
@@ -1123,9 +1130,9 @@ impl EventStore for PgStore {
                 .query_opt(
                     &prepared(
                         &client,
-                        "SELECT fingerprint, outcome, aggregate_type, aggregate_id, version, \
-                            first_position, event_count, rejection \
-                     FROM annals_commands WHERE command_id = $1",
+                        "SELECT command_id, fingerprint, outcome, aggregate_type, aggregate_id, \
+                                version, rejection, first_position, event_count \
+                         FROM annals_commands WHERE command_id = $1",
                     )
                     .await?,
                     &[&id],
@@ -1135,68 +1142,42 @@ impl EventStore for PgStore {
             else {
                 return Ok(None);
             };
-            let what = format!("the outcome of command {id}");
+            if get::<i16>(&row, 2, "annals_commands.outcome")? != writer::OUTCOME_COMMITTED {
+                return outcome_without_events(&row, &id).map(Some);
+            }
             let corrupt = |reason: String| StoreError::Corrupt {
-                what: what.clone(),
+                what: format!("the outcome of command {id}"),
                 reason,
             };
-            let fingerprint: &[u8] = get(&row, 0, "annals_commands.fingerprint")?;
-            let fingerprint = Fingerprint(
-                fingerprint
-                    .try_into()
-                    .map_err(|_| corrupt("the fingerprint is not 16 bytes".to_string()))?,
-            );
-            let stream = StreamId::stored(
-                get::<String>(&row, 2, "annals_commands.aggregate_type")?,
-                get::<String>(&row, 3, "annals_commands.aggregate_id")?,
-            )
-            .map_err(|e| corrupt(e.to_string()))?;
-            let version = Version(to_u64(get(&row, 4, "annals_commands.version")?)?);
-            match get::<i16>(&row, 1, "annals_commands.outcome")? {
-                writer::OUTCOME_COMMITTED => {
-                    let first: Option<i64> = get(&row, 5, "annals_commands.first_position")?;
-                    let first = first.ok_or_else(|| corrupt("no first position".to_string()))?;
-                    let count: i32 = get(&row, 6, "annals_commands.event_count")?;
-                    let rows = client
-                        .query(
-                            &prepared(
-                                &client,
-                                &format!(
-                                "SELECT {EVENT_COLUMNS} FROM annals_events \
-                                 WHERE position >= $1 AND position < $1 + $2::int ORDER BY position"
-                            ),
-                            )
-                            .await?,
-                            &[&first, &count],
-                        )
-                        .await
-                        .map_err(|e| db_error("reading a command's events", &e))?;
-                    let events = events_from_rows(&rows)?;
-                    if events.len() != usize::try_from(count).unwrap_or(0) {
-                        return Err(corrupt(format!(
-                            "{count} events recorded, {} found",
-                            events.len()
-                        )));
-                    }
-                    Ok(Some(StoredOutcome::Committed {
-                        fingerprint,
-                        events,
-                    }))
-                }
-                writer::OUTCOME_REJECTED => Ok(Some(StoredOutcome::Rejected {
-                    stream,
-                    fingerprint,
-                    version,
-                    rejection: get::<Option<Vec<u8>>>(&row, 7, "annals_commands.rejection")?
-                        .unwrap_or_default(),
-                })),
-                writer::OUTCOME_NO_EVENTS => Ok(Some(StoredOutcome::NoEvents {
-                    stream,
-                    fingerprint,
-                    version,
-                })),
-                other => Err(corrupt(format!("unknown outcome kind {other}"))),
+            let fingerprint = fingerprint_of(&row, &id)?;
+            let first: Option<i64> = get(&row, 7, "annals_commands.first_position")?;
+            let first = first.ok_or_else(|| corrupt("no first position".to_string()))?;
+            let count: i32 = get(&row, 8, "annals_commands.event_count")?;
+            let rows = client
+                .query(
+                    &prepared(
+                        &client,
+                        &format!(
+                            "SELECT {EVENT_COLUMNS} FROM annals_events \
+                             WHERE position >= $1 AND position < $1 + $2::int ORDER BY position"
+                        ),
+                    )
+                    .await?,
+                    &[&first, &count],
+                )
+                .await
+                .map_err(|e| db_error("reading a command's events", &e))?;
+            let events = events_from_rows(&rows)?;
+            if events.len() != usize::try_from(count).unwrap_or(0) {
+                return Err(corrupt(format!(
+                    "{count} events recorded, {} found",
+                    events.len()
+                )));
             }
+            Ok(Some(StoredOutcome::Committed {
+                fingerprint,
+                events,
+            }))
         })
     }
 

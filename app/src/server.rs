@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use actix_web::{middleware::from_fn, web, App, HttpServer};
-use annals::store::{EventStore, PgStore};
+use annals::store::{BatchObserver, EventStore, PgStore};
 use annals::{Runtime, RuntimeError};
 use annals_config::{Config, Flag, LogFormat, Sources, StoreBackend};
 use anyhow::Context as _;
@@ -217,8 +217,11 @@ pub struct Opened {
 
 /// Opens the runtime the configuration describes (on the configured backend), with the
 /// reference domain registered. The error is one line naming the store and why.
-pub fn open_runtime(config: &Config) -> Result<Opened, String> {
-    let options = config.runtime_options();
+pub fn open_runtime(config: &Config, observer: Option<BatchObserver>) -> Result<Opened, String> {
+    let mut options = config.runtime_options();
+    if let Some(observer) = observer {
+        options.store = options.store.with_batch_observer(observer);
+    }
     // One line: PostgreSQL's detail may span several.
     let cannot_open = |e: &dyn std::fmt::Display| {
         format!("cannot open the store ({}): {e}", describe_store(config)).replace('\n', " ")
@@ -327,7 +330,10 @@ impl Server {
             .name("annals-open".into())
             .spawn(move || {
                 let started = Instant::now();
-                let result = open_runtime(&opening_state.config);
+                let result = open_runtime(
+                    &opening_state.config,
+                    Some(opening_state.metrics.batch_observer()),
+                );
                 match &result {
                     Ok(opened) => {
                         tracing::info!(
@@ -497,11 +503,12 @@ async fn reopen(state: &web::Data<AppState>, stopping: &mut tokio::sync::watch::
     let mut pause = SUPERVISE_INTERVAL;
     loop {
         let config = Arc::clone(&state.config);
+        let observer = state.metrics.batch_observer();
         let (tx, rx) = futures::channel::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("annals-reopen".into())
             .spawn(move || {
-                let _ = tx.send(open_runtime(&config));
+                let _ = tx.send(open_runtime(&config, Some(observer)));
             });
         let opened = match spawned {
             Ok(_) => rx

@@ -90,10 +90,12 @@ impl AppState {
         let reads = Arc::new(tokio::sync::Semaphore::new(
             server.reads_in_flight_max.get(),
         ));
+        let aggregates = Aggregates::domain();
+        let metrics = Metrics::new(&aggregates);
         AppState {
             config,
-            aggregates: Aggregates::domain(),
-            metrics: Metrics::default(),
+            aggregates,
+            metrics,
             in_flight,
             live_feeds,
             reads,

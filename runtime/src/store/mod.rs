@@ -192,6 +192,56 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
+/// One batch the journal made durable (or, in relaxed mode, wrote), as told to a
+/// [`BatchObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchCommitted {
+    /// The appends the batch acknowledged.
+    pub appends: u64,
+    /// The events it committed.
+    pub events: u64,
+    /// From the moment the journal started writing the batch to its acknowledgement: the
+    /// write, the sync (sled; on PostgreSQL the transaction) and any wait for the sync that
+    /// covers it.
+    pub commit: std::time::Duration,
+}
+
+impl BatchCommitted {
+    /// A batch of `appends` appends and `events` events, committed in `commit`.
+    pub fn new(appends: u64, events: u64, commit: std::time::Duration) -> BatchCommitted {
+        BatchCommitted {
+            appends,
+            events,
+            commit,
+        }
+    }
+}
+
+/// Called by the journal once per batch, on its own thread, after the batch's appends are
+/// acknowledged: for histograms of batch sizes and commit times (the service's `/metrics`).
+/// It runs once per batch, not per command, and must return quickly (record and return).
+#[derive(Clone)]
+pub struct BatchObserver(std::sync::Arc<dyn Fn(&BatchCommitted) + Send + Sync>);
+
+impl BatchObserver {
+    /// An observer calling `observe` for every batch.
+    pub fn new(observe: impl Fn(&BatchCommitted) + Send + Sync + 'static) -> BatchObserver {
+        BatchObserver(std::sync::Arc::new(observe))
+    }
+
+    /// Tells the observer about `batch`.
+    pub fn observe(&self, batch: &BatchCommitted) {
+        (self.0)(batch);
+    }
+}
+
+impl fmt::Debug for BatchObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BatchObserver")
+    }
+}
+
 /// Counters of the journal, for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -607,6 +657,20 @@ impl StoreOptions {
             StoreOptions::Sled(options) => options.open(),
             #[cfg(feature = "postgres")]
             StoreOptions::Postgres(options) => options.open(),
+        }
+    }
+
+    /// Sets the observer told about every batch the journal commits, whichever the backend.
+    #[must_use]
+    pub fn with_batch_observer(self, observer: BatchObserver) -> StoreOptions {
+        match self {
+            StoreOptions::Sled(options) => {
+                StoreOptions::Sled(options.with_batch_observer(observer))
+            }
+            #[cfg(feature = "postgres")]
+            StoreOptions::Postgres(options) => {
+                StoreOptions::Postgres(options.with_batch_observer(observer))
+            }
         }
     }
 

@@ -107,6 +107,8 @@ pub struct PgOptions {
     pub lease_timeout: Duration,
     /// Hooks for tests: hold the writer's next transaction open before its commit.
     pub hooks: Arc<PgHooks>,
+    /// Told about every batch the writer commits (for metrics); `None`: nobody is.
+    pub batch_observer: Option<crate::store::BatchObserver>,
 }
 
 /// Test hooks of the writer, after the sled backend's fault injection: a test arms a gate and
@@ -245,7 +247,16 @@ impl PgOptions {
             node_id: default_node_id(),
             lease_timeout: LEASE_TIMEOUT_DEFAULT,
             hooks: Arc::default(),
+            batch_observer: None,
         }
+    }
+
+    /// Sets the observer told about every committed batch (see
+    /// [`BatchObserver`](crate::store::BatchObserver)).
+    #[must_use]
+    pub fn with_batch_observer(mut self, observer: crate::store::BatchObserver) -> PgOptions {
+        self.batch_observer = Some(observer);
+        self
     }
 
     /// Sets the schema.
@@ -536,6 +547,7 @@ pub(crate) struct Shared {
     /// and largest.
     pub(crate) commit_micros_total: AtomicU64,
     pub(crate) commit_micros_max: AtomicU64,
+    pub(crate) batch_observer: Option<crate::store::BatchObserver>,
 }
 
 impl Shared {
@@ -582,6 +594,7 @@ impl PgStore {
             retries: AtomicU64::new(0),
             commit_micros_total: AtomicU64::new(0),
             commit_micros_max: AtomicU64::new(0),
+            batch_observer: options.batch_observer.clone(),
         });
         let (jobs, queue) = tokio::sync::mpsc::channel(options.queue_capacity.get());
         let writer = pg.handle.spawn(writer::run(

@@ -105,7 +105,15 @@ async fn commit(
                 .filter_map(|a| a.as_ref().ok())
                 .map(|r| u64::from(r.event_count))
                 .sum();
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let took = started.elapsed();
+            if let Some(observer) = &shared.batch_observer {
+                observer.observe(&crate::store::BatchCommitted {
+                    appends: batch.len() as u64,
+                    events,
+                    commit: took,
+                });
+            }
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             shared
                 .commit_micros_total
                 .fetch_add(micros, Ordering::Relaxed);

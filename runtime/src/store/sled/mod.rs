@@ -138,6 +138,8 @@ pub struct SledOptions {
     pub disk_free_bytes_min: u64,
     /// Fault injection for tests: makes the next insert or fsync fail.
     pub faults: Arc<Faults>,
+    /// Told about every batch the journal acknowledges (for metrics); `None`: nobody is.
+    pub batch_observer: Option<crate::store::BatchObserver>,
 }
 
 /// Default batch bound: about 10 ms of inserts at the measured ~5 µs per insert.
@@ -179,7 +181,14 @@ impl SledOptions {
             integrity_check: IntegrityCheck::Structure,
             disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
             faults: Arc::new(Faults::default()),
+            batch_observer: None,
         }
+    }
+
+    /// Sets the observer told about every batch (see [`BatchObserver`](crate::store::BatchObserver)).
+    pub fn with_batch_observer(mut self, observer: crate::store::BatchObserver) -> Self {
+        self.batch_observer = Some(observer);
+        self
     }
 
     /// Sets the durability mode.
@@ -318,6 +327,7 @@ pub(crate) struct Shared {
     batches: AtomicU64,
     fsyncs: AtomicU64,
     batch_appends_max: AtomicU64,
+    batch_observer: Option<crate::store::BatchObserver>,
     /// The database's files: every sync goes through here (see `disk.rs`).
     disk: Mutex<disk::Disk>,
     faults: Arc<Faults>,
@@ -517,6 +527,7 @@ impl SledStore {
             batches: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             batch_appends_max: AtomicU64::new(0),
+            batch_observer: options.batch_observer.clone(),
             disk: Mutex::new(disk),
             faults: options.faults.clone(),
             space: DiskSpace::new(&options.path, options.disk_free_bytes_min),

@@ -112,6 +112,8 @@ struct Stage {
     /// Last position written so far (this batch included).
     end: Position,
     events: u64,
+    /// When the writer started writing it (for [`BatchObserver`](crate::store::BatchObserver)).
+    started: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -277,6 +279,7 @@ impl Writer {
                     outcome_ids: Vec::new(),
                     end: Position(0),
                     events: 0,
+                    started: Instant::now(),
                 },
             };
             let mut taken = 0usize;
@@ -744,6 +747,13 @@ impl Flusher {
         s.batch_appends_max.fetch_max(appends, Ordering::Relaxed);
         for (reply, receipt) in stage.replies {
             let _ = reply.send(Ok(receipt));
+        }
+        if let Some(observer) = &s.batch_observer {
+            observer.observe(&crate::store::BatchCommitted {
+                appends,
+                events: stage.events,
+                commit: stage.started.elapsed(),
+            });
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::source::Origin;
+use crate::origin::Origin;
 
 /// A configuration that cannot be used. `Display` is one line naming the key, the source and
 /// what is wrong, e.g. `store.durability: "fast" is not one of "durable", "relaxed" (from

@@ -10,15 +10,25 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use annals::store::sled::IntegrityCheck;
+
+use crate::config::{cores, Config, DurabilityMode, LogFormat, StoreBackend};
 use crate::error::{ConfigError, ErrorKind, Problem};
-use crate::raw::Raw;
+use crate::origin::Origin;
 use crate::secret::{is_redacted_url, DatabaseUrl, REDACTED};
-use crate::source::Origin;
 use crate::token::{self, Token};
-use crate::{Config, DurabilityMode, IntegrityCheck, LogFormat, StoreBackend};
 
 /// The sections, in the order the file and [`Config::render`] list them.
 pub(crate) const SECTIONS: &[&str] = &["server", "store", "runtime", "domain", "auth", "log"];
+
+/// A value as read (by `raw.rs`), before validation: what [`Key::apply`] parses.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Raw {
+    /// From the file, typed by TOML.
+    Toml(toml::Value),
+    /// From an environment variable or a flag: a string parsed according to the key.
+    Text(String),
+}
 
 /// One key of the configuration.
 #[derive(Debug)]
@@ -299,20 +309,6 @@ fn conflict(
         Some(blamed_origin.clone()),
         message,
     )
-}
-
-/// The number of cores, which a count of 0 stands for.
-pub(crate) fn cores() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
-}
-
-/// The word the file uses for an integrity check.
-pub(crate) fn integrity_check_name(check: IntegrityCheck) -> &'static str {
-    match check {
-        IntegrityCheck::Structure => "structure",
-        IntegrityCheck::Full => "full",
-        IntegrityCheck::Tail => "tail",
-    }
 }
 
 /// The TOML name of a value's type, for "expected …, found …".

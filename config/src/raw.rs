@@ -5,18 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::error::{line_and_column, ConfigError};
-use crate::keys::{self, Key, SECTIONS};
-use crate::source::{Flag, Origin, Sources};
-
-/// A value as read, before validation.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Raw {
-    /// From the file, typed by TOML.
-    Toml(toml::Value),
-    /// From an environment variable or a flag: a string parsed according to the key.
-    Text(String),
-}
+use crate::error::{line_and_column, ConfigError, ErrorKind};
+use crate::keys::{self, Key, Raw, SECTIONS};
+use crate::origin::Origin;
+use crate::source::{Flag, Sources};
 
 /// One value for one key from one source.
 #[derive(Debug)]
@@ -82,7 +74,7 @@ impl RawConfig {
                     origin(line)
                 );
                 let error = ConfigError::new(
-                    crate::ErrorKind::WrongType,
+                    ErrorKind::WrongType,
                     Some((*known).to_owned()),
                     Some(origin(line)),
                     message,

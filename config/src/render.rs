@@ -5,9 +5,9 @@
 //! before anyone lists it in `keys.rs` — and a test fails until someone does. The key order is
 //! that of `keys.rs`, which is the order of `config/annals.toml`.
 
+use crate::config::Config;
 use crate::keys::{KEYS, SECTIONS};
-use crate::source::Origin;
-use crate::Config;
+use crate::origin::Origin;
 
 const HEADER: &str = "\
 # The effective configuration of Annals: the built-in defaults, overridden by the configuration

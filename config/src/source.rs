@@ -1,10 +1,10 @@
-//! The sources a configuration is loaded from ([`Sources`], [`Flag`]) and the [`Origin`] of
-//! each value: what errors and `annals config` name.
+//! The sources a configuration is loaded from: [`Sources`], [`Flag`] and [`environment`].
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::{ConfigError, ErrorKind};
+use crate::origin::Origin;
 
 /// What [`Config::load`](crate::Config::load) reads, lowest precedence first after the
 /// built-in defaults.
@@ -116,45 +116,5 @@ impl fmt::Debug for Flag {
             .field("value", value)
             .field("name", &self.name)
             .finish()
-    }
-}
-
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Origin {
-    /// The built-in default.
-    Default,
-    /// The configuration file.
-    File {
-        /// Its path, as given.
-        path: PathBuf,
-        /// The line of the value (1-based), when known.
-        line: Option<usize>,
-    },
-    /// An environment variable.
-    Env {
-        /// Its name (`ANNALS_SERVER_ADDR`).
-        var: String,
-    },
-    /// A command-line flag.
-    Flag {
-        /// The flag as written (`--addr`, `--set`).
-        name: String,
-    },
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Default => f.write_str("built-in default"),
-            Origin::File {
-                path,
-                line: Some(line),
-            } => write!(f, "{}, line {line}", path.display()),
-            Origin::File { path, line: None } => write!(f, "{}", path.display()),
-            Origin::Env { var } => write!(f, "environment variable {var}"),
-            Origin::Flag { name } => write!(f, "flag {name}"),
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! Event envelopes: an event plus the metadata DESIGN.md promises with it.
+//! Event envelopes: an event plus the metadata [the design](crate::design) promises with it.
 //!
 //! [`Envelope<E>`] carries a typed payload; [`RecordedEvent`] is the same envelope with the
 //! payload still encoded, as the store returns it (the store knows no event types).

@@ -76,17 +76,18 @@
 //! | [`subscription`] | subscribers: the [`Subscriber`] trait, the actors that read the log from a checkpoint and commit each page atomically with it, and the registry behind the runtime's subscriber methods (lag, read-your-writes, parked events, rebuilds) |
 //! | [`projection`] (in `subscription/`) | read models: [`View`]s with per-record positions, rebuilt beside the live one |
 //! | [`process`] (in `subscription/`) | process managers (sagas): state and outbox per instance, deadlines |
+//! | [`envelope`] | [`Envelope`]: an event with its metadata |
+//! | [`types`] | [`Version`], [`Position`], [`StreamId`], [`CommandId`], [`Timestamp`] |
+//! | [`codec`] | CBOR with a format byte, for everything on disk |
+//! | [`error`] | [`ExecuteError`] and [`RuntimeError`] |
+//! | `testkit` (feature `testkit`) | given/when/then tests for aggregates |
+//! | [`design`] | the design and the promises of the whole system: how the pieces fit and why |
 //!
 //! No source file imports another through a circle (`runtime/tests/module_graph.rs` checks it):
 //! the leaves are `types`, `codec`, `aggregate`, `envelope`, `command`; the store sits on them;
 //! actors and subscribers on the store; [`Runtime`] on top. A process manager sends commands
 //! through a small trait object the runtime hands to the subscriber registry, not through a
 //! reference back to [`Runtime`].
-//! | [`envelope`] | [`Envelope`]: an event with its metadata |
-//! | [`types`] | [`Version`], [`Position`], [`StreamId`], [`CommandId`], [`Timestamp`] |
-//! | [`codec`] | CBOR with a format byte, for everything on disk |
-//! | [`error`] | [`ExecuteError`] and [`RuntimeError`] |
-//! | `testkit` (feature `testkit`) | given/when/then tests for aggregates |
 //!
 //! # Guarantees
 //! - **Durability.** In the default [`Durability::Durable`](store::Durability) mode an
@@ -144,6 +145,8 @@
 pub mod aggregate;
 pub mod codec;
 pub mod command;
+#[doc = include_str!("../DESIGN.md")]
+pub mod design {}
 pub mod envelope;
 pub mod error;
 pub mod runtime;

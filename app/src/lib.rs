@@ -1,6 +1,7 @@
 //! The Annals service as a library (package `annals-app`): the HTTP API ([`http`]), the server
 //! around it ([`server`]), the administrative commands on a store ([`admin`]) and the
-//! load-test harness ([`load`]) behind the `annals` binary. Tests and other programs start the
+//! load-test harness ([`load`]) behind the `annals` binary, and the JSON forms they share
+//! ([`wire`]). Tests and other programs start the
 //! same server in-process with [`server::Server::start`].
 
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod http;
 pub mod load;
 pub mod server;
+pub mod wire;
 
 /// A mistake of the caller (bad arguments, bad configuration): the binary exits with code 2
 /// instead of 1, which it keeps for failures found at run time (damage, lost writes).

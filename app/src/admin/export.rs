@@ -18,36 +18,16 @@ use annals::codec::Value;
 use annals::store::sled::IntegrityCheck;
 use annals::store::StoredOutcome;
 use annals::{CommandId, RecordedEvent};
-use serde::Serialize;
 
-use super::json::{to_hex, Json};
 use super::store::{self, Store};
 use super::ExportArgs;
+use crate::wire::cbor::{to_hex, Json};
+use crate::wire::Envelope;
 
 /// Bytes buffered before a write to stdout.
 const OUTPUT_BUFFER_BYTES: usize = 256 * 1024;
 /// Command outcomes read from the store per page.
 const PAGE_OUTCOMES: usize = 1024;
-
-/// One line of the export. Field order is the format's.
-#[derive(Serialize)]
-struct Line<'a> {
-    event_id: &'a uuid::Uuid,
-    aggregate: &'a str,
-    id: &'a str,
-    version: u64,
-    position: u64,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    schema_version: u16,
-    recorded_at: String,
-    command_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command_fingerprint: Option<&'a str>,
-    correlation_id: Option<&'a str>,
-    causation_id: Option<&'a str>,
-    data: Json<'a>,
-}
 
 /// Why writing stopped.
 enum Stop {
@@ -173,21 +153,10 @@ fn write_line(
             event.version
         ))
     })?;
-    let meta = &event.meta;
-    let line = Line {
-        event_id: &event.event_id,
-        aggregate: event.stream.aggregate_type(),
-        id: event.stream.aggregate_id(),
-        version: event.version.0,
-        position: event.position.0,
-        event_type: &event.event_type,
-        schema_version: event.schema_version,
-        recorded_at: super::time::format(meta.recorded_at),
-        command_id: meta.command_id.as_ref().map(CommandId::as_str),
-        command_fingerprint: fingerprint,
-        correlation_id: meta.correlation_id.as_deref(),
-        causation_id: meta.causation_id.as_deref(),
-        data: Json(&data),
+    // An event line is the API's envelope, with the command's fingerprint.
+    let line = Envelope {
+        command_fingerprint: fingerprint.map(std::borrow::Cow::Borrowed),
+        ..Envelope::of(event, Json(&data))
     };
     serde_json::to_writer(&mut *out, &line).map_err(|e| match e.io_error_kind() {
         Some(kind) => output(io::Error::from(kind)),

@@ -49,7 +49,10 @@ use annals::store::{
 };
 use annals::{CommandId, CommitMeta, Position, StreamId, Timestamp, Version};
 use anyhow::Context as _;
-use serde::{Deserialize, Deserializer};
+
+use crate::wire::cbor::{from_json, unhex};
+use crate::wire::time::format as rfc3339;
+use crate::wire::Envelope;
 
 use super::outcome::{self, Restored};
 use super::store::{self, Store, Target};
@@ -72,36 +75,10 @@ const IN_FLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// the command is refused as a different command rather than wrongly taken for a retry.
 const UNKNOWN_FINGERPRINT_SOURCE: &[u8] = b"annals import: the input carried no fingerprint";
 
-/// One input line as written by `annals export`. Every field must be present; the optional
-/// ones may be `null` (`command_fingerprint` may also be absent).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    event_id: uuid::Uuid,
-    aggregate: String,
-    id: String,
-    version: u64,
-    position: u64,
-    #[serde(rename = "type")]
-    event_type: String,
-    schema_version: u16,
-    recorded_at: String,
-    #[serde(deserialize_with = "nullable")]
-    command_id: Option<String>,
-    #[serde(default)]
-    command_fingerprint: Option<String>,
-    #[serde(deserialize_with = "nullable")]
-    correlation_id: Option<String>,
-    #[serde(deserialize_with = "nullable")]
-    causation_id: Option<String>,
-    /// Parsed into a CBOR value directly, keeping the order of object keys.
-    data: Value,
-}
-
-/// A field that must be present but may be `null` (serde lets a plain `Option` be missing).
-fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Option::<String>::deserialize(d)
-}
+/// One input line as written by `annals export`: the wire's envelope, its payload parsed into
+/// a CBOR value directly (keeping the order of object keys). Every member must be present; the
+/// optional ones may be `null` (`command_fingerprint` may also be absent).
+type Line = Envelope<'static, Value>;
 
 /// A line, checked on its own.
 struct Event {
@@ -116,7 +93,8 @@ struct Event {
 
 impl Event {
     fn from_line(line_no: u64, line: Line) -> Result<Event, String> {
-        let stream = StreamId::new(line.aggregate, line.id).map_err(|e| e.to_string())?;
+        let stream = StreamId::new(line.aggregate.into_owned(), line.id.into_owned())
+            .map_err(|e| e.to_string())?;
         if line.version == 0 {
             return Err("version 0: versions start at 1".into());
         }
@@ -126,11 +104,10 @@ impl Event {
         if line.event_type.is_empty() {
             return Err("the event type is empty".into());
         }
-        let recorded_at =
-            super::time::parse(&line.recorded_at).map_err(|e| format!("recorded_at: {e}"))?;
+        let recorded_at = line.recorded_at.0;
         let command_id = line
             .command_id
-            .map(CommandId::new)
+            .map(|id| CommandId::new(id.into_owned()))
             .transpose()
             .map_err(|e| e.to_string())?;
         let fingerprint = match (&command_id, line.command_fingerprint) {
@@ -150,7 +127,7 @@ impl Event {
                 return Err(format!("{what} must be 1 to {TRACE_ID_LEN_MAX} bytes"));
             }
         }
-        let data = super::json::from_json(line.data).map_err(|e| format!("data: {e}"))?;
+        let data = from_json(line.data).map_err(|e| format!("data: {e}"))?;
         let payload =
             annals::codec::encode_plain("payload", &data).map_err(|e| format!("data: {e}"))?;
         Ok(Event {
@@ -176,7 +153,7 @@ impl Event {
 }
 
 fn parse_fingerprint(hex: &str) -> Result<Fingerprint, String> {
-    super::json::unhex(hex)
+    unhex(hex)
         .ok()
         .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
         .map(Fingerprint)
@@ -439,9 +416,9 @@ impl<'a> Importer<'a> {
             return Err(bad(format!(
                 "recorded_at {} is earlier than that of {} version {head} ({}): time never \
                  goes back within a stream",
-                super::time::format(event.meta.recorded_at),
+                rfc3339(event.meta.recorded_at),
                 event.stream,
-                super::time::format(at)
+                rfc3339(at)
             )));
         }
         if let Some(id) = &event.meta.command_id {

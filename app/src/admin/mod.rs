@@ -55,7 +55,7 @@
 //! | `command_id` | the command id its command carried, or `null` |
 //! | `command_fingerprint` | only with a command id: the command's fingerprint (32 hex digits) |
 //! | `correlation_id`, `causation_id` | the trace ids, or `null` |
-//! | `data` | the payload, CBOR converted to JSON generically (see `json.rs`) |
+//! | `data` | the payload, CBOR converted to JSON generically (see [`crate::wire::cbor`]) |
 //!
 //! `command_fingerprint` goes beyond the HTTP envelope on purpose: the store tells a retried
 //! command from a different one with the same command id by this hash of the command, so
@@ -119,11 +119,9 @@
 
 mod export;
 mod import;
-mod json;
 mod outcome;
 mod stats;
 mod store;
-mod time;
 mod verify;
 
 use std::process::ExitCode;

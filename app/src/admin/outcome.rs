@@ -8,7 +8,7 @@
 //! again on an imported store, and could succeed. This module owns the line's shape both ways.
 //!
 //! The rejection is the aggregate's encoded rejection (CBOR). It is written as JSON, through
-//! the lossless mapping of `json.rs`, when encoding that JSON's value again gives the stored
+//! the lossless mapping of [`crate::wire::cbor`], when encoding that JSON's value again gives the stored
 //! bytes exactly (so `"rejection":{"type":"AlreadyExists"}` can be read and grepped), and
 //! otherwise — bytes that are not CBOR, or CBOR written in a form this build would encode
 //! differently, such as an indefinite-length map — as `rejection_cbor`, the bytes in hex. Either
@@ -19,7 +19,7 @@ use annals::store::{Fingerprint, StoredOutcome};
 use annals::{CommandId, StreamId, Version};
 use serde::{Deserialize, Serialize};
 
-use super::json::{to_hex, unhex, Json};
+use crate::wire::cbor::{from_json, to_hex, unhex, Json};
 
 /// The `kind` of an outcome line. Event lines have no `kind` (the format before outcome lines
 /// existed), so that an export written by an older build imports as it did.
@@ -208,7 +208,7 @@ pub(super) fn parse(text: &[u8]) -> Result<Restored, String> {
             return Err("a no_events outcome carries no rejection".into());
         }
         (Outcome::Rejected, Some(value), None) => {
-            let value = super::json::from_json(value).map_err(|e| format!("rejection: {e}"))?;
+            let value = from_json(value).map_err(|e| format!("rejection: {e}"))?;
             let rejection = annals::codec::encode_plain("rejection", &value)
                 .map_err(|e| format!("rejection: {e}"))?;
             StoredOutcome::Rejected {

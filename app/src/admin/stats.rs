@@ -173,8 +173,8 @@ fn collect(store: &Store, disk_bytes: Option<u64>) -> anyhow::Result<Stats> {
         disk_bytes,
         head_position: head.0,
         events,
-        first_recorded_at: first_recorded_at.map(super::time::format),
-        last_recorded_at: last_recorded_at.map(super::time::format),
+        first_recorded_at: first_recorded_at.map(crate::wire::time::format),
+        last_recorded_at: last_recorded_at.map(crate::wire::time::format),
         aggregates: aggregates
             .into_iter()
             .map(|(aggregate, a)| AggregateStats { aggregate, ..a })

@@ -27,13 +27,14 @@ use annals::{Aggregate, CommandId, ExecuteOptions, RecordedEvent, Runtime, Strea
 use futures::future::LocalBoxFuture;
 use futures::StreamExt as _;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::access::Grant;
-use super::json::{parse_rfc3339, typed_envelope, EnvelopeJson};
+use super::json::{parse_rfc3339, typed_envelope};
 use super::metrics::Outcome;
 use super::problem::{Kind, Problem};
 use super::AppState;
+use crate::wire;
 
 /// A command's reply, before it becomes a response.
 #[derive(Debug)]
@@ -173,18 +174,11 @@ impl<A: Aggregate> ApiAggregate for Api<A> {
             let answered = runtime.execute_answered::<A>(id, command, options).await?;
             match answered.result {
                 Ok(executed) => {
-                    #[derive(serde::Serialize)]
-                    struct Reply<'a, E> {
-                        id: &'a str,
-                        version: u64,
-                        position: Option<u64>,
-                        events: Vec<EnvelopeJson<'a, E>>,
-                    }
-                    let reply = Reply {
+                    let reply = wire::api::CommandReply {
                         id,
                         version: executed.version.0,
                         position: executed.position.map(|p| p.0),
-                        events: executed.events.iter().map(EnvelopeJson::new).collect(),
+                        events: executed.events.iter().map(wire::Envelope::typed).collect(),
                     };
                     let body = serde_json::to_vec(&reply).map_err(|e| {
                         Problem::internal(format!("cannot render the reply as JSON: {e}"))
@@ -662,9 +656,14 @@ pub async fn get_state(
                     .with("current_version", found.0));
                 }
             }
+            let reply = wire::api::StateReply {
+                id: &id,
+                version: found.0,
+                state: found.1,
+            };
             Ok((
                 found.0,
-                json!({"id": id, "version": found.0, "state": found.1}),
+                serde_json::to_value(&reply).map_err(Problem::internal)?,
             ))
         })
         .await?;
@@ -706,7 +705,12 @@ pub async fn get_history(
             let next = (stored.len() == limit)
                 .then(|| stored.last().map(|e| e.version.0 + 1))
                 .flatten();
-            Ok(json!({"id": id, "events": events, "next_from": next}))
+            let page = wire::api::History {
+                id: &id,
+                events,
+                next_from: next,
+            };
+            serde_json::to_value(&page).map_err(Problem::internal)
         })
         .await?;
     Ok(HttpResponse::Ok().json(page))

@@ -16,12 +16,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use annals::{Position, RecordedEvent, Runtime};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::aggregates::Aggregates;
 use super::json::raw_envelope;
 use super::problem::{Kind, Problem};
 use super::{AppState, FeedRefusal, FeedSlot};
+use crate::wire::api::LogPage;
 
 /// Events per page of the live feed.
 const LIVE_PAGE_EVENTS: usize = 256;
@@ -66,11 +67,12 @@ pub async fn global_log(
             let stored = runtime.read_all(from, limit)?;
             let events = render(&shared.aggregates, &stored)?;
             let next_after = stored.last().map_or(after, |e| e.position.0);
-            Ok(json!({
-                "events": events,
-                "next_after": next_after,
-                "head": runtime.head_position().0,
-            }))
+            let page = LogPage {
+                events,
+                next_after,
+                head: runtime.head_position().0,
+            };
+            serde_json::to_value(&page).map_err(Problem::internal)
         })
         .await?;
     Ok(HttpResponse::Ok().json(page))

@@ -19,14 +19,16 @@ use actix_web::{web, HttpResponse};
 use annals::store::StoreHealth;
 use annals::SubscriberStatus;
 use annals_config::StoreBackend;
-use serde_json::json;
 
 use super::problem::{Kind, Problem};
 use super::AppState;
+use crate::wire::api::{Live, LiveStatus, Ready, ReadyStatus};
 
 /// `GET /livez`.
 pub async fn livez() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "live" }))
+    HttpResponse::Ok().json(Live {
+        status: LiveStatus::Live,
+    })
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
@@ -100,11 +102,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem>
         )
         .with("checks", failing));
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ready",
-        "head_position": state.try_runtime().map(|r| r.head_position().0),
-        "disk_free_bytes": free,
-    })))
+    Ok(HttpResponse::Ok().json(Ready {
+        status: ReadyStatus::Ready,
+        head_position: state.try_runtime().map(|r| r.head_position().0),
+        disk_free_bytes: free,
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -23,6 +23,8 @@ use annals::store::StoreError;
 use annals::{ExecuteError, Overload, SubscribeError, WaitError};
 use serde_json::{Map, Value};
 
+use crate::wire;
+
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -265,20 +267,21 @@ impl Problem {
         self.extensions.get(name)
     }
 
+    /// The body as it is sent.
+    fn wire(&self) -> wire::api::Problem<'_> {
+        wire::api::Problem {
+            type_uri: self.kind.type_uri(),
+            title: self.kind.title(),
+            status: self.kind.status().as_u16(),
+            detail: &self.detail,
+            retry_after_seconds: self.retry_after_seconds(),
+            extensions: &self.extensions,
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("type".into(), self.kind.type_uri().into());
-        body.insert("title".into(), self.kind.title().into());
-        body.insert("status".into(), self.kind.status().as_u16().into());
-        body.insert("detail".into(), self.detail.clone().into());
-        if let Some(seconds) = self.retry_after_seconds() {
-            body.insert("retry_after_seconds".into(), seconds.into());
-        }
-        for (name, value) in &self.extensions {
-            body.insert(name.clone(), value.clone());
-        }
-        Value::Object(body)
+        serde_json::to_value(self.wire()).unwrap_or(Value::Null)
     }
 }
 
@@ -313,7 +316,8 @@ impl ResponseError for Problem {
             // connection.
             response.force_close();
         }
-        response.body(self.body().to_string())
+        // A body of text and numbers cannot fail to serialize.
+        response.body(serde_json::to_vec(&self.wire()).unwrap_or_default())
     }
 }
 

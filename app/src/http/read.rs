@@ -28,11 +28,16 @@ use annals::{Position, StreamId, SubscriberInfo, SubscriberStatus, Timestamp};
 use annals_domain::customer::Customer;
 use annals_domain::views::{self, ValuableCursor, ValuableCustomers};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::json::{parse_rfc3339, rfc3339};
+use super::json::parse_rfc3339;
 use super::problem::{Kind, Problem};
 use super::AppState;
+use crate::wire::api::{
+    CustomerOrders, ParkedEvent, ParkedEvents, ParkedRetried, RebuildStarted, Rebuilding, Retried,
+    Subscriber, SubscriberState, Subscribers, ValuableCustomers as ValuablePage,
+};
+use crate::wire::time::{self, Rfc3339};
 
 /// Records of the valuable-customers view one request may read per entry of the largest page
 /// (`server.page_size_max`): the scan budget of one request, so that a `min_order_total` no
@@ -40,7 +45,7 @@ use super::AppState;
 /// bounded too: at most 1 + 8 × 255.)
 pub const VALUABLE_SCAN_PER_PAGE_ENTRY: usize = 10;
 
-fn status_json(info: &SubscriberInfo, owners: &[annals::store::Owner]) -> Value {
+fn status_json<'a>(info: &'a SubscriberInfo, owners: &'a [annals::store::Owner]) -> Subscriber<'a> {
     // A projection's lease is held under its storage name, `{name}@{generation}`; the latest
     // renewed one is the generation running.
     let owner = owners
@@ -53,25 +58,25 @@ fn status_json(info: &SubscriberInfo, owners: &[annals::store::Owner]) -> Value 
         })
         .max_by_key(|o| o.renewed_at);
     let (status, reason) = match &info.status {
-        SubscriberStatus::CatchingUp => ("catching_up", None),
-        SubscriberStatus::Live => ("live", None),
-        SubscriberStatus::Rebuilding => ("rebuilding", None),
-        SubscriberStatus::Stopped => ("stopped", None),
-        SubscriberStatus::Standby => ("standby", None),
-        SubscriberStatus::Retrying(why) => ("retrying", Some(why.as_str())),
-        SubscriberStatus::Failed(why) => ("failed", Some(why.as_str())),
+        SubscriberStatus::CatchingUp => (SubscriberState::CatchingUp, None),
+        SubscriberStatus::Live => (SubscriberState::Live, None),
+        SubscriberStatus::Rebuilding => (SubscriberState::Rebuilding, None),
+        SubscriberStatus::Stopped => (SubscriberState::Stopped, None),
+        SubscriberStatus::Standby => (SubscriberState::Standby, None),
+        SubscriberStatus::Retrying(why) => (SubscriberState::Retrying, Some(why.as_str())),
+        SubscriberStatus::Failed(why) => (SubscriberState::Failed, Some(why.as_str())),
     };
-    json!({
-        "name": info.name,
-        "checkpoint": info.checkpoint.0,
-        "head": info.head.0,
-        "lag_events": info.lag_events,
-        "lag_seconds": info.lag_seconds,
-        "status": status,
-        "reason": reason,
-        "owner": owner.map(|o| o.node.as_str()),
-        "owner_epoch": owner.map(|o| o.epoch),
-    })
+    Subscriber {
+        name: &info.name,
+        checkpoint: info.checkpoint.0,
+        head: info.head.0,
+        lag_events: info.lag_events,
+        lag_seconds: info.lag_seconds,
+        status,
+        reason,
+        owner: owner.map(|o| o.node.as_str()),
+        owner_epoch: owner.map(|o| o.epoch),
+    }
 }
 
 /// Checks a subscriber name from the path: what the runtime accepts as a name.
@@ -108,12 +113,12 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Pro
             .await
             .map_err(|e| Problem::internal(format!("reading the owners failed: {e}")))??
     };
-    let all: Vec<Value> = runtime
-        .subscribers()
+    let infos = runtime.subscribers();
+    let subscribers = infos
         .iter()
         .map(|info| status_json(info, &owners))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "subscribers": all })))
+    Ok(HttpResponse::Ok().json(Subscribers { subscribers }))
 }
 
 /// Runs `start` (which may start a rebuild) if fewer than `server.rebuilds_max` rebuilds are
@@ -152,14 +157,14 @@ pub async fn rebuild(
     check_name(&name)?;
     let runtime = state.runtime()?;
     bounded_rebuild(&state, async { Ok(runtime.rebuild(&name)?) }).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "name": *name,
-        "status": "rebuilding",
-        "detail": format!(
+    Ok(HttpResponse::Accepted().json(RebuildStarted {
+        name: &name,
+        status: Rebuilding::Rebuilding,
+        detail: format!(
             "{name} is being rebuilt from position 0 beside the live one and swapped in when \
              it reaches the head; GET /v1/projections shows its progress as {name}#rebuild"
         ),
-    })))
+    }))
 }
 
 /// `GET /v1/projections/{name}/parked`.
@@ -172,19 +177,20 @@ pub async fn parked(
     let name = name.into_inner();
     let body = state
         .read(move || {
-            let parked: Vec<Value> = runtime
-                .parked(&name)?
+            let stored = runtime.parked(&name)?;
+            let parked = stored
                 .iter()
-                .map(|p| {
-                    json!({
-                        "position": p.position.0,
-                        "reason": p.reason,
-                        "attempts": p.attempts,
-                        "parked_at": rfc3339(p.parked_at),
-                    })
+                .map(|p| ParkedEvent {
+                    position: p.position.0,
+                    reason: &p.reason,
+                    attempts: p.attempts,
+                    parked_at: Rfc3339(p.parked_at),
                 })
                 .collect();
-            Ok(json!({ "name": name, "parked": parked }))
+            to_json(&ParkedEvents {
+                name: &name,
+                parked,
+            })
         })
         .await?;
     Ok(HttpResponse::Ok().json(body))
@@ -222,11 +228,11 @@ pub async fn retry_parked(
     } else {
         retry.await?;
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "name": name,
-        "position": position.0,
-        "status": "retried",
-    })))
+    Ok(HttpResponse::Ok().json(ParkedRetried {
+        name: &name,
+        position: position.0,
+        status: Retried::Retried,
+    }))
 }
 
 /// A position from the path: canonical decimal digits only.
@@ -286,7 +292,7 @@ fn with_times(mut value: Value, fields: &[&str]) -> Value {
         for field in fields {
             if let Some(Value::Number(n)) = map.get(*field) {
                 if let Some(micros) = n.as_u64() {
-                    map.insert((*field).to_owned(), rfc3339(Timestamp(micros)).into());
+                    map.insert((*field).to_owned(), time::format(Timestamp(micros)).into());
                 }
             }
         }
@@ -338,7 +344,10 @@ pub async fn customer_orders(
                 .iter()
                 .map(|o| to_json(o).map(|v| with_times(v, &["created_at"])))
                 .collect::<Result<_, _>>()?;
-            Ok(json!({ "customer_id": id, "orders": orders }))
+            to_json(&CustomerOrders {
+                customer_id: &id,
+                orders,
+            })
         })
         .await?;
     Ok(HttpResponse::Ok().json(body))
@@ -441,10 +450,10 @@ pub async fn valuable_customers(
                 .iter()
                 .map(|c| to_json(c).map(|v| with_times(v, &["created_at"])))
                 .collect::<Result<_, _>>()?;
-            Ok(json!({
-                "customers": customers,
-                "next_after": page.next.as_ref().map(|c| Cursor::from_domain(c).render()),
-            }))
+            to_json(&ValuablePage {
+                customers,
+                next_after: page.next.as_ref().map(|c| Cursor::from_domain(c).render()),
+            })
         })
         .await?;
     Ok(HttpResponse::Ok().json(body))

@@ -472,13 +472,28 @@ impl<'a> Paths<'a> {
                     then replay). Give at most one of `version` and `as_of` (both: 400).",
                 "parameters": [
                     Self::aggregate_id(&example_id),
-                    query_integer("version", 1, U64_MAX, "The state as of this version."),
+                    // One exploded object (`?version=3` or `?as_of=...`), so that the schema
+                    // can say "at most one of them" (`maxProperties`), which two separate
+                    // parameters cannot.
                     {
-                        "name": "as_of", "in": "query", "required": false,
-                        "description": "The state as of this time (RFC 3339, any offset; \
-                            before 1970 is a 400).",
-                        "schema": {"type": "string", "format": "date-time",
-                            "pattern": TIME_SINCE_1971},
+                        "name": "at", "in": "query", "required": false,
+                        "style": "form", "explode": true,
+                        "description": "Which past state: `version` or `as_of`, each its own \
+                            query parameter, at most one of them (both: 400). Neither: the \
+                            current state.",
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "version": {"type": "integer", "minimum": 1, "maximum": U64_MAX,
+                                    "description": "The state as of this version."},
+                                "as_of": {"type": "string", "format": "date-time",
+                                    "pattern": TIME_SINCE_1971,
+                                    "description": "The state as of this time (RFC 3339, any \
+                                        offset; before 1970 is a 400)."},
+                            },
+                            "additionalProperties": false,
+                            "maxProperties": 1,
+                        },
                     },
                 ],
                 "responses": {"200": response(
@@ -576,7 +591,10 @@ impl<'a> Paths<'a> {
     }
 
     fn projection_name(&self) -> Value {
-        let mut schema = json!({"type": "string", "minLength": 1});
+        // Visible ASCII but `#`, `/` and `@`: every name a subscriber is registered under. A
+        // name with letters beyond ASCII is well formed too, and unknown (404).
+        let mut schema = json!({"type": "string",
+            "pattern": format!("^[!-\"$-.0-?A-~]{{1,{}}}$", annals::subscription::NAME_LEN_MAX)});
         if !self.projection_names.is_empty() {
             schema["examples"] = json!(self.projection_names);
         }

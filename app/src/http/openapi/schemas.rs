@@ -1,11 +1,12 @@
-//! The schemas of the API description: the domain's types, derived with `schemars` from the
-//! serde types themselves (so a changed command or event changes the document), and the HTTP
-//! shapes the handlers build around them (envelopes, replies, pages, problem details).
+//! The schemas of the API description, derived with `schemars` from the types themselves: the
+//! domain's (commands, events, states, rejections, read models) and the HTTP bodies the
+//! handlers serialize ([`crate::wire`]: envelopes, replies, pages, problem details), so a
+//! changed type changes the document.
 //!
-//! The HTTP shapes are written here by hand, next to nothing but their one source each: the
-//! `json!` bodies of the handlers in `aggregates.rs`, `log.rs`, `read.rs`, `ops.rs` and
-//! `json.rs`. Each schema names the function whose output it describes; the fuzzing run
-//! (`.ci/schemathesis`) checks every response the server gives against them.
+//! Written here by hand: each aggregate type's narrowing of the generic replies, the union of
+//! envelopes, the live feed's events (Server-Sent Events, not JSON), and the members of each
+//! kind of problem (`kinds.rs`). The fuzzing run (`.ci/schemathesis`) checks every response
+//! the server gives against the document.
 
 use annals::Aggregate;
 use annals_domain::{bank, customer, order, views};
@@ -15,6 +16,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::super::problem::Kind;
+use crate::wire::{self, api, cbor};
+
+/// An envelope of any aggregate type, its payload as the CBOR mapping writes it.
+type AnyEnvelope = wire::Envelope<'static, cbor::Json<'static>>;
 
 /// Where component schemas live, for `$ref`.
 pub(super) const SCHEMAS: &str = "#/components/schemas/";
@@ -46,9 +51,10 @@ fn bound_unsigned(schema: &mut Value) {
                 .and_then(Value::as_str)
                 .and_then(unsigned_max);
             if let Some(max) = max {
+                // A bound the type states (`range(min = 1)`) is kept.
                 map.remove("format");
-                map.insert("minimum".into(), 0.into());
-                map.insert("maximum".into(), max.into());
+                map.entry("minimum").or_insert_with(|| 0.into());
+                map.entry("maximum").or_insert_with(|| max.into());
             }
             map.values_mut().for_each(bound_unsigned);
         }
@@ -64,14 +70,11 @@ const VIEW_TIME_FIELDS: [&str; 1] = ["created_at"];
 /// The read models whose [`VIEW_TIME_FIELDS`] the API renders as text.
 const VIEW_SCHEMAS: [&str; 3] = ["CustomerSummary", "OrderListEntry", "ValuableCustomer"];
 
-/// An RFC 3339 time as the API writes it (`json::rfc3339`): UTC, microseconds.
+/// An RFC 3339 time as the API writes it ([`wire::time`]), with `description`.
 pub(super) fn time(description: &str) -> Value {
-    json!({
-        "type": "string",
-        "format": "date-time",
-        "description": description,
-        "examples": ["2026-11-27T16:00:00.123456Z"],
-    })
+    let mut schema = Value::from(wire::time::Rfc3339::json_schema(&mut generator(true)));
+    schema["description"] = description.into();
+    schema
 }
 
 /// `name` with its indefinite article (`an Account`, `a Customer`).
@@ -223,6 +226,22 @@ impl Schemas {
                 &[bank::AccountCommand::Deposit { amount: 1_000 }],
             ),
         ];
+        // The HTTP bodies (`crate::wire`), generic members at their widest; the aggregate
+        // types narrow them in `add_http_shapes`.
+        responses.subschema_for::<AnyEnvelope>();
+        responses.subschema_for::<api::CommandReply<'static, AnyEnvelope>>();
+        responses.subschema_for::<api::StateReply<'static, Value>>();
+        responses.subschema_for::<api::History<'static, AnyEnvelope>>();
+        responses.subschema_for::<api::LogPage<AnyEnvelope>>();
+        responses.subschema_for::<api::Subscribers<'static>>();
+        responses.subschema_for::<api::RebuildStarted<'static>>();
+        responses.subschema_for::<api::ParkedEvents<'static>>();
+        responses.subschema_for::<api::ParkedRetried<'static>>();
+        responses.subschema_for::<api::CustomerOrders<'static, views::OrderListEntry>>();
+        responses.subschema_for::<api::ValuableCustomers<views::ValuableCustomer>>();
+        responses.subschema_for::<api::Live>();
+        responses.subschema_for::<api::Ready>();
+        responses.subschema_for::<api::Problem<'static>>();
         responses.subschema_for::<views::CustomerSummary>();
         responses.subschema_for::<views::OrderListEntry>();
         responses.subschema_for::<views::ValuableCustomer>();
@@ -283,121 +302,55 @@ impl Schemas {
         self.components.insert(name.to_owned(), schema);
     }
 
-    /// The shapes the handlers build with `json!`.
+    /// The HTTP shapes that are not types: each aggregate type's narrowing of the generic
+    /// replies (its events, its state), the union of every envelope, and the live feed's
+    /// Server-Sent Events.
     fn add_http_shapes(&mut self) {
-        let int = |min: u64, max: u64, description: &str| json!({"type": "integer", "minimum": min, "maximum": max, "description": description});
-        let count = |description: &str| int(0, u64::MAX, description);
-        let text = |description: &str| json!({"type": "string", "description": description});
-        let nullable =
-            |description: &str| json!({"type": ["string", "null"], "description": description});
-        // `json::envelope`.
-        self.add(
-            "Envelope",
-            json!({
-                "description": "A committed event with its metadata (`json::envelope`). Events \
-                    of the aggregate types the server serves are upcast to their current \
-                    schema; others are converted generically from their stored CBOR.",
-                "type": "object",
-                "properties": {
-                    "event_id": {"type": "string", "format": "uuid",
-                        "description": "The event's unique id."},
-                    "aggregate": text("The aggregate type (`Customer`)."),
-                    "id": text("The aggregate id."),
-                    "version": int(1, u64::MAX, "The event's number within its stream, from 1."),
-                    "position": int(1, u64::MAX, "The event's number in the global log, from 1."),
-                    "type": text("The event type (`data.type` for the served aggregates)."),
-                    "schema_version": int(0, u16::MAX.into(), "The event type's schema version."),
-                    "recorded_at": time("When the event was committed."),
-                    "command_id": nullable(
-                        "The command id (`Idempotency-Key`) of the command that recorded it."),
-                    "correlation_id": nullable(
-                        "The correlation id of the command (`X-Correlation-Id`)."),
-                    "causation_id": nullable(
-                        "The causation id of the command (`X-Causation-Id`)."),
-                    "data": {"description": "The event's payload."},
-                },
-                "required": ["event_id", "aggregate", "id", "version", "position", "type",
-                    "schema_version", "recorded_at", "command_id", "correlation_id",
-                    "causation_id", "data"],
-            }),
-        );
-        let typed: Vec<(String, String, String, String)> = self
+        let typed: Vec<(String, String, String)> = self
             .aggregates
             .iter()
-            .map(|a| {
-                (
-                    a.type_name.to_owned(),
-                    a.event.clone(),
-                    a.state.clone(),
-                    a.command_types.join(", "),
-                )
-            })
+            .map(|a| (a.type_name.to_owned(), a.event.clone(), a.state.clone()))
             .collect();
-        for (type_name, event, state, _) in &typed {
-            self.add(
-                &format!("{type_name}Envelope"),
+        for (type_name, event, state) in &typed {
+            let envelope = format!("{type_name}Envelope");
+            let narrowed = |base: &str, description: String, properties: Value| {
                 json!({
-                    "description": format!("An event of {}.", a(type_name)),
-                    "allOf": [
-                        reference("Envelope"),
-                        {
-                            "properties": {
-                                "aggregate": {"const": type_name},
-                                "data": reference(event),
-                            },
-                        },
-                    ],
-                }),
+                    "description": description,
+                    "allOf": [reference(base), {"properties": properties}],
+                })
+            };
+            self.add(
+                &envelope,
+                narrowed(
+                    "Envelope",
+                    format!("An event of {}.", a(type_name)),
+                    json!({"aggregate": {"const": type_name}, "data": reference(event)}),
+                ),
             );
-            // `aggregates::Api::execute`.
+            let events = json!({"events": {"items": reference(&envelope)}});
             self.add(
                 &format!("{type_name}CommandReply"),
-                json!({
-                    "description": format!("The outcome of a command to {}.", a(type_name)),
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "The aggregate id."},
-                        "version": count("The aggregate's version after the command (the `ETag`)."),
-                        "position": {"type": ["integer", "null"], "minimum": 1, "maximum": u64::MAX,
-                            "description": "The position of the command's last event: pass it as \
-                                `min_position` to read your writes. `null` if the command recorded \
-                                nothing."},
-"events": {"type": "array", "items": reference(&format!("{type_name}Envelope")),
-                            "description": "The events the command recorded (none: it changed nothing)."},
-                    },
-                    "required": ["id", "version", "position", "events"],
-                }),
+                narrowed(
+                    "CommandReply",
+                    format!("The outcome of a command to {}.", a(type_name)),
+                    events.clone(),
+                ),
             );
-            // `aggregates::get_state`.
             self.add(
                 &format!("{type_name}StateReply"),
-                json!({
-                    "description": format!("The state of {} at a version.", a(type_name)),
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "The aggregate id."},
-                        "version": {"type": "integer", "minimum": 1, "maximum": u64::MAX,
-                            "description": "The version of the state (the `ETag`)."},
-                        "state": reference(state),
-                    },
-                    "required": ["id", "version", "state"],
-                }),
+                narrowed(
+                    "StateReply",
+                    format!("The state of {} at a version.", a(type_name)),
+                    json!({"state": reference(state)}),
+                ),
             );
-            // `aggregates::get_history`.
             self.add(
                 &format!("{type_name}History"),
-                json!({
-                    "description": format!("A page of the events of {}, oldest first.", a(type_name)),
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "The aggregate id."},
-                        "events": {"type": "array", "items": reference(&format!("{type_name}Envelope"))},
-                        "next_from": {"type": ["integer", "null"], "minimum": 2, "maximum": u64::MAX,
-                            "description": "The `from` of the next page; `null` when this page \
-                                was not full (the end of the stream, for now)."},
-                    },
-                    "required": ["id", "events", "next_from"],
-                }),
+                narrowed(
+                    "History",
+                    format!("A page of the events of {}, oldest first.", a(type_name)),
+                    events,
+                ),
             );
         }
         let served: Vec<&String> = typed.iter().map(|(name, ..)| name).collect();
@@ -407,15 +360,22 @@ impl Schemas {
             .collect();
         any_event.push(json!({
             "description": "An event of an aggregate type this server does not serve, its \
-                payload converted generically from CBOR (`json::cbor_to_json`).",
+                payload converted from CBOR by the lossless mapping (`data`).",
             "allOf": [
                 reference("Envelope"),
                 {"properties": {"aggregate": {"not": {"enum": served}}}},
             ],
         }));
         self.add("AnyEnvelope", json!({"oneOf": any_event}));
-        // `log::Feed::frame`: one event of the live feed, as an SSE client reads it (the
-        // `retry:` line and the keep-alive comments are not events).
+        if let Some(items) = self
+            .components
+            .get_mut("LogPage")
+            .and_then(|page| page.pointer_mut("/properties/events/items"))
+        {
+            *items = reference("AnyEnvelope");
+        }
+        // `log::frame`: one event of the live feed, as an SSE client reads it (the `retry:`
+        // line and the keep-alive comments are not events).
         self.add(
             "LiveEvent",
             json!({
@@ -432,174 +392,12 @@ impl Schemas {
                 "required": ["id", "data"],
             }),
         );
-        // `log::global_log`.
-        self.add(
-            "LogPage",
-            json!({
-                "description": "A page of the global log, by position.",
-                "type": "object",
-                "properties": {
-                    "events": {"type": "array", "items": reference("AnyEnvelope")},
-                    "next_after": count("The `after` of the next page: the last position of this \
-                        page, or the request's `after` if it is empty."),
-                    "head": count("The log's last position when the page was read."),
-                },
-                "required": ["events", "next_after", "head"],
-            }),
-        );
-        // `read::status_json`.
-        self.add(
-            "Subscriber",
-            json!({
-                "description": "A subscriber (projection, process manager, or a rebuild in \
-                    progress, named `{projection}#rebuild`).",
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "checkpoint": count("The last position it has processed."),
-                    "head": count("The log's head."),
-                    "lag_events": count("Events behind the head."),
-                    "lag_seconds": {"type": "number", "minimum": 0,
-                        "description": "Seconds since the oldest event it has not processed was \
-                            recorded (0 at the head)."},
-                    "status": {"enum": ["catching_up", "live", "rebuilding", "stopped", "retrying",
-                        "failed", "standby"],
-                        "description": "`standby`: another node sharing the database runs it \
-                            (PostgreSQL backend); this node takes over if that one stops."},
-                    "reason": nullable("Why it failed (status `failed`), or the store error it \
-                        waits to retry after (status `retrying`: it resumes by itself)."),
-                    "owner": nullable("The node that runs it, when several nodes share a \
-                        PostgreSQL database (`store.postgres_node_id`); null on the embedded \
-                        store."),
-                    "owner_epoch": {"type": ["integer", "null"], "minimum": 0,
-                        "description": "The owner's fencing epoch: it grows with every \
-                            takeover, and a commit of an older owner is refused."},
-                },
-                "required": ["name", "checkpoint", "head", "lag_events", "lag_seconds", "status", "reason", "owner", "owner_epoch"],
-            }),
-        );
-        self.add(
-            "Subscribers",
-            json!({
-                "type": "object",
-                "properties": {"subscribers": {"type": "array", "items": reference("Subscriber")}},
-                "required": ["subscribers"],
-            }),
-        );
-        // `read::rebuild`.
-        self.add(
-            "RebuildStarted",
-            json!({
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "status": {"const": "rebuilding"},
-                    "detail": {"type": "string"},
-                },
-                "required": ["name", "status", "detail"],
-            }),
-        );
-        // `read::parked`.
-        self.add(
-            "ParkedEvents",
-            json!({
-                "description": "Events a subscriber could not handle and set aside.",
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "parked": {"type": "array", "items": {
-                        "type": "object",
-                        "properties": {
-                            "position": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
-                            "reason": {"type": "string", "description": "The handler's last error."},
-                            "attempts": {"type": "integer", "minimum": 0, "maximum": u32::MAX},
-                            "parked_at": time("When it was parked."),
-                        },
-                        "required": ["position", "reason", "attempts", "parked_at"],
-                    }},
-                },
-                "required": ["name", "parked"],
-            }),
-        );
-        // `read::retry_parked`.
-        self.add(
-            "ParkedRetried",
-            json!({
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "position": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
-                    "status": {"const": "retried"},
-                },
-                "required": ["name", "position", "status"],
-            }),
-        );
-        // `read::customer_orders`, `read::valuable_customers`.
-        self.add(
-            "CustomerOrders",
-            json!({
-                "type": "object",
-                "properties": {
-                    "customer_id": {"type": "string"},
-                    "orders": {"type": "array", "items": reference("OrderListEntry"),
-                        "description": "In order id order; empty for an unknown customer."},
-                },
-                "required": ["customer_id", "orders"],
-            }),
-        );
-        self.add(
-            "ValuableCustomers",
-            json!({
-                "type": "object",
-                "properties": {
-                    "customers": {"type": "array", "items": reference("ValuableCustomer"),
-                        "description": "Oldest first."},
-                    "next_after": {"type": ["string", "null"],
-                        "description": "The `after` of the next page; null when there is none."},
-                },
-                "required": ["customers", "next_after"],
-            }),
-        );
-        // `ops::livez`, `ops::readyz`.
-        self.add(
-            "Live",
-            json!({"type": "object", "properties": {"status": {"const": "live"}}, "required": ["status"]}),
-        );
-        self.add(
-            "Ready",
-            json!({
-                "type": "object",
-                "properties": {
-                    "status": {"const": "ready"},
-                    "head_position": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
-                    "disk_free_bytes": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
-                },
-                "required": ["status", "head_position", "disk_free_bytes"],
-            }),
-        );
         self.add_problems();
     }
 
     /// `Problem` (`problem::Problem::body`) and one schema per [`Kind`], named after its
     /// anchor in `/docs` (`problem-bad-request`).
     fn add_problems(&mut self) {
-        self.add(
-            "Problem",
-            json!({
-                "description": "An error, as RFC 9457 problem details (`application/problem+json`).",
-                "type": "object",
-                "properties": {
-                    "type": {"type": "string", "format": "uri-reference",
-                        "description": "What kind of problem: a link to its section of `/docs`."},
-                    "title": {"type": "string", "description": "The kind's fixed summary."},
-                    "status": {"type": "integer", "minimum": 400, "maximum": 599},
-                    "detail": {"type": "string", "description": "What went wrong this time."},
-                    "retry_after_seconds": {"type": "integer", "minimum": 1, "maximum": u64::MAX,
-                        "description": "The `Retry-After` header's value, when there is one."},
-                },
-                "required": ["type", "title", "status", "detail"],
-            }),
-        );
         for kind in Kind::ALL {
             let mut properties = Map::new();
             properties.insert("type".into(), json!({"const": kind.type_uri()}));

@@ -1,7 +1,9 @@
-//! Event payloads between CBOR and JSON, generically: no knowledge of the domain's types.
+//! CBOR values as JSON and back, generically (no knowledge of the domain's types): the one
+//! mapping of the API (events of aggregate types the server does not serve), the export and the
+//! import (every payload and rejection).
 //!
-//! A payload is CBOR ([`annals::codec`]); the export writes it as the JSON value that reads
-//! most naturally, and the import turns that JSON back into the *same* CBOR value, so that an
+//! A payload is CBOR ([`annals::codec`]); it is written as the JSON value that reads most
+//! naturally, and [`from_json`] turns that JSON back into the *same* CBOR value, so that an
 //! export of an import is the export it came from, byte for byte. CBOR has more than JSON, so
 //! the few CBOR values without a JSON counterpart are written as an object with one key that
 //! starts with `$` (a **marker**):
@@ -31,6 +33,7 @@
 use std::collections::HashSet;
 
 use annals::codec::Value;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
@@ -40,7 +43,29 @@ const SMALL_MAP_ENTRIES: usize = 16;
 
 /// A CBOR value written as JSON (see the [module docs](self)).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Json<'a>(pub(crate) &'a Value);
+pub struct Json<'a>(pub &'a Value);
+
+impl JsonSchema for Json<'_> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CborJson".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A CBOR value as JSON. Integers, floats, text, booleans, null, arrays \
+                and maps with distinct text keys are their JSON counterparts; what JSON lacks \
+                is an object with one key starting with `$`: `{\"$bytes\": \"<hex>\"}`, \
+                `{\"$int\": \"<decimal>\"}` beyond 64 bits, `{\"$float\": \"NaN\"}` \
+                (also `inf`, `-inf`, or a number JSON parsers would not read back exactly), \
+                `{\"$tag\": [tag, value]}`, and `{\"$map\": [[key, value], ...]}` for any \
+                other map.",
+        })
+    }
+}
 
 impl Serialize for Json<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -155,7 +180,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Lower- or upper-case hex to bytes.
-pub(crate) fn unhex(text: &str) -> Result<Vec<u8>, String> {
+pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
         b'a'..=b'f' => Ok(c - b'a' + 10),
@@ -171,14 +196,14 @@ pub(crate) fn unhex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// Hex of bytes, for fingerprints.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+/// Hex of bytes (lower case), for fingerprints.
+pub fn to_hex(bytes: &[u8]) -> String {
     hex(bytes)
 }
 
 /// Turns a JSON value read into a CBOR [`Value`] (serde_json keeps objects in their order)
 /// into the CBOR value it stands for, resolving markers. The error names the marker at fault.
-pub(crate) fn from_json(value: Value) -> Result<Value, String> {
+pub fn from_json(value: Value) -> Result<Value, String> {
     Ok(match value {
         Value::Array(items) => {
             Value::Array(items.into_iter().map(from_json).collect::<Result<_, _>>()?)
@@ -272,6 +297,8 @@ fn unmark(key: &str, inner: Value) -> Result<Value, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// CBOR → JSON text → CBOR.
@@ -364,6 +391,54 @@ mod tests {
             let read: Value = serde_json::from_str(json).expect("valid JSON");
             let err = from_json(read).expect_err(json);
             assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    /// Any CBOR value this build writes: integers over CBOR's whole range (±2^64), floats of
+    /// every bit pattern but NaNs with a payload (the one NaN of `$float` is the canonical one),
+    /// byte strings, tags, and maps with keys of any kind, repeated keys and `$` keys included.
+    fn any_value() -> impl Strategy<Value = Value> {
+        let integer = (-(1i128 << 64)..(1i128 << 64)).prop_filter_map("a CBOR integer", |n| {
+            Value::Integer(n.try_into().ok()?).into()
+        });
+        let float = any::<u64>()
+            .prop_map(f64::from_bits)
+            .prop_map(|f| Value::Float(if f.is_nan() { f64::NAN } else { f }));
+        let leaf = prop_oneof![
+            integer,
+            float,
+            any::<i64>().prop_map(|n| Value::Integer(n.into())),
+            "[a-z$]{0,4}".prop_map(Value::Text),
+            any::<String>().prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..6)
+                    .prop_map(Value::Map),
+                proptest::collection::vec(
+                    ("[a-z$]{0,3}".prop_map(Value::Text), inner.clone()),
+                    0..6
+                )
+                .prop_map(Value::Map),
+                (any::<u64>(), inner).prop_map(|(tag, v)| Value::Tag(tag, Box::new(v))),
+            ]
+        })
+    }
+
+    proptest! {
+        /// CBOR → JSON text → CBOR gives the same CBOR bytes (so floats bit for bit), and the
+        /// JSON of what came back is the same text.
+        #[test]
+        fn any_cbor_value_round_trips(value in any_value()) {
+            let (json, back) = round_trip(&value);
+            let encode = |v: &Value| annals::codec::encode_plain("value", v).expect("encodes");
+            prop_assert_eq!(encode(&back), encode(&value), "{}", json);
+            let (again, _) = round_trip(&back);
+            prop_assert_eq!(again, json);
         }
     }
 

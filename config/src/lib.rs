@@ -64,6 +64,7 @@
 //! | `token` | [`Token`], [`Scope`], [`Scopes`]: bearer tokens and what each may do |
 
 mod error;
+pub mod flags;
 mod keys;
 mod raw;
 mod render;

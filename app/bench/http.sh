@@ -34,7 +34,8 @@ trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 # bench NAME COMMAND…: starts the server (which prints its URL on stderr), waits until
 # /readyz answers, runs wrk, stops the server, and keeps wrk's summary in $work/NAME.
 bench() {
-  local name="$1" url="" log="$work/$name.log"
+  local name="$1" url=""
+  local log="$work/$name.log"
   shift
   "$@" 2>"$log" &
   pid=$!

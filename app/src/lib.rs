@@ -1,22 +1,19 @@
 //! The Annals service as a library (package `annals-app`): the HTTP API ([`http`]), the server
-//! around it ([`server`]), the administrative commands on a store ([`admin`]) and the
-//! load-test harness ([`load`]) behind the `annals` binary, and the JSON forms they share
-//! ([`wire`]). Tests and other programs start the
-//! same server in-process with [`server::Server::start`].
+//! around it ([`server`]) and the administrative commands on a store ([`admin`]) behind the
+//! `annals` binary, the JSON forms they share ([`wire`]), and the flags that name a
+//! configuration ([`cli`]). Tests and other programs start the same server in-process with
+//! [`server::Server::start`]. The binary's `load` subcommand is the load-test harness of the
+//! package `annals-load` (`app/load/`), which does not depend on this crate.
 
 use std::process::ExitCode;
 
+use annals_config::flags::UsageError;
+
 pub mod admin;
+pub mod cli;
 pub mod http;
-pub mod load;
 pub mod server;
 pub mod wire;
-
-/// A mistake of the caller (bad arguments, bad configuration): the binary exits with code 2
-/// instead of 1, which it keeps for failures found at run time (damage, lost writes).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// The exit code for an error returned by a subcommand: 2 for a [`UsageError`] anywhere in its
 /// chain, 1 otherwise.

@@ -1,8 +1,9 @@
 //! The `annals` binary: the HTTP service (`serve`), its effective configuration (`config`), the
 //! administrative commands on a store — a data directory, or a PostgreSQL schema — (`verify`,
-//! `export`, `import`, `stats`) and the load-test harness (`load`). Each subcommand lives in the `annals_app` library; this file only
-//! parses the command line and turns results into exit codes (0 success, 1 failure found, 2 bad
-//! usage or configuration).
+//! `export`, `import`, `stats`) and the load-test harness (`load`). Each subcommand lives in a
+//! library (`annals_app`, or `annals_load` for `load`); this file only parses the command line
+//! and turns results into exit codes (0 success, 1 failure found, 2 bad usage or
+//! configuration).
 
 use std::process::ExitCode;
 
@@ -40,7 +41,7 @@ enum Command {
     Stats(annals_app::admin::StatsArgs),
     /// Measure throughput and latency in-process or against a running server.
     // Boxed: its many flags would make every command as large as it.
-    Load(Box<annals_app::load::LoadArgs>),
+    Load(Box<annals_load::LoadArgs>),
 }
 
 fn main() -> ExitCode {
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
         Command::Export(args) => annals_app::admin::export(&args),
         Command::Import(args) => annals_app::admin::import(&args),
         Command::Stats(args) => annals_app::admin::stats(&args),
-        Command::Load(args) => annals_app::load::run(&args),
+        Command::Load(args) => annals_load::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -23,7 +23,6 @@
 //! `annals serve` exits 1; the URL in it has its password replaced by `***`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,77 +31,47 @@ use std::time::{Duration, Instant};
 use actix_web::{middleware::from_fn, web, App, HttpServer};
 use annals::store::{BatchObserver, EventStore, PgStore};
 use annals::{Runtime, RuntimeError};
+use annals_config::flags::UsageError;
 use annals_config::{Config, Flag, LogFormat, Sources, StoreBackend};
 use anyhow::Context as _;
 
+use crate::cli::ConfigArgs;
 use crate::http::{self, AppState};
-use crate::UsageError;
 
 /// Arguments of `annals serve` and `annals config`: where the configuration comes from.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// A TOML configuration file (every key is documented in config/annals.toml).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// `--config`, `--data-dir`, `--set`.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// The address to listen on (server.addr); port 0 picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
-    /// The data directory (store.data_dir).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Sets any key, such as `--set store.durability=relaxed` or `--set
-    /// store.backend=postgres --set store.postgres_url=postgres://…`; repeatable, applied last.
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-    pub set: Vec<String>,
 }
 
 impl ServeArgs {
     /// The configuration sources: the file, the process's `ANNALS_*` environment, the flags.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for a malformed `--set`.
     pub fn sources(&self) -> Result<Sources, UsageError> {
-        let mut flags = Vec::new();
-        if let Some(addr) = &self.addr {
-            flags.push(flag("server.addr", addr.clone(), "--addr"));
-        }
-        if let Some(dir) = &self.data_dir {
-            flags.push(flag(
-                "store.data_dir",
-                dir.display().to_string(),
-                "--data-dir",
-            ));
-        }
-        flags.extend(set_flags(&self.set)?);
-        let mut sources = Sources::default();
-        sources.file.clone_from(&self.config);
-        sources.env = annals_config::environment();
-        sources.flags = flags;
-        Ok(sources)
+        self.config.sources(self.addr_flag())
     }
 
     /// The validated configuration.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for a malformed `--set` or any mistake the configuration has.
     pub fn load(&self) -> Result<Config, UsageError> {
-        Config::load(&self.sources()?).map_err(|e| UsageError(format!("configuration: {e}")))
+        self.config.load(self.addr_flag())
     }
-}
 
-pub(crate) fn flag(key: &str, value: String, name: &str) -> Flag {
-    Flag {
-        key: key.to_owned(),
-        value,
-        name: name.to_owned(),
+    fn addr_flag(&self) -> Vec<Flag> {
+        let addr = self.addr.as_ref();
+        addr.map(|addr| Flag::new("server.addr", addr.clone(), "--addr"))
+            .into_iter()
+            .collect()
     }
-}
-
-/// The flags of `--set SECTION.KEY=VALUE` arguments, in order. The value is never echoed in
-/// a message: it may be a token or a database password.
-pub(crate) fn set_flags(set: &[String]) -> Result<Vec<Flag>, UsageError> {
-    set.iter()
-        .map(|setting| {
-            let (key, value) = setting.split_once('=').ok_or_else(|| {
-                UsageError(format!("--set {setting:?}: expected SECTION.KEY=VALUE"))
-            })?;
-            Ok(flag(key.trim(), value.to_owned(), "--set"))
-        })
-        .collect()
 }
 
 /// Where the configured store is, for messages and logs: the data directory, or the

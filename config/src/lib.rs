@@ -62,7 +62,9 @@
 //!    [`Scope`], [`Scopes`]: bearer tokens and what each may do; uses `secret`);
 //! 3. `source` ([`Sources`], [`Flag`], [`environment`]; uses `error`, `origin`) and `config`
 //!    ([`Config`] and its sections, the defaults, [`Config::runtime_options`],
-//!    [`Config::store_options`]; uses `origin`, `secret`, `token`);
+//!    [`Config::store_options`]; uses `origin`, `secret`, `token`),
+//!    and `flags` ([`flags::set_flags`], [`flags::UsageError`]: what the binary's command lines
+//!    share; uses `source`);
 //! 4. `keys` (every key: its section, its name, the raw value it reads and how that is parsed
 //!    and bounded, and the checks between keys; uses `config`, `error`, `origin`, `secret`,
 //!    `token`);
@@ -74,6 +76,7 @@
 
 mod config;
 mod error;
+pub mod flags;
 mod keys;
 mod origin;
 mod raw;

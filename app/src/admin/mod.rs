@@ -129,10 +129,10 @@ use std::process::ExitCode;
 use annals::store::state::CHECKPOINTS;
 use annals::store::StoreError;
 use annals::{Position, RecordedEvent};
+use annals_config::flags::UsageError;
 
 use self::store::Store;
 pub use self::store::StoreArgs;
-use crate::UsageError;
 
 /// Events read from the log per page by the commands that scan it: memory stays bounded by a
 /// page, whatever the log's size.

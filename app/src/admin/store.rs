@@ -23,50 +23,40 @@ use std::sync::Arc;
 use annals::store::postgres::redacted_url;
 use annals::store::sled::{IntegrityCheck, SledOptions, SledStore};
 use annals::store::{EventStore, PgOptions, PgStore, StateStore, StoreError};
-use annals_config::{Config, Origin, Sources, StoreBackend};
+use annals_config::flags::UsageError;
+use annals_config::{Config, Origin, StoreBackend};
 
 use super::{damaged, usage};
-use crate::server::{flag, set_flags};
-use crate::UsageError;
+use crate::cli::ConfigArgs;
 
-/// Where the store of `annals verify`, `export`, `import` and `stats` is: flags shared by the
-/// four commands.
+/// Where the store of `annals verify`, `export`, `import` and `stats` is: the flags of
+/// [`ConfigArgs`], shared by the four commands, with their help worded for a store.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(
+    mut_arg("data_dir", |arg| arg.help(
+        "The data directory of the sled store (`store.data_dir`; the store of `annals serve \
+         --data-dir`)"
+    )),
+    mut_arg("config", |arg| arg.help(
+        "A TOML configuration file, as `annals serve --config` reads it (its `[store]` \
+         section names the store)"
+    )),
+    mut_arg("set", |arg| arg.help(
+        "Sets a configuration key, such as `--set store.backend=postgres --set \
+         store.postgres_url=postgres://USER:PASSWORD@HOST/DATABASE`; repeatable, applied last"
+    )),
+)]
 pub struct StoreArgs {
-    /// The data directory of the sled store (`store.data_dir`; the store of `annals serve
-    /// --data-dir`).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// A TOML configuration file, as `annals serve --config` reads it (its `[store]` section
-    /// names the store).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Sets a configuration key, such as `--set store.backend=postgres --set
-    /// store.postgres_url=postgres://USER:PASSWORD@HOST/DATABASE`; repeatable, applied last.
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-    pub set: Vec<String>,
+    /// `--config`, `--data-dir`, `--set`.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 impl StoreArgs {
     /// The store these flags name, through the configuration (file, environment, flags).
     pub(super) fn target(&self) -> Result<Target, UsageError> {
-        let mut flags = Vec::new();
-        if let Some(dir) = &self.data_dir {
-            flags.push(flag(
-                "store.data_dir",
-                dir.display().to_string(),
-                "--data-dir",
-            ));
-        }
-        flags.extend(set_flags(&self.set)?);
-        let sources = Sources {
-            file: self.config.clone(),
-            env: annals_config::environment(),
-            flags,
-        };
-        let config =
-            Config::load(&sources).map_err(|e| UsageError(format!("configuration: {e}")))?;
-        Target::of(&config, self.data_dir.is_some())
+        let config = self.config.load(Vec::new())?;
+        Target::of(&config, self.config.data_dir.is_some())
     }
 }
 

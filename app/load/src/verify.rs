@@ -31,8 +31,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::target::{Ack, Client, LogEvent};
-use super::workload::Kind;
+use crate::target::{Ack, Client, LogEvent};
+use crate::workload::Kind;
 
 /// Findings kept in the report (all are counted).
 pub(crate) const PROBLEMS_KEPT: usize = 100;
@@ -468,7 +468,7 @@ async fn summary_within(
     customer: &str,
     position: u64,
     wait: Duration,
-) -> Result<Option<Value>, super::target::ReadError> {
+) -> Result<Option<Value>, crate::target::ReadError> {
     let deadline = Instant::now() + wait;
     loop {
         match client.customer_summary(customer, position, wait).await {
@@ -733,7 +733,7 @@ mod tests {
             command: "Deposit",
             ack: Ack {
                 version: 1,
-                events: vec![super::super::target::EventRef {
+                events: vec![crate::target::EventRef {
                     event_id,
                     version: 1,
                     position,

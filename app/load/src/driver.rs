@@ -47,13 +47,13 @@ use futures::channel::oneshot;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use super::args::{Plan, Shape};
-use super::progress::{Goal, Progress, Snapshot, TICK};
-use super::report::{self, Journal, Latency, Report, Saga, Setup, REPORT_VERSION};
-use super::saga::{self, Awaited, Board};
-use super::target::{Client, Connect, FailKind, Failure, Failures, Outcome};
-use super::verify::{self, AckRecord};
-use super::workload::{self, Picker, Request, WorkloadKind};
+use crate::args::{Plan, Shape};
+use crate::progress::{Goal, Progress, Snapshot, TICK};
+use crate::report::{self, Journal, Latency, Report, Saga, Setup, REPORT_VERSION};
+use crate::saga::{self, Awaited, Board};
+use crate::target::{Client, Connect, FailKind, Failure, Failures, Outcome};
+use crate::verify::{self, AckRecord};
+use crate::workload::{self, Picker, Request, WorkloadKind};
 
 /// Pause of a closed-loop client after a failure other than a timeout or an overload with a
 /// retry hint.

@@ -1,6 +1,15 @@
-//! `annals load`: the load-test harness. It drives a workload against a runtime in this process
-//! or a running `annals serve`, reports throughput and latency, and with `--verify` checks that
-//! nothing acknowledged was lost or duplicated.
+//! `annals load`: the load-test harness (package `annals-load`). It drives a workload against a
+//! runtime in this process or a running `annals serve`, reports throughput and latency, and with
+//! `--verify` checks that nothing acknowledged was lost or duplicated.
+//!
+//! The `annals` binary parses [`LoadArgs`] as its `load` subcommand and calls [`run`]. The
+//! harness is a crate of its own so that the service (`annals-app`) does not carry its client
+//! dependencies (awc, hdrhistogram, indicatif, rand) and the harness does not depend on the
+//! service: it talks to a server over HTTP only, and opens an in-process runtime with the
+//! runtime crate and the reference domain directly. What it shares with the service's command
+//! line — `--config` and `--set` read into a configuration, and
+//! [`UsageError`](annals_config::flags::UsageError) for exit code 2 — comes from
+//! `annals-config`.
 //!
 //! ```text
 //! annals load [--target inproc|http://HOST:PORT] [--workload bank|orders]

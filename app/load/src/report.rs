@@ -10,7 +10,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::verify::Verification;
+use crate::verify::Verification;
 
 /// The version of the report's JSON shape.
 pub(crate) const REPORT_VERSION: u32 = 1;

@@ -22,8 +22,8 @@ use awc::http::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::target::{Ack, EventRef, FailKind, Failure, LogEvent, Outcome, ReadError};
-use super::workload::{Kind, Request};
+use crate::target::{Ack, EventRef, FailKind, Failure, LogEvent, Outcome, ReadError};
+use crate::workload::{Kind, Request};
 
 /// Largest response body read, in bytes: a page of the log at the server's page-size limit
 /// fits with room to spare.

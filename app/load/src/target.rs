@@ -1,5 +1,5 @@
 //! The two targets behind one [`Client`]: a [`Runtime`] in this process, or a running server
-//! over HTTP ([`super::http`]). The driver and the verifier only see what both have in common:
+//! over HTTP ([`crate::http`]). The driver and the verifier only see what both have in common:
 //! send a command and learn its [`Outcome`], read the global log and a stream as [`LogEvent`]s,
 //! and read a customer summary once the read model has reached a position.
 //!
@@ -19,8 +19,8 @@ use annals_domain::views;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::http::HttpClient;
-use super::workload::{Command, Kind, Request};
+use crate::http::HttpClient;
+use crate::workload::{Command, Kind, Request};
 
 /// One committed event, as a command's reply names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use parking_lot::Mutex;
 
-use super::target::Client;
-use super::workload::Kind;
+use crate::target::Client;
+use crate::workload::Kind;
 
 /// Pause between reads of the log when the in-process log had nothing new.
 pub(crate) const POLL_IDLE_INPROC: Duration = Duration::from_millis(1);

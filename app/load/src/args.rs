@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use annals::store::sled::Durability;
 use annals::store::StoreOptions;
+use annals_config::flags::{set_flags, UsageError};
 use annals_config::{Config, Origin, Sources, StoreBackend};
 
-use super::workload::WorkloadKind;
-use crate::server::set_flags;
-use crate::UsageError;
+use crate::workload::WorkloadKind;
 
 /// The run length when neither `--duration` nor `--commands` is given.
 pub(crate) const DURATION_DEFAULT: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@
 #
 #   app/bench/http.sh [DURATION=10s] [CONNECTIONS=64] [THREADS=1]
 #   ONLY=annals app/bench/http.sh     # one server only (or ONLY=baseline)
+#   ANNALS_ARGS="--set runtime.arbiters=1" app/bench/http.sh   # more flags for annals serve
 #   NO_BUILD=1 app/bench/http.sh      # use the binaries already built
 #
 # Binaries come from $CARGO_TARGET_DIR/release (target/release if it is not set). Needs wrk
@@ -67,7 +68,7 @@ bench() {
 
 if [ "$only" != baseline ]; then
   bench annals "$bin/annals" serve --addr 127.0.0.1:0 --data-dir "$work/annals-store" \
-    --set log.level=warn,annals_app=info
+    --set log.level=warn,annals_app=info ${ANNALS_ARGS:-}
 fi
 if [ "$only" != annals ]; then
   bench baseline "$bin/baseline" --addr 127.0.0.1:0 --data-dir "$work/baseline-store"

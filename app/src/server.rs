@@ -271,7 +271,7 @@ impl Server {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(from_fn(http::middleware::observe))
-                .configure(http::routes)
+                .configure(|config| http::routes(config, &app_state.aggregates))
         })
         .workers(server_config.workers.get())
         .max_connections(server_config.connections_max.get())

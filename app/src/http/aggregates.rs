@@ -33,7 +33,7 @@ use super::access::Grant;
 use super::json::{parse_rfc3339, typed_envelope};
 use super::metrics::Outcome;
 use super::problem::{Kind, Problem};
-use super::AppState;
+use super::{AppState, Served};
 use crate::wire;
 
 /// A command's reply, before it becomes a response.
@@ -275,8 +275,25 @@ impl Aggregates {
     }
 
     /// Serves `api` under `/v1/{api.route()}`.
+    ///
+    /// # Panics
+    /// If the route is already taken — by another aggregate type, or by a fixed route of
+    /// [`ROUTES`](super::ROUTES) (`events`, `projections`, `views`): the server's own
+    /// registration is wrong, which its start must not hide.
     pub fn add(&mut self, api: impl ApiAggregate + 'static) {
-        self.by_route.insert(api.route(), Arc::new(api));
+        let route = api.route();
+        let fixed = super::ROUTES.iter().any(|r| {
+            !r.pattern.starts_with(super::AGGREGATE_PREFIX)
+                && r.pattern
+                    .strip_prefix("/v1/")
+                    .and_then(|rest| rest.split('/').next())
+                    == Some(route)
+        });
+        assert!(
+            !fixed && !self.by_route.contains_key(route),
+            "the route /v1/{route} is already taken"
+        );
+        self.by_route.insert(route, Arc::new(api));
     }
 
     /// The aggregate type served under `route`.
@@ -477,12 +494,13 @@ async fn json_body(
 pub async fn post_command(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    served: web::Data<Served>,
+    path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let started = Instant::now();
-    let (route, id) = path.into_inner();
-    let api = Arc::clone(state.aggregates.get(&route)?);
+    let id = path.into_inner();
+    let api = Arc::clone(&served.0);
     let result = execute(&state, &req, api.as_ref(), &id, payload).await;
     let (command, outcome) = match &result {
         Ok((command, _)) => (*command, Outcome::Ok),
@@ -615,11 +633,12 @@ pub struct StateQuery {
 /// `GET /v1/{aggregate}/{id}`.
 pub async fn get_state(
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    served: web::Data<Served>,
+    path: web::Path<String>,
     query: web::Query<StateQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let (route, id) = path.into_inner();
-    let api = Arc::clone(state.aggregates.get(&route)?);
+    let id = path.into_inner();
+    let api = Arc::clone(&served.0);
     let runtime = state.runtime()?;
     let at = match (query.version, &query.as_of) {
         (Some(_), Some(_)) => {
@@ -685,11 +704,12 @@ pub struct HistoryQuery {
 /// `GET /v1/{aggregate}/{id}/events`.
 pub async fn get_history(
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    served: web::Data<Served>,
+    path: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let (route, id) = path.into_inner();
-    let api = Arc::clone(state.aggregates.get(&route)?);
+    let id = path.into_inner();
+    let api = Arc::clone(&served.0);
     let runtime = state.runtime()?;
     let limit = state.page_size(query.limit)?;
     let from = Version(query.from.unwrap_or(1).max(1));
@@ -754,5 +774,32 @@ fn whole_floats_to_integers(value: &mut Value) -> bool {
             .values_mut()
             .fold(false, |any, v| whole_floats_to_integers(v) | any),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "the route /v1/events is already taken")]
+    fn an_aggregate_cannot_take_a_fixed_route() {
+        let mut all = Aggregates::domain();
+        all.add(Api::<annals_domain::bank::Account>::new(
+            "events",
+            &["Deposit"],
+            &[],
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "the route /v1/orders is already taken")]
+    fn two_aggregates_cannot_share_a_route() {
+        let mut all = Aggregates::domain();
+        all.add(Api::<annals_domain::bank::Account>::new(
+            "orders",
+            &["Deposit"],
+            &[],
+        ));
     }
 }

@@ -441,10 +441,13 @@ fn post() -> actix_web::Route {
     web::post()
 }
 
-/// Every route, in matching order: the aggregate routes first (see `aggregate_path`). This
-/// table is the only place routes are registered ([`routes`]), so every route has an
-/// [`Access`]; the API description is checked against it (`tests/tests/openapi.rs`), and the
-/// access tests walk it (`tests/tests/http_hostile.rs`).
+/// Every route. This table is the only place routes are registered ([`routes`]), so every
+/// route has an [`Access`]; the API description is checked against it
+/// (`tests/tests/openapi.rs`), and the access tests walk it (`tests/tests/http_hostile.rs`).
+/// The routes under [`AGGREGATE_PREFIX`] are registered once per aggregate type served, in a
+/// scope of its own (`/v1/customers`, `/v1/orders`…): every path segment the router matches is
+/// static but the ids, and the handler finds its aggregate type in the scope's data
+/// ([`Served`]).
 pub static ROUTES: &[Route] = &[
     Route {
         pattern: "/livez",
@@ -480,28 +483,19 @@ pub static ROUTES: &[Route] = &[
         pattern: "/v1/{aggregate}/{id}/commands",
         method: Method::Post,
         access: Access::COMMANDS,
-        add: |r| {
-            r.guard(guard::fn_guard(aggregate_path))
-                .route(post().to(aggregates::post_command))
-        },
+        add: |r| r.route(post().to(aggregates::post_command)),
     },
     Route {
         pattern: "/v1/{aggregate}/{id}/events",
         method: Method::Get,
         access: Access::READ,
-        add: |r| {
-            r.guard(guard::fn_guard(aggregate_path))
-                .route(get().to(aggregates::get_history))
-        },
+        add: |r| r.route(get().to(aggregates::get_history)),
     },
     Route {
         pattern: "/v1/{aggregate}/{id}",
         method: Method::Get,
         access: Access::READ,
-        add: |r| {
-            r.guard(guard::fn_guard(aggregate_path))
-                .route(get().to(aggregates::get_state))
-        },
+        add: |r| r.route(get().to(aggregates::get_state)),
     },
     Route {
         pattern: "/v1/events",
@@ -559,30 +553,44 @@ pub static ROUTES: &[Route] = &[
     },
 ];
 
-/// Registers every route of [`ROUTES`] on `config`, each behind its access level
-/// ([`access::guarded`]), and the answer to paths no route matches.
-pub fn routes(config: &mut web::ServiceConfig) {
-    config.app_data(query_config()).app_data(path_config());
-    for route in ROUTES {
-        let resource = (route.add)(resource(route.pattern, route.method.allow()));
-        config.service(access::guarded(resource, route.access));
+/// The prefix of the per-aggregate routes of [`ROUTES`]: `{aggregate}` stands for the route
+/// name of each aggregate type served ([`ApiAggregate::route`](aggregates::ApiAggregate::route)).
+pub const AGGREGATE_PREFIX: &str = "/v1/{aggregate}";
+
+/// The aggregate type a per-aggregate scope serves (the scope's data, for its handlers).
+#[derive(Clone)]
+pub struct Served(pub Arc<dyn aggregates::ApiAggregate>);
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Served").field(&self.0.route()).finish()
     }
-    config.default_service(web::to(not_found));
 }
 
-/// The first path segments under `/v1/` that are not aggregate types.
-const RESERVED: [&str; 3] = ["events", "projections", "views"];
-
-/// Whether the request's first segment after `/v1/` may name an aggregate type: the aggregate
-/// routes are matched first (they carry nearly all the traffic), and the fixed routes whose
-/// paths they would also match are reached through this guard. The segment is compared
-/// percent-decoded, as the router matched it (`/v1/%65vents/live` is `/v1/events/live`).
-fn aggregate_path(ctx: &guard::GuardContext<'_>) -> bool {
-    let decoded = access::percent_decoded(ctx.head().uri.path());
-    let path = String::from_utf8_lossy(&decoded);
-    path.strip_prefix("/v1/")
-        .and_then(|rest| rest.split('/').next())
-        .is_some_and(|segment| !RESERVED.contains(&segment))
+/// Registers every route of [`ROUTES`] on `config`, each behind its access level
+/// ([`access::guarded`]): the fixed ones once, the per-aggregate ones in a scope for each of
+/// `aggregates`; and the answer to paths no route matches.
+pub fn routes(config: &mut web::ServiceConfig, aggregates: &Aggregates) {
+    config.app_data(query_config()).app_data(path_config());
+    for route in ROUTES {
+        if !route.pattern.starts_with(AGGREGATE_PREFIX) {
+            let resource = (route.add)(resource(route.pattern, route.method.allow()));
+            config.service(access::guarded(resource, route.access));
+        }
+    }
+    for api in aggregates.iter() {
+        let mut scope = web::scope(&format!("/v1/{}", api.route()))
+            .app_data(web::Data::new(Served(Arc::clone(api))))
+            .default_service(web::to(not_found));
+        for route in ROUTES {
+            if let Some(pattern) = route.pattern.strip_prefix(AGGREGATE_PREFIX) {
+                let resource = (route.add)(resource(pattern, route.method.allow()));
+                scope = scope.service(access::guarded(resource, route.access));
+            }
+        }
+        config.service(scope);
+    }
+    config.default_service(web::to(not_found));
 }
 
 /// A resource whose other methods answer 405 as a problem, with `Allow: {allow}`.

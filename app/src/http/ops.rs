@@ -93,7 +93,15 @@ fn failing_checks(state: &AppState) -> (Vec<String>, Option<u64>) {
 
 /// `GET /readyz`.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let (failing, free) = failing_checks(&state);
+    // The checks read the store (a subscriber's state, the disk's free space): on the blocking
+    // pool, not on an HTTP worker. Not through the bounded reads of `AppState::read`, so that
+    // a burst of reads does not make the server look unready; a probe comes every few seconds.
+    let checked = state.clone();
+    let (failing, free) = web::block(move || failing_checks(&checked))
+        .await
+        .map_err(|e| {
+            Problem::internal(format!("the blocking pool could not run the checks: {e}"))
+        })?;
     if !failing.is_empty() {
         return Err(Problem::overloaded(
             Kind::Unavailable,
@@ -109,15 +117,21 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem>
     }))
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// `GET /metrics`: Prometheus text format. Rendered on the blocking pool, as a store read
+/// ([`AppState::read`]): the subscribers' lag reads the log.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let (metrics, runtime, postgres) = (
+        state.metrics.clone(),
+        state.try_runtime(),
+        state.postgres_store(),
+    );
+    let text = state
+        .read(move || Ok(metrics.render(runtime.as_ref(), postgres.as_ref())))
+        .await?;
+    Ok(HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         ))
-        .body(state.metrics.render(
-            state.try_runtime().as_ref(),
-            state.postgres_store().as_ref(),
-        ))
+        .body(text))
 }

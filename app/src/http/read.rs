@@ -106,19 +106,23 @@ fn check_customer_id(id: &str) -> Result<(), Problem> {
 /// `GET /v1/projections`: every subscriber (projections, process managers, rebuilds).
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let runtime = state.runtime()?;
-    // Which node runs what, when nodes share a database (empty on the embedded store).
-    let owners = {
-        let state = runtime.stores().state;
-        web::block(move || state.owners())
-            .await
-            .map_err(|e| Problem::internal(format!("reading the owners failed: {e}")))??
-    };
-    let infos = runtime.subscribers();
-    let subscribers = infos
-        .iter()
-        .map(|info| status_json(info, &owners))
-        .collect();
-    Ok(HttpResponse::Ok().json(Subscribers { subscribers }))
+    // Which node runs what, when nodes share a database (empty on the embedded store), and
+    // each one's lag, which reads the log: on the blocking pool.
+    let body = state
+        .read(move || {
+            let owners = runtime.stores().state.owners()?;
+            let infos = runtime.subscribers();
+            let subscribers = infos
+                .iter()
+                .map(|info| status_json(info, &owners))
+                .collect();
+            serde_json::to_vec(&Subscribers { subscribers })
+                .map_err(|e| Problem::internal(format!("cannot render the subscribers: {e}")))
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// Runs `start` (which may start a rebuild) if fewer than `server.rebuilds_max` rebuilds are

@@ -413,6 +413,12 @@ impl Worker {
 
     /// Handles one parked event again; unparks it on success.
     async fn retry_parked(&mut self, position: Position) -> Result<(), RetryError> {
+        // Only the owner handles it (its commit is fenced by the lease), and before the
+        // handler runs: claim now if this node has not tried yet — a retry can arrive right
+        // after `subscribe`, before the first page has claimed the subscriber.
+        if self.own().is_some() {
+            return Err(not_owner());
+        }
         if !is_parked(&*self.state, &self.shared.name, position)? {
             return Err(RetryError::NotParked(position));
         }
@@ -439,16 +445,16 @@ impl Worker {
         changes.unpark(&self.shared.name, position);
         match &self.lease {
             Some(lease) => changes.fence(&self.shared.name, lease),
-            None => {
-                return Err(RetryError::Failed(
-                    "this node does not own the subscriber; retry on the node that does"
-                        .to_string(),
-                ))
-            }
+            None => return Err(not_owner()),
         }
         self.state.commit(changes)?;
         Ok(())
     }
+}
+
+/// The answer to a retry on a node that does not own the subscriber.
+fn not_owner() -> RetryError {
+    RetryError::Failed("this node does not own the subscriber; retry on the node that does".into())
 }
 
 /// Whether subscriber `name` has an event parked at `position`.

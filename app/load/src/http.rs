@@ -59,9 +59,12 @@ impl HttpClient {
     /// A client of the server at `base` with at most `connections` connections, each request
     /// bounded by `timeout`.
     pub(crate) fn new(base: &str, connections: usize, timeout: Duration) -> HttpClient {
+        // Idle connections are dropped before the server's keep-alive (actix-web's 5 s) closes
+        // them, so that no request goes out on a connection the server has just closed.
         let connector = awc::Connector::new()
             .limit(connections.max(1))
-            .timeout(CONNECT_TIMEOUT.min(timeout));
+            .timeout(CONNECT_TIMEOUT.min(timeout))
+            .conn_keep_alive(Duration::from_secs(2));
         let client = awc::Client::builder()
             .connector(connector)
             .timeout(timeout)

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 /// How long one HTTP exchange may take before the test fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the test client keeps an idle connection: below the server's keep-alive (5 s).
+const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How long a poll (an order's saga outcome, a projection's rebuild) may take.
 pub(crate) const POLL_DEADLINE: Duration = Duration::from_secs(20);
 /// Pause between two polls.
@@ -225,8 +227,15 @@ impl Api {
     pub(crate) fn new(url: &str) -> Api {
         let client = awc::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            // Enough connections for the concurrency tests.
-            .connector(awc::Connector::new().limit(256))
+            // Enough connections for the concurrency tests. Idle connections are dropped
+            // before the server's keep-alive (actix-web's 5 s) closes them: a request sent on
+            // one the server has just closed gets no answer ("connector has been
+            // disconnected"), which failed a cluster test that polls after a pause.
+            .connector(
+                awc::Connector::new()
+                    .limit(256)
+                    .conn_keep_alive(CLIENT_KEEP_ALIVE),
+            )
             .finish();
         Api {
             url: url.to_owned(),

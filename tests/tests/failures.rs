@@ -596,7 +596,18 @@ async fn an_undecodable_deadline_is_set_aside_and_the_others_fire() {
     .await;
     assert!(fired, "every good deadline fires");
     // Through the state store: its latest commits may not be compacted into the trees yet.
+    // What a tick did with its deadlines is committed after it has sent them all, so the
+    // last good deadline can have fired before the tick that sets the bad one aside commits.
     let state = rt.state_store();
+    let set_aside = wait_until(Duration::from_secs(20), || {
+        state
+            .get(DEADLINES_FAILED, &bad_key)
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    assert!(set_aside, "the bad record is set aside");
     assert_eq!(
         state.get(DEADLINES_FAILED, &bad_key).expect("reads"),
         Some(vec![1u8, 0xde, 0xad]),

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use super::aggregates::ApiAggregate;
 use super::AppState;
 
+mod components;
 mod html;
 mod kinds;
 mod operation;
@@ -131,8 +132,8 @@ pub fn document_for(state: &AppState) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "responses": paths::problem_responses(),
-            "headers": paths::header_components(),
+            "responses": components::problem_responses(),
+            "headers": components::header_components(),
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",

@@ -230,6 +230,10 @@ pub(super) struct Operation {
     pub(super) responses: BTreeMap<u16, Or<Response>>,
     /// What it needs: no requirement (`[]`) when open.
     pub(super) security: Vec<Security>,
+    /// The statuses answered with a problem, each a `$ref` to its response component once
+    /// `paths.rs` adds the operation (unless `responses` has the status already).
+    #[serde(skip)]
+    pub(super) problems: Vec<u16>,
 }
 
 impl Operation {
@@ -244,6 +248,7 @@ impl Operation {
             request_body: None,
             responses: BTreeMap::new(),
             security: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -265,6 +270,12 @@ impl Operation {
             required: true,
             content: BTreeMap::from([("application/json".to_owned(), body)]),
         });
+        self
+    }
+
+    /// With problem responses for `statuses`.
+    pub(super) fn problems(mut self, statuses: &[u16]) -> Operation {
+        self.problems.extend_from_slice(statuses);
         self
     }
 

@@ -26,6 +26,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use annals::{Aggregate, CommandId, ExecuteOptions, RecordedEvent, Runtime, StreamId, Version};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt as _;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -620,13 +621,13 @@ fn outcome_of(kind: Kind) -> Outcome {
     }
 }
 
-/// Query of `GET /v1/{aggregate}/{id}`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/{aggregate}/{id}`; its schema documents the route's parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// The state as of this version.
     version: Option<u64>,
-    /// The state as of this instant (RFC 3339).
+    /// The state as of this time (RFC 3339, any offset; before 1970 is a 400).
     as_of: Option<String>,
 }
 
@@ -691,13 +692,14 @@ pub async fn get_state(
         .json(json))
 }
 
-/// Query of `GET /v1/{aggregate}/{id}/events`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/{aggregate}/{id}/events`; its schema documents the route's parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
-    /// The first version (default 1).
+    /// The first version (default 1; 0 reads as 1).
     from: Option<u64>,
-    /// At most this many events (default `server.page_size_default`).
+    /// At most this many events (default `server.page_size_default`; at most
+    /// `server.page_size_max`).
     limit: Option<usize>,
 }
 

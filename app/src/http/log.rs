@@ -15,6 +15,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use annals::{Position, RecordedEvent, Runtime};
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -27,13 +28,14 @@ use crate::wire::api::LogPage;
 /// Events per page of the live feed.
 const LIVE_PAGE_EVENTS: usize = 256;
 
-/// Query of `GET /v1/events`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/events`; its schema documents the route's parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Events after this position (default 0: from the start).
     after: Option<u64>,
-    /// At most this many events (default `server.page_size_default`).
+    /// At most this many events (default `server.page_size_default`; at most
+    /// `server.page_size_max`).
     limit: Option<usize>,
 }
 
@@ -78,12 +80,12 @@ pub async fn global_log(
     Ok(HttpResponse::Ok().json(page))
 }
 
-/// Query of `GET /v1/events/live`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/events/live`; its schema documents the route's parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
-    /// Events after this position (default: the head, i.e. only new events). `Last-Event-ID`
-    /// takes precedence.
+    /// Events after this position (default the head: only new events); `Last-Event-ID` takes
+    /// precedence.
     after: Option<u64>,
 }
 

@@ -13,9 +13,13 @@
 //!   tokens, every route but health and the description declares the bearer scheme with the
 //!   scope it needs, a 401 and a 403; without, nothing needs a token and the document says so.
 //!
-//! What the handlers read and answer (parameters, statuses, the shapes they build with
-//! `json!`) is listed by hand in `openapi/paths.rs` and `openapi/schemas.rs`, next to the name
-//! of each handler. Three things keep the two from drifting: a test (`tests/tests/openapi.rs`)
+//! - the query parameters of each route from the handler's own query struct (`StateQuery`,
+//!   `LogQuery`, ...), through `schemars` (`openapi/query.rs`), with the bounds and wording the
+//!   type cannot give adjusted per route.
+//!
+//! What else the handlers read and answer (path and header parameters, statuses, the shapes
+//! they build with `json!`) is listed by hand in `openapi/paths.rs`, as typed operations
+//! (`openapi/operation.rs`), and `openapi/schemas.rs`. Three things keep the two from drifting: a test (`tests/tests/openapi.rs`)
 //! compares the documented paths with the routes registered in `routes()`, requests every
 //! documented operation and checks the answers against the document; the schemathesis run in
 //! CI (`.ci/schemathesis`) does the same with generated requests; and the exhaustive matches on
@@ -27,9 +31,12 @@ use serde_json::{json, Value};
 use super::aggregates::ApiAggregate;
 use super::AppState;
 
+mod components;
 mod html;
 mod kinds;
+mod operation;
 mod paths;
+mod query;
 mod schemas;
 
 /// The OpenAPI version written.
@@ -125,8 +132,8 @@ pub fn document_for(state: &AppState) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "responses": paths::problem_responses(),
-            "headers": paths::header_components(),
+            "responses": components::problem_responses(),
+            "headers": components::header_components(),
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",

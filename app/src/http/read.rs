@@ -27,6 +27,7 @@ use annals::subscription::RetryError;
 use annals::{Position, StreamId, SubscriberInfo, SubscriberStatus, Timestamp};
 use annals_domain::customer::Customer;
 use annals_domain::views::{self, ValuableCursor, ValuableCustomers};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -255,13 +256,17 @@ fn parse_position(text: &str) -> Result<Position, Problem> {
         })
 }
 
-/// The `min_position` parameter shared by view queries.
-#[derive(Debug, Deserialize)]
+/// The query of the view routes (`limit` for lists only); its schema documents their
+/// parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ViewQuery {
-    /// Wait until the view has processed this position.
+    /// Read your writes: first wait (at most `server.wait_max_ms`) until the view has processed
+    /// this position, the `position` of a command's reply. A position beyond the log's head is
+    /// a 400; a wait that runs out is a 503.
     min_position: Option<u64>,
-    /// At most this many entries (lists only).
+    /// At most this many entries (lists only; default `server.page_size_default`, at most
+    /// `server.page_size_max`).
     limit: Option<usize>,
 }
 
@@ -357,19 +362,24 @@ pub async fn customer_orders(
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// Query of `GET /v1/views/valuable-customers`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/views/valuable-customers`; its schema documents the route's parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValuableQuery {
-    /// Customers created strictly after this instant (RFC 3339; default: any).
+    /// Customers created strictly after this time (RFC 3339; default: any; before 1970 is a
+    /// 400).
     created_after: Option<String>,
-    /// ... with a shipped order whose total is at least this (minor units; default 1).
+    /// ... with a shipped order whose total is at least this, in minor units (default 1).
     min_order_total: Option<u64>,
-    /// Continue after this cursor (the `next_after` of the previous page).
+    /// Continue after this cursor: the `next_after` of the previous page (`{created_at
+    /// µs}:{customer id}`); anything else is a 400.
     after: Option<String>,
-    /// Wait until the view has processed this position.
+    /// Read your writes: first wait (at most `server.wait_max_ms`) until the view has processed
+    /// this position, the `position` of a command's reply. A position beyond the log's head is
+    /// a 400; a wait that runs out is a 503.
     min_position: Option<u64>,
-    /// At most this many customers.
+    /// At most this many customers (default `server.page_size_default`; at most
+    /// `server.page_size_max`).
     limit: Option<usize>,
 }
 

@@ -43,7 +43,7 @@ fn unsigned_max(format: &str) -> Option<u64> {
 }
 
 /// Replaces schemars' non-standard unsigned formats with explicit bounds, everywhere in `schema`.
-fn bound_unsigned(schema: &mut Value) {
+pub(super) fn bound_unsigned(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
             let max = map

@@ -805,6 +805,65 @@ async fn restart_redelivers_only_after_the_saved_checkpoint() {
     close(rt).await;
 }
 
+/// A subscriber whose pages store nothing commits its checkpoint late (at most every 50 ms), but
+/// not never: once it is idle at the head the stored checkpoint reaches the head, so another
+/// node reading it (standby, read-your-writes there) is not left behind; and a shutdown commits
+/// what was handled last, so a restart does not deliver it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_pages_that_store_nothing_is_committed_when_idle_and_on_stop() {
+    let dir = temp_dir();
+    let options = SubscriberOptions::default().with_page_events(nz(4));
+    let rt = open(&dir);
+    let (recorder, seen) = Recorder::new();
+    rt.subscribe("idle", recorder, options.clone())
+        .expect("the subscriber starts");
+    write_concurrently(&rt, "a", 2, 60).await;
+    let head = wait_for_head(&rt, "idle").await;
+    let stored = || {
+        rt.state_store()
+            .load_checkpoint("idle")
+            .expect("the checkpoint reads")
+    };
+    assert!(
+        wait_until(|| stored() == head).await,
+        "the stored checkpoint reaches the head once the subscriber is idle: {} of {head}",
+        stored()
+    );
+
+    // More events, then a shutdown right after the subscriber has handled them: within the
+    // 50 ms a page that stores nothing may leave its checkpoint uncommitted.
+    write_concurrently(&rt, "b", 2, 10).await;
+    let head = wait_for_head(&rt, "idle").await;
+    close(rt.clone()).await;
+    drop(rt);
+    let handled = seen_positions(&seen);
+    assert_eq!(
+        handled,
+        (1..=head.0).collect::<Vec<_>>(),
+        "every position once, in order"
+    );
+    let rt = open(&dir);
+    let checkpoint = rt
+        .state_store()
+        .load_checkpoint("idle")
+        .expect("the checkpoint reads");
+    assert_eq!(
+        checkpoint, head,
+        "the shutdown committed the checkpoint of what was handled last"
+    );
+    let (recorder, seen) = Recorder::new();
+    rt.subscribe("idle", recorder, options)
+        .expect("the subscriber starts again");
+    write_concurrently(&rt, "c", 1, 3).await;
+    let head = wait_for_head(&rt, "idle").await;
+    assert_eq!(
+        seen_positions(&seen),
+        (checkpoint.0 + 1..=head.0).collect::<Vec<_>>(),
+        "after the restart only the new events are delivered"
+    );
+    close(rt).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Projections
 // ---------------------------------------------------------------------------------------------

@@ -12,10 +12,16 @@
 //! costs the journal nothing: it simply reads further behind, with memory bounded by one page.
 //! A just-written batch is still in the store's cache, so a live subscriber reads it from memory.
 //!
+//! A page that stores nothing (events a projection does not index, or a subscriber whose
+//! effects are outside the store) moves the checkpoint in memory only; the checkpoint is
+//! committed with the next page that stores something, at most 50 ms later otherwise, and when
+//! the subscriber is idle at the head or stops. At the head, where a page is the batch or two
+//! acknowledged since the last, this saves one state-store commit per batch per subscriber.
+//!
 //! # Delivery and failure
 //! Delivery is at least once: a crash after handling events but before their page was
 //! committed delivers them again — with none of their stored effects, which were in the same
-//! commit. Per-aggregate order (indeed global order) is preserved. A handler
+//! commit (and a crash may deliver again up to 50 ms of events whose pages stored nothing). Per-aggregate order (indeed global order) is preserved. A handler
 //! error is retried with exponential backoff up to [`SubscriberOptions::retries`]; then, per
 //! [`FailurePolicy`], the event is **parked** (a persisted dead letter, see
 //! [`Runtime::parked`](crate::Runtime::parked) and

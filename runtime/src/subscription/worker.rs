@@ -106,7 +106,22 @@ struct Worker {
     lease: Option<Lease>,
     /// When this node last tried to claim the subscriber (on standby).
     claimed_at: Option<std::time::Instant>,
+    /// When the checkpoint was last committed: a page without stored effects commits it only
+    /// once [`CHECKPOINT_DEFER`] has passed since (see [`Worker::save`]).
+    committed_at: std::time::Instant,
 }
+
+/// How long the checkpoint may go uncommitted while the pages handled store nothing.
+///
+/// A page whose events store nothing (a projection of other aggregate types, a process manager
+/// that starts no instance) need not commit its checkpoint at once: handling those events again
+/// after a crash stores nothing either, and delivery is at least once anyway. Committing it
+/// at most this often saves one state-store commit per page: at the head, where a page is the
+/// batch or two written since the last one, that is one commit per journal batch per
+/// subscriber. The checkpoint this node publishes (lag, read-your-writes waits on this node)
+/// moves at once; what other nodes read (standby, waits there) trails by at most this, and by
+/// nothing once the subscriber is idle at the head (the deferred checkpoint is committed then).
+pub(crate) const CHECKPOINT_DEFER: Duration = Duration::from_millis(50);
 
 /// How often a subscriber that another node owns tries to take it over.
 pub const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
@@ -368,10 +383,30 @@ impl Worker {
     /// Commits the page: its held writes and the checkpoint, atomically. If the commit fails,
     /// nothing of the page is stored: the checkpoint goes back to the last one committed (the
     /// page is redone from there) and the subscriber pauses as after any store error.
+    ///
+    /// A page without stored effects only publishes its checkpoint, and leaves the commit for
+    /// later ([`CHECKPOINT_DEFER`]), unless `force`.
     fn save(&mut self) -> Result<(), Pumped> {
+        self.save_with(false)
+    }
+
+    /// Whether a checkpoint is published but not committed.
+    fn deferred(&self) -> bool {
+        self.checkpoint != self.committed
+    }
+
+    fn save_with(&mut self, force: bool) -> Result<(), Pumped> {
         let mut changes = self.writes.take();
-        if changes.is_empty() && self.checkpoint == self.committed {
-            return Ok(());
+        if changes.is_empty() {
+            if self.checkpoint == self.committed {
+                return Ok(());
+            }
+            if !force && self.committed_at.elapsed() < CHECKPOINT_DEFER {
+                // Everything up to the checkpoint is handled and nothing of it is stored:
+                // waits and lag on this node may go by it already.
+                self.shared.checkpoint.send_replace(self.checkpoint);
+                return Ok(());
+            }
         }
         changes.save_checkpoint(&self.shared.name, self.checkpoint);
         if let Some(lease) = &self.lease {
@@ -380,6 +415,7 @@ impl Worker {
         match self.state.commit(changes) {
             Ok(()) => {
                 self.committed = self.checkpoint;
+                self.committed_at = std::time::Instant::now();
                 self.shared.checkpoint.send_replace(self.checkpoint);
                 Ok(())
             }
@@ -475,6 +511,8 @@ pub(crate) struct SubscriberActor {
     /// A `Pump` arrived while the worker was out (busy with a retry): pump once it is back.
     /// (actix may run a future queued by `notify` before a handler's `ctx.wait` takes effect.)
     pump_pending: bool,
+    /// A commit of a deferred checkpoint is scheduled (see [`CHECKPOINT_DEFER`]).
+    commit_scheduled: bool,
 }
 
 impl SubscriberActor {
@@ -502,14 +540,37 @@ impl SubscriberActor {
                 stalls: 0,
                 lease: None,
                 claimed_at: None,
+                committed_at: std::time::Instant::now(),
             }),
             head,
             pump_pending: false,
+            commit_scheduled: false,
         }
+    }
+
+    /// Commits a deferred checkpoint once [`CHECKPOINT_DEFER`] has passed, if no page has
+    /// done it by then: at the head with nothing more to read, nothing else would.
+    fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.commit_scheduled || !self.worker.as_ref().is_some_and(Worker::deferred) {
+            return;
+        }
+        self.commit_scheduled = true;
+        ctx.run_later(CHECKPOINT_DEFER, |act, ctx| {
+            act.commit_scheduled = false;
+            // A worker out on a page (or a retry) commits on its own.
+            if let Some(worker) = &mut act.worker {
+                if worker.deferred() && worker.save_with(true).is_err() {
+                    // The store refused (it stalls or failed the subscriber, or another node
+                    // owns it now): the next page redoes it from the committed checkpoint.
+                    ctx.notify(Pump);
+                }
+            }
+        });
     }
 
     /// Pumps again once the head moves past the checkpoint.
     fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
+        self.schedule_commit(ctx);
         let checkpoint = self.worker.as_ref().map_or(Position(0), |w| w.checkpoint);
         let mut head = self.head.clone();
         if *head.borrow_and_update() > checkpoint {
@@ -535,7 +596,19 @@ impl Actor for SubscriberActor {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // Another node can take the subscriber at once.
-        if let Some(worker) = &self.worker {
+        if let Some(worker) = &mut self.worker {
+            if let Some(lease) = worker.lease.as_ref().filter(|l| l.is_valid()) {
+                if worker.deferred() {
+                    // Not to read those events again after a restart. A page is never cut in
+                    // two by a stop, so nothing else is held.
+                    let mut changes = Changes::default();
+                    changes.save_checkpoint(&worker.shared.name, worker.checkpoint);
+                    changes.fence(&worker.shared.name, lease);
+                    if let Err(e) = worker.state.commit(changes) {
+                        tracing::debug!(subscriber = %worker.shared.name, error = %e, "could not commit the checkpoint on stopping");
+                    }
+                }
+            }
             if worker.lease.is_some() {
                 if let Err(e) = worker.state.release(&worker.shared.name) {
                     tracing::debug!(subscriber = %worker.shared.name, error = %e, "could not release the subscriber");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use annals::store::postgres::PgOptions;
 use annals::store::sled::{Durability, IntegrityCheck, SledOptions};
 use annals::store::StoreOptions;
-use annals::RuntimeOptions;
+use annals::{Placement, RuntimeOptions};
 use serde::{Serialize, Serializer};
 
 use crate::origin::Origin;
@@ -87,6 +87,12 @@ impl Config {
         options.retry_after = runtime.retry_after;
         options.queue_time_max = runtime.queue_time_max;
         options.drain_timeout = runtime.drain_timeout;
+        // The sled store's reads are local, so an actor may run on the HTTP worker that
+        // activated it; PostgreSQL's are network round trips, which would hold up a worker.
+        options.placement = match self.store.backend {
+            StoreBackend::Sled => Placement::Caller,
+            StoreBackend::Postgres => Placement::Arbiters,
+        };
         options
     }
 
@@ -341,7 +347,9 @@ pub enum DurabilityMode {
 /// `[runtime]`: the aggregate runtime's threads, caches and limits.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuntimeConfig {
-    /// Arbiter threads running aggregate actors (`arbiters`; 0 in a file means one per core).
+    /// Arbiter threads running aggregate actors and subscribers (`arbiters`; 0 in a file means
+    /// one per core). On the sled store, an actor activated by a caller on an actix arbiter
+    /// (an HTTP request) runs on that caller's thread instead ([`Placement::Caller`]).
     pub arbiters: NonZeroUsize,
     /// Most live actors per aggregate type (`live_actors_max`); the least recently used goes.
     pub live_actors_max: NonZeroUsize,

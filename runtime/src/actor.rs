@@ -269,6 +269,9 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     /// The previous instance of this aggregate, if it is still stopping: rehydration waits for
     /// it, so that this instance starts from everything the previous one committed.
     predecessor: Option<Arc<Slot>>,
+    /// Whether it runs on a caller's thread ([`Placement::Caller`](crate::Placement::Caller)):
+    /// then it rehydrates on the blocking pool, not holding up the caller's other work.
+    on_caller: bool,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
@@ -278,6 +281,7 @@ impl<A: Aggregate> AggregateActor<A> {
         routing: Arc<dyn Routing>,
         slot: Arc<Slot>,
         predecessor: Option<Arc<Slot>>,
+        on_caller: bool,
     ) -> Self {
         AggregateActor {
             stream,
@@ -292,6 +296,7 @@ impl<A: Aggregate> AggregateActor<A> {
             ready_since: Instant::now(),
             last_recorded_at: Timestamp(0),
             predecessor,
+            on_caller,
         }
     }
 
@@ -674,6 +679,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         let shared = self.shared.clone();
         let stream = self.stream.clone();
         let predecessor = self.predecessor.take();
+        let on_caller = self.on_caller;
         let load = async move {
             if let Some(predecessor) = predecessor {
                 predecessor.stopped().await;
@@ -682,12 +688,25 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             // mailbox meanwhile.
             let _permit = shared.rehydrations.clone().acquire_owned().await;
             let started = Instant::now();
-            let loaded = load::<A>(
-                &*shared.store,
-                &stream,
-                shared.options.snapshot_schema_version,
-                None,
-            );
+            let snapshot_schema_version = shared.options.snapshot_schema_version;
+            let loaded = if on_caller {
+                let store = shared.store.clone();
+                let stream = stream.clone();
+                actix_rt::task::spawn_blocking(move || {
+                    load::<A>(&*store, &stream, snapshot_schema_version, None)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    // The blocking pool is shutting down, or the read panicked: the next
+                    // command activates the aggregate again.
+                    Err(ExecuteError::Store(StoreError::Io {
+                        op: "rehydrating an aggregate",
+                        reason: e.to_string(),
+                    }))
+                })
+            } else {
+                load::<A>(&*shared.store, &stream, snapshot_schema_version, None)
+            };
             shared.counters.record_rehydration(started.elapsed());
             loaded
         };

@@ -14,7 +14,8 @@
 //! commands ([`Slot::queued`](crate::shared::Slot)); a command beyond `mailbox_capacity` is refused as
 //! [`Overload::Mailbox`](crate::Overload::Mailbox).
 //!
-//! Actors are spread round-robin over the runtime's arbiters (one thread each, one per core).
+//! Actors are spread round-robin over the runtime's arbiters (one thread each, one per core),
+//! or, with [`Placement::Caller`], started on the arbiter of the caller that activates them.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
@@ -28,6 +29,7 @@ use parking_lot::Mutex;
 
 use crate::actor::{AggregateActor, Passivate};
 use crate::aggregate::Aggregate;
+use crate::runtime::Placement;
 use crate::shared::{Routing, Slot, TypeShared};
 use crate::types::StreamId;
 
@@ -53,6 +55,7 @@ pub(crate) struct Host<A: Aggregate> {
     shards: Box<[(Mutex<Shard<A>>, usize)]>,
     hasher: std::collections::hash_map::RandomState,
     arbiters: Arc<[ArbiterHandle]>,
+    placement: Placement,
     next_arbiter: AtomicUsize,
     generation: AtomicU64,
     pub(crate) shared: Arc<TypeShared>,
@@ -70,6 +73,7 @@ impl<A: Aggregate> Host<A> {
         shards: NonZeroUsize,
         live_actors_max: NonZeroUsize,
         arbiters: Arc<[ArbiterHandle]>,
+        placement: Placement,
         shared: TypeShared,
     ) -> Host<A> {
         // Never more shards than actors, so that every shard can hold at least one; the cap is
@@ -89,6 +93,7 @@ impl<A: Aggregate> Host<A> {
                 .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             arbiters,
+            placement,
             next_arbiter: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             shared: Arc::new(shared),
@@ -138,15 +143,22 @@ impl<A: Aggregate> Host<A> {
             .filter(|s| !s.has_stopped())
             .cloned();
         let slot = Arc::new(Slot::new(self.generation.fetch_add(1, Ordering::Relaxed)));
-        let arbiter =
-            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let caller = match self.placement {
+            Placement::Caller => actix_rt::Arbiter::try_current(),
+            Placement::Arbiters => None,
+        };
+        let on_caller = caller.is_some();
+        let arbiter = caller.unwrap_or_else(|| {
+            let next = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
+            self.arbiters[next % self.arbiters.len()].clone()
+        });
         let routing: Arc<dyn Routing> = self.clone();
         let shared = self.shared.clone();
         let actor_slot = slot.clone();
         let mailbox = self.shared.limits.mailbox_capacity;
-        let addr = AggregateActor::start_in_arbiter(arbiter, move |ctx| {
+        let addr = AggregateActor::start_in_arbiter(&arbiter, move |ctx| {
             ctx.set_mailbox_capacity(mailbox);
-            AggregateActor::new(stream, shared, routing, actor_slot, predecessor)
+            AggregateActor::new(stream, shared, routing, actor_slot, predecessor, on_caller)
         });
         self.shared
             .counters

@@ -165,7 +165,7 @@ pub use aggregate::{Aggregate, AggregateOptions, DomainEvent, Upcast, UpcastErro
 pub use command::{Answered, ExecuteOptions, ExecuteResult, Executed};
 pub use envelope::{CommitMeta, Envelope, RecordedEvent};
 pub use error::{ExecuteError, Limit, Overload, RuntimeError};
-pub use runtime::{AggregateState, Runtime, RuntimeOptions, RuntimeStats};
+pub use runtime::{AggregateState, Placement, Runtime, RuntimeOptions, RuntimeStats};
 pub use subscription::process::{Action, ProcessManager};
 pub use subscription::projection::{Projection, View, ViewError, ViewSet};
 pub use subscription::{

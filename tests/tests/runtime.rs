@@ -26,8 +26,8 @@ use annals::store::{EventStore, Snapshot, StoreError, StoreHealth};
 use annals::types::AGGREGATE_ID_LEN_MAX;
 use annals::{
     Aggregate, AggregateOptions, CommandId, DomainEvent, ExecuteError, ExecuteOptions, Executed,
-    Limit, Overload, Position, RecordedEvent, Runtime, RuntimeError, RuntimeOptions, StreamId,
-    Timestamp, Version,
+    Limit, Overload, Placement, Position, RecordedEvent, Runtime, RuntimeError, RuntimeOptions,
+    StreamId, Timestamp, Version,
 };
 use annals_domain::bank::{Account, AccountCommand, AccountEvent, AccountRejection};
 use serde::{Deserialize, Serialize};
@@ -2177,4 +2177,153 @@ fn execute_works_without_a_tokio_runtime() {
     let rt = open(options(&dir));
     assert_eq!(deposits_in_log(&rt, "plain"), [1, 2, 3]);
     drop(rt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placement
+// ---------------------------------------------------------------------------------------------
+
+/// Which thread ran each `decide` and `apply` of [`Placed`], by the tag its command carried.
+static PLACED_ON: std::sync::Mutex<Vec<(u64, &'static str, std::thread::ThreadId)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// An aggregate that notes the thread its `decide` and `apply` run on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Placed {
+    tags: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum PlacedCommand {
+    Note { tag: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum PlacedEvent {
+    Noted { tag: u64 },
+}
+
+impl DomainEvent for PlacedEvent {
+    fn event_type(&self) -> &'static str {
+        "Noted"
+    }
+}
+
+fn note_thread(tag: u64, step: &'static str) {
+    PLACED_ON
+        .lock()
+        .expect("the placement log's lock is not poisoned")
+        .push((tag, step, std::thread::current().id()));
+}
+
+fn threads_of(tag: u64, step: &str) -> Vec<std::thread::ThreadId> {
+    PLACED_ON
+        .lock()
+        .expect("the placement log's lock is not poisoned")
+        .iter()
+        .filter(|(t, s, _)| *t == tag && *s == step)
+        .map(|(_, _, thread)| *thread)
+        .collect()
+}
+
+impl Aggregate for Placed {
+    const TYPE: &'static str = "Placed";
+    type Command = PlacedCommand;
+    type Event = PlacedEvent;
+    type Rejection = TestRejection;
+
+    fn decide(&self, command: &PlacedCommand) -> Result<Vec<PlacedEvent>, TestRejection> {
+        let PlacedCommand::Note { tag } = *command;
+        note_thread(tag, "decide");
+        Ok(vec![PlacedEvent::Noted { tag }])
+    }
+
+    fn apply(&mut self, event: &PlacedEvent) {
+        let PlacedEvent::Noted { tag } = *event;
+        note_thread(tag, "apply");
+        self.tags.push(tag);
+    }
+}
+
+fn open_placed(dir: &TempDir, placement: Placement) -> Runtime {
+    let rt = Runtime::open(
+        RuntimeOptions::new(dir.path())
+            .with_arbiters(NonZeroUsize::new(2).expect("non-zero"))
+            .with_placement(placement),
+    )
+    .expect("the runtime opens");
+    rt.register::<Placed>().expect("Placed registers");
+    rt
+}
+
+/// With [`Placement::Caller`], an aggregate activated by a caller on an actix arbiter (as an
+/// HTTP worker is) runs its commands on that caller's thread, and rehydrates from the store
+/// elsewhere (the blocking pool), never holding up the caller's thread with store reads; a
+/// caller that is not on an arbiter gets the runtime's arbiters, as with
+/// [`Placement::Arbiters`], which never uses the caller's thread.
+#[test]
+fn a_caller_placed_actor_runs_on_the_callers_thread_and_rehydrates_elsewhere() {
+    let dir = TempDir::new().expect("a temporary directory can be created");
+    // History to rehydrate: tag 1, written by a runtime that places on its own arbiters.
+    actix_rt::System::new().block_on(async {
+        let rt = open_placed(&dir, Placement::Arbiters);
+        rt.execute::<Placed>("p-1", PlacedCommand::Note { tag: 1 })
+            .await
+            .expect("executes")
+            .expect("accepted");
+        assert!(
+            !threads_of(1, "decide").contains(&std::thread::current().id()),
+            "Placement::Arbiters never runs an actor on the caller's thread"
+        );
+        close(rt).await;
+    });
+
+    actix_rt::System::new().block_on(async {
+        let caller = std::thread::current().id();
+        let rt = open_placed(&dir, Placement::Caller);
+        let executed = rt
+            .execute::<Placed>("p-1", PlacedCommand::Note { tag: 2 })
+            .await
+            .expect("executes")
+            .expect("accepted");
+        assert_eq!(executed.version, Version(2), "rehydrated from the history");
+        assert_eq!(
+            threads_of(2, "decide"),
+            vec![caller],
+            "the command ran on the caller's thread"
+        );
+        assert_eq!(
+            threads_of(2, "apply"),
+            vec![caller],
+            "its event was applied on the caller's thread"
+        );
+        let replayed = threads_of(1, "apply");
+        assert_eq!(
+            replayed.len(),
+            2,
+            "applied once when written, once when rehydrated"
+        );
+        assert!(
+            !replayed.contains(&caller),
+            "the rehydration did not run on the caller's thread"
+        );
+
+        // A caller off any arbiter (a plain thread): the runtime's arbiters.
+        let rt2 = rt.clone();
+        let plain = std::thread::spawn(move || {
+            futures::executor::block_on(
+                rt2.execute::<Placed>("p-2", PlacedCommand::Note { tag: 3 }),
+            )
+            .expect("executes")
+            .expect("accepted");
+            std::thread::current().id()
+        })
+        .join()
+        .expect("the plain thread does not panic");
+        assert!(
+            !threads_of(3, "decide").contains(&plain),
+            "a caller off any arbiter does not run the actor"
+        );
+        close(rt).await;
+    });
 }

@@ -25,7 +25,7 @@ trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ "$(basename "$bin")" = baseline ]; then
   "$bin" --addr 127.0.0.1:0 --data-dir "$work/data" 2>"$work/log" &
 else
-  "$bin" serve --addr 127.0.0.1:0 --data-dir "$work/data" --set log.level=warn "$@" 2>"$work/log" &
+  "$bin" serve --addr 127.0.0.1:0 --data-dir "$work/data" --set log.level=warn,annals_app=info "$@" 2>"$work/log" &
 fi
 pid=$!
 url=""

@@ -140,7 +140,8 @@
 //! # Threads
 //! [`Runtime::open`] starts its own actix system: one arbiter thread per core for the actors
 //! and two journal threads (writer and flusher). Its async methods are executor-agnostic: call
-//! them from tokio, actix, or `futures::executor::block_on`.
+//! them from tokio, actix, or `futures::executor::block_on`. With [`Placement::Caller`], an
+//! aggregate activated from an actix arbiter (an actix-web worker) runs on that thread instead.
 
 pub mod aggregate;
 pub mod codec;

@@ -27,8 +27,10 @@
 //! are worse (a process-wide lock and a log write each: about 11k/s). So nothing is written per
 //! commit except the commit's bytes inside a segment: a stream is read by walking the `prev`
 //! chain back from its head, stream heads live in memory and are checkpointed to the `heads`
-//! tree every `heads_checkpoint_interval` (one insert per *changed stream*, not per commit), and
-//! recovery re-derives everything after the last durable checkpoint from the log.
+//! tree every `heads_checkpoint_interval` (one insert per *changed stream*, not per commit,
+//! spread over the syncs that follow in chunks of 128 streams, so that no sync waits behind
+//! thousands of inserts), and recovery re-derives everything after the last durable checkpoint
+//! from the log.
 //!
 //! # Durability modes
 //! - [`Durability::Durable`] (default): nothing is acknowledged before the sync that covers it.

@@ -171,6 +171,7 @@ pub(crate) fn start(s: Start) -> Result<(Sender<Job>, Vec<JoinHandle<()>>), Stor
         watermark_due: None,
         last_fsync: Instant::now(),
         last_checkpoint: Instant::now(),
+        pass: None,
     };
     let spawn_err = |e: std::io::Error| StoreError::Io {
         op: "starting the journal",
@@ -525,7 +526,26 @@ struct Flusher {
     watermark_due: Option<Position>,
     last_fsync: Instant,
     last_checkpoint: Instant,
+    /// The heads checkpoint under way, a chunk per group (see [`HeadsPass`]).
+    pass: Option<HeadsPass>,
 }
+
+/// A heads checkpoint spread over the groups that follow it, [`CHECKPOINT_CHUNK`] streams per
+/// group, instead of all at once: thousands of heads written in one go held up the next sync
+/// (and every acknowledgement waiting for it) for milliseconds every interval, which was the
+/// slowest percent of command latencies. When the last stream is written, every head of a
+/// commit through `through` is (the pass took every stream changed through there; each one's
+/// head written is at least its head then), so the watermark can claim `through` after the
+/// next sync, as with a checkpoint done at once.
+struct HeadsPass {
+    /// The durable end when the pass began.
+    through: Position,
+    /// The streams left to write.
+    keys: Vec<Vec<u8>>,
+}
+
+/// Streams whose heads one group's share of a [`HeadsPass`] writes.
+const CHECKPOINT_CHUNK: usize = 128;
 
 impl Flusher {
     fn run(mut self, stages: &Receiver<Stage>) {
@@ -595,11 +615,68 @@ impl Flusher {
         for stage in group {
             self.acknowledge(stage);
         }
-        if self.last_checkpoint.elapsed() >= self.checkpoint_interval
-            || self.shared.dirty_heads.lock().len() >= self.dirty_max
-        {
+        if self.shared.dirty_heads.lock().len() >= self.dirty_max {
+            // The table of changed heads is at its bound: empty it now.
             self.checkpoint();
+        } else {
+            if self.pass.is_none() && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+                self.last_checkpoint = Instant::now();
+                let keys = self.shared.dirty_heads.lock().keys().cloned().collect();
+                self.pass = Some(HeadsPass {
+                    through: self.durable_end,
+                    keys,
+                });
+            }
+            self.checkpoint_some(CHECKPOINT_CHUNK);
         }
+    }
+
+    /// Writes the heads of the next `n` streams of the pass under way; when it is done, the
+    /// watermark can claim its `through` after the next sync.
+    fn checkpoint_some(&mut self, n: usize) {
+        let Some(mut pass) = self.pass.take() else {
+            return;
+        };
+        let durable = self.durable_end;
+        let chunk = pass.keys.split_off(pass.keys.len().saturating_sub(n));
+        for key in chunk {
+            let Some(head) = self.shared.dirty_heads.lock().get(&key).copied() else {
+                continue;
+            };
+            match self.write_head(&key, head, durable) {
+                Ok(true) => {
+                    let mut dirty = self.shared.dirty_heads.lock();
+                    if dirty.get(&key) == Some(&head) {
+                        dirty.remove(&key);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return self.shared.fail(e),
+            }
+        }
+        if pass.keys.is_empty() {
+            self.heads_pending = Some(
+                self.heads_pending
+                    .map_or(pass.through, |p| p.max(pass.through)),
+            );
+        } else {
+            self.pass = Some(pass);
+        }
+    }
+
+    /// Writes the head of stream `key` as of `durable`, `head` being its latest: `true` if
+    /// that is `head` (the stream can leave the table of changed heads).
+    fn write_head(&self, key: &[u8], head: HeadEntry, durable: Position) -> Result<bool, String> {
+        let durable_head = head_at_or_below(&self.trees, head, durable)
+            .map_err(|e| format!("reading a stream's chain: {e}"))?;
+        let Some(durable_head) = durable_head else {
+            return Ok(false);
+        };
+        self.trees
+            .heads
+            .insert(key, &durable_head.encode()[..])
+            .map_err(|e| format!("writing stream heads: {e}"))?;
+        Ok(durable_head == head)
     }
 
     /// No stage for a while: fsync what relaxed mode left, checkpoint, write the watermark.
@@ -692,6 +769,8 @@ impl Flusher {
     /// its stream's latest *durable* head (found by walking its chain) is persisted instead.
     fn checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
+        // This covers every stream the pass under way has left, and more.
+        self.pass = None;
         let durable = self.durable_end;
         let entries: Vec<(Vec<u8>, HeadEntry)> = self
             .shared
@@ -702,22 +781,10 @@ impl Flusher {
             .collect();
         let mut persisted = Vec::with_capacity(entries.len());
         for (key, head) in entries {
-            let durable_head = match head_at_or_below(&self.trees, head, durable) {
-                Ok(h) => h,
-                Err(e) => return self.shared.fail(format!("reading a stream's chain: {e}")),
-            };
-            let Some(durable_head) = durable_head else {
-                continue;
-            };
-            if let Err(e) = self
-                .trees
-                .heads
-                .insert(key.as_slice(), &durable_head.encode()[..])
-            {
-                return self.shared.fail(format!("writing stream heads: {e}"));
-            }
-            if durable_head == head {
-                persisted.push((key, head));
+            match self.write_head(&key, head, durable) {
+                Ok(true) => persisted.push((key, head)),
+                Ok(false) => {}
+                Err(e) => return self.shared.fail(e),
             }
         }
         let mut dirty = self.shared.dirty_heads.lock();

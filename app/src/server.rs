@@ -382,6 +382,12 @@ impl Server {
     /// the runtime shuts down (journal drained and flushed).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.begin_stopping();
+        // Aggregate actors that requests activated run on the HTTP workers' threads: move them
+        // off before the workers stop, so a command one of them is running for another worker
+        // (or a process manager) is answered, not cut off with its thread.
+        if let Some(runtime) = self.state.try_runtime() {
+            runtime.release_callers().await;
+        }
         self.handle.stop(true).await;
         let _ = (&mut self.task).await;
         if let Some(supervisor) = self.supervisor.take() {

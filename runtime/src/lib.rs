@@ -141,7 +141,8 @@
 //! [`Runtime::open`] starts its own actix system: one arbiter thread per core for the actors
 //! and two journal threads (writer and flusher). Its async methods are executor-agnostic: call
 //! them from tokio, actix, or `futures::executor::block_on`. With [`Placement::Caller`], an
-//! aggregate activated from an actix arbiter (an actix-web worker) runs on that thread instead.
+//! aggregate activated from an actix arbiter (an actix-web worker) runs on that thread instead
+//! (then never block such a thread waiting for a command: see [`Placement::Caller`]).
 
 pub mod aggregate;
 pub mod codec;

@@ -205,6 +205,7 @@ pub struct AggregateState<A> {
 pub(crate) trait AnyHost: Send + Sync {
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn passivate_all(&self);
+    fn release_callers(&self) -> Vec<Arc<crate::shared::Slot>>;
     /// Executes an encoded command (from a process manager); a business rejection is an
     /// outcome, not an error.
     fn dispatch(
@@ -232,6 +233,10 @@ impl<A: Aggregate> AnyHost for Host<A> {
 
     fn passivate_all(&self) {
         Host::passivate_all(self);
+    }
+
+    fn release_callers(&self) -> Vec<Arc<crate::shared::Slot>> {
+        Host::release_callers(self)
     }
 
     fn dispatch(
@@ -685,6 +690,61 @@ impl Runtime {
         }
     }
 
+    /// Moves the aggregate actors off the callers' threads ([`Placement::Caller`]): every
+    /// actor started on a caller's thread finishes the commands it has queued and stops, and
+    /// every actor started from now on runs on the runtime's arbiters. Resolves once those
+    /// actors have stopped, or after `drain_timeout`. Call it before the threads that host them
+    /// stop — an HTTP server's workers, before a graceful stop of the server — so that a
+    /// command in flight there (from another worker, or a process manager) is answered, not cut
+    /// off with its thread. Nothing to do, and resolves at once, with [`Placement::Arbiters`].
+    pub async fn release_callers(&self) {
+        let slots: Vec<_> = self
+            .inner
+            .hosts
+            .read()
+            .values()
+            .flat_map(|host| host.release_callers())
+            .collect();
+        if slots.is_empty() {
+            return;
+        }
+        let stopped = futures::future::join_all(slots.iter().map(|slot| slot.stopped()));
+        if self
+            .within(self.inner.options.drain_timeout, stopped)
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                actors = slots.iter().filter(|s| !s.has_stopped()).count(),
+                "actors on callers' threads still running after the drain timeout"
+            );
+        }
+    }
+
+    /// `future`'s output, or `None` if `timeout` passes first. The timer runs on one of the
+    /// runtime's own arbiters, so this works under any executor (or
+    /// `futures::executor::block_on`).
+    async fn within<F: std::future::Future>(
+        &self,
+        timeout: Duration,
+        future: F,
+    ) -> Option<F::Output> {
+        let (expired_tx, expired) = futures::channel::oneshot::channel::<()>();
+        let timer_started = self.inner.arbiters.first().is_some_and(|arbiter| {
+            arbiter.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let _ = expired_tx.send(());
+            })
+        });
+        if !timer_started {
+            return Some(future.await);
+        }
+        match futures::future::select(Box::pin(future), expired).await {
+            futures::future::Either::Left((output, _)) => Some(output),
+            futures::future::Either::Right(_) => None,
+        }
+    }
+
     /// Shuts down gracefully: stops the subscribers after their current page, refuses new
     /// commands, waits (up to `drain_timeout`) for the commands in flight, stops the actors,
     /// drains and flushes the journal, and stops the actor threads. Idempotent.
@@ -705,25 +765,10 @@ impl Runtime {
                 notified.await;
             }
         };
-        // The timer runs on one of the runtime's own arbiters, so `shutdown` works under any
-        // executor (or `futures::executor::block_on`).
-        let (expired_tx, expired) = futures::channel::oneshot::channel::<()>();
-        let timeout = self.inner.options.drain_timeout;
-        let timer_started = self.inner.arbiters.first().is_some_and(|arbiter| {
-            arbiter.spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let _ = expired_tx.send(());
-            })
-        });
-        let drained = if timer_started {
-            matches!(
-                futures::future::select(Box::pin(drain), expired).await,
-                futures::future::Either::Left(_)
-            )
-        } else {
-            drain.await;
-            true
-        };
+        let drained = self
+            .within(self.inner.options.drain_timeout, drain)
+            .await
+            .is_some();
         if !drained {
             tracing::warn!(
                 in_flight = self.inner.in_flight.load(Ordering::Acquire),

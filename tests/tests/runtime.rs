@@ -2260,7 +2260,8 @@ fn open_placed(dir: &TempDir, placement: Placement) -> Runtime {
 /// HTTP worker is) runs its commands on that caller's thread, and rehydrates from the store
 /// elsewhere (the blocking pool), never holding up the caller's thread with store reads; a
 /// caller that is not on an arbiter gets the runtime's arbiters, as with
-/// [`Placement::Arbiters`], which never uses the caller's thread.
+/// [`Placement::Arbiters`], which never uses the caller's thread; after `release_callers`,
+/// neither does `Caller`.
 #[test]
 fn a_caller_placed_actor_runs_on_the_callers_thread_and_rehydrates_elsewhere() {
     let dir = TempDir::new().expect("a temporary directory can be created");
@@ -2323,6 +2324,24 @@ fn a_caller_placed_actor_runs_on_the_callers_thread_and_rehydrates_elsewhere() {
         assert!(
             !threads_of(3, "decide").contains(&plain),
             "a caller off any arbiter does not run the actor"
+        );
+
+        // Released (as before an HTTP server's workers stop): the actor on this thread stops,
+        // and the next command runs on the runtime's arbiters, from where its predecessor left.
+        rt.release_callers().await;
+        let executed = rt
+            .execute::<Placed>("p-1", PlacedCommand::Note { tag: 4 })
+            .await
+            .expect("executes")
+            .expect("accepted");
+        assert_eq!(
+            executed.version,
+            Version(3),
+            "the stream goes on after the move"
+        );
+        assert!(
+            !threads_of(4, "decide").contains(&caller),
+            "after release_callers, actors run on the runtime's arbiters"
         );
         close(rt).await;
     });

@@ -14,14 +14,16 @@
 //!
 //! A page that stores nothing (events a projection does not index, or a subscriber whose
 //! effects are outside the store) moves the checkpoint in memory only; the checkpoint is
-//! committed with the next page that stores something, at most 50 ms later otherwise, and when
-//! the subscriber is idle at the head or stops. At the head, where a page is the batch or two
+//! committed with the next page that stores something, otherwise with the first page that ends
+//! 50 ms after the last commit, and when the subscriber has been idle at the head for 50 ms or
+//! stops. At the head, where a page is the batch or two
 //! acknowledged since the last, this saves one state-store commit per batch per subscriber.
 //!
 //! # Delivery and failure
 //! Delivery is at least once: a crash after handling events but before their page was
 //! committed delivers them again — with none of their stored effects, which were in the same
-//! commit (and a crash may deliver again up to 50 ms of events whose pages stored nothing). Per-aggregate order (indeed global order) is preserved. A handler
+//! commit (and a crash may deliver again about 50 ms, plus a page, of events whose pages stored
+//! nothing). Per-aggregate order (indeed global order) is preserved. A handler
 //! error is retried with exponential backoff up to [`SubscriberOptions::retries`]; then, per
 //! [`FailurePolicy`], the event is **parked** (a persisted dead letter, see
 //! [`Runtime::parked`](crate::Runtime::parked) and

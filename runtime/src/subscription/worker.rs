@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::{self, ActorFutureExt, WrapFuture};
-use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
+use actix::{
+    Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
+};
 use futures::channel::oneshot;
 use parking_lot::Mutex;
 
@@ -130,6 +132,7 @@ pub const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
 /// waits (and lag) on this node follow the owner's progress.
 const STANDBY_POLL: Duration = Duration::from_millis(20);
 
+#[derive(Debug, Clone, Copy)]
 enum Pumped {
     More,
     AtHead,
@@ -513,6 +516,9 @@ pub(crate) struct SubscriberActor {
     pump_pending: bool,
     /// A commit of a deferred checkpoint is scheduled (see [`CHECKPOINT_DEFER`]).
     commit_scheduled: bool,
+    /// The wait for the head to move ([`SubscriberActor::wait_for_head`]), if one is pending:
+    /// at most one at a time, so that one head change is one pump.
+    waiter: Option<SpawnHandle>,
 }
 
 impl SubscriberActor {
@@ -545,6 +551,7 @@ impl SubscriberActor {
             head,
             pump_pending: false,
             commit_scheduled: false,
+            waiter: None,
         }
     }
 
@@ -555,35 +562,69 @@ impl SubscriberActor {
             return;
         }
         self.commit_scheduled = true;
-        ctx.run_later(CHECKPOINT_DEFER, |act, ctx| {
-            act.commit_scheduled = false;
-            // A worker out on a page (or a retry) commits on its own.
-            if let Some(worker) = &mut act.worker {
-                if worker.deferred() && worker.save_with(true).is_err() {
-                    // The store refused (it stalls or failed the subscriber, or another node
-                    // owns it now): the next page redoes it from the committed checkpoint.
-                    ctx.notify(Pump);
-                }
+        ctx.run_later(CHECKPOINT_DEFER, Self::commit_deferred);
+    }
+
+    fn commit_deferred(&mut self, ctx: &mut Context<Self>) {
+        self.commit_scheduled = false;
+        let Some(worker) = &mut self.worker else {
+            // Out on a page or a retry: a page commits on its own, a retry does not, so look
+            // again later.
+            self.commit_scheduled = true;
+            ctx.run_later(CHECKPOINT_DEFER, Self::commit_deferred);
+            return;
+        };
+        if !worker.deferred() {
+            return;
+        }
+        if let Err(pumped) = worker.save_with(true) {
+            // The store refused: the checkpoint went back to the last one committed. Go on as
+            // after a page that ended so (stall, fail, or stand by), instead of waiting for
+            // the head, which may not move again.
+            if let Some(waiter) = self.waiter.take() {
+                ctx.cancel_future(waiter);
             }
-        });
+            self.after(pumped, ctx);
+        }
+    }
+
+    /// What follows a page (or a commit) that ended with `pumped`.
+    fn after(&mut self, pumped: Pumped, ctx: &mut Context<Self>) {
+        match pumped {
+            Pumped::More => {
+                ctx.notify(Pump);
+            }
+            Pumped::AtHead => self.wait_for_head(ctx),
+            Pumped::Interrupted(pause) => {
+                ctx.run_later(pause, |_, ctx| ctx.notify(Pump));
+            }
+            Pumped::Failed => ctx.stop(),
+        }
     }
 
     /// Pumps again once the head moves past the checkpoint.
     fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
         self.schedule_commit(ctx);
+        if let Some(waiter) = self.waiter.take() {
+            ctx.cancel_future(waiter);
+        }
         let checkpoint = self.worker.as_ref().map_or(Position(0), |w| w.checkpoint);
         let mut head = self.head.clone();
         if *head.borrow_and_update() > checkpoint {
             ctx.notify(Pump);
             return;
         }
-        ctx.spawn(
+        let waiter = ctx.spawn(
             async move {
                 let _ = head.changed().await;
             }
             .into_actor(self)
-            .map(|(), _, ctx| ctx.notify(Pump)),
+            .map(|(), act, ctx| {
+                act.waiter = None;
+                ctx.notify(Pump);
+            }),
         );
+        self.waiter = Some(waiter);
     }
 }
 
@@ -598,9 +639,11 @@ impl Actor for SubscriberActor {
         // Another node can take the subscriber at once.
         if let Some(worker) = &mut self.worker {
             if let Some(lease) = worker.lease.as_ref().filter(|l| l.is_valid()) {
-                if worker.deferred() {
-                    // Not to read those events again after a restart. A page is never cut in
-                    // two by a stop, so nothing else is held.
+                // Only a checkpoint whose page left nothing held: a page a failure cut short
+                // (its held writes not committed) must be read again.
+                let held = worker.writes.take();
+                if worker.deferred() && held.is_empty() {
+                    // Not to read those events again after a restart.
                     let mut changes = Changes::default();
                     changes.save_checkpoint(&worker.shared.name, worker.checkpoint);
                     changes.fence(&worker.shared.name, lease);
@@ -642,14 +685,7 @@ impl Handler<Pump> for SubscriberActor {
             .map(|(worker, pumped), act, ctx| {
                 act.worker = Some(worker);
                 act.pump_pending = false;
-                match pumped {
-                    Pumped::More => ctx.notify(Pump),
-                    Pumped::AtHead => act.wait_for_head(ctx),
-                    Pumped::Interrupted(pause) => {
-                        ctx.run_later(pause, |_, ctx| ctx.notify(Pump));
-                    }
-                    Pumped::Failed => ctx.stop(),
-                }
+                act.after(pumped, ctx);
             }),
         ))
     }

@@ -28,9 +28,10 @@
 //! commit except the commit's bytes inside a segment: a stream is read by walking the `prev`
 //! chain back from its head, stream heads live in memory and are checkpointed to the `heads`
 //! tree every `heads_checkpoint_interval` (one insert per *changed stream*, not per commit,
-//! spread over the syncs that follow in chunks of 128 streams, so that no sync waits behind
-//! thousands of inserts), and recovery re-derives everything after the last durable checkpoint
-//! from the log.
+//! spread over the syncs that follow in chunks of 128 streams or twice the sync's appends, so
+//! that a sync under load does not wait behind thousands of inserts; when idle, at shutdown,
+//! or when the table of changed heads reaches its bound, they are written at once), and
+//! recovery re-derives everything after the last durable checkpoint from the log.
 //!
 //! # Durability modes
 //! - [`Durability::Durable`] (default): nothing is acknowledged before the sync that covers it.
@@ -119,8 +120,10 @@ pub struct SledOptions {
     pub batch_appends_max: NonZeroUsize,
     /// Most bytes of commit records per batch (one segment); a batch closes once it has more.
     pub batch_bytes_max: NonZeroUsize,
-    /// How often the stream heads that changed are checkpointed to disk. Recovery re-derives
-    /// the heads of the log written since the last checkpoint, so this bounds its work.
+    /// How often a checkpoint of the stream heads that changed begins (it is spread over the
+    /// syncs that follow, a few milliseconds under load). Recovery re-derives the heads of the
+    /// log written since the last checkpoint completed, so this, plus that spread, bounds its
+    /// work.
     pub heads_checkpoint_interval: Duration,
     /// Most appends waiting in the journal queue; beyond it, appends are refused with
     /// [`StoreError::Overloaded`].

@@ -531,7 +531,8 @@ struct Flusher {
 }
 
 /// A heads checkpoint spread over the groups that follow it, [`CHECKPOINT_CHUNK`] streams per
-/// group, instead of all at once: thousands of heads written in one go held up the next sync
+/// group (or twice the group's appends, if more, so that the pass outpaces the table's growth
+/// however slow the syncs), instead of all at once: thousands of heads written in one go held up the next sync
 /// (and every acknowledgement waiting for it) for milliseconds every interval, which was the
 /// slowest percent of command latencies. When the last stream is written, every head of a
 /// commit through `through` is (the pass took every stream changed through there; each one's
@@ -612,6 +613,9 @@ impl Flusher {
                 }
             }
         }
+        // Each append changes at most one stream's head: a pass that takes twice as many
+        // streams per group as the group appended always outpaces the table's growth.
+        let appends: usize = group.iter().map(|stage| stage.replies.len()).sum();
         for stage in group {
             self.acknowledge(stage);
         }
@@ -627,7 +631,7 @@ impl Flusher {
                     keys,
                 });
             }
-            self.checkpoint_some(CHECKPOINT_CHUNK);
+            self.checkpoint_some(CHECKPOINT_CHUNK.max(appends.saturating_mul(2)));
         }
     }
 

@@ -572,12 +572,10 @@ impl std::fmt::Debug for Served {
 /// `aggregates`; and the answer to paths no route matches.
 pub fn routes(config: &mut web::ServiceConfig, aggregates: &Aggregates) {
     config.app_data(query_config()).app_data(path_config());
-    for route in ROUTES {
-        if !route.pattern.starts_with(AGGREGATE_PREFIX) {
-            let resource = (route.add)(resource(route.pattern, route.method.allow()));
-            config.service(access::guarded(resource, route.access));
-        }
-    }
+    // The aggregate scopes first: the router tries services in registration order, and a
+    // fixed route with a parameter costs a regex match to rule out, so the command path
+    // (most of the traffic) meets one static prefix per aggregate type and one regex. No fixed
+    // route lies under an aggregate's scope (`Aggregates::add` refuses such a route name).
     for api in aggregates.iter() {
         let mut scope = web::scope(&format!("/v1/{}", api.route()))
             .app_data(web::Data::new(Served(Arc::clone(api))))
@@ -589,6 +587,12 @@ pub fn routes(config: &mut web::ServiceConfig, aggregates: &Aggregates) {
             }
         }
         config.service(scope);
+    }
+    for route in ROUTES {
+        if !route.pattern.starts_with(AGGREGATE_PREFIX) {
+            let resource = (route.add)(resource(route.pattern, route.method.allow()));
+            config.service(access::guarded(resource, route.access));
+        }
     }
     config.default_service(web::to(not_found));
 }

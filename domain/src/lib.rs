@@ -65,7 +65,7 @@
 
 use std::time::Duration;
 
-use annals::{Runtime, RuntimeError, SubscribeError, SubscriberOptions};
+use annals::{Aggregate, Runtime, RuntimeError, SubscribeError, SubscriberOptions};
 
 pub mod bank;
 pub mod customer;
@@ -148,17 +148,21 @@ pub fn register(runtime: &Runtime, options: &DomainOptions) -> Result<(), Regist
     runtime
         .register::<order::Order>()
         .map_err(RegisterError::Aggregate)?;
+    // The views and the saga read customers and orders only: other aggregate types' batches
+    // (the benchmark's accounts, a user's own) do not wake them.
+    let read = [customer::Customer::TYPE, order::Order::TYPE];
+    let projections = options.projections.clone().with_aggregate_types(read);
     runtime
         .project(
             views::CUSTOMER_SUMMARIES,
-            options.projections.clone(),
+            projections.clone(),
             views::CustomerSummaries::new,
         )
         .map_err(RegisterError::Subscriber)?;
     runtime
         .project(
             views::VALUABLE_CUSTOMERS,
-            options.projections.clone(),
+            projections,
             views::ValuableCustomers::new,
         )
         .map_err(RegisterError::Subscriber)?;
@@ -168,7 +172,7 @@ pub fn register(runtime: &Runtime, options: &DomainOptions) -> Result<(), Regist
             saga::OrderCreditSaga {
                 decision_timeout: options.decision_timeout,
             },
-            options.saga.clone(),
+            options.saga.clone().with_aggregate_types(read),
         )
         .map_err(RegisterError::Subscriber)?;
     Ok(())

@@ -159,6 +159,7 @@ macro_rules! store_contract {
                 read_all_pages_by_position_across_streams,
                 appends_from_many_threads_get_gap_free_positions,
                 head_position_and_stream_head_follow_the_receipts,
+                a_type_watch_covers_every_acknowledged_event_of_its_types,
                 reads_after_reopen_return_the_same_data,
                 shutdown_refuses_new_appends_and_is_idempotent,
             );
@@ -227,6 +228,42 @@ impl Drop for PgBackend {
 /// Tests of the sled backend alone, outside the generic contract.
 mod sled_regressions {
     use super::*;
+
+    /// The sled store's type watches are selective: an acknowledgement of other types moves
+    /// the head but not the watch, so a subscriber of those types is not woken by it; one of
+    /// its types moves it to the head.
+    #[test]
+    fn a_type_watch_does_not_move_for_other_types() {
+        let backend = SledBackend::fresh();
+        let store = backend.store();
+        let mut watch = store.watch_types(&["Contract".to_string()]);
+        let noise = StreamId::new("Noise", "n").expect("a valid stream id");
+        commit(store, &noise, Version(0), 3);
+        commit(store, &noise, Version(3), 1);
+        assert_eq!(store.head_position(), Position(4));
+        assert!(
+            !watch
+                .has_changed()
+                .expect("the store holds the watch's sender"),
+            "appends of another type moved the watch to {}",
+            *watch.borrow()
+        );
+        assert_eq!(*watch.borrow_and_update(), Position(0));
+        let (receipt, _) = commit(store, &stream("watched"), Version(0), 2);
+        assert!(watch
+            .has_changed()
+            .expect("the store holds the watch's sender"));
+        assert_eq!(*watch.borrow_and_update(), Position(6));
+        assert_eq!(receipt.last_position(), Some(Position(6)));
+        commit(store, &noise, Version(4), 1);
+        assert!(!watch
+            .has_changed()
+            .expect("the store holds the watch's sender"));
+        // A watch nobody holds is forgotten, and appends go on.
+        drop(watch);
+        commit(store, &stream("watched"), Version(2), 1);
+        assert_eq!(store.head_position(), Position(8));
+    }
 
     /// Open-append-shutdown-drop cycles on one directory, each reopening at once, with no
     /// retry: a service restarted in-process (or a test that reopens) must not find the
@@ -1460,6 +1497,41 @@ mod contract {
         }
         assert_eq!(store.stream_head(&a).expect("head"), Version(6));
         assert_eq!(store.stream_head(&c).expect("head"), Version(5));
+    }
+
+    /// `watch_types`: once an append of a watched type is acknowledged, the head and the
+    /// watch both cover it, and the watch is never beyond the head (a subscriber that reads the
+    /// head and then the watch, as `SubscriberInfo` does, misses none of its events).
+    pub(super) fn a_type_watch_covers_every_acknowledged_event_of_its_types(b: &mut dyn Backend) {
+        let store = b.store();
+        let mut watch = store.watch_types(&["Contract".to_string(), "Other".to_string()]);
+        let (ours, other) = (
+            stream("type-watch"),
+            StreamId::new("Other", "w").expect("id"),
+        );
+        let unwatched = StreamId::new("Unwatched", "w").expect("a valid stream id");
+        let mut versions = std::collections::HashMap::new();
+        for (i, s) in [&ours, &unwatched, &other, &unwatched, &ours]
+            .into_iter()
+            .enumerate()
+        {
+            let at = versions.entry(s.clone()).or_insert(Version(0));
+            let (receipt, _) = commit(store, s, *at, i + 1);
+            *at = receipt.version;
+            let head = store.head_position();
+            let seen = *watch.borrow_and_update();
+            assert!(
+                seen <= head,
+                "the watch ({seen}) is beyond the head ({head})"
+            );
+            if s != &unwatched {
+                let last = receipt.last_position().expect("events were written");
+                assert!(
+                    seen >= last,
+                    "append {i} to {s} was acknowledged at {last}, but the watch shows {seen}"
+                );
+            }
+        }
     }
 
     pub(super) fn reads_after_reopen_return_the_same_data(b: &mut dyn Backend) {

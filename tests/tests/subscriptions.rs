@@ -730,6 +730,53 @@ async fn catch_up_then_live_sees_every_position_once_in_order() {
     close(rt).await;
 }
 
+/// A subscriber of some aggregate types is handed every event of those types, in order, and
+/// none of the others; its checkpoint still follows the head through the others' events (a
+/// wait for such a position is answered), and it shows no lag when nothing of its types is
+/// left to read, however far the head has gone on with other types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_some_aggregate_types_sees_all_of_them_and_follows_the_head_through_the_rest(
+) {
+    let dir = temp_dir();
+    let rt = open(&dir);
+    rt.register::<Ledger>().expect("Ledger registers");
+    let (recorder, seen) = Recorder::new();
+    let options = SubscriberOptions::default().with_aggregate_types([Ledger::TYPE]);
+    rt.subscribe("ledgers", recorder, options)
+        .expect("the subscriber starts");
+    let mut ledger_positions = Vec::new();
+    for i in 0..40u64 {
+        deposit(&rt, &format!("typed-{}", i % 4), i + 1).await;
+        if i % 5 == 0 {
+            let note = LedgerCommand::Record {
+                note: format!("note {i}"),
+            };
+            let executed = match rt.execute::<Ledger>("typed-ledger", note).await {
+                Ok(Ok(executed)) => executed,
+                other => panic!("a ledger note must commit, got {other:?}"),
+            };
+            ledger_positions.push(executed.position.expect("a note has a position").0);
+            let last = Position(*ledger_positions.last().expect("just pushed"));
+            rt.wait_for("ledgers", last, WAIT_MAX)
+                .await
+                .unwrap_or_else(|e| panic!("the ledger event at {last} must be handled: {e:?}"));
+        }
+    }
+    // Only deposits since the last note: nothing of its types is left to read.
+    assert_eq!(info(&rt, "ledgers").lag_events, 0);
+    // The head is a deposit: the checkpoint follows it all the same.
+    let head = wait_for_head(&rt, "ledgers").await;
+    assert_eq!(head, rt.head_position());
+    assert_eq!(
+        seen_positions(&seen),
+        ledger_positions,
+        "every ledger event once, in order, and nothing else"
+    );
+    let info = info(&rt, "ledgers");
+    assert_eq!((info.checkpoint, info.lag_events), (head, 0));
+    close(rt).await;
+}
+
 /// A restart in the middle of live writes may redeliver the events after the last saved
 /// checkpoint, and only those: every position is seen, each run in order, and the second run
 /// resumes exactly after the checkpoint the first one saved.

@@ -610,6 +610,62 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// A watch of [`EventStore::head_position`]: it changes after every acknowledged batch.
     /// Subscribers wait on it instead of polling.
     fn watch_head(&self) -> HeadWatch;
+
+    /// A watch that moves only with acknowledgements that hold an event of one of
+    /// `aggregate_types`, each time to the head as of that acknowledgement (so its value is at
+    /// most the head). It moves *before* [`EventStore::head_position`] passes such an event:
+    /// whoever reads the head and then this watch sees every event of those types at or below
+    /// that head at or below the watch's value. A subscriber that reads only those types waits
+    /// on it, and is not woken by the batches of every other type.
+    ///
+    /// The default is [`EventStore::watch_head`], which moves with every acknowledgement: as
+    /// correct for a store whose head watch moves no later than its `head_position` (the
+    /// PostgreSQL store's is the same value), only less selective.
+    fn watch_types(&self, aggregate_types: &[String]) -> HeadWatch {
+        let _ = aggregate_types;
+        self.watch_head()
+    }
+}
+
+/// The watches of [`EventStore::watch_types`], for a store to keep: [`TypeWatches::moved`]
+/// with every acknowledgement, before the head moves.
+#[derive(Debug, Default)]
+pub(crate) struct TypeWatches {
+    watches: parking_lot::Mutex<Vec<TypeWatch>>,
+    /// Whether any watch is registered (so that a store nobody filters pays one atomic load).
+    any: std::sync::atomic::AtomicBool,
+}
+
+/// The aggregate types of one watch, and its sender.
+type TypeWatch = (Box<[String]>, tokio::sync::watch::Sender<Position>);
+
+impl TypeWatches {
+    /// A new watch of `aggregate_types`, starting at `head`.
+    pub(crate) fn watch(&self, aggregate_types: &[String], head: Position) -> HeadWatch {
+        let (tx, rx) = tokio::sync::watch::channel(head);
+        let mut watches = self.watches.lock();
+        watches.push((aggregate_types.into(), tx));
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+        rx
+    }
+
+    /// Events were acknowledged up to `head`, of the aggregate types for which `acknowledged`
+    /// is true: moves every watch of one of them to `head`, and forgets the watches nobody
+    /// holds any more.
+    pub(crate) fn moved(&self, acknowledged: impl Fn(&str) -> bool, head: Position) {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut watches = self.watches.lock();
+        watches.retain(|(_, tx)| !tx.is_closed());
+        for (types, tx) in watches.iter() {
+            if types.iter().any(|t| acknowledged(t)) {
+                tx.send_replace(head);
+            }
+        }
+        self.any
+            .store(!watches.is_empty(), std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Checks what any backend refuses before queueing an append: an empty event list, too many

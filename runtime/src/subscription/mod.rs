@@ -12,6 +12,14 @@
 //! costs the journal nothing: it simply reads further behind, with memory bounded by one page.
 //! A just-written batch is still in the store's cache, so a live subscriber reads it from memory.
 //!
+//! A subscriber that reads only some aggregate types
+//! ([`SubscriberOptions::aggregate_types`]) waits at the head on the store's watch of those
+//! types instead ([`EventStore::watch_types`](crate::store::EventStore::watch_types)): a batch
+//! of other types does not wake it (on a busy service of many aggregate types, most batches
+//! would wake it for nothing). It still reads every position in order, passing over the other
+//! types' events without calling its handler, so nothing is skipped; while only other types
+//! are written, it catches its checkpoint up with the head every [`FOLLOW_INTERVAL`].
+//!
 //! A page that stores nothing (events a projection does not index, or a subscriber whose
 //! effects are outside the store) moves the checkpoint in memory only; the checkpoint is
 //! committed with the next page that stores something, otherwise with the first page that ends
@@ -61,6 +69,6 @@ pub use self::registry::{
 };
 pub use self::subscriber::{
     FailurePolicy, FlushFuture, HandleFuture, HandlerError, Interrupted, RetryError, Subscriber,
-    SubscriberInfo, SubscriberOptions, SubscriberStatus, STALL_PAUSE_MAX,
+    SubscriberInfo, SubscriberOptions, SubscriberStatus, FOLLOW_INTERVAL, STALL_PAUSE_MAX,
 };
 pub use self::worker::CLAIM_INTERVAL;

@@ -239,10 +239,15 @@ impl Registry {
             checkpoint = head;
             self.state.save_checkpoint(storage_name, checkpoint)?;
         }
+        let types = options
+            .aggregate_types
+            .as_deref()
+            .map(|types| self.log.watch_types(types));
         let shared = Arc::new(SubscriberShared::new(
             Arc::from(storage_name),
             checkpoint,
             status,
+            types,
         ));
         let actor = SubscriberActor::new(
             subscriber,

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::envelope::RecordedEvent;
@@ -64,7 +65,20 @@ pub struct SubscriberOptions {
     pub backoff: Duration,
     /// What to do with an event that keeps failing.
     pub on_failure: FailurePolicy,
+    /// The aggregate types whose events the subscriber reads (`None`: all). Events of other
+    /// types are passed over without a call to the handler, and their batches do not wake the
+    /// subscriber: it is woken by a batch that holds one of these types at once, and otherwise
+    /// catches its checkpoint up with the head every [`FOLLOW_INTERVAL`] while the log grows
+    /// (so lag, read-your-writes waits and a restart's catch-up stay short). See
+    /// [`EventStore::watch_types`](crate::store::EventStore::watch_types).
+    pub aggregate_types: Option<Arc<[String]>>,
 }
+
+/// How often a subscriber with [`SubscriberOptions::aggregate_types`] that nothing of its types
+/// woke catches its checkpoint up with a head that moved: a wait for a position
+/// ([`Runtime::wait_for`](crate::Runtime::wait_for)) of another type's event is answered within
+/// about this.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Default for SubscriberOptions {
     fn default() -> Self {
@@ -73,6 +87,7 @@ impl Default for SubscriberOptions {
             retries: 3,
             backoff: Duration::from_millis(10),
             on_failure: FailurePolicy::Park,
+            aggregate_types: None,
         }
     }
 }
@@ -98,6 +113,24 @@ impl SubscriberOptions {
     pub fn with_page_events(mut self, page_events: NonZeroUsize) -> Self {
         self.page_events = page_events;
         self
+    }
+
+    /// Reads only the events of these aggregate types (see
+    /// [`aggregate_types`](SubscriberOptions::aggregate_types)).
+    #[must_use]
+    pub fn with_aggregate_types<T: Into<String>>(
+        mut self,
+        aggregate_types: impl IntoIterator<Item = T>,
+    ) -> Self {
+        self.aggregate_types = Some(aggregate_types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the subscriber reads events of `aggregate_type`.
+    pub(crate) fn reads(&self, aggregate_type: &str) -> bool {
+        self.aggregate_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == aggregate_type))
     }
 }
 

@@ -16,7 +16,7 @@ use super::page::PageWrites;
 use super::reader::LogReader;
 use super::subscriber::{
     is_transient, FailurePolicy, HandlerError, Interrupted, RetryError, Subscriber, SubscriberInfo,
-    SubscriberOptions, SubscriberStatus, STALL_PAUSE_MAX,
+    SubscriberOptions, SubscriberStatus, FOLLOW_INTERVAL, STALL_PAUSE_MAX,
 };
 use crate::envelope::RecordedEvent;
 use crate::store::{Changes, EventStore, HeadWatch, Lease, ParkedEvent, StateStore, StoreError};
@@ -28,6 +28,9 @@ pub(crate) struct SubscriberShared {
     pub(crate) name: Arc<str>,
     pub(crate) status: Mutex<SubscriberStatus>,
     pub(crate) checkpoint: tokio::sync::watch::Sender<Position>,
+    /// For a subscriber of some aggregate types only, the store's watch of them
+    /// ([`EventStore::watch_types`]).
+    pub(crate) types: Option<HeadWatch>,
 }
 
 impl SubscriberShared {
@@ -35,11 +38,13 @@ impl SubscriberShared {
         name: Arc<str>,
         checkpoint: Position,
         status: SubscriberStatus,
+        types: Option<HeadWatch>,
     ) -> SubscriberShared {
         SubscriberShared {
             name,
             status: Mutex::new(status),
             checkpoint: tokio::sync::watch::Sender::new(checkpoint),
+            types,
         }
     }
 
@@ -58,11 +63,22 @@ impl SubscriberShared {
         }
     }
 
-    /// Progress against the store's head.
+    /// Progress against the store's head. A subscriber of some aggregate types has no lag when
+    /// no event of its types lies beyond its checkpoint, however far the head has moved on
+    /// with others (its checkpoint follows within [`FOLLOW_INTERVAL`]).
     pub(crate) fn info(&self, store: &dyn EventStore) -> SubscriberInfo {
         let checkpoint = *self.checkpoint.borrow();
+        // The head first, then the watch of the types: the watch moves before the head does.
         let head = store.head_position();
-        let lag_events = head.0.saturating_sub(checkpoint.0);
+        let nothing_to_read = self
+            .types
+            .as_ref()
+            .is_some_and(|types| *types.borrow() <= checkpoint);
+        let lag_events = if nothing_to_read {
+            0
+        } else {
+            head.0.saturating_sub(checkpoint.0)
+        };
         let lag_seconds = if lag_events == 0 {
             0.0
         } else {
@@ -216,6 +232,10 @@ impl Worker {
             Err(e) => return self.fail(&format!("cannot read the log: {e}")),
         };
         for event in events.iter() {
+            if !self.options.reads(event.stream.aggregate_type()) {
+                self.checkpoint = event.position;
+                continue;
+            }
             let handled = self.handle_with_retries(event).await;
             if let Err((error, _)) = &handled {
                 if error.downcast_ref::<Interrupted>().is_some() {
@@ -511,6 +531,10 @@ pub(crate) fn is_parked(
 pub(crate) struct SubscriberActor {
     worker: Option<Worker>,
     head: HeadWatch,
+    /// For a subscriber of some aggregate types only, the store's watch of them: the wait at
+    /// the head ends at once when it moves, and otherwise once the head has moved and
+    /// [`FOLLOW_INTERVAL`] has passed.
+    types: Option<HeadWatch>,
     /// A `Pump` arrived while the worker was out (busy with a retry): pump once it is back.
     /// (actix may run a future queued by `notify` before a handler's `ctx.wait` takes effect.)
     pump_pending: bool,
@@ -531,6 +555,7 @@ impl SubscriberActor {
         options: SubscriberOptions,
     ) -> SubscriberActor {
         let head = stores.log.watch_head();
+        let types = shared.types.clone();
         let checkpoint = *shared.checkpoint.borrow();
         SubscriberActor {
             worker: Some(Worker {
@@ -549,6 +574,7 @@ impl SubscriberActor {
                 committed_at: std::time::Instant::now(),
             }),
             head,
+            types,
             pump_pending: false,
             commit_scheduled: false,
             waiter: None,
@@ -602,7 +628,9 @@ impl SubscriberActor {
         }
     }
 
-    /// Pumps again once the head moves past the checkpoint.
+    /// Pumps again once the head moves past the checkpoint; for a subscriber of some aggregate
+    /// types only, at once when an event of one of them is acknowledged, and otherwise no
+    /// sooner than [`FOLLOW_INTERVAL`] from now.
     fn wait_for_head(&mut self, ctx: &mut Context<Self>) {
         self.schedule_commit(ctx);
         if let Some(waiter) = self.waiter.take() {
@@ -610,13 +638,29 @@ impl SubscriberActor {
         }
         let checkpoint = self.worker.as_ref().map_or(Position(0), |w| w.checkpoint);
         let mut head = self.head.clone();
-        if *head.borrow_and_update() > checkpoint {
+        let mut types = self.types.clone();
+        let wake = types.as_mut().unwrap_or(&mut head);
+        if *wake.borrow_and_update() > checkpoint {
             ctx.notify(Pump);
             return;
         }
         let waiter = ctx.spawn(
             async move {
-                let _ = head.changed().await;
+                let Some(mut types) = types else {
+                    let _ = head.changed().await;
+                    return;
+                };
+                let follow = async {
+                    tokio::time::sleep(FOLLOW_INTERVAL).await;
+                    while *head.borrow_and_update() <= checkpoint {
+                        if head.changed().await.is_err() {
+                            // The store is gone: nothing will move.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let of_types = std::pin::pin!(types.changed());
+                let _ = futures::future::select(of_types, std::pin::pin!(follow)).await;
             }
             .into_actor(self)
             .map(|(), act, ctx| {

@@ -322,6 +322,8 @@ pub(crate) struct Shared {
     recent_segments: Mutex<std::collections::VecDeque<Position>>,
     /// Publishes the acknowledged head to subscribers.
     head: tokio::sync::watch::Sender<Position>,
+    /// Publishes it to subscribers of some aggregate types ([`EventStore::watch_types`]).
+    types: crate::store::TypeWatches,
     /// Command ids whose rejection or no-event outcome is written but not yet acknowledged:
     /// readers must not return such an outcome before its fsync.
     pending_outcomes: Mutex<std::collections::HashSet<CommandId>>,
@@ -524,6 +526,7 @@ impl SledStore {
             dirty_heads: Mutex::new(writer::DirtyHeads::new()),
             pending_outcomes: Mutex::new(std::collections::HashSet::new()),
             head: tokio::sync::watch::Sender::new(report.head_position),
+            types: crate::store::TypeWatches::default(),
             recent_segments: Mutex::new(std::collections::VecDeque::new()),
             state: AtomicU8::new(STATE_READY),
             failure: Mutex::new(None),
@@ -1351,6 +1354,14 @@ impl EventStore for SledStore {
 
     fn watch_head(&self) -> HeadWatch {
         self.inner.shared.head.subscribe()
+    }
+
+    fn watch_types(&self, aggregate_types: &[String]) -> HeadWatch {
+        let shared = &self.inner.shared;
+        shared.types.watch(
+            aggregate_types,
+            Position(shared.visible.load(Ordering::Acquire)),
+        )
     }
 
     /// Makes everything written to the database so far durable — the journal's batches and

@@ -112,6 +112,8 @@ struct Stage {
     /// Last position written so far (this batch included).
     end: Position,
     events: u64,
+    /// The aggregate types of the batch's events, each once (for the type watches).
+    types: Vec<String>,
     /// When the writer started writing it (for [`BatchObserver`](crate::store::BatchObserver)).
     started: Instant,
 }
@@ -280,6 +282,7 @@ impl Writer {
                     outcome_ids: Vec::new(),
                     end: Position(0),
                     events: 0,
+                    types: Vec::new(),
                     started: Instant::now(),
                 },
             };
@@ -475,6 +478,10 @@ impl Writer {
                 batch.heads.push((p.stream_key, entry));
                 self.next = position.advance(u64::from(count));
                 batch.stage.events += u64::from(count);
+                let aggregate_type = p.stream.aggregate_type();
+                if !batch.stage.types.iter().any(|t| t == aggregate_type) {
+                    batch.stage.types.push(aggregate_type.to_owned());
+                }
                 CommitReceipt {
                     version: last,
                     first_position: Some(position),
@@ -616,8 +623,22 @@ impl Flusher {
         // Each append changes at most one stream's head: a pass that takes twice as many
         // streams per group as the group appended always outpaces the table's growth.
         let appends: usize = group.iter().map(|stage| stage.replies.len()).sum();
+        // The whole group is durable: the type watches move first, then what reads see (so a
+        // reader of the head and then a type watch misses none of the group's events; see
+        // `EventStore::watch_types`), then the replies, and the head's watch once per group,
+        // after them.
+        let end = group.last().map(|stage| stage.end);
+        if let Some(end) = end {
+            let acknowledged =
+                |t: &str| group.iter().any(|stage| stage.types.iter().any(|s| s == t));
+            self.shared.types.moved(acknowledged, end);
+            self.shared.visible.store(end.0, Ordering::Release);
+        }
         for stage in group {
             self.acknowledge(stage);
+        }
+        if let Some(end) = end {
+            self.shared.head.send_replace(end);
         }
         if self.shared.dirty_heads.lock().len() >= self.dirty_max {
             // The table of changed heads is at its bound: empty it now.
@@ -803,8 +824,6 @@ impl Flusher {
 
     fn acknowledge(&self, stage: Stage) {
         let s = &self.shared;
-        s.visible.store(stage.end.0, Ordering::Release);
-        s.head.send_replace(stage.end);
         if !stage.outcome_ids.is_empty() {
             let mut pending = s.pending_outcomes.lock();
             for id in &stage.outcome_ids {

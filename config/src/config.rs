@@ -131,7 +131,8 @@ impl fmt::Debug for Origins {
 pub struct ServerConfig {
     /// The address to listen on (`addr`; a host name is resolved once, at load).
     pub addr: SocketAddr,
-    /// HTTP worker threads (`workers`; 0 in a file means one per core, resolved here).
+    /// HTTP worker threads (`workers`; 0 in a file means one per core less one, at least one,
+    /// resolved here: the journal's threads take about a core at full load).
     pub workers: NonZeroUsize,
     /// Most bytes of one request body (`body_bytes_max`); beyond it, 413.
     pub body_bytes_max: NonZeroUsize,
@@ -180,7 +181,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             addr: ADDR_DEFAULT,
-            workers: cores(),
+            workers: workers_default(),
             body_bytes_max: nonzero(64 * 1024),
             page_size_default: nonzero(100),
             page_size_max: nonzero(1000),
@@ -348,7 +349,7 @@ pub enum DurabilityMode {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuntimeConfig {
     /// Arbiter threads running aggregate actors and subscribers (`arbiters`; 0 in a file means
-    /// one per core). On the sled store, an actor activated by a caller on an actix arbiter
+    /// one per two cores, at least one). On the sled store, an actor activated by a caller on an actix arbiter
     /// (an HTTP request) runs on that caller's thread instead ([`Placement::Caller`]).
     pub arbiters: NonZeroUsize,
     /// Most live actors per aggregate type (`live_actors_max`); the least recently used goes.
@@ -379,7 +380,7 @@ impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
         let options = RuntimeOptions::with_store(SledOptions::new(DATA_DIR_DEFAULT));
         RuntimeConfig {
-            arbiters: options.arbiters,
+            arbiters: arbiters_default(),
             live_actors_max: options.live_actors_max,
             mailbox_capacity: options.mailbox_capacity,
             rehydrations_max: options.rehydrations_max,
@@ -477,6 +478,24 @@ pub enum LogFormat {
 /// The number of cores, which a count of 0 stands for.
 pub(crate) fn cores() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// HTTP workers when none are configured: one per core less one, at least one. The journal's
+/// writer and flusher (and sled's I/O threads) take about a core at full load; with a worker
+/// on every core too, they and the workers take turns on every core. On two cores, with the
+/// load generator on the same machine (`app/bench/http.sh`, medians of three): one worker
+/// and one arbiter 41,118 commands/s, two of each 37,393/s; the HTTP orders workload 9,167–9,429
+/// against 6,661–7,416 commands/s (README, Performance).
+pub(crate) fn workers_default() -> NonZeroUsize {
+    NonZeroUsize::new(cores().get().saturating_sub(1)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Arbiters when none are configured: one per two cores, at least one. On the sled store they
+/// run the subscribers and the actors those activate (a request's actor runs on its HTTP
+/// worker); on PostgreSQL they run every actor, whose store calls wait on the backend's own
+/// threads, not on the arbiter's.
+pub(crate) fn arbiters_default() -> NonZeroUsize {
+    NonZeroUsize::new(cores().get() / 2).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// The word the file uses for an integrity check.

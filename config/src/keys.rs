@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use annals::store::sled::IntegrityCheck;
 
-use crate::config::{cores, Config, DurabilityMode, LogFormat, StoreBackend};
+use crate::config::{
+    arbiters_default, workers_default, Config, DurabilityMode, LogFormat, StoreBackend,
+};
 use crate::error::{ConfigError, ErrorKind, Problem};
 use crate::origin::Origin;
 use crate::secret::{is_redacted_url, DatabaseUrl, REDACTED};
@@ -102,7 +104,7 @@ const POSTGRES_SCHEMA_BYTES_MAX: usize = 63;
 #[rustfmt::skip]
 pub(crate) static KEYS: &[Key] = &[
     key!(server.addr => server.addr = socket_addr()),
-    key!(server.workers => server.workers = per_core()),
+    key!(server.workers => server.workers = threads("0: one per core less one", workers_default)),
     key!(server.body_bytes_max => server.body_bytes_max = count(MESSAGE_BYTES_MAX, "bytes")),
     key!(server.page_size_default => server.page_size_default = count(PAGE_SIZE_MAX, "entries")),
     key!(server.page_size_max => server.page_size_max = count(PAGE_SIZE_MAX, "entries")),
@@ -150,7 +152,8 @@ pub(crate) static KEYS: &[Key] = &[
     key!(store.postgres_lease_timeout_ms =>
         store.postgres_lease_timeout = millis(1000, HOUR_MS)),
 
-    key!(runtime.arbiters => runtime.arbiters = per_core()),
+    key!(runtime.arbiters =>
+        runtime.arbiters = threads("0: one per two cores", arbiters_default)),
     key!(runtime.live_actors_max => runtime.live_actors_max = count(100_000_000, "actors")),
     key!(runtime.mailbox_capacity => runtime.mailbox_capacity = count(1_000_000, "commands")),
     key!(runtime.rehydrations_max =>
@@ -358,13 +361,13 @@ fn count(raw: &Raw, max: u64, unit: &str) -> Result<NonZeroUsize, Problem> {
         .ok_or_else(|| Problem::out_of_range(format!("{n} {unit} do not fit this machine")))
 }
 
-/// A thread count, 0 standing for one per core.
-fn per_core(raw: &Raw) -> Result<NonZeroUsize, Problem> {
-    let n = bounded(raw, 0, THREADS_MAX, "threads (0: one per core)")?;
+/// A thread count, 0 standing for `default()` (which `zero` describes).
+fn threads(raw: &Raw, zero: &str, default: fn() -> NonZeroUsize) -> Result<NonZeroUsize, Problem> {
+    let n = bounded(raw, 0, THREADS_MAX, &format!("threads ({zero})"))?;
     Ok(usize::try_from(n)
         .ok()
         .and_then(NonZeroUsize::new)
-        .unwrap_or_else(cores))
+        .unwrap_or_else(default))
 }
 
 /// A duration in whole milliseconds from `min` to `max`.

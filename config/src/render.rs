@@ -12,8 +12,8 @@ use crate::origin::Origin;
 const HEADER: &str = "\
 # The effective configuration of Annals: the built-in defaults, overridden by the configuration
 # file, then by ANNALS_* environment variables, then by command-line flags. A comment names the
-# source of each value that is not a built-in default. Thread counts of 0 (one per core) are
-# shown resolved. Secrets are redacted.
+# source of each value that is not a built-in default. Thread counts of 0 (chosen from the number of
+# cores) are shown resolved. Secrets are redacted.
 ";
 
 pub(crate) fn render(config: &Config) -> String {

@@ -23,8 +23,18 @@ fn default_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("annals.toml")
 }
 
-fn cores() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// `server.workers = 0`: one per core less one, at least one.
+fn workers_default() -> NonZeroUsize {
+    nz(cores().saturating_sub(1).max(1))
+}
+
+/// `runtime.arbiters = 0`: one per two cores, at least one.
+fn arbiters_default() -> NonZeroUsize {
+    nz((cores() / 2).max(1))
 }
 
 fn nz(n: usize) -> NonZeroUsize {
@@ -119,7 +129,7 @@ fn defaults_are_the_documented_values() {
         server.addr,
         "127.0.0.1:8080".parse::<SocketAddr>().expect("an address")
     );
-    assert_eq!(server.workers, cores());
+    assert_eq!(server.workers, workers_default());
     assert_eq!(server.body_bytes_max.get(), 65_536);
     assert_eq!(server.page_size_default.get(), 100);
     assert_eq!(server.page_size_max.get(), 1000);
@@ -165,7 +175,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(store.postgres_pool_size.get(), 8);
 
     let runtime = &config.runtime;
-    assert_eq!(runtime.arbiters, cores());
+    assert_eq!(runtime.arbiters, arbiters_default());
     assert_eq!(
         runtime.live_actors_max.get(),
         annals::runtime::LIVE_ACTORS_MAX_DEFAULT
@@ -439,8 +449,10 @@ fn every_bound_is_enforced_and_stated() {
         for value in [min, max] {
             let config = Config::load(&with_roomy(key, &value.to_string()))
                 .unwrap_or_else(|e| panic!("{key} = {value} is within bounds: {e}"));
-            let expected = if value == 0 && (key == "server.workers" || key == "runtime.arbiters") {
-                i64::try_from(cores().get()).expect("few cores")
+            let expected = if value == 0 && key == "server.workers" {
+                i64::try_from(workers_default().get()).expect("few cores")
+            } else if value == 0 && key == "runtime.arbiters" {
+                i64::try_from(arbiters_default().get()).expect("few cores")
             } else {
                 i64::try_from(value).expect("bounds fit TOML")
             };
@@ -481,7 +493,9 @@ fn units_are_stated_in_range_errors() {
     let message = |key: &str, value: &str| load_err(&flags(&[(key, value)])).to_string();
     assert!(message("server.wait_max_ms", "300001").contains("to 300000 milliseconds"));
     assert!(message("server.body_bytes_max", "0").contains("to 268435456 bytes"));
-    assert!(message("server.workers", "2000").contains("to 1024 threads (0: one per core)"));
+    assert!(
+        message("server.workers", "2000").contains("to 1024 threads (0: one per core less one)")
+    );
     assert!(message("runtime.mailbox_capacity", "0").contains("to 1000000 commands"));
 }
 
@@ -1141,7 +1155,7 @@ fn an_overridden_bad_value_is_still_an_error() {
     assert_eq!(
         error.to_string(),
         format!(
-            "server.workers: -3 is out of range: must be from 0 to 1024 threads (0: one per core) \
+            "server.workers: -3 is out of range: must be from 0 to 1024 threads (0: one per core less one) \
              (from {}, line 2)",
             f.path.display()
         )

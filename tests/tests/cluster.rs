@@ -153,15 +153,33 @@ async fn order_status(api: &Api, id: &str) -> Option<String> {
     reply.json()["state"]["status"].as_str().map(str::to_string)
 }
 
-/// The log as both nodes read it: the same, dense, with unique event ids and contiguous
+/// The log as every node reads it: the same, dense, with unique event ids and contiguous
 /// versions per stream. Returns it.
+///
+/// The saga may still be writing when an order reads as approved (it settles the customer's
+/// credit after the approval), and a node learns of another's commits within its poll
+/// interval: so the nodes are read again until they agree twice in a row, for at most a
+/// minute; then they must agree.
 async fn check_log(apis: &[&Api]) -> Vec<Value> {
-    let (log, head) = apis[0].global_log(500).await;
-    for api in &apis[1..] {
-        let (other, other_head) = api.global_log(500).await;
-        assert_eq!(other_head, head, "every node reads the same head");
-        assert_eq!(other, log, "every node reads the same log");
-    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut agreed: Option<u64> = None;
+    let log = loop {
+        let (log, head) = apis[0].global_log(500).await;
+        let mut same = true;
+        for api in &apis[1..] {
+            let (other, other_head) = api.global_log(500).await;
+            if Instant::now() >= deadline {
+                assert_eq!(other_head, head, "every node reads the same head");
+                assert_eq!(other, log, "every node reads the same log");
+            }
+            same &= other_head == head && other == log;
+        }
+        if same && agreed == Some(head) {
+            break log;
+        }
+        agreed = same.then_some(head);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let mut ids = HashSet::new();
     let mut versions: HashMap<(String, String), u64> = HashMap::new();
     for (i, event) in log.iter().enumerate() {

@@ -160,6 +160,7 @@ macro_rules! store_contract {
                 appends_from_many_threads_get_gap_free_positions,
                 head_position_and_stream_head_follow_the_receipts,
                 a_type_watch_covers_every_acknowledged_event_of_its_types,
+                stream_ids_list_a_types_streams_by_prefix_shortest_first,
                 reads_after_reopen_return_the_same_data,
                 shutdown_refuses_new_appends_and_is_idempotent,
             );
@@ -1531,6 +1532,41 @@ mod contract {
                     "append {i} to {s} was acknowledged at {last}, but the watch shows {seen}"
                 );
             }
+        }
+    }
+
+    /// `stream_ids`: the streams of one type whose id starts with a prefix, shortest first
+    /// and then in byte order, at most `limit`, the same before and after a reopen (from the
+    /// sled store's checkpointed heads as from its heads in memory).
+    pub(super) fn stream_ids_list_a_types_streams_by_prefix_shortest_first(b: &mut dyn Backend) {
+        for id in ["o-41", "o-4", "p-1", "o-40", "o-5", "o-400"] {
+            commit(b.store(), &stream(id), Version(0), 1);
+        }
+        let other = StreamId::new("Other", "o-42").expect("a valid stream id");
+        commit(b.store(), &other, Version(0), 1);
+        for pass in ["before a reopen", "after a reopen"] {
+            let store = b.store();
+            let ids = |prefix: &str, limit: usize| {
+                store
+                    .stream_ids("Contract", prefix, limit)
+                    .unwrap_or_else(|e| panic!("listing {prefix:?} {pass}: {e:?}"))
+            };
+            assert_eq!(ids("o-4", 10), ["o-4", "o-40", "o-41", "o-400"], "{pass}");
+            assert_eq!(ids("o-4", 2), ["o-4", "o-40"], "{pass}");
+            assert_eq!(ids("", 4), ["o-4", "o-5", "p-1", "o-40"], "{pass}");
+            assert_eq!(ids("o-40", 10), ["o-40", "o-400"], "{pass}");
+            assert!(ids("q", 10).is_empty(), "{pass}");
+            assert!(ids("o-4", 0).is_empty(), "{pass}");
+            assert_eq!(
+                store.stream_ids("Other", "o", 10).expect("listing Other"),
+                ["o-42"],
+                "{pass}"
+            );
+            assert!(store
+                .stream_ids("Nobody", "", 10)
+                .expect("listing")
+                .is_empty());
+            b.reopen();
         }
     }
 

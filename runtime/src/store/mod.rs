@@ -598,6 +598,16 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// Whether the store accepts writes.
     fn health(&self) -> StoreHealth;
 
+    /// The ids of the streams of `aggregate_type` that have an acknowledged event and start
+    /// with `prefix`, at most `limit` of them: shortest first, ids of one length in byte order
+    /// (so `o-4` comes before `o-40`). For browsing (the console's search), bounded by `limit`.
+    fn stream_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Stops accepting appends, acknowledges (or refuses) everything queued, and makes
     /// everything durable. Idempotent.
     fn shutdown(&self) -> Result<(), StoreError>;

@@ -1126,6 +1126,35 @@ impl EventStore for PgStore {
         })
     }
 
+    fn stream_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (aggregate_type, prefix) = (aggregate_type.to_string(), prefix.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(move |client| async move {
+            let rows = client
+                .query(
+                    &prepared(
+                        &client,
+                        "SELECT aggregate_id FROM annals_streams \
+                         WHERE aggregate_type = $1 AND starts_with(aggregate_id, $2) \
+                         ORDER BY octet_length(aggregate_id), aggregate_id COLLATE \"C\" \
+                         LIMIT $3",
+                    )
+                    .await?,
+                    &[&aggregate_type, &prefix, &limit],
+                )
+                .await
+                .map_err(|e| db_error("listing streams", &e))?;
+            rows.iter()
+                .map(|row| get::<String>(row, 0, "annals_streams.aggregate_id"))
+                .collect()
+        })
+    }
+
     fn head_position(&self) -> Position {
         *self.inner.shared.head.borrow()
     }

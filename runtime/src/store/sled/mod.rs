@@ -1284,6 +1284,74 @@ impl EventStore for SledStore {
         self.visible()
     }
 
+    fn stream_ids(
+        &self,
+        aggregate_type: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (trees, shared) = (&self.inner.trees, &self.inner.shared);
+        let Ok(type_len) = u8::try_from(aggregate_type.len()) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 || prefix.len() > crate::types::AGGREGATE_ID_LEN_MAX {
+            return Ok(Vec::new());
+        }
+        let visible = self.visible();
+        let mut type_key = vec![type_len];
+        type_key.extend_from_slice(aggregate_type.as_bytes());
+        // Stream keys order by id length, then id bytes: per length, the ids that start with
+        // `prefix` are one range of the checkpointed heads. Collected in key order, so the
+        // first `limit` of them are the first `limit` of the answer from this tree.
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        'lengths: for len in prefix.len().max(1)..=crate::types::AGGREGATE_ID_LEN_MAX {
+            let Ok(len) = u16::try_from(len) else { break };
+            let mut start = type_key.clone();
+            start.extend_from_slice(&len.to_be_bytes());
+            start.extend_from_slice(prefix.as_bytes());
+            for entry in trees.heads.scan_prefix(&start) {
+                let (key, _) = entry.map_err(io("reading stream heads"))?;
+                keys.push(key.to_vec());
+                if keys.len() >= limit {
+                    break 'lengths;
+                }
+            }
+        }
+        // Heads not checkpointed yet are in memory; a stream whose only commits are not
+        // acknowledged yet is not shown.
+        let dirty: Vec<(Vec<u8>, HeadEntry)> = shared
+            .dirty_heads
+            .lock()
+            .iter()
+            .filter(|(key, _)| {
+                key.starts_with(&type_key)
+                    && key
+                        .get(type_key.len() + 2..)
+                        .is_some_and(|id| id.starts_with(prefix.as_bytes()))
+            })
+            .map(|(key, head)| (key.clone(), *head))
+            .collect();
+        for (key, head) in dirty {
+            if head.last_position() <= visible || head_at_or_below(trees, head, visible)?.is_some()
+            {
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(limit);
+        keys.iter()
+            .map(|key| {
+                keys::parse_stream_key(key)
+                    .map(|stream| stream.aggregate_id().to_string())
+                    .map_err(|reason| StoreError::Corrupt {
+                        what: "a stream key".into(),
+                        reason,
+                    })
+            })
+            .collect()
+    }
+
     fn command_outcome(&self, id: &CommandId) -> Result<Option<StoredOutcome>, StoreError> {
         if self.inner.shared.pending_outcomes.lock().contains(id) {
             return Ok(None);

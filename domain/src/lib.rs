@@ -88,7 +88,8 @@ pub struct DomainOptions {
     /// while an aggregate is overloaded or shutting down; other failures are retried per these
     /// options, then the event is parked for an operator.
     pub saga: SubscriberOptions,
-    /// Options of the projections' subscribers.
+    /// Options of the projections' subscribers. (`register` sets their `aggregate_types`, and
+    /// the saga's, to customers and orders: what they read.)
     pub projections: SubscriberOptions,
 }
 

@@ -926,7 +926,11 @@ impl Runtime {
     }
 
     /// Read-your-writes: waits until subscriber `name` has processed `position` (for example
-    /// [`Executed::position`](crate::Executed::position)), for at most `timeout`.
+    /// [`Executed::position`](crate::Executed::position)), for at most `timeout`; returns the
+    /// position it has read up to: its checkpoint, or `position` for a subscriber of some
+    /// aggregate types ([`SubscriberOptions::aggregate_types`](crate::SubscriberOptions::aggregate_types))
+    /// with nothing of its types between its checkpoint and `position` (its checkpoint follows
+    /// within [`FOLLOW_INTERVAL`](crate::subscription::FOLLOW_INTERVAL)).
     pub async fn wait_for(
         &self,
         name: &str,

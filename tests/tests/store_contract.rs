@@ -260,7 +260,7 @@ mod sled_regressions {
         assert!(!watch
             .has_changed()
             .expect("the store holds the watch's sender"));
-        // A watch nobody holds is forgotten, and appends go on.
+        // Appends go on once nobody holds the watch (the store drops it at the next one).
         drop(watch);
         commit(store, &stream("watched"), Version(2), 1);
         assert_eq!(store.head_position(), Position(8));
@@ -1501,8 +1501,8 @@ mod contract {
     }
 
     /// `watch_types`: once an append of a watched type is acknowledged, the head and the
-    /// watch both cover it, and the watch is never beyond the head (a subscriber that reads the
-    /// head and then the watch, as `SubscriberInfo` does, misses none of its events).
+    /// watch both cover it, and then the watch is not beyond the head (a subscriber that reads
+    /// the head and then the watch, as `SubscriberInfo` does, misses none of its events).
     pub(super) fn a_type_watch_covers_every_acknowledged_event_of_its_types(b: &mut dyn Backend) {
         let store = b.store();
         let mut watch = store.watch_types(&["Contract".to_string(), "Other".to_string()]);

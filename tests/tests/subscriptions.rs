@@ -764,9 +764,14 @@ async fn a_subscriber_of_some_aggregate_types_sees_all_of_them_and_follows_the_h
     }
     // Only deposits since the last note: nothing of its types is left to read.
     assert_eq!(info(&rt, "ledgers").lag_events, 0);
-    // The head is a deposit: the checkpoint follows it all the same.
+    // The head is a deposit: a wait for it is answered (nothing of its types lies before it),
+    // and the checkpoint follows it all the same.
     let head = wait_for_head(&rt, "ledgers").await;
     assert_eq!(head, rt.head_position());
+    assert!(
+        wait_until(|| info(&rt, "ledgers").checkpoint == head).await,
+        "the checkpoint follows the head through other types' events"
+    );
     assert_eq!(
         seen_positions(&seen),
         ledger_positions,

@@ -622,11 +622,12 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     fn watch_head(&self) -> HeadWatch;
 
     /// A watch that moves only with acknowledgements that hold an event of one of
-    /// `aggregate_types`, each time to the head as of that acknowledgement (so its value is at
-    /// most the head). It moves *before* [`EventStore::head_position`] passes such an event:
-    /// whoever reads the head and then this watch sees every event of those types at or below
-    /// that head at or below the watch's value. A subscriber that reads only those types waits
-    /// on it, and is not woken by the batches of every other type.
+    /// `aggregate_types`, each time to the head as of that acknowledgement, and never back.
+    /// It moves *before* [`EventStore::head_position`] passes such an event: whoever reads the
+    /// head and then this watch sees every event of those types at or below that head at or
+    /// below the watch's value. (So its value may be ahead of the head for a moment, and a
+    /// new watch may start ahead of it, at the last position written.) A subscriber that reads
+    /// only those types waits on it, and is not woken by the batches of every other type.
     ///
     /// The default is [`EventStore::watch_head`], which moves with every acknowledgement: as
     /// correct for a store whose head watch moves no later than its `head_position` (the
@@ -641,21 +642,27 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
 /// with every acknowledgement, before the head moves.
 #[derive(Debug, Default)]
 pub(crate) struct TypeWatches {
+    /// Taken by [`TypeWatches::moved`] once per acknowledged group (uncontended but for a
+    /// registration), so that a watch registered while a group is acknowledged either is
+    /// moved by it or starts beyond it.
     watches: parking_lot::Mutex<Vec<TypeWatch>>,
-    /// Whether any watch is registered (so that a store nobody filters pays one atomic load).
-    any: std::sync::atomic::AtomicBool,
 }
 
 /// The aggregate types of one watch, and its sender.
 type TypeWatch = (Box<[String]>, tokio::sync::watch::Sender<Position>);
 
 impl TypeWatches {
-    /// A new watch of `aggregate_types`, starting at `head`.
-    pub(crate) fn watch(&self, aggregate_types: &[String], head: Position) -> HeadWatch {
-        let (tx, rx) = tokio::sync::watch::channel(head);
+    /// A new watch of `aggregate_types`, starting at `written()` (read under the lock
+    /// [`TypeWatches::moved`] takes: the last position written, which covers every group whose
+    /// move came before this registration).
+    pub(crate) fn watch(
+        &self,
+        aggregate_types: &[String],
+        written: impl FnOnce() -> Position,
+    ) -> HeadWatch {
         let mut watches = self.watches.lock();
+        let (tx, rx) = tokio::sync::watch::channel(written());
         watches.push((aggregate_types.into(), tx));
-        self.any.store(true, std::sync::atomic::Ordering::Release);
         rx
     }
 
@@ -663,18 +670,20 @@ impl TypeWatches {
     /// is true: moves every watch of one of them to `head`, and forgets the watches nobody
     /// holds any more.
     pub(crate) fn moved(&self, acknowledged: impl Fn(&str) -> bool, head: Position) {
-        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+        let mut watches = self.watches.lock();
+        if watches.is_empty() {
             return;
         }
-        let mut watches = self.watches.lock();
         watches.retain(|(_, tx)| !tx.is_closed());
         for (types, tx) in watches.iter() {
             if types.iter().any(|t| acknowledged(t)) {
-                tx.send_replace(head);
+                tx.send_if_modified(|at| {
+                    let forward = head > *at;
+                    *at = (*at).max(head);
+                    forward
+                });
             }
         }
-        self.any
-            .store(!watches.is_empty(), std::sync::atomic::Ordering::Release);
     }
 }
 

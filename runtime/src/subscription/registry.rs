@@ -524,7 +524,7 @@ impl Registry {
         let monitor = async move {
             let mut checkpoint = entry.shared.checkpoint.subscribe();
             loop {
-                let reached = *checkpoint.borrow_and_update();
+                checkpoint.borrow_and_update();
                 if matches!(
                     *entry.shared.status.lock(),
                     SubscriberStatus::Failed(_) | SubscriberStatus::Stopped
@@ -538,7 +538,7 @@ impl Registry {
                     }
                     return;
                 }
-                if reached >= store.head_position() {
+                if entry.shared.has_read(store.head_position(), &*store) {
                     break;
                 }
                 if checkpoint.changed().await.is_err() {
@@ -733,8 +733,8 @@ impl Registry {
         let mut swaps = self.swaps.subscribe();
         let started = std::time::Instant::now();
         let reached = *checkpoint.borrow();
-        if reached >= position {
-            return Ok(reached);
+        if entry.shared.has_read(position, &*self.log) {
+            return Ok(reached.max(position));
         }
         let mut expired = self.timer(timeout);
         loop {
@@ -747,8 +747,8 @@ impl Registry {
                 entry = next;
             }
             let reached = *checkpoint.borrow_and_update();
-            if reached >= position {
-                return Ok(reached);
+            if entry.shared.has_read(position, &*self.log) {
+                return Ok(reached.max(position));
             }
             let status = entry.shared.status.lock().clone();
             if matches!(

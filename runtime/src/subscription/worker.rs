@@ -63,17 +63,37 @@ impl SubscriberShared {
         }
     }
 
+    /// Whether the subscriber has handled everything up to `position` that it reads: its
+    /// checkpoint is there, or — for a subscriber of some aggregate types — the head is there
+    /// and no event of its types lies beyond its checkpoint (its checkpoint follows such a head
+    /// within [`FOLLOW_INTERVAL`] only).
+    pub(crate) fn has_read(&self, position: Position, store: &dyn EventStore) -> bool {
+        let checkpoint = *self.checkpoint.borrow();
+        checkpoint >= position || self.nothing_beyond(checkpoint, position, store)
+    }
+
+    /// For a subscriber of some aggregate types: whether the head is at `position` or beyond
+    /// and no event of its types lies beyond `checkpoint`. The head first, then the watch of
+    /// the types: the watch moves before the head does ([`EventStore::watch_types`]).
+    fn nothing_beyond(
+        &self,
+        checkpoint: Position,
+        position: Position,
+        store: &dyn EventStore,
+    ) -> bool {
+        self.types.as_ref().is_some_and(|types| {
+            let head = store.head_position();
+            head >= position && *types.borrow() <= checkpoint
+        })
+    }
+
     /// Progress against the store's head. A subscriber of some aggregate types has no lag when
     /// no event of its types lies beyond its checkpoint, however far the head has moved on
     /// with others (its checkpoint follows within [`FOLLOW_INTERVAL`]).
     pub(crate) fn info(&self, store: &dyn EventStore) -> SubscriberInfo {
         let checkpoint = *self.checkpoint.borrow();
-        // The head first, then the watch of the types: the watch moves before the head does.
         let head = store.head_position();
-        let nothing_to_read = self
-            .types
-            .as_ref()
-            .is_some_and(|types| *types.borrow() <= checkpoint);
+        let nothing_to_read = self.nothing_beyond(checkpoint, head, store);
         let lag_events = if nothing_to_read {
             0
         } else {
@@ -636,31 +656,38 @@ impl SubscriberActor {
         if let Some(waiter) = self.waiter.take() {
             ctx.cancel_future(waiter);
         }
-        let checkpoint = self.worker.as_ref().map_or(Position(0), |w| w.checkpoint);
+        let Some(worker) = self.worker.as_ref() else {
+            // Out on a retry: the Pump handler notes it, and it pumps once the worker is back.
+            ctx.notify(Pump);
+            return;
+        };
+        let checkpoint = worker.checkpoint;
+        let visible = worker.store.head_position();
         let mut head = self.head.clone();
         let mut types = self.types.clone();
         let wake = types.as_mut().unwrap_or(&mut head);
-        if *wake.borrow_and_update() > checkpoint {
+        // The type watch moves before the head does: ahead of it, wait for the head.
+        let woken = *wake.borrow_and_update() > checkpoint;
+        if woken && visible > checkpoint {
             ctx.notify(Pump);
             return;
         }
         let waiter = ctx.spawn(
             async move {
-                let Some(mut types) = types else {
-                    let _ = head.changed().await;
-                    return;
-                };
-                let follow = async {
-                    tokio::time::sleep(FOLLOW_INTERVAL).await;
-                    while *head.borrow_and_update() <= checkpoint {
-                        if head.changed().await.is_err() {
-                            // The store is gone: nothing will move.
-                            std::future::pending::<()>().await;
-                        }
+                match types {
+                    None => {
+                        let _ = head.changed().await;
                     }
-                };
-                let of_types = std::pin::pin!(types.changed());
-                let _ = futures::future::select(of_types, std::pin::pin!(follow)).await;
+                    Some(_) if woken => head_past(&mut head, checkpoint).await,
+                    Some(mut types) => {
+                        let follow = async {
+                            tokio::time::sleep(FOLLOW_INTERVAL).await;
+                            head_past(&mut head, checkpoint).await;
+                        };
+                        let of_types = std::pin::pin!(types.changed());
+                        let _ = futures::future::select(of_types, std::pin::pin!(follow)).await;
+                    }
+                }
             }
             .into_actor(self)
             .map(|(), act, ctx| {
@@ -669,6 +696,15 @@ impl SubscriberActor {
             }),
         );
         self.waiter = Some(waiter);
+    }
+}
+
+/// Returns once `head` is past `checkpoint` (never, if the store is gone: nothing will move).
+async fn head_past(head: &mut HeadWatch, checkpoint: Position) {
+    while *head.borrow_and_update() <= checkpoint {
+        if head.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

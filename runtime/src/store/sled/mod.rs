@@ -1300,25 +1300,11 @@ impl EventStore for SledStore {
         let visible = self.visible();
         let mut type_key = vec![type_len];
         type_key.extend_from_slice(aggregate_type.as_bytes());
-        // Stream keys order by id length, then id bytes: per length, the ids that start with
-        // `prefix` are one range of the checkpointed heads. Collected in key order, so the
-        // first `limit` of them are the first `limit` of the answer from this tree.
+        // Heads not checkpointed yet are in memory (read first: the checkpoint writes a head to
+        // the tree before it leaves the table, so what leaves after this read is in the tree
+        // when it is scanned next); a stream whose only commits are not acknowledged yet is
+        // not shown.
         let mut keys: Vec<Vec<u8>> = Vec::new();
-        'lengths: for len in prefix.len().max(1)..=crate::types::AGGREGATE_ID_LEN_MAX {
-            let Ok(len) = u16::try_from(len) else { break };
-            let mut start = type_key.clone();
-            start.extend_from_slice(&len.to_be_bytes());
-            start.extend_from_slice(prefix.as_bytes());
-            for entry in trees.heads.scan_prefix(&start) {
-                let (key, _) = entry.map_err(io("reading stream heads"))?;
-                keys.push(key.to_vec());
-                if keys.len() >= limit {
-                    break 'lengths;
-                }
-            }
-        }
-        // Heads not checkpointed yet are in memory; a stream whose only commits are not
-        // acknowledged yet is not shown.
         let dirty: Vec<(Vec<u8>, HeadEntry)> = shared
             .dirty_heads
             .lock()
@@ -1335,6 +1321,24 @@ impl EventStore for SledStore {
             if head.last_position() <= visible || head_at_or_below(trees, head, visible)?.is_some()
             {
                 keys.push(key);
+            }
+        }
+        // Stream keys order by id length, then id bytes: per length, the ids that start with
+        // `prefix` are one range of the checkpointed heads. Collected in key order, so the
+        // first `limit` of them are the first `limit` of the answer from this tree.
+        let mut from_tree = 0;
+        'lengths: for len in prefix.len().max(1)..=crate::types::AGGREGATE_ID_LEN_MAX {
+            let Ok(len) = u16::try_from(len) else { break };
+            let mut start = type_key.clone();
+            start.extend_from_slice(&len.to_be_bytes());
+            start.extend_from_slice(prefix.as_bytes());
+            for entry in trees.heads.scan_prefix(&start) {
+                let (key, _) = entry.map_err(io("reading stream heads"))?;
+                keys.push(key.to_vec());
+                from_tree += 1;
+                if from_tree >= limit {
+                    break 'lengths;
+                }
             }
         }
         keys.sort_unstable();
@@ -1426,10 +1430,9 @@ impl EventStore for SledStore {
 
     fn watch_types(&self, aggregate_types: &[String]) -> HeadWatch {
         let shared = &self.inner.shared;
-        shared.types.watch(
-            aggregate_types,
-            Position(shared.visible.load(Ordering::Acquire)),
-        )
+        shared.types.watch(aggregate_types, || {
+            Position(shared.written.load(Ordering::Acquire))
+        })
     }
 
     /// Makes everything written to the database so far durable — the journal's batches and

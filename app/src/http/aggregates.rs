@@ -722,7 +722,7 @@ pub async fn get_history(
             let stored = runtime.read_stream(&stream, from, None, limit)?;
             let mut events = Vec::with_capacity(stored.len());
             for event in &stored {
-                events.extend(api.render(event)?);
+                events.extend(super::log::render_event(Some(api.as_ref()), event)?);
             }
             let next = (stored.len() == limit)
                 .then(|| stored.last().map(|e| e.version.0 + 1))

@@ -27,13 +27,14 @@ pub fn typed_envelope<E: Serialize>(event: &Event<E>) -> Result<Value, Problem> 
 }
 
 /// A still-encoded envelope, its payload converted from CBOR by the lossless mapping.
+///
+/// A payload that is not CBOR at all (damaged on disk) is shown as its bytes
+/// (`{"$bytes": "…"}`), so that one damaged event does not hide the log around it.
 pub fn raw_envelope(event: &RecordedEvent) -> Result<Value, Problem> {
-    let payload: Cbor = annals::codec::decode_plain(&event.payload.0).map_err(|e| {
-        Problem::internal(format!(
-            "cannot decode the payload at position {}: {e}",
-            event.position
-        ))
-    })?;
+    let payload: Cbor = annals::codec::decode_plain(&event.payload.0).unwrap_or_else(|e| {
+        tracing::warn!(position = %event.position, error = %e, "an event's payload is not CBOR; shown as its bytes");
+        Cbor::Bytes(event.payload.0.clone())
+    });
     serde_json::to_value(Envelope::of(event, cbor::Json(&payload))).map_err(|e| {
         Problem::internal(format!(
             "cannot render the event at position {} as JSON: {e}",

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::aggregates::Aggregates;
+use super::aggregates::{Aggregates, ApiAggregate};
 use super::json::raw_envelope;
 use super::problem::{Kind, Problem};
 use super::{AppState, FeedRefusal, FeedSlot};
@@ -40,16 +40,34 @@ pub struct LogQuery {
 }
 
 /// Renders stored events: decoded and upcast for the aggregate types served, converted
-/// generically from CBOR for others.
+/// generically from CBOR for others ([`render_event`]).
 pub fn render(aggregates: &Aggregates, stored: &[RecordedEvent]) -> Result<Vec<Value>, Problem> {
     let mut out = Vec::with_capacity(stored.len());
     for event in stored {
-        match aggregates.by_type(event.stream.aggregate_type()) {
-            Some(api) => out.extend(api.render(event)?),
-            None => out.push(raw_envelope(event)?),
-        }
+        let api = aggregates.by_type(event.stream.aggregate_type());
+        out.extend(render_event(api.map(AsRef::as_ref), event)?);
     }
     Ok(out)
+}
+
+/// Renders one stored event: decoded and upcast by `api` (its aggregate type, if served), converted
+/// generically from its stored CBOR otherwise — and also when a served type's event does not
+/// decode (damaged, or of a schema this server has no upcaster for): that is logged, and the
+/// event is shown as stored, so that one bad event does not hide the log, a history or the
+/// live feed around it (the subscribers that cannot read it park it).
+pub fn render_event(
+    api: Option<&dyn ApiAggregate>,
+    event: &RecordedEvent,
+) -> Result<Vec<Value>, Problem> {
+    if let Some(api) = api {
+        match api.render(event) {
+            Ok(events) => return Ok(events),
+            Err(problem) => {
+                tracing::warn!(position = %event.position, stream = %event.stream, error = %problem.detail(), "an event does not decode for its aggregate type; shown as stored");
+            }
+        }
+    }
+    Ok(vec![raw_envelope(event)?])
 }
 
 /// `GET /v1/events`.

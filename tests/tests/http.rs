@@ -2494,3 +2494,99 @@ fn process_url_of(log: &[String]) -> String {
         .take_while(|c| !c.is_whitespace() && *c != '"')
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The web console's page and endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// `/console` and its assets are served from the binary, open, with a policy that allows the
+/// page's own script and style only; the overview counts what was done; the id search lists a
+/// type's ids by prefix, shortest first, and refuses bad input with 400 and an unknown type
+/// with 404.
+#[actix_rt::test]
+async fn the_console_is_served_with_its_overview_and_id_search() {
+    let server = TestServer::start(|_| {}).await;
+    let api = &server.api;
+    for (path, media, marker) in [
+        ("/console", "text/html", "/console/console.js"),
+        ("/console/console.js", "text/javascript", "data-test"),
+        ("/console/console.css", "text/css", "{"),
+    ] {
+        let reply = api.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        let content_type = reply.header("content-type").unwrap_or_default();
+        assert!(content_type.starts_with(media), "{path}: {content_type}");
+        let policy = reply.header("content-security-policy").unwrap_or_default();
+        assert!(policy.contains("script-src 'self'"), "{path}: {policy}");
+        assert!(reply.text().contains(marker), "{path}");
+    }
+
+    for id in ["c-1", "c-10", "c-2", "d-1"] {
+        api.create_customer(id, "Ada", 1_000).await;
+    }
+    api.create_order("o-1", "c-1", 100).await;
+    api.order_in("o-1", "Approved").await;
+
+    let ids = |query: &'static str| async move {
+        api.get(&format!("/v1/console/aggregates/customers{query}"))
+            .await
+            .ok()["ids"]
+            .clone()
+    };
+    assert_eq!(ids("?prefix=c-1").await, json!(["c-1", "c-10"]));
+    assert_eq!(ids("").await, json!(["c-1", "c-2", "d-1", "c-10"]));
+    assert_eq!(ids("?limit=2").await, json!(["c-1", "c-2"]));
+    assert_eq!(ids("?prefix=x").await, json!([]));
+    let orders = api.get("/v1/console/aggregates/orders?prefix=o").await.ok();
+    assert_eq!(orders["ids"], json!(["o-1"]));
+    api.get("/v1/console/aggregates/customers?limit=0")
+        .await
+        .problem(400);
+    let long = "x".repeat(257);
+    api.get(&format!("/v1/console/aggregates/customers?prefix={long}"))
+        .await
+        .problem(400);
+    api.get("/v1/console/aggregates/customers?colour=red")
+        .await
+        .problem(400);
+    api.get("/v1/console/aggregates/planets").await.problem(404);
+
+    let overview = api.get("/v1/console/overview").await.ok();
+    // Four customers and an order over HTTP (the saga's commands are not HTTP commands).
+    assert!(
+        u64_of(&overview["commands_total"], "commands_total") >= 5,
+        "{overview}"
+    );
+    let journal = &overview["journal"];
+    assert_eq!(journal["health"], "ok", "{overview}");
+    assert!(
+        u64_of(&journal["events_total"], "events_total") >= 7,
+        "{overview}"
+    );
+    assert!(
+        u64_of(&journal["fsyncs_total"], "fsyncs_total") >= 1,
+        "{overview}"
+    );
+    assert!(
+        overview["disk_free_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{overview}"
+    );
+    let p50 = overview["command_latency_ms"]["p50"].as_f64();
+    let p99 = overview["command_latency_ms"]["p99"].as_f64();
+    assert!(
+        p50.is_some_and(|p| p > 0.0) && p50 <= p99,
+        "latency quantiles of the commands just sent: {overview}"
+    );
+    let names: Vec<&str> = overview["subscribers"]
+        .as_array()
+        .expect("subscribers")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(names.contains(&"order-credit"), "{names:?}");
+    assert!(
+        overview["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{overview}"
+    );
+    server.stop().await;
+}

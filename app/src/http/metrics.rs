@@ -117,6 +117,28 @@ struct Inner {
     responses: [Counter; 5],
     batch_appends: Arc<FixedHistogram>,
     commit: Arc<FixedHistogram>,
+    /// Recent totals of the command latency buckets, for [`Metrics::recent_latency`]: at most
+    /// one per [`WINDOW_STEP`], the last [`WINDOW_SNAPSHOTS`]. Locked only by that call.
+    window: parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, Vec<u64>)>>,
+}
+
+/// The window [`Metrics::recent_latency`] reports over.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(10);
+/// At most one snapshot of the latency buckets per this.
+const WINDOW_STEP: Duration = Duration::from_secs(1);
+/// Snapshots kept (twice the window's worth, so a caller every few seconds finds one).
+const WINDOW_SNAPSHOTS: usize = 20;
+
+/// Commands counted and their latency quantiles, as [`Metrics::recent_latency`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecentLatency {
+    /// Commands counted since the server started (every outcome).
+    pub commands_total: u64,
+    /// Median command latency over about the last [`LATENCY_WINDOW`], in milliseconds
+    /// (interpolated within its histogram bucket); `None` without a command in the window.
+    pub p50_ms: Option<f64>,
+    /// The 99th percentile, likewise.
+    pub p99_ms: Option<f64>,
 }
 
 impl Metrics {
@@ -170,6 +192,7 @@ impl Metrics {
                 responses,
                 batch_appends,
                 commit,
+                window: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -201,6 +224,51 @@ impl Metrics {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.inner.responses[class].increment(1);
+    }
+
+    /// Commands counted since start, and the median and 99th percentile of their latency over
+    /// about the last [`LATENCY_WINDOW`] (from the difference between the histogram now and
+    /// as it was then; all of it until the server has run that long).
+    pub fn recent_latency(&self) -> RecentLatency {
+        let mut now: Vec<u64> = vec![0; LATENCY_BUCKETS_S.len() + 1];
+        for series in self.inner.by_aggregate.values() {
+            for (total, count) in now.iter_mut().zip(series.latency.counts.iter()) {
+                *total += count.load(Ordering::Relaxed);
+            }
+        }
+        let at = std::time::Instant::now();
+        let since = {
+            let mut window = self.inner.window.lock();
+            let since = window
+                .iter()
+                .rev()
+                .find(|(taken, _)| at.duration_since(*taken) >= LATENCY_WINDOW)
+                .or_else(|| window.front())
+                .map(|(_, counts)| counts.clone());
+            if window
+                .back()
+                .is_none_or(|(taken, _)| at.duration_since(*taken) >= WINDOW_STEP)
+            {
+                if window.len() >= WINDOW_SNAPSHOTS {
+                    window.pop_front();
+                }
+                window.push_back((at, now.clone()));
+            }
+            since
+        };
+        let recent: Vec<u64> = match &since {
+            Some(then) => now
+                .iter()
+                .zip(then)
+                .map(|(n, t)| n.saturating_sub(*t))
+                .collect(),
+            None => now.clone(),
+        };
+        RecentLatency {
+            commands_total: now.iter().sum(),
+            p50_ms: quantile(&LATENCY_BUCKETS_S, &recent, 0.5).map(|s| s * 1e3),
+            p99_ms: quantile(&LATENCY_BUCKETS_S, &recent, 0.99).map(|s| s * 1e3),
+        }
     }
 
     /// Records the journal's batches (sizes and commit times) into these metrics: set on the
@@ -375,6 +443,32 @@ const COMMIT_SECONDS_HELP: &str = "Time from the journal starting to write a bat
 /// Sums of observations in seconds are kept in nanoseconds.
 const NANOS: f64 = 1e9;
 
+/// The `q` quantile of a histogram with these upper `bounds` and `counts` (one per bound, then
+/// the count above the last): interpolated linearly within the bucket that holds it (from the
+/// bound below, 0 for the first); the last bound for the bucket above it. `None` if empty.
+fn quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^53
+    let rank = (q * total as f64).max(1.0);
+    let mut below = 0u64;
+    for (i, count) in counts.iter().enumerate() {
+        #[allow(clippy::cast_precision_loss)]
+        let (below_f, count_f) = (below as f64, *count as f64);
+        if *count > 0 && below_f + count_f >= rank {
+            let Some(upper) = bounds.get(i) else {
+                return bounds.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            return Some(lower + (upper - lower) * ((rank - below_f) / count_f));
+        }
+        below += count;
+    }
+    bounds.last().copied()
+}
+
 fn describe_histogram(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
 }
@@ -533,6 +627,18 @@ impl Scrape<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket() {
+        const BOUNDS: [f64; 3] = [1.0, 2.0, 4.0];
+        assert_eq!(quantile(&BOUNDS, &[0, 0, 0, 0], 0.5), None);
+        // 10 in (0, 1], 10 in (1, 2]: the median is the top of the first bucket.
+        assert_eq!(quantile(&BOUNDS, &[10, 10, 0, 0], 0.5), Some(1.0));
+        assert_eq!(quantile(&BOUNDS, &[10, 10, 0, 0], 0.75), Some(1.5));
+        // Above the last bound: the last bound.
+        assert_eq!(quantile(&BOUNDS, &[0, 0, 0, 5], 0.99), Some(4.0));
+        assert_eq!(quantile(&BOUNDS, &[0, 0, 4, 0], 0.25), Some(2.5));
+    }
 
     #[test]
     fn commands_are_counted_and_timed_into_cumulative_buckets() {

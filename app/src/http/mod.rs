@@ -8,6 +8,7 @@
 //! | [`read`] | `/v1/projections…` (status, rebuild, parked events) and `/v1/views/…` (read models) |
 //! | [`ops`] | `GET /livez`, `GET /readyz`, `GET /metrics` |
 //! | [`openapi`] | `GET /openapi.json`, `GET /docs` |
+//! | [`console`] | `GET /console` (the web console and its assets), `GET /v1/console/overview`, `GET /v1/console/aggregates/{aggregate}` |
 //!
 //! The server binds before the store is open: while recovery runs, `/livez` answers and
 //! everything else answers 503 with `Retry-After`, so an orchestrator can tell "starting" from
@@ -32,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub mod access;
 pub mod aggregates;
+pub mod console;
 pub mod json;
 pub mod log;
 pub mod metrics;
@@ -498,6 +500,36 @@ pub static ROUTES: &[Route] = &[
         add: |r| r.route(get().to(aggregates::get_state)),
     },
     Route {
+        pattern: "/console",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(console::page)),
+    },
+    Route {
+        pattern: "/console/console.js",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(console::script)),
+    },
+    Route {
+        pattern: "/console/console.css",
+        method: Method::Get,
+        access: Access::Open,
+        add: |r| r.route(get().to(console::style)),
+    },
+    Route {
+        pattern: "/v1/console/overview",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(console::overview)),
+    },
+    Route {
+        pattern: "/v1/console/aggregates/{aggregate}",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(console::aggregate_ids)),
+    },
+    Route {
         pattern: "/v1/events",
         method: Method::Get,
         access: Access::READ,
@@ -648,7 +680,18 @@ mod tests {
             .filter(|r| r.access == Access::Open)
             .map(|r| r.pattern)
             .collect();
-        assert_eq!(open, ["/livez", "/readyz", "/openapi.json", "/docs"]);
+        assert_eq!(
+            open,
+            [
+                "/livez",
+                "/readyz",
+                "/openapi.json",
+                "/docs",
+                "/console",
+                "/console/console.js",
+                "/console/console.css"
+            ]
+        );
         for route in ROUTES {
             assert!(
                 route.access != Access::Token,

@@ -92,6 +92,8 @@ pub fn document_for(state: &AppState) -> Value {
             answer, with read-your-writes through `min_position`."}),
         json!({"name": "operations", "description": "Health and metrics."}),
         json!({"name": "api description", "description": "This document, as JSON and as HTML."}),
+        json!({"name": "console", "description": "The web console at `/console`, and what \
+            only it needs: the overview and the search of aggregate ids."}),
     ]);
     json!({
         "openapi": OPENAPI_VERSION,

@@ -46,7 +46,10 @@ use crate::wire::time::{self, Rfc3339};
 /// bounded too: at most 1 + 8 × 255.)
 pub const VALUABLE_SCAN_PER_PAGE_ENTRY: usize = 10;
 
-fn status_json<'a>(info: &'a SubscriberInfo, owners: &'a [annals::store::Owner]) -> Subscriber<'a> {
+pub(crate) fn status_json<'a>(
+    info: &'a SubscriberInfo,
+    owners: &'a [annals::store::Owner],
+) -> Subscriber<'a> {
     // A projection's lease is held under its storage name, `{name}@{generation}`; the latest
     // renewed one is the generation running.
     let owner = owners

@@ -264,3 +264,67 @@ pub struct Problem<'a> {
     #[serde(flatten)]
     pub extensions: &'a Map<String, Value>,
 }
+
+/// The console's overview (`GET /v1/console/overview`): counters the page turns into rates by
+/// polling, recent latency, the journal, the disk, live actors and the subscribers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Overview<'a> {
+    /// When this was taken.
+    pub time: Rfc3339,
+    /// Commands answered since the server started (every outcome).
+    pub commands_total: u64,
+    /// Command latency over about the last 10 seconds.
+    pub command_latency_ms: Latency,
+    /// The journal's counters and health.
+    pub journal: JournalOverview,
+    /// Bytes free on the disk holding the store (null on PostgreSQL, or if it cannot be read).
+    pub disk_free_bytes: Option<u64>,
+    /// Aggregate actors alive now.
+    pub live_actors: u64,
+    /// Every subscriber, as `GET /v1/projections` lists them.
+    pub subscribers: Vec<Subscriber<'a>>,
+}
+
+/// Latency quantiles in milliseconds, interpolated within the histogram's buckets; null
+/// without a command in the window.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Latency {
+    /// The median.
+    #[schemars(range(min = 0))]
+    pub p50: Option<f64>,
+    /// The 99th percentile.
+    #[schemars(range(min = 0))]
+    pub p99: Option<f64>,
+}
+
+/// The journal in the overview.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JournalOverview {
+    /// Appends acknowledged since the store was opened (commits and recorded outcomes).
+    pub appends_total: u64,
+    /// Events committed since then.
+    pub events_total: u64,
+    /// Syncs (`fsync`) since then.
+    pub fsyncs_total: u64,
+    /// `ok`, `failed` or `closed`.
+    pub health: JournalHealth,
+}
+
+/// The journal's health.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalHealth {
+    /// Accepting writes.
+    Ok,
+    /// A write or sync failed: nothing more is acknowledged until the store is reopened.
+    Failed,
+    /// Shut down.
+    Closed,
+}
+
+/// Ids of one aggregate type (`GET /v1/console/aggregates/{aggregate}`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AggregateIds {
+    /// The ids that start with the prefix asked for, shortest first, then in byte order.
+    pub ids: Vec<String>,
+}

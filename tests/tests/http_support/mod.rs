@@ -500,6 +500,14 @@ impl TestServer {
     /// Starts a server with the defaults, changed by `tune`, and waits until it is ready.
     pub(crate) async fn start(tune: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary data directory");
+        TestServer::start_in(dir, tune).await
+    }
+
+    /// [`TestServer::start`] on the data directory `dir` (which may hold a store already).
+    pub(crate) async fn start_in(
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::default();
         config.server.addr = "127.0.0.1:0".parse().expect("a socket address");
         config.store.data_dir = dir.path().into();

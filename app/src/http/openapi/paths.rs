@@ -163,6 +163,7 @@ impl<'a> Paths<'a> {
         self.log();
         self.projections();
         self.views();
+        self.console(aggregates);
         let paths = self.paths.into_iter();
         paths.map(|(path, item)| (path, json!(item))).collect()
     }
@@ -357,6 +358,88 @@ impl<'a> Paths<'a> {
             .problems(&[400, 500, 503]);
         let pattern = "/v1/{aggregate}/{id}/events";
         self.add("get", &format!("/v1/{route}/{{id}}/events"), pattern, op);
+    }
+
+    /// The web console's page and assets, and its two endpoints.
+    fn console(&mut self, aggregates: &[&dyn ApiAggregate]) {
+        let text = || json!({"type": "string"});
+        let op = |id: &str, summary: &str| Operation::new(id, "console", summary);
+        let assets = [
+            (
+                "/console",
+                "console_page",
+                "The web console (HTML)",
+                "text/html",
+            ),
+            (
+                "/console/console.js",
+                "console_script",
+                "The console's script",
+                "text/javascript",
+            ),
+            (
+                "/console/console.css",
+                "console_style",
+                "The console's style sheet",
+                "text/css",
+            ),
+        ];
+        for (path, id, summary, media) in assets {
+            let page = op(id, summary)
+                .describe(
+                    "Built into the binary: no network access at run time. Open to anyone, like \
+                     `/docs`: the page holds no data, and asks for a token when the API does.",
+                )
+                .response(200, Response::new("The asset.", media, text()));
+            self.get(path, page);
+        }
+        let overview = op("console_overview", "What the console's overview shows")
+            .describe(
+                "Counters since start (the page turns them into rates by polling), command \
+                 latency over about the last 10 seconds, the journal's counters and health, \
+                 free disk, live actors, and every subscriber with its lag.",
+            )
+            .json(200, "The overview.", reference("Overview"))
+            .problems(&[500, 503]);
+        self.get("/v1/console/overview", overview);
+        let routes: Vec<&str> = aggregates.iter().map(|a| a.route()).collect();
+        let aggregate = Parameter::new(
+            In::Path,
+            "aggregate",
+            json!({"type": "string", "enum": routes}),
+            "The aggregate type, by its route (`orders` for `/v1/orders/…`); another is 404.",
+        );
+        let max = self.config.server.page_size_max.get();
+        let ids = op(
+            "console_aggregate_ids",
+            "Ids of an aggregate type, by prefix",
+        )
+        .describe(
+            "The ids of the aggregates of this type that have an event and start with \
+                 `prefix`, shortest first, then in byte order, for the console's search.",
+        )
+        .parameters(std::iter::once(aggregate).chain(query::parameters::<
+            super::super::console::IdsQuery,
+        >(&[
+            (
+                "prefix",
+                Adjust::schema(json!({"maxLength": 256})).and_describe(
+                    "Ids that start with this (default: any); at most 256 bytes, as an \
+                             id (else 400).",
+                ),
+            ),
+            (
+                "limit",
+                Adjust::schema(json!({"minimum": 1, "maximum": max})).and_describe(format!(
+                    "At most this many ids (default {}; at most {max}, \
+                             `server.page_size_max`; else 400).",
+                    super::super::console::IDS_DEFAULT
+                )),
+            ),
+        ])))
+        .json(200, "The ids.", reference("AggregateIds"))
+        .problems(&[400, 404, 500, 503]);
+        self.get("/v1/console/aggregates/{aggregate}", ids);
     }
 
     fn log(&mut self) {

@@ -240,6 +240,8 @@ impl Schemas {
         responses.subschema_for::<api::CustomerOrders<'static, views::OrderListEntry>>();
         responses.subschema_for::<api::ValuableCustomers<views::ValuableCustomer>>();
         responses.subschema_for::<api::Live>();
+        responses.subschema_for::<api::Overview<'static>>();
+        responses.subschema_for::<api::AggregateIds>();
         responses.subschema_for::<api::Ready>();
         responses.subschema_for::<api::Problem<'static>>();
         responses.subschema_for::<views::CustomerSummary>();

@@ -236,7 +236,49 @@ function payloadView(data) {
 function metaView(ev) {
   const line = (label, value) => (value == null ? null : h('div', h('span', { class: 'muted' }, `${label} `), h('code', value)));
   const lines = [line('command', ev.command_id), line('correlation', ev.correlation_id), line('causation', ev.causation_id)].filter(Boolean);
-  return lines.length ? lines : h('span', { class: 'muted' }, '–');
+  const chain = h('div', h('a', { href: hashOf(['chain', ev.event_id]), 'data-test': 'chain-link', title: 'What caused this event and what it caused' }, 'chain →'));
+  return lines.length ? [...lines, chain] : [h('span', { class: 'muted' }, '–'), chain];
+}
+
+// ---------------------------------------------------------------- chain (sagas and causation)
+
+/** #/chain/{event_id}: the events that caused this one and those it caused, as a timeline. */
+async function chainPage(page, [eventId]) {
+  main.append(h('h1', 'Chain'), h('p', { class: 'muted' }, 'What caused this event, and what it caused: commands a saga sent because of an event carry that event as their causation and the business transaction as their correlation.'));
+  if (!eventId) { main.append(emptyState('No event chosen', 'Open a chain from an event\'s “chain →” link in a history or the live feed.')); page.ready(); return; }
+  const box = h('div', { class: 'card' }, h('span', { class: 'muted' }, 'loading…'));
+  main.append(box);
+  try {
+    // The index trails the log by a moment: a fresh event may need a second look.
+    let reply = null;
+    for (let attempt = 0; reply === null; attempt += 1) {
+      try {
+        reply = await api(`/v1/console/chain/${enc(eventId)}`);
+      } catch (e) {
+        if (e.status !== 404 || attempt >= 5 || !page.alive()) throw e;
+        await new Promise((resolve) => { page.timeout(resolve, 1000); });
+      }
+    }
+    if (!page.alive()) return;
+    const byId = new Map(reply.events.map((ev) => [ev.event_id, ev]));
+    const depth = (ev) => { let d = 0; let at = ev; while (at && at.causation_id && byId.has(at.causation_id) && d < 64) { at = byId.get(at.causation_id); d += 1; } return d; };
+    const items = reply.events.map((ev) => {
+      const r = routeOfType(ev.aggregate);
+      const who = r ? h('a', { href: hashOf(['aggregates', r, ev.id], { version: ev.version }) }, `${ev.aggregate} ${ev.id}`) : `${ev.aggregate} ${ev.id}`;
+      return h('li', { 'data-test': 'chain-event', 'data-position': ev.position, 'data-event-type': ev.type, class: ev.event_id === eventId ? 'at' : null },
+        h('div', { class: 'chain-step', 'data-depth': Math.min(depth(ev), 8) },
+          h('span', { class: 'num muted' }, `#${ev.position}`), ' ',
+          h('span', { class: 'etype' }, ev.type), ' · ', who, h('span', { class: 'muted' }, ` v${ev.version} · ${fmtTime(ev.recorded_at)}`),
+          ev.command_id && ev.command_id.startsWith('pm:') ? h('div', { class: 'muted' }, `sent by the process manager ${ev.command_id.split(':')[1]}`) : null,
+          payloadView(ev.data)));
+    });
+    box.replaceChildren(h('ol', { class: 'chain', 'data-test': 'chain' }, items),
+      reply.truncated ? h('div', { class: 'notice' }, `Only the first ${reply.events.length} events of this chain are shown.`) : '');
+  } catch (e) {
+    if (!page.alive()) return;
+    box.replaceChildren(e.status === 404 ? emptyState('Not in the index yet', 'The causation index has not reached this event, or does not index its aggregate type. Try again in a moment.') : errorBox(e));
+  }
+  page.ready();
 }
 
 // ---------------------------------------------------------------- routing
@@ -245,8 +287,8 @@ let main = null;
 let scope = null;
 let routeGen = 0;
 const routes = { list: FALLBACK_ROUTES.slice() }; // aggregate routes served
-const PAGES = { overview: overviewPage, aggregates: aggregatesPage, live: livePage, 'read-side': readSidePage };
-const TITLES = { overview: 'Overview', aggregates: 'Aggregates', live: 'Live feed', 'read-side': 'Read side' };
+const PAGES = { overview: overviewPage, aggregates: aggregatesPage, live: livePage, 'read-side': readSidePage, chain: chainPage };
+const TITLES = { overview: 'Overview', aggregates: 'Aggregates', live: 'Live feed', 'read-side': 'Read side', chain: 'Chain' };
 
 /** What a page may hold on to: timers and clean-ups, ended when the route changes. */
 function makeScope(gen) {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use annals_config::flags::UsageError;
 
 pub mod admin;
+pub mod causation;
 pub mod cli;
 pub mod http;
 pub mod server;

@@ -219,6 +219,8 @@ pub fn open_runtime(config: &Config, observer: Option<BatchObserver>) -> Result<
         let options = annals_domain::DomainOptions::default()
             .with_decision_timeout(config.domain.decision_timeout);
         annals_domain::register(runtime, &options).map_err(|e| format!("{e:#}"))?;
+        crate::causation::register(runtime, &annals_domain::SAGA_AGGREGATE_TYPES)
+            .map_err(|e| format!("cannot register the causation index: {e}"))?;
         runtime
             .register::<annals_domain::bank::Account>()
             .map_err(|e: RuntimeError| e.to_string())

@@ -138,6 +138,9 @@ pub enum RegisterError {
     Subscriber(#[source] SubscribeError),
 }
 
+/// The aggregate types the views and the saga read: customers and orders.
+pub const SAGA_AGGREGATE_TYPES: [&str; 2] = [customer::Customer::TYPE, order::Order::TYPE];
+
 /// Registers the Customer and Order aggregates, the [`views`] projections
 /// ([`views::CUSTOMER_SUMMARIES`], [`views::VALUABLE_CUSTOMERS`]) and the order-credit saga
 /// ([`saga::ORDER_CREDIT_SAGA`]) on `runtime`. The runtime must use the sled store (it keeps
@@ -151,7 +154,7 @@ pub fn register(runtime: &Runtime, options: &DomainOptions) -> Result<(), Regist
         .map_err(RegisterError::Aggregate)?;
     // The views and the saga read customers and orders only: other aggregate types' batches
     // (the benchmark's accounts, a user's own) do not wake them.
-    let read = [customer::Customer::TYPE, order::Order::TYPE];
+    let read = SAGA_AGGREGATE_TYPES;
     let projections = options.projections.clone().with_aggregate_types(read);
     runtime
         .project(

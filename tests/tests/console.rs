@@ -5,7 +5,7 @@
 //!
 //! | test | checks |
 //! |---|---|
-//! | `an_orders_history_state_time_travel_and_the_live_feed` | the overview's tiles count the commands; an order's page shows its state and every event of its history; the version slider shows the state at an earlier version (and the URL names it); the aggregate search suggests ids by prefix; the live feed shows an event committed after the page opened, and keeps what arrives while paused |
+//! | `an_orders_history_state_time_travel_and_the_live_feed` | the overview's tiles count the commands; an order's page shows its state and every event of its history; the version slider shows the state at an earlier version (and the URL names it); the chain of the order's creation shows the saga's steps (created, credit reserved, approved); the aggregate search suggests ids by prefix; the live feed shows an event committed after the page opened, and keeps what arrives while paused |
 //! | `the_read_side_retries_a_parked_event_and_rebuilds_a_projection` | the damaged event shows in the log and its history as stored; every subscriber is listed; a parked event (a customer event the views cannot decode) is shown with the event and its error, and Retry sends it through the projection again; Rebuild asks for confirmation and the projection is rebuilt and swapped in |
 //! | `the_console_asks_for_a_token_when_the_api_needs_one` | with `auth.tokens` set the page asks for a token, a wrong one is refused and asked for again, the right one loads the overview |
 
@@ -122,6 +122,25 @@ async fn an_orders_history_state_time_travel_and_the_live_feed() {
         )
         .await;
     browser.screenshot("aggregate-version-1").await;
+
+    // The chain of the order's first event: the saga's steps, in order.
+    browser
+        .click("[data-test=history-row][data-version=\"1\"] [data-test=chain-link]")
+        .await;
+    let steps = browser
+        .wait_for(
+            "the chain of the order's creation",
+            "const s = [...document.querySelectorAll('[data-test=chain-event]')] \
+             .map(e => e.dataset.eventType); return s.length >= 3 ? s : null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        steps,
+        json!(["OrderCreated", "CreditReserved", "OrderApproved"]),
+        "the saga's steps from the order's creation"
+    );
+    browser.screenshot("chain").await;
 
     // The search suggests ids by prefix.
     browser
@@ -257,10 +276,10 @@ async fn the_read_side_retries_a_parked_event_and_rebuilds_a_projection() {
     browser.ready().await;
     browser
         .wait_for(
-            "the three subscribers",
+            "the four subscribers",
             "const names = [...document.querySelectorAll('[data-test=subscriber-row]')] \
              .map(r => r.dataset.name).sort().join(','); \
-             return names === 'customer-summaries,order-credit,valuable-customers'",
+             return names === 'causation,customer-summaries,order-credit,valuable-customers'",
             json!([]),
         )
         .await;

@@ -2590,3 +2590,71 @@ async fn the_console_is_served_with_its_overview_and_id_search() {
     );
     server.stop().await;
 }
+
+/// The chain of an order's first event: the saga's steps it caused, in log order, the same
+/// from any of them; a bad id is 400, an unknown one 404.
+#[actix_rt::test]
+async fn an_events_chain_holds_the_sagas_steps() {
+    let server = TestServer::start(|_| {}).await;
+    let api = &server.api;
+    api.create_customer("c-1", "Ada", 10_000).await;
+    api.create_order("o-1", "c-1", 100).await;
+    api.order_in("o-1", "Approved").await;
+    let history = api.history("orders", "o-1", 10).await;
+    let created = history[0]["event_id"]
+        .as_str()
+        .expect("an event id")
+        .to_owned();
+    let approved = history[1]["event_id"]
+        .as_str()
+        .expect("an event id")
+        .to_owned();
+    let types = |chain: &Value| -> Vec<String> {
+        chain["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["aggregate"].as_str().unwrap_or(""),
+                    e["type"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        "Order:OrderCreated",
+        "Customer:CreditReserved",
+        "Order:OrderApproved",
+    ];
+    // The index trails the log by a moment.
+    let deadline = Deadline::new("the chain to hold the saga's steps");
+    let chain = loop {
+        let reply = api.get(&format!("/v1/console/chain/{created}")).await;
+        if reply.status == 200 && types(&reply.json()) == expected {
+            break reply.json();
+        }
+        deadline
+            .pause(&format!("last seen: {} {}", reply.status, reply.text()))
+            .await;
+    };
+    assert_eq!(chain["truncated"], false);
+    let positions: Vec<u64> = chain["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["position"].as_u64())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "log order: {positions:?}"
+    );
+    let from_the_end = api.get(&format!("/v1/console/chain/{approved}")).await.ok();
+    assert_eq!(types(&from_the_end), expected);
+    api.get("/v1/console/chain/not-an-id").await.problem(400);
+    api.get("/v1/console/chain/8f7c2a52-3c1e-4d0b-9e3e-000000000000")
+        .await
+        .problem(404);
+    server.stop().await;
+}

@@ -10,13 +10,13 @@ use serde::Deserialize;
 
 use annals::store::StoreHealth;
 use annals::types::AGGREGATE_ID_LEN_MAX;
-use annals::Timestamp;
+use annals::{Position, RecordedEvent, Timestamp};
 use annals_config::StoreBackend;
 
 use super::problem::Problem;
 use super::read::status_json;
 use super::AppState;
-use crate::wire::api::{AggregateIds, JournalHealth, JournalOverview, Latency, Overview};
+use crate::wire::api::{AggregateIds, Chain, JournalHealth, JournalOverview, Latency, Overview};
 use crate::wire::time::Rfc3339;
 
 const PAGE: &str = include_str!("../../console/index.html");
@@ -91,6 +91,53 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, Proble
             };
             serde_json::to_vec(&overview)
                 .map_err(|e| Problem::internal(format!("cannot render the overview: {e}")))
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// `GET /v1/console/chain/{event_id}`: the event's chain from the causation index
+/// ([`crate::causation`]); 404 if the index does not hold it (yet).
+pub async fn chain(
+    state: web::Data<AppState>,
+    event_id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let runtime = state.runtime()?;
+    let event_id = event_id.into_inner();
+    if uuid::Uuid::parse_str(&event_id).is_err() {
+        return Err(Problem::bad_request(format!(
+            "{event_id:?} is not an event id (a UUID, as `event_id` in an envelope)"
+        )));
+    }
+    let shared = state.clone();
+    let body = state
+        .read(move || {
+            let log = runtime.stores().log;
+            let read = |position: Position| -> Result<Option<RecordedEvent>, String> {
+                let events = log.read_all(position, 1).map_err(|e| e.to_string())?;
+                Ok(events.into_iter().find(|e| e.position == position))
+            };
+            let Some((positions, truncated)) =
+                crate::causation::chain(&runtime, &event_id, &read).map_err(Problem::internal)?
+            else {
+                return Err(Problem::not_found(format!(
+                    "event {event_id} is not in the causation index (not indexed yet, or of an \
+                     aggregate type it does not index)"
+                )));
+            };
+            let mut stored = Vec::with_capacity(positions.len());
+            for position in positions {
+                stored.extend(read(Position(position)).map_err(Problem::internal)?);
+            }
+            let events = super::log::render(&shared.aggregates, &stored)?;
+            serde_json::to_vec(&Chain {
+                event_id,
+                events,
+                truncated,
+            })
+            .map_err(|e| Problem::internal(format!("cannot render the chain: {e}")))
         })
         .await?;
     Ok(HttpResponse::Ok()

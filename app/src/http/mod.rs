@@ -524,6 +524,12 @@ pub static ROUTES: &[Route] = &[
         add: |r| r.route(get().to(console::overview)),
     },
     Route {
+        pattern: "/v1/console/chain/{event_id}",
+        method: Method::Get,
+        access: Access::READ,
+        add: |r| r.route(get().to(console::chain)),
+    },
+    Route {
         pattern: "/v1/console/aggregates/{aggregate}",
         method: Method::Get,
         access: Access::READ,

@@ -322,6 +322,19 @@ pub enum JournalHealth {
     Closed,
 }
 
+/// The chain of an event (`GET /v1/console/chain/{event_id}`): the events that caused it and
+/// those it caused, and those of its correlation, in log order.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Chain")]
+pub struct Chain<E> {
+    /// The event asked about.
+    pub event_id: String,
+    /// The chain's events, in log order.
+    pub events: Vec<E>,
+    /// Whether the chain holds more events than shown (at most 200 are).
+    pub truncated: bool,
+}
+
 /// Ids of one aggregate type (`GET /v1/console/aggregates/{aggregate}`).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct AggregateIds {

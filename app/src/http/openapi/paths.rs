@@ -440,6 +440,25 @@ impl<'a> Paths<'a> {
         .json(200, "The ids.", reference("AggregateIds"))
         .problems(&[400, 404, 500, 503]);
         self.get("/v1/console/aggregates/{aggregate}", ids);
+        let event_id = Parameter::new(
+            In::Path,
+            "event_id",
+            json!({"type": "string", "format": "uuid"}),
+            "An event's id (`event_id` in an envelope); not a UUID is 400.",
+        );
+        let chain = op("console_chain", "An event's chain of causes and effects")
+            .describe(
+                "The events that caused this one (each command a process manager sends carries \
+                 the triggering event's id as its causation id), everything the first of them \
+                 caused, and the events of the same correlation id, in log order; at most 200 \
+                 (`truncated` says if there were more). From the causation index, which covers \
+                 customers and orders and trails the log by a moment: an event it does not hold \
+                 (yet) is 404.",
+            )
+            .parameters([event_id])
+            .json(200, "The chain.", reference("Chain"))
+            .problems(&[400, 404, 500, 503]);
+        self.get("/v1/console/chain/{event_id}", chain);
     }
 
     fn log(&mut self) {

@@ -242,6 +242,7 @@ impl Schemas {
         responses.subschema_for::<api::Live>();
         responses.subschema_for::<api::Overview<'static>>();
         responses.subschema_for::<api::AggregateIds>();
+        responses.subschema_for::<api::Chain<AnyEnvelope>>();
         responses.subschema_for::<api::Ready>();
         responses.subschema_for::<api::Problem<'static>>();
         responses.subschema_for::<views::CustomerSummary>();

@@ -272,8 +272,19 @@ async function chainPage(page, [eventId]) {
           ev.command_id && ev.command_id.startsWith('pm:') ? h('div', { class: 'muted' }, `sent by the process manager ${ev.command_id.split(':')[1]}`) : null,
           payloadView(ev.data)));
     });
+    const deadlines = (reply.deadlines || []).map((d) => {
+      const r = routeOfType(d.aggregate);
+      const target = r ? h('a', { href: hashOf(['aggregates', r, d.id]) }, `${d.aggregate} ${d.id}`) : `${d.aggregate} ${d.id}`;
+      const cause = byId.get(d.causation_id);
+      return h('li', { 'data-test': 'chain-deadline' },
+        h('span', { class: 'muted' }, `due ${fmtTime(d.due)} · `), 'to ', target,
+        cause ? h('span', { class: 'muted' }, ` · set by #${cause.position} ${cause.type}`) : null,
+        payloadView(d.command));
+    });
     box.replaceChildren(h('ol', { class: 'chain', 'data-test': 'chain' }, items),
-      reply.truncated ? h('div', { class: 'notice' }, `Only the first ${reply.events.length} events of this chain are shown.`) : '');
+      reply.truncated ? h('div', { class: 'notice' }, `Only the first ${reply.events.length} events of this chain are shown.`) : '',
+      h('h2', 'Pending deadlines'),
+      deadlines.length ? h('ul', { class: 'deadlines' }, deadlines) : h('p', { class: 'muted', 'data-test': 'no-deadlines' }, 'None: no process manager waits on a deadline for this chain.'));
   } catch (e) {
     if (!page.alive()) return;
     box.replaceChildren(e.status === 404 ? emptyState('Not in the index yet', 'The causation index has not reached this event, or does not index its aggregate type. Try again in a moment.') : errorBox(e));

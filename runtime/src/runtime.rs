@@ -943,6 +943,15 @@ impl Runtime {
             .await
     }
 
+    /// The deadlines process managers have set that have not fired yet, soonest first, at most
+    /// `limit` (a read of the state store).
+    pub fn pending_deadlines(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::process::PendingDeadline>, StoreError> {
+        crate::subscription::process::pending_deadlines(&*self.inner.state, limit)
+    }
+
     /// The parked events of subscriber `name`.
     pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, SubscribeError> {
         self.inner.subscriptions.parked(name)

@@ -140,6 +140,8 @@ async fn an_orders_history_state_time_travel_and_the_live_feed() {
         json!(["OrderCreated", "CreditReserved", "OrderApproved"]),
         "the saga's steps from the order's creation"
     );
+    // The saga's decision deadline was cancelled when the order was approved.
+    browser.find("[data-test=no-deadlines]").await;
     browser.screenshot("chain").await;
 
     // The search suggests ids by prefix.

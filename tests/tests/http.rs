@@ -2628,11 +2628,15 @@ async fn an_events_chain_holds_the_sagas_steps() {
         "Customer:CreditReserved",
         "Order:OrderApproved",
     ];
-    // The index trails the log by a moment.
-    let deadline = Deadline::new("the chain to hold the saga's steps");
+    // The index trails the log by a moment, and so does the saga's cancellation of the
+    // decision deadline it set when the order was created (the order is approved).
+    let deadline = Deadline::new("the chain to hold the saga's steps and no pending deadline");
     let chain = loop {
         let reply = api.get(&format!("/v1/console/chain/{created}")).await;
-        if reply.status == 200 && types(&reply.json()) == expected {
+        if reply.status == 200
+            && types(&reply.json()) == expected
+            && reply.json()["deadlines"] == json!([])
+        {
             break reply.json();
         }
         deadline

@@ -1931,6 +1931,52 @@ async fn deadline_fires() {
     close(rt).await;
 }
 
+/// `Runtime::pending_deadlines` lists a deadline from when its trigger is handled until it is
+/// cancelled: due time, target, command id, and the triggering event as its causation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deadlines_are_listed_until_cancelled() {
+    const DELAY_MS: u64 = 60_000;
+    let dir = temp_dir();
+    let rt = open(&dir);
+    let pm = ReminderPm {
+        source: "p-src".into(),
+        target: "p-dst".into(),
+        delay_ms: DELAY_MS,
+        done_after: Some(2),
+    };
+    rt.process_manager("pending-pm", pm, quick_retries())
+        .expect("the process manager registers");
+    assert!(rt.pending_deadlines(10).expect("a read").is_empty());
+    let trigger = deposit(&rt, "p-src", 1).await;
+    rt.wait_for("pending-pm", position_of(&trigger), WAIT_MAX)
+        .await
+        .expect("the trigger is handled");
+    let pending = rt.pending_deadlines(10).expect("a read");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let deadline = &pending[0];
+    let event = &trigger.events[0];
+    assert_eq!(deadline.due.0, event.meta.recorded_at.0 + DELAY_MS * 1_000);
+    assert_eq!(deadline.causation_id, event.event_id.to_string());
+    assert_eq!(deadline.trigger, event.position);
+    assert_eq!(
+        (
+            deadline.aggregate_type.as_str(),
+            deadline.aggregate_id.as_str()
+        ),
+        (Account::TYPE, "p-dst")
+    );
+    assert!(!deadline.command.is_empty());
+    let done = deposit(&rt, "p-src", 1).await;
+    rt.wait_for("pending-pm", position_of(&done), WAIT_MAX)
+        .await
+        .expect("the cancellation is handled");
+    assert!(
+        wait_until(|| rt.pending_deadlines(10).is_ok_and(|p| p.is_empty())).await,
+        "a cancelled deadline is no longer listed"
+    );
+    close(rt).await;
+}
+
 /// A deadline the process no longer needs (`cancels_deadlines` after a later event) never
 /// fires; without the cancellation the same process's deadline fires (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

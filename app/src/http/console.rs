@@ -16,7 +16,10 @@ use annals_config::StoreBackend;
 use super::problem::Problem;
 use super::read::status_json;
 use super::AppState;
-use crate::wire::api::{AggregateIds, Chain, JournalHealth, JournalOverview, Latency, Overview};
+use crate::wire::api::{
+    AggregateIds, Chain, ChainDeadline, JournalHealth, JournalOverview, Latency, Overview,
+};
+use crate::wire::cbor;
 use crate::wire::time::Rfc3339;
 
 const PAGE: &str = include_str!("../../console/index.html");
@@ -98,6 +101,9 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, Proble
         .body(body))
 }
 
+/// Pending deadlines a chain looks through (soonest first): a bound on the read.
+pub const DEADLINES_SCANNED: usize = 10_000;
+
 /// `GET /v1/console/chain/{event_id}`: the event's chain from the causation index
 /// ([`crate::causation`]); 404 if the index does not hold it (yet).
 pub async fn chain(
@@ -131,11 +137,43 @@ pub async fn chain(
             for position in positions {
                 stored.extend(read(Position(position)).map_err(Problem::internal)?);
             }
+            // The pending deadlines of the chain's events and correlations.
+            let ids: std::collections::HashSet<String> =
+                stored.iter().map(|e| e.event_id.to_string()).collect();
+            let correlations: std::collections::HashSet<&str> = stored
+                .iter()
+                .filter_map(|e| e.meta.correlation_id.as_deref())
+                .collect();
+            let deadlines = runtime
+                .pending_deadlines(DEADLINES_SCANNED)?
+                .into_iter()
+                .filter(|d| {
+                    ids.contains(&d.causation_id)
+                        || d.correlation_id
+                            .as_deref()
+                            .is_some_and(|c| correlations.contains(c))
+                })
+                .map(|d| {
+                    let command = annals::codec::decode_plain::<annals::codec::Value>(&d.command)
+                        .ok()
+                        .and_then(|c| serde_json::to_value(cbor::Json(&c)).ok())
+                        .unwrap_or(serde_json::Value::Null);
+                    ChainDeadline {
+                        due: Rfc3339(d.due),
+                        command_id: d.command_id,
+                        causation_id: d.causation_id,
+                        aggregate: d.aggregate_type,
+                        id: d.aggregate_id,
+                        command,
+                    }
+                })
+                .collect();
             let events = super::log::render(&shared.aggregates, &stored)?;
             serde_json::to_vec(&Chain {
                 event_id,
                 events,
                 truncated,
+                deadlines,
             })
             .map_err(|e| Problem::internal(format!("cannot render the chain: {e}")))
         })

@@ -333,6 +333,27 @@ pub struct Chain<E> {
     pub events: Vec<E>,
     /// Whether the chain holds more events than shown (at most 200 are).
     pub truncated: bool,
+    /// The deadlines a process manager set because of one of these events (or for their
+    /// correlation) that have not fired yet, soonest first.
+    pub deadlines: Vec<ChainDeadline>,
+}
+
+/// A pending deadline in a chain: the command a process manager will send when it is due,
+/// unless something cancels it first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ChainDeadline {
+    /// When it is due.
+    pub due: Rfc3339,
+    /// The command id the command will carry.
+    pub command_id: String,
+    /// The event that set it (its id).
+    pub causation_id: String,
+    /// The target aggregate type.
+    pub aggregate: String,
+    /// The target aggregate id.
+    pub id: String,
+    /// The command, converted from its stored CBOR.
+    pub command: Value,
 }
 
 /// Ids of one aggregate type (`GET /v1/console/aggregates/{aggregate}`).

@@ -59,7 +59,7 @@ use crate::command::ExecuteOptions;
 use crate::envelope::RecordedEvent;
 use crate::error::ExecuteError;
 use crate::store::state::{DEADLINES, DEADLINES_FAILED};
-use crate::store::{Changes, Lease, StateStore};
+use crate::store::{Changes, Lease, StateStore, StoreError};
 use crate::types::Position;
 
 use super::page::PageWrites;
@@ -528,6 +528,59 @@ pub(crate) fn deadline_key(at: Timestamp, command_id: &str) -> Vec<u8> {
     let mut key = at.0.to_be_bytes().to_vec();
     key.extend_from_slice(command_id.as_bytes());
     key
+}
+
+/// A deadline a process manager has set and that has not fired yet
+/// ([`Runtime::pending_deadlines`](crate::Runtime::pending_deadlines)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeadline {
+    /// When it is due.
+    pub due: Timestamp,
+    /// The command id the command will carry.
+    pub command_id: String,
+    /// The event that set it (its id): the causation id the command will carry.
+    pub causation_id: String,
+    /// The correlation id the command will carry.
+    pub correlation_id: Option<String>,
+    /// The position of the event that set it.
+    pub trigger: Position,
+    /// The target aggregate type.
+    pub aggregate_type: String,
+    /// The target aggregate id.
+    pub aggregate_id: String,
+    /// The command, encoded (CBOR).
+    pub command: Vec<u8>,
+}
+
+/// The deadlines not fired yet, soonest first, at most `limit`; records that do not decode are
+/// passed over (the timer moves them aside when they are due).
+pub(crate) fn pending_deadlines(
+    state: &dyn StateStore,
+    limit: usize,
+) -> Result<Vec<PendingDeadline>, StoreError> {
+    let records = state.range(
+        DEADLINES,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        limit,
+    )?;
+    Ok(records
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let outgoing: Outgoing = codec::decode_versioned(1, "deadline", &bytes).ok()?;
+            let due = key.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+            (!outgoing.action.is_none()).then_some(PendingDeadline {
+                due: Timestamp(due),
+                command_id: outgoing.command_id,
+                causation_id: outgoing.causation_id,
+                correlation_id: outgoing.correlation_id,
+                trigger: Position(outgoing.trigger),
+                aggregate_type: outgoing.action.aggregate_type,
+                aggregate_id: outgoing.action.aggregate_id,
+                command: outgoing.action.command,
+            })
+        })
+        .collect())
 }
 
 /// Sends the deadlines that are due, at most [`DEADLINES_PER_TICK`], oldest first; returns how

@@ -453,7 +453,9 @@ impl<'a> Paths<'a> {
                  caused, and the events of the same correlation id, in log order; at most 200 \
                  (`truncated` says if there were more). From the causation index, which covers \
                  customers and orders and trails the log by a moment: an event it does not hold \
-                 (yet) is 404.",
+                 (yet) is 404. `deadlines`: the commands process managers will send when due \
+                 because of these events (or for their correlation), among the first 10,000 \
+                 pending deadlines.",
             )
             .parameters([event_id])
             .json(200, "The chain.", reference("Chain"))

@@ -260,9 +260,9 @@ async function chainPage(page, [eventId]) {
       }
     }
     if (!page.alive()) return;
-    const byId = new Map(reply.events.map((ev) => [ev.event_id, ev]));
+    const byId = new Map();
     const depth = (ev) => { let d = 0; let at = ev; while (at && at.causation_id && byId.has(at.causation_id) && d < 64) { at = byId.get(at.causation_id); d += 1; } return d; };
-    const items = reply.events.map((ev) => {
+    const eventItem = (ev) => {
       const r = routeOfType(ev.aggregate);
       const who = r ? h('a', { href: hashOf(['aggregates', r, ev.id], { version: ev.version }) }, `${ev.aggregate} ${ev.id}`) : `${ev.aggregate} ${ev.id}`;
       return h('li', { 'data-test': 'chain-event', 'data-position': ev.position, 'data-event-type': ev.type, class: ev.event_id === eventId ? 'at' : null },
@@ -271,8 +271,8 @@ async function chainPage(page, [eventId]) {
           h('span', { class: 'etype' }, ev.type), ' · ', who, h('span', { class: 'muted' }, ` v${ev.version} · ${fmtTime(ev.recorded_at)}`),
           ev.command_id && ev.command_id.startsWith('pm:') ? h('div', { class: 'muted' }, `sent by the process manager ${ev.command_id.split(':')[1]}`) : null,
           payloadView(ev.data)));
-    });
-    const deadlines = (reply.deadlines || []).map((d) => {
+    };
+    const deadlineItem = (d) => {
       const r = routeOfType(d.aggregate);
       const target = r ? h('a', { href: hashOf(['aggregates', r, d.id]) }, `${d.aggregate} ${d.id}`) : `${d.aggregate} ${d.id}`;
       const cause = byId.get(d.causation_id);
@@ -280,11 +280,25 @@ async function chainPage(page, [eventId]) {
         h('span', { class: 'muted' }, `due ${fmtTime(d.due)} · `), 'to ', target,
         cause ? h('span', { class: 'muted' }, ` · set by #${cause.position} ${cause.type}`) : null,
         payloadView(d.command));
-    });
-    box.replaceChildren(h('ol', { class: 'chain', 'data-test': 'chain' }, items),
-      reply.truncated ? h('div', { class: 'notice' }, `Only the first ${reply.events.length} events of this chain are shown.`) : '',
-      h('h2', 'Pending deadlines'),
-      deadlines.length ? h('ul', { class: 'deadlines' }, deadlines) : h('p', { class: 'muted', 'data-test': 'no-deadlines' }, 'None: no process manager waits on a deadline for this chain.'));
+    };
+    const list = h('ol', { class: 'chain', 'data-test': 'chain' });
+    const deadlineList = h('ul', { class: 'deadlines' });
+    const none = h('p', { class: 'muted', 'data-test': 'no-deadlines' }, 'None: no process manager waits on a deadline for this chain.');
+    const more = h('div', { class: 'pager' });
+    const show = (r) => {
+      for (const ev of r.events) byId.set(ev.event_id, ev);
+      list.append(...r.events.map(eventItem));
+      deadlineList.append(...(r.deadlines || []).map(deadlineItem));
+      none.hidden = deadlineList.children.length > 0;
+      more.replaceChildren(r.next_after == null ? '' : h('button', { type: 'button', 'data-test': 'chain-more', onclick: async (e) => {
+        e.currentTarget.disabled = true;
+        try { show(await api(`/v1/console/chain/${enc(eventId)}?after=${r.next_after}`)); } catch (err) { more.replaceChildren(errorBox(err)); }
+      } }, 'More →'));
+    };
+    box.replaceChildren(list, more,
+      reply.truncated ? h('div', { class: 'notice' }, 'This chain is longer than the index walks (10,000 events): the rest is not shown.') : '',
+      h('h2', 'Pending deadlines'), deadlineList, none);
+    show(reply);
   } catch (e) {
     if (!page.alive()) return;
     box.replaceChildren(e.status === 404 ? emptyState('Not in the index yet', 'The causation index has not reached this event, or does not index its aggregate type. Try again in a moment.') : errorBox(e));

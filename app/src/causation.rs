@@ -18,8 +18,8 @@ use std::collections::{BTreeSet, VecDeque};
 
 /// The projection's name.
 pub const CAUSATION: &str = "causation";
-/// Most events in one chain.
-pub const CHAIN_EVENTS_MAX: usize = 200;
+/// Most events in one chain (`GET /v1/console/chain/{event_id}` pages through them).
+pub const CHAIN_EVENTS_MAX: usize = 10_000;
 /// Most positions kept per causing event or per correlation id (the first ones).
 pub const LIST_POSITIONS_MAX: usize = 1000;
 /// Most causes walked up from an event.

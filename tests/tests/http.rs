@@ -2656,6 +2656,27 @@ async fn an_events_chain_holds_the_sagas_steps() {
     );
     let from_the_end = api.get(&format!("/v1/console/chain/{approved}")).await.ok();
     assert_eq!(types(&from_the_end), expected);
+    assert_eq!(from_the_end["next_after"], Value::Null);
+    // Page by page: the same events.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .get(&format!(
+                "/v1/console/chain/{created}?after={after}&limit=1"
+            ))
+            .await
+            .ok();
+        paged.extend(types(&page));
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+    api.get(&format!("/v1/console/chain/{created}?limit=0"))
+        .await
+        .problem(400);
     api.get("/v1/console/chain/not-an-id").await.problem(400);
     api.get("/v1/console/chain/8f7c2a52-3c1e-4d0b-9e3e-000000000000")
         .await

@@ -109,8 +109,11 @@ pub const DEADLINES_SCANNED: usize = 10_000;
 pub async fn chain(
     state: web::Data<AppState>,
     event_id: web::Path<String>,
+    query: web::Query<ChainQuery>,
 ) -> Result<HttpResponse, Problem> {
     let runtime = state.runtime()?;
+    let limit = state.page_size(query.limit)?;
+    let after = query.after.unwrap_or(0);
     let event_id = event_id.into_inner();
     if uuid::Uuid::parse_str(&event_id).is_err() {
         return Err(Problem::bad_request(format!(
@@ -133,10 +136,14 @@ pub async fn chain(
                      aggregate type it does not index)"
                 )));
             };
-            let mut stored = Vec::with_capacity(positions.len());
-            for position in positions {
+            let mut page = positions.into_iter().filter(|p| *p > after);
+            let mut stored = Vec::with_capacity(limit);
+            for position in page.by_ref().take(limit) {
                 stored.extend(read(Position(position)).map_err(Problem::internal)?);
             }
+            let next_after = page
+                .next()
+                .and_then(|_| stored.last().map(|e| e.position.0));
             // The pending deadlines of the chain's events and correlations.
             let ids: std::collections::HashSet<String> =
                 stored.iter().map(|e| e.event_id.to_string()).collect();
@@ -172,6 +179,7 @@ pub async fn chain(
             serde_json::to_vec(&Chain {
                 event_id,
                 events,
+                next_after,
                 truncated,
                 deadlines,
             })
@@ -181,6 +189,17 @@ pub async fn chain(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// Query of `GET /v1/console/chain/{event_id}`; its schema documents the parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainQuery {
+    /// Events of the chain after this position (default 0: from its start).
+    after: Option<u64>,
+    /// At most this many events (default `server.page_size_default`; at most
+    /// `server.page_size_max`).
+    limit: Option<usize>,
 }
 
 /// Query of `GET /v1/console/aggregates/{aggregate}`; its schema documents the parameters.

@@ -329,12 +329,14 @@ pub enum JournalHealth {
 pub struct Chain<E> {
     /// The event asked about.
     pub event_id: String,
-    /// The chain's events, in log order.
+    /// A page of the chain's events, in log order.
     pub events: Vec<E>,
-    /// Whether the chain holds more events than shown (at most 200 are).
+    /// The `after` of the next page (the last position of this one), or null on the last.
+    pub next_after: Option<u64>,
+    /// Whether the chain holds more events than it walks (at most 10,000).
     pub truncated: bool,
-    /// The deadlines a process manager set because of one of these events (or for their
-    /// correlation) that have not fired yet, soonest first.
+    /// The deadlines a process manager set because of one of this page's events (or for
+    /// their correlation) that have not fired yet, soonest first.
     pub deadlines: Vec<ChainDeadline>,
 }
 

@@ -450,15 +450,18 @@ impl<'a> Paths<'a> {
             .describe(
                 "The events that caused this one (each command a process manager sends carries \
                  the triggering event's id as its causation id), everything the first of them \
-                 caused, and the events of the same correlation id, in log order; at most 200 \
-                 (`truncated` says if there were more). From the causation index, which covers \
+                 caused, and the events of the same correlation id, in log order, a page at a \
+                 time (`next_after`); at most 10,000 are walked (`truncated` says if there were \
+                 more). From the causation index, which covers \
                  customers and orders and trails the log by a moment: an event it does not hold \
                  (yet) is 404. `deadlines`: the commands process managers will send when due \
                  because of these events (or for their correlation), among the first 10,000 \
                  pending deadlines.",
             )
-            .parameters([event_id])
-            .json(200, "The chain.", reference("Chain"))
+            .parameters(std::iter::once(event_id).chain(query::parameters::<
+                super::super::console::ChainQuery,
+            >(&[self.page_limit()])))
+            .json(200, "A page of the chain.", reference("Chain"))
             .problems(&[400, 404, 500, 503]);
         self.get("/v1/console/chain/{event_id}", chain);
     }
@@ -701,6 +704,14 @@ mod tests {
         has(query::names::<HistoryQuery>(), &["limit"]);
         has(query::names::<LogQuery>(), &["after", "limit"]);
         has(query::names::<LiveQuery>(), &[]);
+        has(
+            query::names::<super::super::super::console::ChainQuery>(),
+            &["limit"],
+        );
+        has(
+            query::names::<super::super::super::console::IdsQuery>(),
+            &["prefix", "limit"],
+        );
         has(query::names::<ViewQuery>(), &["min_position", "limit"]);
         has(
             query::names::<ValuableQuery>(),
